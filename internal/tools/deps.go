@@ -1,0 +1,22 @@
+//go:build tools
+
+// Package tools pins dependencies that the code will import, so go mod tidy keeps them while the tree grows.
+package tools
+
+import (
+	_ "github.com/osrg/gobgp/v3/pkg/server"
+	_ "github.com/osrg/gobgp/v3/api"
+	_ "github.com/vishvananda/netlink"
+	_ "github.com/vishvananda/netns"
+	_ "k8s.io/client-go/kubernetes"
+	_ "k8s.io/client-go/informers"
+	_ "k8s.io/client-go/tools/record"
+	_ "k8s.io/client-go/kubernetes/fake"
+	_ "k8s.io/client-go/tools/clientcmd"
+	_ "k8s.io/client-go/util/workqueue"
+	_ "google.golang.org/grpc"
+	_ "sigs.k8s.io/yaml"
+	_ "github.com/prometheus/client_golang/prometheus"
+	_ "github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
