@@ -4,19 +4,18 @@
 package tools
 
 import (
-	_ "github.com/osrg/gobgp/v3/pkg/server"
 	_ "github.com/osrg/gobgp/v3/api"
-	_ "github.com/vishvananda/netlink"
-	_ "github.com/vishvananda/netns"
-	_ "k8s.io/client-go/kubernetes"
-	_ "k8s.io/client-go/informers"
-	_ "k8s.io/client-go/tools/record"
-	_ "k8s.io/client-go/kubernetes/fake"
-	_ "k8s.io/client-go/tools/clientcmd"
-	_ "k8s.io/client-go/util/workqueue"
-	_ "google.golang.org/grpc"
-	_ "sigs.k8s.io/yaml"
+	_ "github.com/osrg/gobgp/v3/pkg/server"
 	_ "github.com/prometheus/client_golang/prometheus"
 	_ "github.com/prometheus/client_golang/prometheus/promhttp"
+	_ "github.com/vishvananda/netlink"
+	_ "github.com/vishvananda/netns"
+	_ "google.golang.org/grpc"
+	_ "k8s.io/client-go/informers"
+	_ "k8s.io/client-go/kubernetes"
+	_ "k8s.io/client-go/kubernetes/fake"
+	_ "k8s.io/client-go/tools/clientcmd"
+	_ "k8s.io/client-go/tools/record"
+	_ "k8s.io/client-go/util/workqueue"
+	_ "sigs.k8s.io/yaml"
 )
-
