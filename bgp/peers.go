@@ -1,0 +1,153 @@
+package bgp
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"canopy.io/canopy/internal/config"
+	"sigs.k8s.io/yaml"
+)
+
+// Node annotations read by the speaker.
+const (
+	// AnnotationPeers is a YAML or JSON list of {ip, asn, password?, multihopTTL?}: extra BGP peers for this node.
+	AnnotationPeers = "canopy.io/peers"
+	// AnnotationNodeASN overrides --cluster-asn for this node (eBGP-per-rack designs).
+	AnnotationNodeASN = "canopy.io/node-asn"
+)
+
+// PeerKind says where a desired peer comes from.
+type PeerKind string
+
+const (
+	PeerKindNode     PeerKind = "node"     // another node of the cluster (full mesh)
+	PeerKindExternal PeerKind = "external" // a router from flags or from the node's annotation
+)
+
+// PeerSpec is one desired BGP session.
+type PeerSpec struct {
+	Address     netip.Addr
+	ASN         uint32
+	Password    string
+	MultihopTTL uint8
+	Port        uint16 // 0 = 179
+	Kind        PeerKind
+	Name        string // node name for mesh peers, "flag" or "annotation" for external ones
+}
+
+// NodeInfo is what the speaker needs from a Kubernetes Node.
+type NodeInfo struct {
+	Name     string
+	IP       netip.Addr // InternalIP (IPv4 preferred)
+	ASN      uint32     // 0 = the cluster ASN
+	PodCIDRs []netip.Prefix
+}
+
+// annotationPeer is the wire form of one entry of canopy.io/peers.
+type annotationPeer struct {
+	IP          string `json:"ip"`
+	ASN         any    `json:"asn"`
+	Password    string `json:"password,omitempty"`
+	MultihopTTL int    `json:"multihopTTL,omitempty"`
+}
+
+// ParsePeersAnnotation parses canopy.io/peers. Unknown fields, bad addresses, bad AS numbers and duplicates are
+// errors naming the entry; the whole annotation is rejected so a half-applied peer list never happens.
+func ParsePeersAnnotation(value string) ([]config.Peer, error) {
+	if strings.TrimSpace(value) == "" {
+		return nil, nil
+	}
+	var raw []annotationPeer
+	if err := yaml.UnmarshalStrict([]byte(value), &raw); err != nil {
+		return nil, fmt.Errorf("%s: not a list of {ip, asn, password, multihopTTL}: %v", AnnotationPeers, err)
+	}
+	var errs []error
+	var out []config.Peer
+	seen := map[netip.Addr]bool{}
+	for i, r := range raw {
+		a, err := netip.ParseAddr(strings.TrimSpace(r.IP))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d].ip: %q is not an IP address", AnnotationPeers, i, r.IP))
+			continue
+		}
+		if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			errs = append(errs, fmt.Errorf("%s[%d].ip: %s cannot be a BGP peer", AnnotationPeers, i, a))
+			continue
+		}
+		if seen[a] {
+			errs = append(errs, fmt.Errorf("%s[%d].ip: %s listed twice", AnnotationPeers, i, a))
+			continue
+		}
+		seen[a] = true
+		asn, err := config.ParseASN(fmt.Sprint(r.ASN))
+		if r.ASN == nil {
+			err = errors.New("missing")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d].asn: %v", AnnotationPeers, i, err))
+			continue
+		}
+		if r.MultihopTTL < 0 || r.MultihopTTL > 255 {
+			errs = append(errs, fmt.Errorf("%s[%d].multihopTTL: %d is outside 0..255", AnnotationPeers, i, r.MultihopTTL))
+			continue
+		}
+		out = append(out, config.Peer{Address: a, ASN: asn, Password: r.Password, MultihopTTL: uint8(r.MultihopTTL)})
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// ParseNodeASN parses canopy.io/node-asn; an empty value means "use the cluster ASN" (0).
+func ParseNodeASN(value string) (uint32, error) {
+	if strings.TrimSpace(value) == "" {
+		return 0, nil
+	}
+	asn, err := config.ParseASN(value)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %v", AnnotationNodeASN, err)
+	}
+	return asn, nil
+}
+
+// DesiredPeers computes the sessions this node should have: the other nodes (full mesh, each with its own ASN,
+// so nodes in other racks become eBGP peers), the routers from flags and those from the node's annotation.
+// An address is peered once: annotation peers win over flag peers, which win over mesh peers. The result is
+// sorted by address.
+func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh bool, flagPeers, annotationPeers []config.Peer) []PeerSpec {
+	byAddr := map[netip.Addr]PeerSpec{}
+	add := func(p PeerSpec) {
+		if !p.Address.IsValid() || p.Address == self.IP {
+			return
+		}
+		byAddr[p.Address] = p
+	}
+	if fullMesh {
+		for _, n := range nodes {
+			if n.Name == self.Name {
+				continue
+			}
+			asn := n.ASN
+			if asn == 0 {
+				asn = clusterASN
+			}
+			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name})
+		}
+	}
+	for _, p := range flagPeers {
+		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, Kind: PeerKindExternal, Name: "flag"})
+	}
+	for _, p := range annotationPeers {
+		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, Kind: PeerKindExternal, Name: "annotation"})
+	}
+	out := make([]PeerSpec, 0, len(byAddr))
+	for _, p := range byAddr {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Address.Less(out[j].Address) })
+	return out
+}

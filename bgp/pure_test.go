@@ -1,0 +1,123 @@
+package bgp
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"canopy.io/canopy/internal/config"
+)
+
+var (
+	pfx  = netip.MustParsePrefix
+	addr = netip.MustParseAddr
+)
+
+func TestParsePeersAnnotation(t *testing.T) {
+	got, err := ParsePeersAnnotation(`[{"ip":"10.99.0.250","asn":65001,"password":"s3cret"},{"ip":"10.99.0.251","asn":"1.1","multihopTTL":3}]`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Password != "s3cret" || got[1].ASN != 65537 || got[1].MultihopTTL != 3 {
+		t.Fatalf("got %+v", got)
+	}
+	yamlForm, err := ParsePeersAnnotation("- ip: 10.99.0.250\n  asn: 65001\n")
+	if err != nil || len(yamlForm) != 1 || yamlForm[0].ASN != 65001 {
+		t.Fatalf("yaml form: %+v, %v", yamlForm, err)
+	}
+	if p, err := ParsePeersAnnotation("  "); err != nil || p != nil {
+		t.Fatalf("empty annotation: %v %v", p, err)
+	}
+	bad := map[string]string{
+		`not yaml: [`:                                           "not a list",
+		`{"ip":"10.0.0.1","asn":1}`:                             "not a list",
+		`[{"ip":"10.0.0.1","asn":1,"colour":"red"}]`:            "colour",
+		`[{"ip":"10.0.0.999","asn":1}]`:                         `canopy.io/peers[0].ip: "10.0.0.999"`,
+		`[{"ip":"10.0.0.1"}]`:                                   "[0].asn: missing",
+		`[{"ip":"10.0.0.1","asn":0}]`:                           "reserved",
+		`[{"ip":"10.0.0.1","asn":"lots"}]`:                      "[0].asn",
+		`[{"ip":"10.0.0.1","asn":1},{"ip":"10.0.0.1","asn":2}]`: "[1].ip: 10.0.0.1 listed twice",
+		`[{"ip":"127.0.0.1","asn":1}]`:                          "cannot be a BGP peer",
+		`[{"ip":"10.0.0.1","asn":1,"multihopTTL":256}]`:         "multihopTTL",
+	}
+	for in, want := range bad {
+		if _, err := ParsePeersAnnotation(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParsePeersAnnotation(%s): error %v, want it to mention %q", in, err, want)
+		}
+	}
+}
+
+func TestParseNodeASN(t *testing.T) {
+	if a, err := ParseNodeASN(""); a != 0 || err != nil {
+		t.Fatal(a, err)
+	}
+	if a, err := ParseNodeASN("65010"); a != 65010 || err != nil {
+		t.Fatal(a, err)
+	}
+	if _, err := ParseNodeASN("sixty"); err == nil || !strings.Contains(err.Error(), AnnotationNodeASN) {
+		t.Fatal(err)
+	}
+}
+
+func TestDesiredPeers(t *testing.T) {
+	self := NodeInfo{Name: "n1", IP: addr("10.99.0.11")}
+	nodes := []NodeInfo{
+		self,
+		{Name: "n2", IP: addr("10.99.0.12")},
+		{Name: "n3", IP: addr("10.99.0.13"), ASN: 65003},
+		{Name: "n4"}, // no address yet: skipped
+	}
+	flagPeers := []config.Peer{{Address: addr("10.99.0.1"), ASN: 64500}}
+	annPeers := []config.Peer{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x"}} // overrides mesh peer n2
+	got := DesiredPeers(self, 64512, nodes, true, flagPeers, annPeers)
+	want := []PeerSpec{
+		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag"},
+		{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", Kind: PeerKindExternal, Name: "annotation"},
+		{Address: addr("10.99.0.13"), ASN: 65003, Kind: PeerKindNode, Name: "n3"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %+v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("peer %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	noMesh := DesiredPeers(self, 64512, nodes, false, flagPeers, nil)
+	if len(noMesh) != 1 || noMesh[0].Address != addr("10.99.0.1") {
+		t.Fatalf("without mesh: %+v", noMesh)
+	}
+	// A peer pointing at ourselves is dropped.
+	if p := DesiredPeers(self, 64512, nil, true, []config.Peer{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
+		t.Fatalf("self peer kept: %+v", p)
+	}
+}
+
+func TestImportPolicy(t *testing.T) {
+	p := NewImportPolicy(
+		[]netip.Prefix{pfx("10.244.0.0/16"), pfx("192.0.2.0/24")},
+		[]netip.Prefix{pfx("10.244.1.0/24")},
+		[]netip.Addr{addr("10.99.0.13"), addr("10.99.0.11"), addr("10.244.200.5")},
+	)
+	cases := map[string]string{
+		"10.244.2.0/24":    "",
+		"10.244.2.7/32":    "",
+		"192.0.2.0/25":     "",
+		"0.0.0.0/0":        RejectDefault,
+		"10.0.0.0/8":       RejectOutside, // covers the cluster CIDR: not inside it
+		"10.245.0.0/24":    RejectOutside,
+		"198.51.100.0/24":  RejectOutside,
+		"10.244.1.0/24":    RejectOwnPodCIDR,
+		"10.244.1.128/25":  RejectOwnPodCIDR,
+		"10.244.0.0/16":    RejectOwnPodCIDR, // covers ours
+		"10.244.200.0/24":  RejectCoversNode,
+		"10.244.200.5/32":  RejectCoversNode,
+		"10.244.200.16/28": "",
+	}
+	for in, want := range cases {
+		ok, reason := p.Check(pfx(in))
+		if ok != (want == "") || reason != want {
+			t.Errorf("Check(%s) = %v %q, want %q", in, ok, reason, want)
+		}
+	}
+}

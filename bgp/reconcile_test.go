@@ -1,0 +1,158 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"testing"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// fakeRouter records the calls the reconciler makes.
+type fakeRouter struct {
+	calls []string
+	fail  map[string]bool
+}
+
+func (f *fakeRouter) do(call string) error {
+	f.calls = append(f.calls, call)
+	if f.fail[call] {
+		return errors.New("injected")
+	}
+	return nil
+}
+func (f *fakeRouter) AddPeer(_ context.Context, p PeerSpec) error {
+	return f.do(fmt.Sprintf("add %s %d", p.Address, p.ASN))
+}
+func (f *fakeRouter) UpdatePeer(_ context.Context, p PeerSpec) error {
+	return f.do(fmt.Sprintf("update %s", p.Address))
+}
+func (f *fakeRouter) DeletePeer(_ context.Context, a netip.Addr) error {
+	return f.do(fmt.Sprintf("delete %s", a))
+}
+func (f *fakeRouter) AddPath(_ context.Context, p netip.Prefix, nh netip.Addr) error {
+	return f.do(fmt.Sprintf("addpath %s %s", p, nh))
+}
+func (f *fakeRouter) DeletePath(_ context.Context, p netip.Prefix, nh netip.Addr) error {
+	return f.do(fmt.Sprintf("delpath %s %s", p, nh))
+}
+
+func (f *fakeRouter) take() []string { c := f.calls; f.calls = nil; return c }
+
+func TestReconcilerPeersAreDiffed(t *testing.T) {
+	f := &fakeRouter{fail: map[string]bool{}}
+	r := NewReconciler(f, quiet)
+	ctx := context.Background()
+	a := PeerSpec{Address: addr("10.0.0.1"), ASN: 64512, Kind: PeerKindNode, Name: "a"}
+	b := PeerSpec{Address: addr("10.0.0.2"), ASN: 64512, Kind: PeerKindNode, Name: "b"}
+	c := PeerSpec{Address: addr("10.0.0.3"), ASN: 64500, Kind: PeerKindExternal, Name: "flag"}
+	if err := r.SetPeers(ctx, []PeerSpec{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.take(); len(got) != 2 {
+		t.Fatalf("calls %v", got)
+	}
+	// Unchanged set: no call at all.
+	_ = r.SetPeers(ctx, []PeerSpec{a, b})
+	if got := f.take(); len(got) != 0 {
+		t.Fatalf("no-op issued %v", got)
+	}
+	// Adding c and removing a touches only them: b is not reset.
+	_ = r.SetPeers(ctx, []PeerSpec{b, c})
+	if got, want := f.take(), []string{"delete 10.0.0.1", "add 10.0.0.3 64500"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	// An ASN change re-creates only that peer.
+	b2 := b
+	b2.ASN = 65002
+	_ = r.SetPeers(ctx, []PeerSpec{b2, c})
+	if got, want := f.take(), []string{"delete 10.0.0.2", "add 10.0.0.2 65002"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	// A name-only change needs no call.
+	c2 := c
+	c2.Name = "annotation"
+	_ = r.SetPeers(ctx, []PeerSpec{b2, c2})
+	if got := f.take(); len(got) != 0 {
+		t.Fatalf("name change issued %v", got)
+	}
+	// A failed add is retried by the next call, and reported.
+	d := PeerSpec{Address: addr("10.0.0.4"), ASN: 1}
+	f.fail["add 10.0.0.4 1"] = true
+	if err := r.SetPeers(ctx, []PeerSpec{b2, c2, d}); err == nil {
+		t.Fatal("want error")
+	}
+	f.take()
+	delete(f.fail, "add 10.0.0.4 1")
+	if err := r.SetPeers(ctx, []PeerSpec{b2, c2, d}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.take(); !reflect.DeepEqual(got, []string{"add 10.0.0.4 1"}) {
+		t.Fatalf("retry calls %v", got)
+	}
+}
+
+func TestReconcilerPaths(t *testing.T) {
+	f := &fakeRouter{fail: map[string]bool{}}
+	r := NewReconciler(f, quiet)
+	ctx := context.Background()
+	nh := addr("10.99.0.11")
+	_ = r.SetPaths(ctx, map[netip.Prefix]netip.Addr{pfx("10.244.1.0/24"): nh})
+	_ = r.SetPaths(ctx, map[netip.Prefix]netip.Addr{pfx("10.244.1.0/24"): nh})
+	if got := f.take(); !reflect.DeepEqual(got, []string{"addpath 10.244.1.0/24 10.99.0.11"}) {
+		t.Fatalf("calls %v", got)
+	}
+	_ = r.SetPaths(ctx, nil)
+	if got := f.take(); !reflect.DeepEqual(got, []string{"delpath 10.244.1.0/24 10.99.0.11"}) {
+		t.Fatalf("calls %v", got)
+	}
+}
+
+// fakeSink records what the learner installs.
+type fakeSink struct{ routes map[netip.Prefix][]netip.Addr }
+
+func (s *fakeSink) Set(dst netip.Prefix, nhs []netip.Addr) error {
+	s.routes[dst] = nhs
+	return nil
+}
+func (s *fakeSink) Remove(dst netip.Prefix) error { delete(s.routes, dst); return nil }
+
+func TestLearnerAppliesPolicyAndMultipath(t *testing.T) {
+	sink := &fakeSink{routes: map[netip.Prefix][]netip.Addr{}}
+	self := addr("10.99.0.11")
+	pol := NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, []netip.Addr{self, addr("10.99.0.12")})
+	l := NewLearner(sink, pol, []netip.Addr{self}, quiet)
+	l.Apply([]LearnedPath{
+		{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13")},
+		{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.12")},
+		{Prefix: pfx("0.0.0.0/0"), NextHop: addr("10.99.0.1")},
+		{Prefix: pfx("198.51.100.0/24"), NextHop: addr("10.99.0.1")},
+		{Prefix: pfx("10.244.1.0/24"), Local: true},
+		{Prefix: pfx("10.244.9.0/24"), NextHop: self}, // points at us: not a route
+	})
+	want := map[netip.Prefix][]netip.Addr{pfx("10.244.2.0/24"): {addr("10.99.0.12"), addr("10.99.0.13")}}
+	if !reflect.DeepEqual(sink.routes, want) {
+		t.Fatalf("installed %v, want %v", sink.routes, want)
+	}
+	// One ECMP member goes: the route keeps the other.
+	l.Apply([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13")}})
+	if got := sink.routes[pfx("10.244.2.0/24")]; !reflect.DeepEqual(got, []netip.Addr{addr("10.99.0.13")}) {
+		t.Fatalf("after shrink %v", got)
+	}
+	// Our own pod CIDR arrives in the policy: a learned route overlapping it is removed.
+	l.Apply([]LearnedPath{{Prefix: pfx("10.244.5.0/24"), NextHop: addr("10.99.0.13")}})
+	l.SetPolicy(NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, []netip.Prefix{pfx("10.244.5.0/24")}, nil), []netip.Addr{self})
+	if _, ok := sink.routes[pfx("10.244.5.0/24")]; ok {
+		t.Fatal("route overlapping our pod CIDR still installed")
+	}
+	// Withdrawn: gone.
+	l.Apply([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13"), Withdraw: true}})
+	if len(sink.routes) != 0 {
+		t.Fatalf("left %v", sink.routes)
+	}
+}

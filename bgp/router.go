@@ -1,0 +1,224 @@
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	apb "google.golang.org/protobuf/types/known/anypb"
+)
+
+// Router is the part of a BGP implementation the reconcilers use; GoBGP implements it, tests fake it.
+type Router interface {
+	AddPeer(ctx context.Context, p PeerSpec) error
+	UpdatePeer(ctx context.Context, p PeerSpec) error
+	DeletePeer(ctx context.Context, addr netip.Addr) error
+	AddPath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error
+	DeletePath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error
+}
+
+// GlobalConfig is the speaker's own identity and the settings every session shares.
+type GlobalConfig struct {
+	ASN             uint32
+	RouterID        netip.Addr
+	ListenAddresses []netip.Addr
+	ListenPort      int
+	GRPCAddr        string // "" = no admin API
+	HoldTime        time.Duration
+	Keepalive       time.Duration
+	ConnectRetry    time.Duration
+	GracefulRestart bool
+	GRRestartTime   time.Duration
+}
+
+// ExportPolicyName is the GoBGP policy that keeps a node from being transit: it exports only the paths it
+// originates itself (pod CIDRs, later service VIPs), never what it learned from one peer to another.
+const ExportPolicyName = "canopy-export-local-only"
+
+var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+var familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+
+// GoBGP is a Router backed by an embedded GoBGP server.
+type GoBGP struct {
+	S   *server.BgpServer
+	cfg GlobalConfig
+}
+
+// StartGoBGP starts an embedded GoBGP server with the global config, multipath on, and the local-only export policy.
+func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP, error) {
+	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("component", "gobgp")})}
+	if cfg.GRPCAddr != "" {
+		opts = append(opts, server.GrpcListenAddress(cfg.GRPCAddr))
+	}
+	s := server.NewBgpServer(opts...)
+	go s.Serve()
+	g := &api.Global{
+		Asn:              cfg.ASN,
+		RouterId:         cfg.RouterID.String(),
+		ListenPort:       int32(cfg.ListenPort),
+		UseMultiplePaths: true,
+	}
+	for _, a := range cfg.ListenAddresses {
+		g.ListenAddresses = append(g.ListenAddresses, a.String())
+	}
+	if cfg.GracefulRestart {
+		g.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(cfg.GRRestartTime.Seconds())}
+	}
+	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: g}); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("start BGP (AS %d, router-id %s, port %d): %w", cfg.ASN, cfg.RouterID, cfg.ListenPort, err)
+	}
+	err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
+		Name: ExportPolicyName,
+		Statements: []*api.Statement{{
+			Name:       ExportPolicyName + "-local",
+			Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+		}},
+	}})
+	if err == nil {
+		err = s.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name:          "global",
+			Direction:     api.PolicyDirection_EXPORT,
+			Policies:      []*api.Policy{{Name: ExportPolicyName}},
+			DefaultAction: api.RouteAction_REJECT,
+		}})
+	}
+	if err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("install export policy: %w", err)
+	}
+	return &GoBGP{S: s, cfg: cfg}, nil
+}
+
+func (g *GoBGP) peer(p PeerSpec) *api.Peer {
+	fam := familyIPv4
+	if p.Address.Is6() {
+		fam = familyIPv6
+	}
+	ap := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: p.Address.String(),
+			PeerAsn:         p.ASN,
+			AuthPassword:    p.Password,
+			Description:     string(p.Kind) + ":" + p.Name,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			ConnectRetry:      uint64(g.cfg.ConnectRetry.Seconds()),
+			HoldTime:          uint64(g.cfg.HoldTime.Seconds()),
+			KeepaliveInterval: uint64(g.cfg.Keepalive.Seconds()),
+		}},
+		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}},
+	}
+	if g.cfg.GracefulRestart {
+		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(g.cfg.GRRestartTime.Seconds())}
+		ap.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	ap.Transport = &api.Transport{RemotePort: uint32(p.Port)}
+	if len(g.cfg.ListenAddresses) > 0 && g.cfg.ListenAddresses[0].Is4() == p.Address.Is4() {
+		// Dial from the node address, which is what the peer has configured for us.
+		ap.Transport.LocalAddress = g.cfg.ListenAddresses[0].String()
+	}
+	if p.MultihopTTL > 1 {
+		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.MultihopTTL)}
+	}
+	return ap
+}
+
+func (g *GoBGP) AddPeer(ctx context.Context, p PeerSpec) error {
+	return g.S.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)})
+}
+
+func (g *GoBGP) UpdatePeer(ctx context.Context, p PeerSpec) error {
+	_, err := g.S.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: g.peer(p)})
+	return err
+}
+
+func (g *GoBGP) DeletePeer(ctx context.Context, addr netip.Addr) error {
+	return g.S.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
+}
+
+func apiPath(prefix netip.Prefix, nextHop netip.Addr) (*api.Path, error) {
+	nlri, err := apb.New(&api.IPAddressPrefix{Prefix: prefix.Addr().String(), PrefixLen: uint32(prefix.Bits())})
+	if err != nil {
+		return nil, err
+	}
+	origin, err := apb.New(&api.OriginAttribute{Origin: 0})
+	if err != nil {
+		return nil, err
+	}
+	fam := familyIPv4
+	var nh *apb.Any
+	if prefix.Addr().Is4() {
+		nh, err = apb.New(&api.NextHopAttribute{NextHop: nextHop.String()})
+	} else {
+		fam = familyIPv6
+		nh, err = apb.New(&api.MpReachNLRIAttribute{Family: fam, NextHops: []string{nextHop.String()}, Nlris: []*apb.Any{nlri}})
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &api.Path{Family: fam, Nlri: nlri, Pattrs: []*apb.Any{origin, nh}}, nil
+}
+
+func (g *GoBGP) AddPath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error {
+	p, err := apiPath(prefix, nextHop)
+	if err != nil {
+		return err
+	}
+	_, err = g.S.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p})
+	return err
+}
+
+func (g *GoBGP) DeletePath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error {
+	p, err := apiPath(prefix, nextHop)
+	if err != nil {
+		return err
+	}
+	return g.S.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: p.Family, Path: p})
+}
+
+// Stop closes every session with a Cease notification (peers flush our routes at once) and stops the server.
+// An agent that restarts and wants traffic to keep flowing does not call it (graceful restart keeps our routes).
+func (g *GoBGP) Stop(ctx context.Context) {
+	_ = g.S.StopBgp(ctx, &api.StopBgpRequest{})
+	g.S.Stop()
+}
+
+// slogAdapter sends GoBGP's log lines to slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a *slogAdapter) log(level slog.Level, msg string, fields gobgplog.Fields) {
+	if !a.l.Enabled(context.Background(), level) {
+		return
+	}
+	args := make([]any, 0, 2*len(fields))
+	for k, v := range fields {
+		args = append(args, k, v)
+	}
+	a.l.Log(context.Background(), level, msg, args...)
+}
+func (a *slogAdapter) Panic(msg string, f gobgplog.Fields) {
+	a.log(slog.LevelError, msg, f)
+	panic(msg)
+}
+func (a *slogAdapter) Fatal(msg string, f gobgplog.Fields) { a.log(slog.LevelError, msg, f) }
+func (a *slogAdapter) Error(msg string, f gobgplog.Fields) { a.log(slog.LevelError, msg, f) }
+func (a *slogAdapter) Warn(msg string, f gobgplog.Fields)  { a.log(slog.LevelWarn, msg, f) }
+func (a *slogAdapter) Info(msg string, f gobgplog.Fields)  { a.log(slog.LevelInfo, msg, f) }
+func (a *slogAdapter) Debug(msg string, f gobgplog.Fields) { a.log(slog.LevelDebug, msg, f) }
+func (a *slogAdapter) SetLevel(gobgplog.LogLevel)          {}
+func (a *slogAdapter) GetLevel() gobgplog.LogLevel {
+	switch {
+	case a.l.Enabled(context.Background(), slog.LevelDebug):
+		return gobgplog.DebugLevel
+	case a.l.Enabled(context.Background(), slog.LevelInfo):
+		return gobgplog.InfoLevel
+	}
+	return gobgplog.WarnLevel
+}

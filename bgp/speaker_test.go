@@ -1,0 +1,179 @@
+package bgp
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+func freePort(t *testing.T, ip string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Skipf("cannot listen on %s (needed for in-process BGP peers): %v", ip, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// testPeer is an in-process GoBGP router standing in for a ToR.
+type testPeer struct {
+	s    *server.BgpServer
+	ip   string
+	port int
+}
+
+func startTestPeer(t *testing.T, ip string, asn uint32, speakerIP string, speakerPort int, speakerASN uint32) *testPeer {
+	t.Helper()
+	port := freePort(t, ip)
+	s := server.NewBgpServer(server.LoggerOption(&slogAdapter{l: quiet}))
+	go s.Serve()
+	ctx := context.Background()
+	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{Asn: asn, RouterId: ip, ListenPort: int32(port), ListenAddresses: []string{ip}, UseMultiplePaths: true /* a process-wide GoBGP setting: keep it equal to the speaker's */}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
+		Conf:      &api.PeerConf{NeighborAddress: speakerIP, PeerAsn: speakerASN},
+		Transport: &api.Transport{RemotePort: uint32(speakerPort), LocalAddress: ip},
+		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, HoldTime: 9, KeepaliveInterval: 3}},
+		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPeer{s: s, ip: ip, port: port}
+}
+
+func (p *testPeer) announce(t *testing.T, prefix string, nh string) {
+	t.Helper()
+	path, err := apiPath(netip.MustParsePrefix(prefix), netip.MustParseAddr(nh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.s.AddPath(context.Background(), &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (p *testPeer) withdraw(t *testing.T, prefix string, nh string) {
+	t.Helper()
+	path, _ := apiPath(netip.MustParsePrefix(prefix), netip.MustParseAddr(nh))
+	if err := p.s.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: path}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// received returns the prefixes (with next hops) the peer has from the speaker.
+func (p *testPeer) received() map[string]string {
+	out := map[string]string{}
+	_ = p.s.ListPath(context.Background(), &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
+		for _, path := range d.Paths {
+			lp, err := FromAPIPath(path)
+			if err == nil && !lp.Local {
+				out[d.Prefix] = lp.NextHop.String()
+			}
+		}
+	})
+	return out
+}
+
+type syncSink struct {
+	mu     sync.Mutex
+	routes map[netip.Prefix][]netip.Addr
+}
+
+func (s *syncSink) Set(d netip.Prefix, nh []netip.Addr) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.routes[d] = nh
+	return nil
+}
+func (s *syncSink) Remove(d netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.routes, d)
+	return nil
+}
+func (s *syncSink) get(d string) []netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.routes[netip.MustParsePrefix(d)]
+}
+func (s *syncSink) len() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.routes) }
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if f() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for: %s", what)
+}
+
+// TestSpeakerWithInProcessPeers runs the speaker against two in-process GoBGP routers on loopback: it checks
+// what the speaker advertises (its pod CIDR, next hop = node IP, and never a route learned from the other peer)
+// and what it installs (only what the import policy allows, ECMP across both peers).
+func TestSpeakerWithInProcessPeers(t *testing.T) {
+	const nodeIP, torA, torB = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+	port := freePort(t, nodeIP)
+	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
+	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, []netip.Prefix{pfx("10.244.1.0/24")}, []netip.Addr{addr(nodeIP)}), []netip.Addr{addr(nodeIP)}, quiet)
+	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Shutdown(true)
+	a := startTestPeer(t, torA, 64500, nodeIP, port, 64512)
+	b := startTestPeer(t, torB, 64501, nodeIP, port, 64512)
+	rec := sp.Reconciler()
+	if err := rec.SetPeers(ctx, []PeerSpec{
+		{Address: addr(torA), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "a"},
+		{Address: addr(torB), ASN: 64501, Port: uint16(b.port), Kind: PeerKindExternal, Name: "b"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.SetPaths(ctx, map[netip.Prefix]netip.Addr{pfx("10.244.1.0/24"): addr(nodeIP)}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "both peers receive the pod CIDR with next hop = node IP", func() bool {
+		return a.received()["10.244.1.0/24"] == nodeIP && b.received()["10.244.1.0/24"] == nodeIP
+	})
+	a.announce(t, "10.244.2.0/24", torA)
+	b.announce(t, "10.244.2.0/24", torB)
+	a.announce(t, "0.0.0.0/0", torA)
+	a.announce(t, "198.51.100.0/24", torA)
+	a.announce(t, "10.244.1.0/24", torA) // our own pod CIDR: never installed
+	eventually(t, "ECMP route over both peers", func() bool { return len(sink.get("10.244.2.0/24")) == 2 })
+	time.Sleep(300 * time.Millisecond)
+	if n := sink.len(); n != 1 {
+		t.Fatalf("installed %d routes, want only 10.244.2.0/24: %v", n, sink.routes)
+	}
+	// Not transit: b must not hear a's routes through the speaker.
+	if got := b.received(); len(got) != 1 {
+		t.Fatalf("peer b received %v from the speaker, want only the pod CIDR", got)
+	}
+	a.withdraw(t, "10.244.2.0/24", torA)
+	eventually(t, "ECMP shrinks to b", func() bool {
+		nh := sink.get("10.244.2.0/24")
+		return len(nh) == 1 && nh[0] == addr(torB)
+	})
+	b.withdraw(t, "10.244.2.0/24", torB)
+	eventually(t, "route withdrawn", func() bool { return sink.len() == 0 })
+	// Withdrawing our advertisement reaches the peers.
+	if err := rec.SetPaths(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "pod CIDR withdrawn at the peers", func() bool { return len(a.received()) == 0 })
+}

@@ -1,0 +1,291 @@
+// Package config holds the agent's validated configuration: what the flags say, checked once, as plain Go values.
+// cmd/canopy binds flags to a Raw value and calls Validate; nothing below cmd reads flags or the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Raw is the configuration as the flags give it: strings and lists, not yet checked.
+type Raw struct {
+	Kubeconfig string
+	NodeName   string
+
+	ClusterASN      uint
+	RouterID        string
+	BGPPort         int
+	GRPCAddr        string
+	MetricsAddr     string
+	NodesFullMesh   bool
+	ClusterCIDRs    []string
+	ImportAllow     []string
+	PeerIPs         []string
+	PeerASNs        []string
+	PeerTTL         uint
+	PeerPasswords   string // path of a file: one password per line, in the order of PeerIPs (or one for all)
+	HoldTime        time.Duration
+	Keepalive       time.Duration
+	ConnectRetry    time.Duration
+	GracefulRestart bool
+	GRRestartTime   time.Duration
+	RouteProtocol   int
+	RouteTable      int
+	StaleTimeout    time.Duration
+	ResyncInterval  time.Duration
+	LogLevel        string
+}
+
+// Peer is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
+type Peer struct {
+	Address     netip.Addr
+	ASN         uint32
+	Password    string
+	MultihopTTL uint8
+}
+
+// Config is the validated configuration.
+type Config struct {
+	Kubeconfig string
+	NodeName   string
+
+	ClusterASN      uint32
+	RouterID        netip.Addr // invalid = take the node's IPv4 InternalIP
+	BGPPort         int
+	GRPCAddr        string
+	MetricsAddr     string
+	NodesFullMesh   bool
+	ClusterCIDRs    []netip.Prefix
+	ImportAllow     []netip.Prefix
+	Peers           []Peer
+	HoldTime        time.Duration
+	Keepalive       time.Duration
+	ConnectRetry    time.Duration
+	GracefulRestart bool
+	GRRestartTime   time.Duration
+	RouteProtocol   int
+	RouteTable      int
+	StaleTimeout    time.Duration
+	ResyncInterval  time.Duration
+	LogLevel        string
+}
+
+// Validate checks every field and returns all problems at once, each naming its flag.
+func (r Raw) Validate() (*Config, error) {
+	var errs []error
+	bad := func(flag string, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
+	}
+	c := &Config{
+		Kubeconfig:      r.Kubeconfig,
+		NodeName:        r.NodeName,
+		BGPPort:         r.BGPPort,
+		GRPCAddr:        r.GRPCAddr,
+		MetricsAddr:     r.MetricsAddr,
+		NodesFullMesh:   r.NodesFullMesh,
+		HoldTime:        r.HoldTime,
+		Keepalive:       r.Keepalive,
+		ConnectRetry:    r.ConnectRetry,
+		GracefulRestart: r.GracefulRestart,
+		GRRestartTime:   r.GRRestartTime,
+		RouteProtocol:   r.RouteProtocol,
+		RouteTable:      r.RouteTable,
+		StaleTimeout:    r.StaleTimeout,
+		ResyncInterval:  r.ResyncInterval,
+		LogLevel:        strings.ToLower(r.LogLevel),
+	}
+	if c.NodeName == "" {
+		if h, err := os.Hostname(); err == nil {
+			c.NodeName = h
+		}
+	}
+	if c.NodeName == "" {
+		bad("node-name", "empty, and neither NODE_NAME nor the hostname gives one")
+	}
+	if asn, err := ParseASN(strconv.FormatUint(uint64(r.ClusterASN), 10)); err != nil {
+		bad("cluster-asn", "%v", err)
+	} else {
+		c.ClusterASN = asn
+	}
+	if r.RouterID != "" {
+		a, err := netip.ParseAddr(r.RouterID)
+		if err != nil || !a.Is4() {
+			bad("router-id", "%q is not an IPv4 address", r.RouterID)
+		} else {
+			c.RouterID = a
+		}
+	}
+	if r.BGPPort < 1 || r.BGPPort > 65535 {
+		bad("bgp-port", "%d is not a TCP port", r.BGPPort)
+	}
+	var err error
+	if c.ClusterCIDRs, err = parsePrefixes(r.ClusterCIDRs); err != nil {
+		bad("cluster-cidr", "%v", err)
+	} else if len(c.ClusterCIDRs) == 0 {
+		bad("cluster-cidr", "at least one pod network CIDR is required (it bounds which routes are accepted from peers)")
+	}
+	if c.ImportAllow, err = parsePrefixes(r.ImportAllow); err != nil {
+		bad("import-allow", "%v", err)
+	}
+	for _, p := range append(append([]netip.Prefix{}, c.ClusterCIDRs...), c.ImportAllow...) {
+		if p.Bits() == 0 {
+			bad("cluster-cidr/import-allow", "%s would accept a default route; not allowed", p)
+		}
+	}
+	peers, perr := r.peers()
+	if perr != nil {
+		errs = append(errs, perr)
+	}
+	c.Peers = peers
+	if r.HoldTime != 0 && r.HoldTime < 3*time.Second {
+		bad("hold-time", "%s is below the BGP minimum of 3s (0 = use the default)", r.HoldTime)
+	}
+	if r.Keepalive <= 0 {
+		bad("keepalive-interval", "must be positive")
+	} else if r.HoldTime != 0 && r.Keepalive*3 > r.HoldTime {
+		bad("keepalive-interval", "%s is more than a third of --hold-time %s", r.Keepalive, r.HoldTime)
+	}
+	if r.ConnectRetry < time.Second {
+		bad("connect-retry", "%s is below 1s", r.ConnectRetry)
+	}
+	if r.GRRestartTime < time.Second || r.GRRestartTime > 4095*time.Second {
+		bad("graceful-restart-time", "%s is outside 1s..4095s", r.GRRestartTime)
+	}
+	if r.RouteProtocol < 1 || r.RouteProtocol > 255 || r.RouteProtocol <= 4 {
+		bad("route-protocol", "%d must be in 5..255 (0-4 are the kernel's own)", r.RouteProtocol)
+	}
+	if r.RouteTable < 0 || r.RouteTable == 255 || r.RouteTable == 253 {
+		bad("route-table", "%d is not a table Canopy may write (not local or default)", r.RouteTable)
+	}
+	if r.StaleTimeout <= 0 {
+		bad("stale-route-timeout", "must be positive")
+	}
+	if r.ResyncInterval < 0 {
+		bad("resync-interval", "must not be negative")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "%q is not one of debug, info, warn, error", r.LogLevel)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func (r Raw) peers() ([]Peer, error) {
+	var errs []error
+	if len(r.PeerIPs) == 0 {
+		if len(r.PeerASNs) > 0 {
+			errs = append(errs, errors.New("--peer-router-asns given without --peer-router-ips"))
+		}
+		return nil, errors.Join(errs...)
+	}
+	if len(r.PeerASNs) != 1 && len(r.PeerASNs) != len(r.PeerIPs) {
+		return nil, fmt.Errorf("--peer-router-asns: %d values for %d --peer-router-ips (give one for all, or one each)", len(r.PeerASNs), len(r.PeerIPs))
+	}
+	if r.PeerTTL > 255 {
+		errs = append(errs, fmt.Errorf("--peer-router-multihop-ttl: %d is above 255", r.PeerTTL))
+	}
+	var passwords []string
+	if r.PeerPasswords != "" {
+		b, err := os.ReadFile(r.PeerPasswords)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--peer-router-passwords-file: %v", err))
+		} else {
+			for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+				passwords = append(passwords, strings.TrimRight(l, "\r"))
+			}
+			if len(passwords) != 1 && len(passwords) != len(r.PeerIPs) {
+				errs = append(errs, fmt.Errorf("--peer-router-passwords-file: %d lines for %d peers (give one for all, or one each)", len(passwords), len(r.PeerIPs)))
+			}
+		}
+	}
+	var out []Peer
+	seen := map[netip.Addr]bool{}
+	for i, s := range r.PeerIPs {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--peer-router-ips: %q is not an IP address", s))
+			continue
+		}
+		if seen[a] {
+			errs = append(errs, fmt.Errorf("--peer-router-ips: %s given twice", a))
+			continue
+		}
+		seen[a] = true
+		asnStr := r.PeerASNs[0]
+		if len(r.PeerASNs) > 1 {
+			asnStr = r.PeerASNs[i]
+		}
+		asn, err := ParseASN(asnStr)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--peer-router-asns: peer %s: %v", a, err))
+			continue
+		}
+		p := Peer{Address: a, ASN: asn, MultihopTTL: uint8(r.PeerTTL)}
+		if len(passwords) == 1 {
+			p.Password = passwords[0]
+		} else if len(passwords) == len(r.PeerIPs) {
+			p.Password = passwords[i]
+		}
+		out = append(out, p)
+	}
+	return out, errors.Join(errs...)
+}
+
+// ParseASN parses a 4-byte AS number in plain or asdot notation (e.g. "64512", "1.10"); 0, 23456 (AS_TRANS)
+// and 65535/4294967295 (reserved) are refused.
+func ParseASN(s string) (uint32, error) {
+	s = strings.TrimSpace(s)
+	var v uint64
+	if hi, lo, ok := strings.Cut(s, "."); ok {
+		h, err1 := strconv.ParseUint(hi, 10, 16)
+		l, err2 := strconv.ParseUint(lo, 10, 16)
+		if err1 != nil || err2 != nil {
+			return 0, fmt.Errorf("%q is not an AS number", s)
+		}
+		v = h<<16 | l
+	} else {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not an AS number (1..4294967294)", s)
+		}
+		v = n
+	}
+	switch v {
+	case 0, 23456, 65535, 4294967295:
+		return 0, fmt.Errorf("AS number %d is reserved", v)
+	}
+	return uint32(v), nil
+}
+
+func parsePrefixes(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for _, s := range in {
+		for _, part := range strings.Split(s, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(part)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%q is not a CIDR", part))
+				continue
+			}
+			if p != p.Masked() {
+				errs = append(errs, fmt.Errorf("%q has host bits set (did you mean %s?)", part, p.Masked()))
+				continue
+			}
+			out = append(out, p)
+		}
+	}
+	return out, errors.Join(errs...)
+}
