@@ -30,7 +30,7 @@ const (
 // Reconciler applies as a diff, so a burst of node changes costs one pass.
 type NodeController struct {
 	cfg      *config.Config
-	speaker  *Speaker
+	speaker  SpeakerControl
 	learner  *Learner
 	lister   corelisters.NodeLister
 	synced   cache.InformerSynced
@@ -49,8 +49,14 @@ type NodeController struct {
 	reportedNoCIDR bool
 }
 
+// SpeakerControl is what the node controller needs of the speaker (a *Speaker, or a fake in tests).
+type SpeakerControl interface {
+	Ensure(ctx context.Context, id Identity) error
+	Reconciler() *Reconciler
+}
+
 // NewNodeController registers a Node event handler on factory and returns the controller.
-func NewNodeController(cfg *config.Config, factory informers.SharedInformerFactory, speaker *Speaker, learner *Learner, recorder record.EventRecorder, log *slog.Logger) *NodeController {
+func NewNodeController(cfg *config.Config, factory informers.SharedInformerFactory, speaker SpeakerControl, learner *Learner, recorder record.EventRecorder, log *slog.Logger) *NodeController {
 	inf := factory.Core().V1().Nodes()
 	c := &NodeController{
 		cfg: cfg, speaker: speaker, learner: learner, lister: inf.Lister(), synced: inf.Informer().HasSynced,
