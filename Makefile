@@ -1,0 +1,57 @@
+# Canopy — see README.md. Every target is safe to run twice.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+export CANOPY_CACHE ?= /var/cache/canopy
+K8S_VERSION ?= v1.35.4
+GO_TEST_FLAGS ?=
+LAB_NODES ?= 3
+
+.PHONY: all build deps k8s test unit lab lab-down lab-status bench lint clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -o $(BIN)/canopy ./cmd/canopy
+
+# Debian packages the tests and the lab use (iproute2, iptables, ipset, frr, gobgpd, etcd, ...).
+deps:
+	@bash hack/install-deps.sh
+
+# The test control plane (kube-apiserver, kube-controller-manager, kubectl), built once and cached by version.
+k8s:
+	@K8S_VERSION=$(K8S_VERSION) bash hack/build-k8s.sh >/dev/null
+
+# Everything: unit, integration (real kernel in namespaces) and e2e (the virtual data centre) tests.
+test: deps k8s build
+	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
+	  $(GO) run ./e2e/labctl down >/dev/null 2>&1 || true
+	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
+	  $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
+
+# Only the fast tests that need neither root nor the lab.
+unit:
+	$(GO) test -count=1 -short ./...
+
+# A 3-node cluster + FRR ToR + control plane in network namespaces, left running. `make lab-down` removes it.
+lab: deps k8s build
+	CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) $(GO) run ./e2e/labctl up -nodes $(LAB_NODES) -agent $(BIN)/canopy
+
+lab-down:
+	$(GO) run ./e2e/labctl down
+
+lab-status:
+	$(GO) run ./e2e/labctl status
+
+# Benchmarks: speed targets live here, never in timed tests.
+bench: deps k8s build
+	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)
