@@ -51,7 +51,7 @@ type GoBGP struct {
 
 // StartGoBGP starts an embedded GoBGP server with the global config, multipath on, and the local-only export policy.
 func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP, error) {
-	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("component", "gobgp")})}
+	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("lib", "gobgp")})}
 	if cfg.GRPCAddr != "" {
 		opts = append(opts, server.GrpcListenAddress(cfg.GRPCAddr))
 	}

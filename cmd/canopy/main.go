@@ -1,0 +1,222 @@
+// Command canopy is the Canopy node agent: flags → validated config → controllers. See README.md for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/internal/config"
+	"canopy.io/canopy/routes"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+)
+
+// stringList is a repeatable, comma-separated flag.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			*s = append(*s, p)
+		}
+	}
+	return nil
+}
+
+func bindFlags(fs *flag.FlagSet, r *config.Raw) {
+	fs.StringVar(&r.Kubeconfig, "kubeconfig", "", "path to a kubeconfig; empty = in-cluster config")
+	fs.StringVar(&r.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, then the hostname)")
+	fs.UintVar(&r.ClusterASN, "cluster-asn", 64512, "AS number of the nodes (a node's canopy.io/node-asn annotation overrides it)")
+	fs.StringVar(&r.RouterID, "router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
+	fs.IntVar(&r.BGPPort, "bgp-port", 179, "TCP port the BGP speaker listens on, on the node IP")
+	fs.StringVar(&r.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "address of the GoBGP gRPC admin API for the gobgp CLI; empty disables it")
+	fs.StringVar(&r.MetricsAddr, "metrics-addr", ":9469", "address of the Prometheus /metrics and /healthz endpoint; empty disables it")
+	fs.BoolVar(&r.NodesFullMesh, "nodes-full-mesh", true, "peer with every other node (iBGP full mesh; eBGP where node ASNs differ)")
+	fs.Var((*stringList)(&r.ClusterCIDRs), "cluster-cidr", "pod network CIDR(s); learned routes must fall inside one (repeatable, comma-separated)")
+	fs.Var((*stringList)(&r.ImportAllow), "import-allow", "extra prefixes learned routes may fall inside (repeatable, comma-separated)")
+	fs.Var((*stringList)(&r.PeerIPs), "peer-router-ips", "external BGP peers (ToR, route reflectors) for every node (comma-separated)")
+	fs.Var((*stringList)(&r.PeerASNs), "peer-router-asns", "AS numbers of --peer-router-ips: one for all, or one each")
+	fs.UintVar(&r.PeerTTL, "peer-router-multihop-ttl", 0, "eBGP multihop TTL for the external peers (0 or 1 = directly connected)")
+	fs.StringVar(&r.PeerPasswords, "peer-router-passwords-file", "", "file with TCP MD5 passwords for the external peers: one line for all, or one line each")
+	fs.DurationVar(&r.HoldTime, "hold-time", 90*time.Second, "BGP hold time")
+	fs.DurationVar(&r.Keepalive, "keepalive-interval", 30*time.Second, "BGP keepalive interval (at most a third of the hold time)")
+	fs.DurationVar(&r.ConnectRetry, "connect-retry", 5*time.Second, "wait between connection attempts to a peer")
+	fs.BoolVar(&r.GracefulRestart, "graceful-restart", true, "BGP graceful restart: peers keep this node's routes while the agent restarts")
+	fs.DurationVar(&r.GRRestartTime, "graceful-restart-time", 120*time.Second, "how long peers keep this node's routes after its session drops")
+	fs.IntVar(&r.RouteProtocol, "route-protocol", routes.DefaultProtocol, "kernel route protocol number that marks Canopy's routes")
+	fs.IntVar(&r.RouteTable, "route-table", 254, "kernel routing table for learned routes (254 = main)")
+	fs.DurationVar(&r.StaleTimeout, "stale-route-timeout", 60*time.Second, "at start, how long to wait for End-of-RIB from all peers before removing our old kernel routes that no peer confirmed")
+	fs.DurationVar(&r.ResyncInterval, "resync-interval", 5*time.Minute, "how often kernel routes are compared with the desired ones to repair drift (0 = never)")
+	fs.StringVar(&r.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+}
+
+func main() {
+	var raw config.Raw
+	fs := flag.NewFlagSet("canopy", flag.ContinueOnError)
+	bindFlags(fs, &raw)
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "canopy: unexpected arguments %q\n", fs.Args())
+		os.Exit(2)
+	}
+	cfg, err := raw.Validate()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "canopy: invalid configuration:\n%v\n", err)
+		os.Exit(2)
+	}
+	log := newLogger(cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("canopy stopped", "err", err)
+		os.Exit(1)
+	}
+	log.Info("canopy stopped; kernel routes and peers' graceful-restart state are kept for the next start")
+}
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", path)
+}
+
+func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	log.Info("canopy starting", "node", cfg.NodeName, "cluster_asn", cfg.ClusterASN, "cluster_cidrs", cfg.ClusterCIDRs, "peers", len(cfg.Peers))
+	rc, err := kubeConfig(cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "canopy/" + cfg.NodeName
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	if err := waitForNode(ctx, kube, cfg.NodeName, log); err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(bgp.Collectors()...)
+	reg.MustRegister(routes.Collectors()...)
+	if cfg.MetricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		srv := &http.Server{Addr: cfg.MetricsAddr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics server", "addr", cfg.MetricsAddr, "err", err)
+			}
+		}()
+		defer srv.Close()
+	}
+
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	mgr := routes.NewManager(routes.NewNetlinkTable(h, cfg.RouteProtocol, cfg.RouteTable), log.With("component", "routes"))
+	if err := mgr.Start(); err != nil {
+		return fmt.Errorf("read kernel routes: %w", err)
+	}
+
+	learner := bgp.NewLearner(mgr, bgp.NewImportPolicy(cfg.ClusterCIDRs, nil, nil), nil, log.With("component", "learner"))
+	speaker := bgp.NewSpeaker(bgp.GlobalConfig{
+		ListenPort: cfg.BGPPort, GRPCAddr: cfg.GRPCAddr, HoldTime: cfg.HoldTime, Keepalive: cfg.Keepalive,
+		ConnectRetry: cfg.ConnectRetry, GracefulRestart: cfg.GracefulRestart, GRRestartTime: cfg.GRRestartTime,
+	}, learner, log.With("component", "bgp"))
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "canopy", Host: cfg.NodeName})
+
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	nodes := bgp.NewNodeController(cfg, factory, speaker, learner, recorder, log.With("component", "nodes"))
+	factory.Start(ctx.Done())
+	go nodes.Run(ctx)
+
+	go func() {
+		all := nodes.WaitForEOR(ctx, cfg.StaleTimeout)
+		if ctx.Err() != nil {
+			return
+		}
+		n, err := mgr.Sweep()
+		log.Info("initial route sync done; stale kernel routes removed", "all_peers_sent_eor", all, "removed", n, "err", err)
+		if cfg.ResyncInterval <= 0 {
+			return
+		}
+		t := time.NewTicker(cfg.ResyncInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := mgr.Resync(); err != nil {
+					log.Error("route resync", "err", err)
+				}
+			}
+		}
+	}()
+
+	<-ctx.Done()
+	log.Info("shutting down (BGP sessions are left to graceful restart)")
+	speaker.Shutdown(false)
+	factory.Shutdown()
+	return nil
+}
+
+// waitForNode waits until the Node exists, logging clearly while it does not.
+func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, log *slog.Logger) error {
+	last := time.Time{}
+	for {
+		n, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			log.Info("found this node", "node", name, "ip", bgp.NodeIP(n), "pod_cidrs", bgp.PodCIDRs(n))
+			return nil
+		}
+		if time.Since(last) > 10*time.Second {
+			log.Info("waiting for this node's Node object", "node", name, "err", err)
+			last = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
