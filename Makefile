@@ -26,8 +26,6 @@ k8s:
 # Everything: unit, integration (real kernel in namespaces) and e2e (the virtual data centre) tests.
 test: deps k8s build
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
-	  $(GO) run ./e2e/labctl down >/dev/null 2>&1 || true
-	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
 	  $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
 
 # Only the fast tests that need neither root nor the lab.

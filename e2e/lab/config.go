@@ -1,0 +1,209 @@
+package lab
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strings"
+)
+
+// K8sVersion is the control-plane version hack/build-k8s.sh builds and DefaultK8sBinDir points at.
+const K8sVersion = "v1.35.4"
+
+// DefaultStateRoot is where labs record themselves (see DownAll).
+const DefaultStateRoot = "/run/canopy-lab"
+
+// Config describes a lab. The zero value (plus Nodes) is a working lab without an agent.
+type Config struct {
+	Nodes int // worker nodes; default 2, at most 200
+
+	// AgentBin is the agent started in every node namespace; "" starts none (StartAgent then fails).
+	AgentBin string
+	// AgentArgs are appended to the standard command line (see Node.AgentArgs) on every node; PerNodeArgs[i]
+	// (i = 1 for node1) after them on node i only.
+	AgentArgs   []string
+	PerNodeArgs map[int][]string
+	// NoDefaultAgentArgs leaves the standard flags out: for stand-ins that are not the agent.
+	NoDefaultAgentArgs bool
+	// AgentGroups are the Kubernetes groups of the node credentials (user system:canopy:<node>); default
+	// system:masters. Give e.g. {"canopy-agents"} and bind a ClusterRole to it to test the agent's RBAC.
+	AgentGroups []string
+
+	K8sBinDir string // kube-apiserver, kube-controller-manager, kubectl; default DefaultK8sBinDir()
+	EtcdBin   string // default etcd on PATH
+	FRRDir    string // zebra and bgpd; default /usr/lib/frr
+
+	// WorkRoot is where the lab makes its work directory canopy-lab-<prefix> (logs, kubeconfigs, certificates,
+	// etcd's data); default $TMPDIR. Down removes the work directory unless Keep or KeepWorkDir.
+	WorkRoot string
+	// StateRoot holds each lab's state file and FRR's sockets; default DefaultStateRoot.
+	StateRoot string
+	// Prefix of every namespace name; default "cnp" + 6 random characters + "-". Lowercase letters, digits
+	// and '-', at most 16 characters.
+	Prefix string
+	// Keep leaves the lab up when the process that made it exits (make lab): processes are detached and do not
+	// die with it, and only DownAll (labctl down) removes the lab.
+	Keep bool
+
+	FabricCIDR       netip.Prefix // the rack's L2 segment; default 10.99.0.0/24 (ToR .1, control plane .2, node i .10+i)
+	ExternalCIDR     netip.Prefix // link from the ToR to the external host; default 203.0.113.0/24 (ToR .1, host .10)
+	ClusterCIDR      netip.Prefix // pod network; default 10.244.0.0/16
+	ServiceCIDR      netip.Prefix // default 10.96.0.0/16
+	NodeCIDRMaskSize int          // default 24
+	ToRASN           uint32       // default 64500
+	// NodeDefaultRoute gives every node a static default route via the ToR, as a real server would have. Off by
+	// default: a node then knows only the fabric subnet, and every other route it has came from the agent.
+	NodeDefaultRoute bool
+
+	// Logf receives progress lines (t.Logf, log.Printf); default silent.
+	Logf func(format string, args ...any) `json:"-"`
+}
+
+var prefixRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}-$`)
+
+// withDefaults fills the zero fields and checks the rest.
+func (c Config) withDefaults() (Config, error) {
+	if c.Nodes == 0 {
+		c.Nodes = 2
+	}
+	if c.Nodes < 1 || c.Nodes > 200 {
+		return c, fmt.Errorf("lab: Nodes=%d: want 1..200", c.Nodes)
+	}
+	if c.K8sBinDir == "" {
+		c.K8sBinDir = DefaultK8sBinDir()
+	}
+	// Relative paths would resolve against the working directory of whoever starts a process later.
+	for _, p := range []*string{&c.K8sBinDir, &c.AgentBin, &c.WorkRoot, &c.StateRoot} {
+		if *p != "" && strings.Contains(*p, "/") && !filepath.IsAbs(*p) {
+			abs, err := filepath.Abs(*p)
+			if err != nil {
+				return c, err
+			}
+			*p = abs
+		}
+	}
+	if c.EtcdBin == "" {
+		c.EtcdBin = "etcd"
+	}
+	if c.FRRDir == "" {
+		c.FRRDir = "/usr/lib/frr"
+	}
+	if c.StateRoot == "" {
+		c.StateRoot = DefaultStateRoot
+	}
+	if c.Prefix == "" {
+		c.Prefix = "cnp" + randString(6) + "-"
+	}
+	if !strings.HasSuffix(c.Prefix, "-") {
+		c.Prefix += "-"
+	}
+	if !prefixRE.MatchString(c.Prefix) {
+		return c, fmt.Errorf("lab: Prefix %q: want lowercase letters, digits and '-', at most 16 characters", c.Prefix)
+	}
+	def := func(p *netip.Prefix, s string) {
+		if !p.IsValid() {
+			*p = netip.MustParsePrefix(s)
+		}
+		*p = p.Masked()
+	}
+	def(&c.FabricCIDR, "10.99.0.0/24")
+	def(&c.ExternalCIDR, "203.0.113.0/24")
+	def(&c.ClusterCIDR, "10.244.0.0/16")
+	def(&c.ServiceCIDR, "10.96.0.0/16")
+	if c.NodeCIDRMaskSize == 0 {
+		c.NodeCIDRMaskSize = 24
+	}
+	if c.ToRASN == 0 {
+		c.ToRASN = 64500
+	}
+	for _, p := range []netip.Prefix{c.FabricCIDR, c.ExternalCIDR, c.ClusterCIDR, c.ServiceCIDR} {
+		if !p.Addr().Is4() {
+			return c, fmt.Errorf("lab: %s: only IPv4 for now", p)
+		}
+	}
+	if c.FabricCIDR.Bits() > 24 || 10+c.Nodes >= 1<<(32-c.FabricCIDR.Bits())-1 {
+		return c, fmt.Errorf("lab: FabricCIDR %s too small for %d nodes", c.FabricCIDR, c.Nodes)
+	}
+	if c.NodeCIDRMaskSize <= c.ClusterCIDR.Bits() || c.NodeCIDRMaskSize > 28 {
+		return c, fmt.Errorf("lab: NodeCIDRMaskSize %d does not fit ClusterCIDR %s", c.NodeCIDRMaskSize, c.ClusterCIDR)
+	}
+	if len(c.AgentGroups) == 0 {
+		c.AgentGroups = []string{"system:masters"}
+	}
+	return c, nil
+}
+
+// DefaultK8sBinDir is $CANOPY_K8S_BIN if set, else ${CANOPY_CACHE:-/var/cache/canopy}/k8s-<K8sVersion>, where
+// hack/build-k8s.sh puts the binaries.
+func DefaultK8sBinDir() string {
+	if d := os.Getenv("CANOPY_K8S_BIN"); d != "" {
+		return d
+	}
+	cache := os.Getenv("CANOPY_CACHE")
+	if cache == "" {
+		cache = "/var/cache/canopy"
+	}
+	return filepath.Join(cache, "k8s-"+K8sVersion)
+}
+
+// Preflight says why a lab cannot run here (not root, a binary missing), or nil. Tests skip on its error.
+func Preflight(cfg Config) error {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)")
+	}
+	look := func(what, bin string) {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, fmt.Sprintf("%s (%s)", what, bin))
+		}
+	}
+	look("iproute2", "ip")
+	look("procps", "sysctl")
+	look("iputils-ping", "ping")
+	look("etcd (hack/install-deps.sh)", c.EtcdBin)
+	look("FRR zebra (hack/install-deps.sh)", filepath.Join(c.FRRDir, "zebra"))
+	look("FRR bgpd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bgpd"))
+	look("FRR vtysh (hack/install-deps.sh)", "vtysh")
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager"} {
+		look(b+" (hack/build-k8s.sh)", filepath.Join(c.K8sBinDir, b))
+	}
+	if c.AgentBin != "" {
+		look("the agent", c.AgentBin)
+	}
+	if _, err := user.Lookup("frr"); err != nil {
+		missing = append(missing, "user frr (the frr package)")
+	}
+	if len(missing) > 0 {
+		return errors.New("lab needs: " + strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+const alnum = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+func randString(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = alnum[int(b[i])%len(alnum)]
+	}
+	return string(b)
+}
+
+// nthAddr is the address i places after the start of p.
+func nthAddr(p netip.Prefix, i int) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v += uint32(i)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

@@ -1,0 +1,265 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ToR is the top-of-rack router: a Linux bridge (the rack's L2 segment) and FRR (zebra + bgpd) in one namespace.
+// It accepts BGP from any address of the fabric subnet (peer group NODES, remote-as external) and installs what
+// it learns into its kernel, so it routes between nodes, pods and the external host.
+type ToR struct {
+	Host
+	ASN uint32
+	// Dir is FRR's directory: configs, pid files and the vty sockets (`vtysh --vty_socket <Dir>`). Its logs are
+	// <WorkDir>/tor/zebra.log and bgpd.log.
+	Dir string
+}
+
+const peerGroup = "NODES"
+
+func (t *ToR) bgpdConf(c Config) string {
+	return fmt.Sprintf(`hostname %[1]s
+log timestamp precision 3
+router bgp %[2]d
+ bgp router-id %[3]s
+ no bgp ebgp-requires-policy
+ no bgp network import-check
+ bgp bestpath as-path multipath-relax
+ bgp log-neighbor-changes
+ timers bgp 3 9
+ neighbor %[4]s peer-group
+ neighbor %[4]s remote-as external
+ bgp listen range %[5]s peer-group %[4]s
+ address-family ipv4 unicast
+  neighbor %[4]s activate
+  neighbor %[4]s as-override
+  maximum-paths 16
+ exit-address-family
+exit
+`, t.NS, t.ASN, t.IP, peerGroup, c.FabricCIDR)
+}
+
+// startFRR starts zebra, waits for its zserv socket, starts bgpd and waits until vtysh gets an answer. FRR drops
+// privileges to user frr, so its directory belongs to frr.
+func (l *Lab) startFRR(ctx context.Context) error {
+	t := l.ToR
+	if len(filepath.Join(t.Dir, "zserv.api")) > 100 {
+		return fmt.Errorf("FRR socket path under %s is too long for a unix socket; use a shorter StateRoot", t.Dir)
+	}
+	logs := filepath.Join(l.WorkDir, "tor")
+	for _, d := range []string{t.Dir, logs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	files := map[string]string{
+		"zebra.conf": fmt.Sprintf("hostname %s\nlog timestamp precision 3\nip forwarding\n", t.NS),
+		"bgpd.conf":  t.bgpdConf(l.cfg),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(t.Dir, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	u, err := user.Lookup("frr")
+	if err != nil {
+		return err
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := filepath.Walk(t.Dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chown(p, uid, gid)
+	}); err != nil {
+		return err
+	}
+	zserv := filepath.Join(t.Dir, "zserv.api")
+	daemon := func(name string) []string {
+		return []string{filepath.Join(l.cfg.FRRDir, name),
+			"-F", "datacenter", "-f", filepath.Join(t.Dir, name+".conf"), "-i", filepath.Join(t.Dir, name+".pid"),
+			"-z", zserv, "--vty_socket", t.Dir, "-P", "0", "--limit-fds", "1024", "--log", "stdout"}
+	}
+	if _, err := l.startProc("zebra", t.NS, filepath.Join(logs, "zebra.log"), daemon("zebra")); err != nil {
+		return err
+	}
+	if err := l.waitFor(ctx, "zebra's zserv socket", "zebra", func() error {
+		_, err := os.Stat(zserv)
+		return err
+	}); err != nil {
+		return err
+	}
+	if _, err := l.startProc("bgpd", t.NS, filepath.Join(logs, "bgpd.log"), daemon("bgpd")); err != nil {
+		return err
+	}
+	return l.waitFor(ctx, "bgpd to answer vtysh", "bgpd", func() error {
+		out, err := t.Vtysh(ctx, "show bgp summary")
+		if err == nil && !strings.Contains(out, "No BGP neighbors") && !strings.Contains(out, "BGP router identifier") {
+			err = fmt.Errorf("unexpected answer: %s", out)
+		}
+		return err
+	})
+}
+
+// Vtysh runs vtysh commands in one session (`vtysh -c cmd1 -c cmd2 …`) and returns the output. vtysh talks
+// to the daemons over their unix sockets in Dir. Don't `write memory`: vtysh would write /etc/frr.
+func (t *ToR) Vtysh(ctx context.Context, cmds ...string) (string, error) {
+	args := []string{"--vty_socket", t.Dir}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := run(ctx, "vtysh", args...)
+	return out, err
+}
+
+// Config runs configuration lines after `configure terminal`, e.g.
+//
+//	tor.Config(ctx, "router bgp 64500", "address-family ipv4 unicast", "network 198.51.100.0/24")
+//
+// Any line FRR answers with "%" (unknown command, bad value) fails it.
+func (t *ToR) Config(ctx context.Context, lines ...string) error {
+	out, err := t.Vtysh(ctx, append([]string{"configure terminal"}, lines...)...)
+	if err != nil {
+		return err
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), "%") {
+			return fmt.Errorf("tor config %q: %s", lines, strings.TrimSpace(out))
+		}
+	}
+	return nil
+}
+
+// Announce makes the ToR originate prefixes to every node (e.g. "0.0.0.0/0", "198.51.100.0/24"). The base
+// config has `no bgp network import-check`, so the ToR need not have a route for them.
+func (t *ToR) Announce(ctx context.Context, prefixes ...string) error {
+	return t.networks(ctx, "", prefixes)
+}
+
+// Withdraw stops originating prefixes given to Announce.
+func (t *ToR) Withdraw(ctx context.Context, prefixes ...string) error {
+	return t.networks(ctx, "no ", prefixes)
+}
+
+func (t *ToR) networks(ctx context.Context, no string, prefixes []string) error {
+	lines := []string{fmt.Sprintf("router bgp %d", t.ASN), "address-family ipv4 unicast"}
+	for _, p := range prefixes {
+		if _, err := netip.ParsePrefix(p); err != nil {
+			return err
+		}
+		lines = append(lines, no+"network "+p)
+	}
+	return t.Config(ctx, lines...)
+}
+
+// VtyshJSON runs one show command with " json" appended and decodes the answer into v.
+func (t *ToR) VtyshJSON(ctx context.Context, cmd string, v any) error {
+	out, err := t.Vtysh(ctx, cmd+" json")
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		return fmt.Errorf("%s json: %w: %.200s", cmd, err, out)
+	}
+	return nil
+}
+
+// Peers returns the ToR's IPv4 BGP neighbours and their state ("Established", "Active", …).
+func (t *ToR) Peers(ctx context.Context) (map[netip.Addr]string, error) {
+	var sum struct {
+		IPv4Unicast struct {
+			Peers map[string]struct {
+				State string `json:"state"`
+			} `json:"peers"`
+		} `json:"ipv4Unicast"`
+	}
+	if err := t.VtyshJSON(ctx, "show bgp summary", &sum); err != nil {
+		return nil, err
+	}
+	out := map[netip.Addr]string{}
+	for a, p := range sum.IPv4Unicast.Peers {
+		if ip, err := netip.ParseAddr(a); err == nil {
+			out[ip] = p.State
+		}
+	}
+	return out, nil
+}
+
+// WaitEstablished waits until the ToR has an Established session with every given address.
+func (t *ToR) WaitEstablished(ctx context.Context, peers ...netip.Addr) error {
+	for {
+		got, err := t.Peers(ctx)
+		var missing []string
+		for _, p := range peers {
+			if got[p] != "Established" {
+				missing = append(missing, fmt.Sprintf("%s(%s)", p, orDash(got[p])))
+			}
+		}
+		if err == nil && len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = errors.New("not established: " + strings.Join(missing, " "))
+			}
+			return fmt.Errorf("ToR BGP sessions: %w (%v)", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Routes returns the ToR's BGP best paths: prefix → next hops of the selected (multi)paths.
+func (t *ToR) Routes(ctx context.Context) (map[netip.Prefix][]netip.Addr, error) {
+	var rib struct {
+		Routes map[string][]struct {
+			Valid     bool `json:"valid"`
+			Bestpath  bool `json:"bestpath"`
+			Multipath bool `json:"multipath"`
+			Nexthops  []struct {
+				IP string `json:"ip"`
+			} `json:"nexthops"`
+		} `json:"routes"`
+	}
+	if err := t.VtyshJSON(ctx, "show ip bgp", &rib); err != nil {
+		return nil, err
+	}
+	out := map[netip.Prefix][]netip.Addr{}
+	for ps, paths := range rib.Routes {
+		p, err := netip.ParsePrefix(ps)
+		if err != nil {
+			continue
+		}
+		for _, path := range paths {
+			if !path.Valid || !(path.Bestpath || path.Multipath) {
+				continue
+			}
+			for _, nh := range path.Nexthops {
+				if a, err := netip.ParseAddr(nh.IP); err == nil {
+					out[p] = append(out[p], a)
+				}
+			}
+		}
+		sort.Slice(out[p], func(i, j int) bool { return out[p][i].Less(out[p][j]) })
+	}
+	return out, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

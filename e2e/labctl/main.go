@@ -1,0 +1,240 @@
+// Command labctl brings the virtual data centre (package e2e/lab) up and down from a shell; `make lab`,
+// `make lab-down` and `make lab-status` run it.
+//
+//	labctl up [-nodes 3] [-agent bin/canopy] [-prefix cnpdemo] [-workroot DIR] [-agent-args "--flag=x ..."]
+//	labctl down [-keep-logs]     remove every lab (also stale ones left by killed tests)
+//	labctl status                list labs, their namespaces and processes
+//	labctl show [-lab PREFIX]    the routing state of a running lab (ToR BGP table, each node's gobgp view, routes)
+//	labctl describe [-lab PREFIX] where a running lab's logs and kubeconfigs are, and commands to try
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"canopy.io/canopy/e2e/lab"
+)
+
+func main() {
+	log.SetFlags(0)
+	log.SetPrefix("labctl: ")
+	if len(os.Args) < 2 {
+		usage()
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "up":
+		err = up(ctx, args)
+	case "down":
+		err = down(args)
+	case "status":
+		err = status(args)
+	case "show", "describe":
+		err = show(ctx, cmd, args)
+	default:
+		usage()
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, `usage: labctl up [-nodes N] [-agent PATH] [-agent-args "..."] [-prefix P] [-workroot DIR]
+       labctl down [-keep-logs]
+       labctl status
+       labctl show [-lab PREFIX]
+       labctl describe [-lab PREFIX]`)
+	os.Exit(2)
+}
+
+const defaultAgent = "bin/canopy"
+
+func up(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("up", flag.ExitOnError)
+	nodes := fs.Int("nodes", 3, "worker nodes")
+	agent := fs.String("agent", defaultAgent, `agent binary ("" for none)`)
+	agentArgs := fs.String("agent-args", "", "extra agent flags, space-separated")
+	prefix := fs.String("prefix", "", "namespace name prefix (default random cnpXXXXXX-)")
+	workroot := fs.String("workroot", "", "where to make the work directory canopy-lab-<prefix> (default $TMPDIR)")
+	stateRoot := fs.String("state", lab.DefaultStateRoot, "state directory")
+	force := fs.Bool("force", false, "bring up another lab even if one is up")
+	_ = fs.Parse(args)
+
+	if !*force {
+		if st, err := lab.List(*stateRoot); err == nil {
+			for _, s := range st {
+				if s.Keep && len(s.Namespaces) > 0 {
+					return fmt.Errorf("lab %s is already up (work dir %s); `make lab-down` first, or -force", s.Prefix, s.WorkDir)
+				}
+			}
+		}
+	}
+	if *agent != "" {
+		if _, err := os.Stat(*agent); err != nil {
+			if *agent != defaultAgent {
+				return fmt.Errorf("agent %s: %w", *agent, err)
+			}
+			log.Printf("no agent at %s (make build): the lab comes up without one", *agent)
+			*agent = ""
+		}
+	}
+	cfg := lab.Config{
+		Nodes: *nodes, AgentBin: *agent, AgentArgs: strings.Fields(*agentArgs),
+		Prefix: *prefix, WorkRoot: *workroot, StateRoot: *stateRoot, Keep: true,
+		Logf: log.Printf,
+	}
+	if err := lab.Preflight(cfg); err != nil {
+		return fmt.Errorf("%w (make deps k8s)", err)
+	}
+	upCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	l, err := lab.Up(upCtx, cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Println()
+	if err := l.Describe(os.Stdout); err != nil {
+		return err
+	}
+	if cfg.AgentBin == "" {
+		return nil
+	}
+	// With an agent: wait for the fabric to converge, put a pod on every node, ping across, show the tables.
+	// The lab stays up either way; a failure makes the exit status non-zero.
+	fmt.Println()
+	cerr := converge(ctx, l)
+	fmt.Println()
+	if err := l.Show(ctx, os.Stdout); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("the lab is up (make lab-down removes it), but: %w", cerr)
+	}
+	return nil
+}
+
+// converge waits for every node's BGP session with the ToR, then adds pod "p1" on every node and pings from
+// the first node's pod to the others.
+func converge(ctx context.Context, l *lab.Lab) error {
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var ips []netip.Addr
+	var names []string
+	for _, n := range l.Nodes {
+		ips = append(ips, n.IP)
+		names = append(names, n.IP.String())
+	}
+	t0 := time.Now()
+	if err := l.ToR.WaitEstablished(wctx, ips...); err != nil {
+		return fmt.Errorf("BGP: %w", err)
+	}
+	fmt.Printf("BGP: the ToR is established with %s (%s)\n", strings.Join(names, ", "), time.Since(t0).Round(time.Millisecond))
+	var pods []*lab.Pod
+	for _, n := range l.Nodes {
+		p, err := l.AddPod(wctx, n, "p1")
+		if err != nil {
+			return err
+		}
+		pods = append(pods, p)
+	}
+	var errs []error
+	for _, dst := range pods[1:] {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := retry(pctx, func() error { return pods[0].Ping(pctx, dst.IP) })
+		cancel()
+		res := "ok"
+		if err != nil {
+			res = "no reply for 10s"
+			errs = append(errs, fmt.Errorf("ping %s -> %s: no reply", pods[0].IP, dst.IP))
+		}
+		fmt.Printf("ping pod %s on %s (%s) -> pod %s on %s (%s): %s\n", pods[0].Name, pods[0].Node.Name, pods[0].IP,
+			dst.Name, dst.Node.Name, dst.IP, res)
+	}
+	return errors.Join(errs...)
+}
+
+// retry calls f every 200 ms until it succeeds or ctx ends.
+func retry(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func down(args []string) error {
+	fs := flag.NewFlagSet("down", flag.ExitOnError)
+	keepLogs := fs.Bool("keep-logs", false, "leave the work directories")
+	stateRoot := fs.String("state", lab.DefaultStateRoot, "state directory")
+	_ = fs.Parse(args)
+	return lab.DownAll(*stateRoot, *keepLogs, log.Printf)
+}
+
+func status(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ExitOnError)
+	stateRoot := fs.String("state", lab.DefaultStateRoot, "state directory")
+	_ = fs.Parse(args)
+	st, err := lab.List(*stateRoot)
+	if err != nil {
+		return err
+	}
+	if len(st) == 0 {
+		fmt.Println("no lab")
+		return nil
+	}
+	for _, s := range st {
+		owner := "kept (make lab)"
+		if !s.Keep {
+			owner = fmt.Sprintf("owned by pid %d", s.OwnerPID)
+			if !s.OwnerAlive {
+				owner += " (dead: stale, removed by the next lab or labctl down)"
+			}
+		}
+		fmt.Printf("lab %s  created %s  %s  ready=%v\n  work dir %s\n", s.Prefix, s.Created.Format(time.RFC3339), owner, s.Ready, s.WorkDir)
+		fmt.Printf("  namespaces: %s\n", strings.Join(s.Namespaces, " "))
+		for _, n := range s.Nodes {
+			fmt.Printf("  %s\n", n)
+		}
+		for _, p := range s.Procs {
+			state := "running"
+			if !p.Alive {
+				state = "gone"
+			}
+			fmt.Printf("  %-26s pid %-7d %-7s %s\n", p.Name, p.PID, state, p.LogPath)
+		}
+	}
+	return nil
+}
+
+func show(ctx context.Context, cmd string, args []string) error {
+	fs := flag.NewFlagSet(cmd, flag.ExitOnError)
+	prefix := fs.String("lab", "", "lab prefix (default: the only one)")
+	stateRoot := fs.String("state", lab.DefaultStateRoot, "state directory")
+	_ = fs.Parse(args)
+	l, err := lab.Attach(*stateRoot, *prefix)
+	if err != nil {
+		return err
+	}
+	if cmd == "describe" {
+		return l.Describe(os.Stdout)
+	}
+	return l.Show(ctx, os.Stdout)
+}
