@@ -46,7 +46,10 @@ func TestValidateErrorsNameTheFlag(t *testing.T) {
 		{"router id v6", func(r *Raw) { r.RouterID = "fd00::1" }, "--router-id"},
 		{"port", func(r *Raw) { r.BGPPort = 70000 }, "--bgp-port"},
 		{"peer ip", func(r *Raw) { r.PeerIPs = []string{"10.0.0.300"}; r.PeerASNs = []string{"1"} }, "--peer-router-ips"},
-		{"asn count", func(r *Raw) { r.PeerIPs = []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}; r.PeerASNs = []string{"1", "2"} }, "2 values for 3"},
+		{"asn count", func(r *Raw) {
+			r.PeerIPs = []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+			r.PeerASNs = []string{"1", "2"}
+		}, "2 values for 3"},
 		{"asn without ip", func(r *Raw) { r.PeerASNs = []string{"1"} }, "without --peer-router-ips"},
 		{"dup peer", func(r *Raw) { r.PeerIPs = []string{"10.0.0.1", "10.0.0.1"}; r.PeerASNs = []string{"1"} }, "given twice"},
 		{"hold", func(r *Raw) { r.HoldTime = time.Second }, "--hold-time"},
@@ -55,7 +58,11 @@ func TestValidateErrorsNameTheFlag(t *testing.T) {
 		{"table", func(r *Raw) { r.RouteTable = 255 }, "--route-table"},
 		{"level", func(r *Raw) { r.LogLevel = "loud" }, "--log-level"},
 		{"ttl", func(r *Raw) { r.PeerIPs = []string{"10.0.0.1"}; r.PeerASNs = []string{"1"}; r.PeerTTL = 300 }, "multihop-ttl"},
-		{"passwords file", func(r *Raw) { r.PeerIPs = []string{"10.0.0.1"}; r.PeerASNs = []string{"1"}; r.PeerPasswords = "/nonexistent" }, "passwords-file"},
+		{"passwords file", func(r *Raw) {
+			r.PeerIPs = []string{"10.0.0.1"}
+			r.PeerASNs = []string{"1"}
+			r.PeerPasswords = "/nonexistent"
+		}, "passwords-file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
