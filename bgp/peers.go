@@ -34,6 +34,9 @@ type PeerSpec struct {
 	Password    string
 	MultihopTTL uint8
 	Port        uint16 // 0 = 179
+	// Passive: wait for the peer to connect. Between two nodes exactly one side dials (the lower address), so
+	// a restarted agent is not caught in a loop of both sides refusing each other's connections while idle.
+	Passive bool
 	Kind        PeerKind
 	Name        string // node name for mesh peers, "flag" or "annotation" for external ones
 }
@@ -135,7 +138,7 @@ func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh b
 			if asn == 0 {
 				asn = clusterASN
 			}
-			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name})
+			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0})
 		}
 	}
 	for _, p := range flagPeers {

@@ -73,7 +73,7 @@ func TestDesiredPeers(t *testing.T) {
 	want := []PeerSpec{
 		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag"},
 		{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", Kind: PeerKindExternal, Name: "annotation"},
-		{Address: addr("10.99.0.13"), ASN: 65003, Kind: PeerKindNode, Name: "n3"},
+		{Address: addr("10.99.0.13"), ASN: 65003, Kind: PeerKindNode, Name: "n3"}, // higher address: we dial it
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v", got)
@@ -82,6 +82,10 @@ func TestDesiredPeers(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("peer %d = %+v, want %+v", i, got[i], want[i])
 		}
+	}
+	// The node with the higher address waits for the lower one to dial.
+	if p := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, 64512, nodes, true, nil, nil); len(p) != 2 || !p[0].Passive || !p[1].Passive {
+		t.Fatalf("from n3 every mesh peer is lower, so passive: %+v", p)
 	}
 	noMesh := DesiredPeers(self, 64512, nodes, false, flagPeers, nil)
 	if len(noMesh) != 1 || noMesh[0].Address != addr("10.99.0.1") {

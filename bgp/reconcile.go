@@ -59,7 +59,7 @@ func (c *Reconciler) SetPeers(ctx context.Context, desired []PeerSpec) error {
 			peerChanges.WithLabelValues("add").Inc()
 		case old == p:
 			continue
-		case old.ASN != p.ASN || old.Password != p.Password || old.MultihopTTL != p.MultihopTTL || old.Port != p.Port:
+		case old.ASN != p.ASN || old.Password != p.Password || old.MultihopTTL != p.MultihopTTL || old.Port != p.Port || old.Passive != p.Passive:
 			// A session's identity changed: GoBGP cannot change these in place, so this one peer is re-created.
 			if err := c.r.DeletePeer(ctx, p.Address); err != nil {
 				errs = append(errs, fmt.Errorf("re-create peer %s: %w", p.Address, err))

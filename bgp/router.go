@@ -112,6 +112,9 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 			ConnectRetry:      uint64(g.cfg.ConnectRetry.Seconds()),
 			HoldTime:          uint64(g.cfg.HoldTime.Seconds()),
 			KeepaliveInterval: uint64(g.cfg.Keepalive.Seconds()),
+			// GoBGP waits 30 s by default before it talks to a peer again after a reset, refusing its
+			// connections meanwhile: a restarted agent would wait that long to be re-peered.
+			IdleHoldTimeAfterReset: uint64(max(1, g.cfg.ConnectRetry.Seconds())),
 		}},
 		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}},
 	}
@@ -119,7 +122,7 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(g.cfg.GRRestartTime.Seconds())}
 		ap.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
-	ap.Transport = &api.Transport{RemotePort: uint32(p.Port)}
+	ap.Transport = &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive}
 	if len(g.cfg.ListenAddresses) > 0 && g.cfg.ListenAddresses[0].Is4() == p.Address.Is4() {
 		// Dial from the node address, which is what the peer has configured for us.
 		ap.Transport.LocalAddress = g.cfg.ListenAddresses[0].String()

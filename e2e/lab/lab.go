@@ -43,6 +43,7 @@ type Lab struct {
 	namespaces    []string
 	procs         []*Proc
 	pods          []*Pod
+	fabricHosts   int
 	removeWorkDir bool
 	ownerPID      int
 	ownerStart    uint64

@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"canopy.io/canopy/e2e/lab"
+)
+
+// shared is the lab every test in the package uses; labErr says why there is none.
+var (
+	shared *lab.Lab
+	labErr error
+)
+
+// benchPrefixes is where the route-install benchmark's injected prefixes live; every agent accepts it.
+const benchPrefixes = "100.64.0.0/10"
+
+func agentBin() string {
+	if b := os.Getenv("CANOPY_BIN"); b != "" {
+		return b
+	}
+	b, _ := filepath.Abs("../bin/canopy")
+	return b
+}
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	code := func() int {
+		if testing.Short() {
+			labErr = fmt.Errorf("-short: the lab is not brought up")
+			return m.Run()
+		}
+		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes}}
+		if labErr = lab.Preflight(cfg); labErr != nil {
+			return m.Run()
+		}
+		if testing.Verbose() {
+			cfg.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, "lab: "+f+"\n", a...) }
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		l, err := lab.Up(ctx, cfg)
+		if err != nil {
+			labErr = fmt.Errorf("lab.Up: %w", err)
+			fmt.Fprintln(os.Stderr, labErr)
+			return 1
+		}
+		shared = l
+		code := m.Run()
+		if code != 0 || os.Getenv("CANOPY_LAB_KEEP_LOGS") != "" {
+			l.KeepWorkDir()
+			fmt.Fprintf(os.Stderr, "lab %s: logs kept in %s\n", l.Prefix, l.WorkDir)
+		}
+		if err := l.Down(); err != nil {
+			fmt.Fprintln(os.Stderr, "lab.Down:", err)
+			code = 1
+		}
+		return code
+	}()
+	os.Exit(code)
+}
+
+// needLab returns the shared lab once it has converged, or skips (fails under CI) saying why there is none.
+func needLab(t testing.TB) *lab.Lab {
+	t.Helper()
+	if shared == nil {
+		if os.Getenv("CI") == "true" && !testing.Short() {
+			t.Fatalf("the lab must run in CI: %v", labErr)
+		}
+		t.Skipf("no lab: %v", labErr)
+	}
+	waitConverged(t, shared)
+	return shared
+}
+
+// waitConverged waits until every node is Established with the ToR and every other node, and every node's
+// kernel has every other node's pod CIDR.
+func waitConverged(t testing.TB, l *lab.Lab) {
+	t.Helper()
+	eventually(t, 60*time.Second, "the lab converges", func(ctx context.Context) error {
+		for _, n := range l.Nodes {
+			st, err := neighbors(ctx, n)
+			if err != nil {
+				return err
+			}
+			want := []netip.Addr{l.ToR.IP}
+			for _, o := range l.Nodes {
+				if o != n {
+					want = append(want, o.IP)
+				}
+			}
+			for _, w := range want {
+				if st[w] != "ESTABLISHED" {
+					return fmt.Errorf("%s: session with %s is %q", n.Name, w, st[w])
+				}
+			}
+			rt, err := kernelRoutes(ctx, n)
+			if err != nil {
+				return err
+			}
+			for _, o := range l.Nodes {
+				if o != n && !slices.Equal(rt[o.PodCIDR], []netip.Addr{o.IP}) {
+					return fmt.Errorf("%s: route to %s is %v, want via %s", n.Name, o.PodCIDR, rt[o.PodCIDR], o.IP)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// eventually retries f every 100 ms until it returns nil or timeout passes, then fails with f's last error.
+func eventually(t testing.TB, timeout time.Duration, what string, f func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var err error
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+		err = f(cctx)
+		ccancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// neighbors runs `gobgp neighbor -j` in the node's namespace (the stock CLI against the agent's gRPC API)
+// and returns each peer's session state.
+func neighbors(ctx context.Context, n *lab.Node) (map[netip.Addr]string, error) {
+	out, err := n.Exec(ctx, "gobgp", "neighbor", "-j")
+	if err != nil {
+		return nil, fmt.Errorf("%s: gobgp neighbor: %v: %s", n.Name, err, out)
+	}
+	var peers []struct {
+		State struct {
+			NeighborAddress string `json:"neighbor_address"`
+			SessionState    int    `json:"session_state"`
+		} `json:"state"`
+	}
+	if err := json.Unmarshal([]byte(out), &peers); err != nil {
+		return nil, fmt.Errorf("%s: gobgp neighbor -j: %v", n.Name, err)
+	}
+	names := []string{"UNKNOWN", "IDLE", "CONNECT", "ACTIVE", "OPENSENT", "OPENCONFIRM", "ESTABLISHED"}
+	res := map[netip.Addr]string{}
+	for _, p := range peers {
+		a, err := netip.ParseAddr(p.State.NeighborAddress)
+		if err != nil {
+			continue
+		}
+		s := "?"
+		if p.State.SessionState >= 0 && p.State.SessionState < len(names) {
+			s = names[p.State.SessionState]
+		}
+		res[a] = s
+	}
+	return res, nil
+}
+
+// kernelRoutes returns the node's routes of Canopy's protocol (186), next hops sorted.
+func kernelRoutes(ctx context.Context, n *lab.Node) (map[netip.Prefix][]netip.Addr, error) {
+	return routesIn(ctx, n.Exec, "proto", "186")
+}
+
+func routesIn(ctx context.Context, exec func(context.Context, ...string) (string, error), filter ...string) (map[netip.Prefix][]netip.Addr, error) {
+	out, err := exec(ctx, append([]string{"ip", "-j", "route", "show"}, filter...)...)
+	if err != nil {
+		return nil, fmt.Errorf("ip route: %v: %s", err, out)
+	}
+	var rs []struct {
+		Dst      string `json:"dst"`
+		Gateway  string `json:"gateway"`
+		Nexthops []struct {
+			Gateway string `json:"gateway"`
+		} `json:"nexthops"`
+	}
+	if err := json.Unmarshal([]byte(out), &rs); err != nil {
+		return nil, fmt.Errorf("ip -j route: %v: %s", err, out)
+	}
+	res := map[netip.Prefix][]netip.Addr{}
+	for _, r := range rs {
+		dst := r.Dst
+		if dst == "default" {
+			dst = "0.0.0.0/0"
+		} else if !strings.Contains(dst, "/") {
+			dst += "/32"
+		}
+		p, err := netip.ParsePrefix(dst)
+		if err != nil {
+			continue
+		}
+		var nhs []netip.Addr
+		if a, err := netip.ParseAddr(r.Gateway); err == nil {
+			nhs = append(nhs, a)
+		}
+		for _, h := range r.Nexthops {
+			if a, err := netip.ParseAddr(h.Gateway); err == nil {
+				nhs = append(nhs, a)
+			}
+		}
+		slices.SortFunc(nhs, func(a, b netip.Addr) int { return a.Compare(b) })
+		res[p] = nhs
+	}
+	return res, nil
+}
