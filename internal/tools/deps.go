@@ -4,6 +4,12 @@
 package tools
 
 import (
+	_ "github.com/containernetworking/cni/pkg/skel"
+	_ "github.com/containernetworking/cni/pkg/types/100"
+	_ "github.com/containernetworking/plugins/pkg/ip"
+	_ "github.com/containernetworking/plugins/pkg/ns"
+	_ "github.com/containernetworking/plugins/pkg/testutils"
+	_ "github.com/coreos/go-iptables/iptables"
 	_ "github.com/osrg/gobgp/v3/api"
 	_ "github.com/osrg/gobgp/v3/pkg/server"
 	_ "github.com/prometheus/client_golang/prometheus"
