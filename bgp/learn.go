@@ -36,6 +36,7 @@ type Learner struct {
 	policy *ImportPolicy
 	self   map[netip.Addr]bool
 	known  map[netip.Prefix]learned
+	nInst  int // destinations in known with installed set
 	eor    map[netip.Addr]bool
 	states map[netip.Addr]api.PeerState_SessionState
 }
@@ -83,7 +84,7 @@ func (l *Learner) Apply(paths []LearnedPath) {
 		}
 		l.learn(pfx, nhs, true)
 	}
-	learnedRoutes.Set(float64(l.installedCount()))
+	learnedRoutes.Set(float64(l.nInst))
 }
 
 // SetPolicy replaces the import policy and re-applies it to every known destination.
@@ -98,7 +99,18 @@ func (l *Learner) SetPolicy(p *ImportPolicy, self []netip.Addr) {
 	for pfx, k := range l.known {
 		l.learn(pfx, k.nextHops, false)
 	}
-	learnedRoutes.Set(float64(l.installedCount()))
+	learnedRoutes.Set(float64(l.nInst))
+}
+
+// record stores a destination's state, keeping the installed count.
+func (l *Learner) record(pfx netip.Prefix, e learned) {
+	if old, ok := l.known[pfx]; ok && old.installed {
+		l.nInst--
+	}
+	if e.installed {
+		l.nInst++
+	}
+	l.known[pfx] = e
 }
 
 func (l *Learner) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
@@ -125,16 +137,16 @@ func (l *Learner) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
 				l.log.Error("remove route", "prefix", pfx, "err", err)
 			}
 		}
-		l.known[pfx] = learned{nextHops: nhs}
+		l.record(pfx, learned{nextHops: nhs})
 		return
 	}
 	if err := l.sink.Set(pfx, kept); err != nil {
 		sinkErrors.Inc()
 		l.log.Error("install route", "prefix", pfx, "next_hops", kept, "err", err)
-		l.known[pfx] = learned{nextHops: nhs}
+		l.record(pfx, learned{nextHops: nhs})
 		return
 	}
-	l.known[pfx] = learned{nextHops: nhs, installed: true}
+	l.record(pfx, learned{nextHops: nhs, installed: true})
 }
 
 func (l *Learner) forget(pfx netip.Prefix) {
@@ -144,21 +156,12 @@ func (l *Learner) forget(pfx netip.Prefix) {
 	}
 	delete(l.known, pfx)
 	if old.installed {
+		l.nInst--
 		if err := l.sink.Remove(pfx); err != nil {
 			sinkErrors.Inc()
 			l.log.Error("remove route", "prefix", pfx, "err", err)
 		}
 	}
-}
-
-func (l *Learner) installedCount() int {
-	n := 0
-	for _, k := range l.known {
-		if k.installed {
-			n++
-		}
-	}
-	return n
 }
 
 // Reset forgets every destination and removes what it installed (the speaker was restarted: its RIB is new).

@@ -1,0 +1,297 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"canopy.io/canopy/e2e/lab"
+	api "github.com/osrg/gobgp/v3/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	apb "google.golang.org/protobuf/types/known/anypb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// BenchmarkAgentStartToToR measures the time from starting the agent binary to its pod CIDR in the ToR's BGP
+// table. Graceful restart is off for the measured agent, so the ToR drops the route as soon as it stops.
+func BenchmarkAgentStartToToR(b *testing.B) {
+	l := needLab(b)
+	n := l.Nodes[len(l.Nodes)-1]
+	ctx := context.Background()
+	b.Cleanup(func() {
+		_ = n.StopAgent()
+		_ = n.StartAgent()
+		waitConverged(b, l)
+	})
+	// Warm up: the running agent has graceful restart on, so the ToR would keep its route after it stops.
+	if err := n.StopAgent(); err != nil {
+		b.Fatal(err)
+	}
+	if err := n.StartAgent("--graceful-restart=false", "--log-level=info"); err != nil {
+		b.Fatal(err)
+	}
+	waitConverged(b, l)
+	var samples []time.Duration
+	for range 5 {
+		if err := n.StopAgent(); err != nil {
+			b.Fatal(err)
+		}
+		eventually(b, 30*time.Second, "the ToR drops the stopped node's route", func(ctx context.Context) error {
+			rib, err := l.ToR.Routes(ctx)
+			if err != nil {
+				return err
+			}
+			if _, ok := rib[n.PodCIDR]; ok {
+				return fmt.Errorf("still there")
+			}
+			return nil
+		})
+		t0 := time.Now()
+		if err := n.StartAgent("--graceful-restart=false", "--log-level=info"); err != nil {
+			b.Fatal(err)
+		}
+		eventually(b, 30*time.Second, "the ToR learns the pod CIDR", func(ctx context.Context) error {
+			rib, err := l.ToR.Routes(ctx)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(rib[n.PodCIDR], []netip.Addr{n.IP}) {
+				return fmt.Errorf("not yet")
+			}
+			return nil
+		})
+		samples = append(samples, time.Since(t0))
+	}
+	_ = ctx
+	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
+	b.ReportMetric(float64(samples[len(samples)/2].Milliseconds()), "ms-median-start-to-ToR")
+	b.ReportMetric(float64(samples[0].Milliseconds()), "ms-min-start-to-ToR")
+	b.Logf("agent start -> pod CIDR at the ToR: %v", samples)
+}
+
+// BenchmarkLearnedRouteInstall measures how fast the agent installs routes a gobgpd peer announces: from the
+// first announcement until the node's kernel holds all N (and the same for the withdrawal). It reports routes/s
+// end to end (gobgpd → BGP → GoBGP → import policy → netlink), and the bare netlink rate in the same run as the
+// baseline (`ip -batch route add` of the same prefixes in a scratch namespace).
+func BenchmarkLearnedRouteInstall(b *testing.B) {
+	l := needLab(b)
+	ctx := context.Background()
+	inj := injector(b, l)
+	n := l.Nodes[0]
+	// The measured agent logs at info: GoBGP's debug log writes a line per update.
+	if err := n.StopAgent(); err != nil {
+		b.Fatal(err)
+	}
+	if err := n.StartAgent("--log-level=info"); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = n.StopAgent()
+		_ = n.StartAgent()
+		waitConverged(b, l)
+	})
+	annotatePeers(b, l, n, fmt.Sprintf(`[{"ip":"%s","asn":65099}]`, inj.host.IP))
+	eventually(b, 30*time.Second, "node1 peers with the injector", func(ctx context.Context) error {
+		st, err := neighbors(ctx, n)
+		if err != nil {
+			return err
+		}
+		if st[inj.host.IP] != "ESTABLISHED" {
+			return fmt.Errorf("injector session is %q", st[inj.host.IP])
+		}
+		return nil
+	})
+	for _, count := range []int{10_000, 100_000} {
+		b.Run(fmt.Sprintf("routes=%d", count), func(b *testing.B) {
+			base := installed(b, n)
+			t0 := time.Now()
+			inj.announce(b, count)
+			waitInstalled(b, n, base+count)
+			add := time.Since(t0)
+			t1 := time.Now()
+			inj.withdrawAll(b)
+			waitInstalled(b, n, base)
+			del := time.Since(t1)
+			nl := netlinkBaseline(b, l, count)
+			b.ReportMetric(float64(count)/add.Seconds(), "routes/s-install")
+			b.ReportMetric(float64(count)/del.Seconds(), "routes/s-withdraw")
+			b.ReportMetric(float64(count)/nl.Seconds(), "routes/s-baseline-ip-batch")
+			b.ReportMetric(nl.Seconds()/add.Seconds(), "ratio-vs-baseline")
+			b.Logf("%d routes: installed in %v (%.0f/s), withdrawn in %v; bare `ip -batch` adds them in %v", count, add.Round(time.Millisecond), float64(count)/add.Seconds(), del.Round(time.Millisecond), nl.Round(time.Millisecond))
+		})
+	}
+	_ = ctx
+}
+
+type gobgpInjector struct {
+	host   *lab.Host
+	client api.GobgpApiClient
+}
+
+// injector starts gobgpd (Debian's) on a new fabric host, peered with node1, and connects to its gRPC API
+// through the host's namespace.
+func injector(b *testing.B, l *lab.Lab) *gobgpInjector {
+	b.Helper()
+	ctx := context.Background()
+	h, err := l.AddFabricHost(ctx, "inj")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	conf := fmt.Sprintf(`[global.config]
+  as = 65099
+  router-id = "%[1]s"
+  port = 179
+  local-address-list = ["%[1]s"]
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "%[2]s"
+    peer-as = 64512
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = 9
+    keepalive-interval = 3
+`, h.IP, l.Nodes[0].IP)
+	path := filepath.Join(dir, "gobgpd.toml")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := h.Start("gobgpd", "gobgpd", "-f", path, "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-l", "warn"); err != nil {
+		b.Fatal(err)
+	}
+	conn, err := grpc.NewClient("passthrough:///127.0.0.1:50051",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return h.Dial(ctx, "tcp", addr) }))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	inj := &gobgpInjector{host: h, client: api.NewGobgpApiClient(conn)}
+	eventually(b, 20*time.Second, "gobgpd answers", func(ctx context.Context) error {
+		_, err := inj.client.GetBgp(ctx, &api.GetBgpRequest{})
+		return err
+	})
+	return inj
+}
+
+var v4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+
+// announce streams count /32s from 100.64.0.0 on, next hop the injector.
+func (g *gobgpInjector) announce(b *testing.B, count int) {
+	b.Helper()
+	stream, err := g.client.AddPathStream(context.Background())
+	if err != nil {
+		b.Fatal(err)
+	}
+	origin, _ := apb.New(&api.OriginAttribute{Origin: 0})
+	nh, _ := apb.New(&api.NextHopAttribute{NextHop: g.host.IP.String()})
+	a := netip.MustParseAddr("100.64.0.0")
+	var batch []*api.Path
+	flush := func() {
+		if err := stream.Send(&api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: batch}); err != nil {
+			b.Fatal(err)
+		}
+		batch = nil
+	}
+	for range count {
+		nlri, _ := apb.New(&api.IPAddressPrefix{Prefix: a.String(), PrefixLen: 32})
+		batch = append(batch, &api.Path{Family: v4, Nlri: nlri, Pattrs: []*apb.Any{origin, nh}})
+		if len(batch) == 1000 {
+			flush()
+		}
+		a = a.Next()
+	}
+	if len(batch) > 0 {
+		flush()
+	}
+	if _, err := stream.CloseAndRecv(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func (g *gobgpInjector) withdrawAll(b *testing.B) {
+	b.Helper()
+	if _, err := g.client.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: v4}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// installed is the agent's count of installed kernel routes (its metric).
+func installed(b *testing.B, n *lab.Node) int {
+	b.Helper()
+	m, err := metrics(context.Background(), n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return int(m["canopy_routes_installed_routes"])
+}
+
+func waitInstalled(b *testing.B, n *lab.Node, want int) {
+	b.Helper()
+	eventually(b, 5*time.Minute, fmt.Sprintf("%s has %d routes", n.Name, want), func(ctx context.Context) error {
+		m, err := metrics(ctx, n)
+		if err != nil {
+			return err
+		}
+		if got := int(m["canopy_routes_installed_routes"]); got != want {
+			return fmt.Errorf("%d installed", got)
+		}
+		return nil
+	})
+	// The metric follows the manager; check the kernel agrees.
+	out, err := n.Exec(context.Background(), "sh", "-c", "ip route show proto 186 | wc -l")
+	if err != nil {
+		b.Fatal(err)
+	}
+	var got int
+	fmt.Sscan(out, &got)
+	if got != want {
+		b.Fatalf("%s kernel has %d proto 186 routes, want %d", n.Name, got, want)
+	}
+}
+
+// netlinkBaseline times `ip -batch` adding the same count of /32 routes in a scratch fabric host: the bare
+// kernel cost, measured in the same run.
+func netlinkBaseline(b *testing.B, l *lab.Lab, count int) time.Duration {
+	b.Helper()
+	h, err := l.AddFabricHost(context.Background(), fmt.Sprintf("nl%d", count/1000))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := os.CreateTemp(b.TempDir(), "batch")
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := netip.MustParseAddr("100.64.0.0")
+	gw := l.ToR.IP
+	for range count {
+		fmt.Fprintf(f, "route add %s/32 via %s proto 186\n", a, gw)
+		a = a.Next()
+	}
+	f.Close()
+	t0 := time.Now()
+	if out, err := h.Exec(context.Background(), "ip", "-batch", f.Name()); err != nil {
+		b.Fatalf("ip -batch: %v: %s", err, out)
+	}
+	return time.Since(t0)
+}
+
+func annotatePeers(b *testing.B, l *lab.Lab, n *lab.Node, v string) {
+	b.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{"canopy.io/peers":%q}}}`, v)
+	if _, err := l.Kube.CoreV1().Nodes().Patch(context.Background(), n.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_, _ = l.Kube.CoreV1().Nodes().Patch(context.Background(), n.Name, types.MergePatchType, []byte(`{"metadata":{"annotations":{"canopy.io/peers":null}}}`), metav1.PatchOptions{})
+	})
+}
