@@ -37,8 +37,8 @@ type PeerSpec struct {
 	// Passive: wait for the peer to connect. Between two nodes exactly one side dials (the lower address), so
 	// a restarted agent is not caught in a loop of both sides refusing each other's connections while idle.
 	Passive bool
-	Kind        PeerKind
-	Name        string // node name for mesh peers, "flag" or "annotation" for external ones
+	Kind    PeerKind
+	Name    string // node name for mesh peers, "flag" or "annotation" for external ones
 }
 
 // NodeInfo is what the speaker needs from a Kubernetes Node.
