@@ -177,3 +177,59 @@ func TestSpeakerWithInProcessPeers(t *testing.T) {
 	}
 	eventually(t, "pod CIDR withdrawn at the peers", func() bool { return len(a.received()) == 0 })
 }
+
+// TestSpeakerMD5 checks that a peer's password reaches the session: with the same TCP MD5 password on both sides
+// the session comes up; with a wrong one it does not.
+func TestSpeakerMD5(t *testing.T) {
+	if ok, err := KernelSupportsMD5(); !ok {
+		t.Skipf("this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG): %v", err)
+	}
+	const nodeIP, tor = "127.0.0.1", "127.0.0.4"
+	port := freePort(t, nodeIP)
+	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
+	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, nil), nil, quiet)
+	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Shutdown(true)
+	peer := startTestPeerWithPassword(t, tor, 64500, nodeIP, port, 64512, "s3cret")
+	rec := sp.Reconciler()
+	spec := PeerSpec{Address: addr(tor), ASN: 64500, Port: uint16(peer.port), Password: "s3cret", Kind: PeerKindExternal, Name: "md5"}
+	if err := rec.SetPeers(ctx, []PeerSpec{spec}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "session up with the right password", func() bool { return learner.PeerStates()[addr(tor)] == "ESTABLISHED" })
+	spec.Password = "wrong"
+	if err := rec.SetPeers(ctx, []PeerSpec{spec}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Second)
+	if st := learner.PeerStates()[addr(tor)]; st == "ESTABLISHED" {
+		t.Fatal("session established with a wrong MD5 password")
+	}
+}
+
+func startTestPeerWithPassword(t *testing.T, ip string, asn uint32, speakerIP string, speakerPort int, speakerASN uint32, password string) *testPeer {
+	t.Helper()
+	port := freePort(t, ip)
+	s := server.NewBgpServer(server.LoggerOption(&slogAdapter{l: quiet}))
+	go s.Serve()
+	ctx := context.Background()
+	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{Asn: asn, RouterId: ip, ListenPort: int32(port), ListenAddresses: []string{ip}, UseMultiplePaths: true}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
+		Conf:      &api.PeerConf{NeighborAddress: speakerIP, PeerAsn: speakerASN, AuthPassword: password},
+		Transport: &api.Transport{RemotePort: uint32(speakerPort), LocalAddress: ip},
+		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, HoldTime: 9, KeepaliveInterval: 3}},
+		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testPeer{s: s, ip: ip, port: port}
+}

@@ -126,6 +126,15 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 
+	for _, p := range cfg.Peers {
+		if p.Password != "" {
+			if ok, err := bgp.KernelSupportsMD5(); !ok {
+				log.Error("peers have TCP MD5 passwords but this kernel cannot sign TCP segments (CONFIG_TCP_MD5SIG): those sessions will not come up", "err", err)
+			}
+			break
+		}
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(bgp.Collectors()...)

@@ -187,13 +187,16 @@ func (a *Allocator) Allocate(att Attachment) ([]Allocation, error) {
 	}
 	defer unlock()
 
-	records, err := a.scan()
+	records, blocked, err := a.scan()
 	if err != nil {
 		return nil, err
 	}
-	used := make(map[netip.Addr]bool, len(records))
+	used := make(map[netip.Addr]bool, len(records)+len(blocked))
 	for _, r := range records {
 		used[r.IP] = true
+	}
+	for _, ip := range blocked {
+		used[ip] = true
 	}
 
 	var out []Allocation
@@ -318,7 +321,8 @@ func (a *Allocator) List() ([]Record, error) {
 		return nil, err
 	}
 	defer unlock()
-	return a.scan()
+	records, _, err := a.scan()
+	return records, err
 }
 
 // Release removes every record of att (inside the current CIDRs or not) and returns the addresses freed. Releasing
@@ -348,7 +352,7 @@ func (a *Allocator) remove(match func(Record) bool) ([]netip.Addr, error) {
 		return nil, err
 	}
 	defer unlock()
-	records, err := a.scan()
+	records, _, err := a.scan()
 	if err != nil {
 		return nil, err
 	}
@@ -367,22 +371,24 @@ func (a *Allocator) remove(match func(Record) bool) ([]netip.Addr, error) {
 	return freed, errors.Join(errs...)
 }
 
-// scan reads every address file. Other files (the lock, markers, temporary files, anything unexpected) are skipped.
-func (a *Allocator) scan() ([]Record, error) {
+// scan reads every address file. Other files (the lock, markers, temporary files, anything unexpected) are
+// skipped; entries named by an address that are not regular files (a directory, a symlink) are returned as blocked:
+// never handed out, never removed.
+func (a *Allocator) scan() (records []Record, blocked []netip.Addr, err error) {
 	entries, err := os.ReadDir(a.dir)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return nil, nil
+			return nil, nil, nil
 		}
-		return nil, fmt.Errorf("ipam: read data directory: %w", err)
+		return nil, nil, fmt.Errorf("ipam: read data directory: %w", err)
 	}
-	var out []Record
 	for _, e := range entries {
-		if !e.Type().IsRegular() {
+		ip, err := netip.ParseAddr(e.Name())
+		if err != nil || ip.Zone() != "" || ip.String() != e.Name() {
 			continue
 		}
-		ip, err := netip.ParseAddr(e.Name())
-		if err != nil || ip.Zone() != "" {
+		if !e.Type().IsRegular() {
+			blocked = append(blocked, ip)
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(a.dir, e.Name()))
@@ -390,12 +396,12 @@ func (a *Allocator) scan() ([]Record, error) {
 			if os.IsNotExist(err) {
 				continue
 			}
-			return nil, fmt.Errorf("ipam: read %s: %w", e.Name(), err)
+			return nil, nil, fmt.Errorf("ipam: read %s: %w", e.Name(), err)
 		}
-		out = append(out, Record{IP: ip, Attachment: parseRecord(b)})
+		records = append(records, Record{IP: ip, Attachment: parseRecord(b)})
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
-	return out, nil
+	sort.Slice(records, func(i, j int) bool { return records[i].IP.Less(records[j].IP) })
+	return records, blocked, nil
 }
 
 // parseRecord reads "<containerID>\r\n<ifname>" (host-local's format; a bare "\n" and a missing ifname are accepted).
