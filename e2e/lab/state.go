@@ -241,16 +241,19 @@ func orphanRecords(root string, known []*record) []*record {
 // it is still in use, and namespaces left by labs whose state is gone. With keepLogs the work directories stay.
 // This is `labctl down` / `make lab-down`.
 func DownAll(stateRoot string, keepLogs bool, logf func(string, ...any)) error {
-	return sweep(stateRoot, keepLogs, logf, func(*record) bool { return true })
+	return sweep(stateRoot, keepLogs, true, logf, func(*record) bool { return true })
 }
 
 // CleanStale removes the labs whose creating process has died without tearing them down (a test binary killed
 // by -timeout or SIGKILL runs no cleanup) and which are not kept (make lab). Up calls it.
+//
+// It leaves alone namespaces that no state file under stateRoot names: another lab, made with another state
+// root (a test's temporary one) or by a parallel test binary, may own them. Only DownAll sweeps those.
 func CleanStale(stateRoot string, logf func(string, ...any)) error {
-	return sweep(stateRoot, false, logf, (*record).stale)
+	return sweep(stateRoot, false, false, logf, (*record).stale)
 }
 
-func sweep(root string, keepLogs bool, logf func(string, ...any), pick func(*record) bool) error {
+func sweep(root string, keepLogs, orphans bool, logf func(string, ...any), pick func(*record) bool) error {
 	if root == "" {
 		root = DefaultStateRoot
 	}
@@ -270,6 +273,9 @@ func sweep(root string, keepLogs bool, logf func(string, ...any), pick func(*rec
 		if err := teardown(root, r, keepLogs); err != nil {
 			errs = append(errs, fmt.Errorf("lab %s: %w", r.Prefix, err))
 		}
+	}
+	if !orphans {
+		return errors.Join(errs...)
 	}
 	for _, r := range orphanRecords(root, recs) {
 		logf("lab: removing leftover namespaces %s*", r.Prefix)
