@@ -14,6 +14,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy ./cmd/canopy
+	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy-cni ./cmd/canopy-cni
 
 # Debian packages the tests and the lab use (iproute2, iptables, ipset, frr, gobgpd, etcd, ...).
 deps:

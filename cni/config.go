@@ -89,6 +89,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		}
 	case errors.As(err, &typeErr):
 		// Decoding went on past the bad field; report it with the rest.
+		typeErr.Field = strings.TrimPrefix(typeErr.Field, "PluginConf.") // the embedded standard fields
 		problems = append(problems, typeProblem(typeErr))
 	default:
 		return nil, types.NewError(types.ErrDecodingFailure, "malformed network config JSON: "+jsonErrorText(err, data), "")
@@ -248,7 +249,13 @@ func article(jsonKind string) string {
 	case "bool":
 		return "a boolean"
 	}
-	return jsonKind // "number", or "number 1.5" for a number the field cannot hold
+	if jsonKind == "number" {
+		return "a number"
+	}
+	if strings.HasPrefix(jsonKind, "number ") {
+		return "the " + jsonKind // "number 1.5": a number the field cannot hold
+	}
+	return jsonKind
 }
 
 // jsonErrorText adds the line and column to a syntax error.

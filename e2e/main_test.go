@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"canopy.io/canopy/e2e/lab"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 )
 
 // shared is the lab every test in the package uses; labErr says why there is none.
@@ -40,7 +43,9 @@ func TestMain(m *testing.M) {
 			labErr = fmt.Errorf("-short: the lab is not brought up")
 			return m.Run()
 		}
-		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes}}
+		// The agents run with only the rights manifests/rbac.yaml grants (bound to their group below).
+		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes},
+			AgentGroups: []string{agentGroup}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()
 		}
@@ -56,6 +61,11 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		shared = l
+		if err := applyAgentRBAC(ctx, l); err != nil {
+			fmt.Fprintln(os.Stderr, "agent RBAC:", err)
+			_ = l.Down()
+			return 1
+		}
 		code := m.Run()
 		if code != 0 || os.Getenv("CANOPY_LAB_KEEP_LOGS") != "" {
 			l.KeepWorkDir()
@@ -68,6 +78,42 @@ func TestMain(m *testing.M) {
 		return code
 	}()
 	os.Exit(code)
+}
+
+// agentGroup is the Kubernetes group of the lab agents' credentials.
+const agentGroup = "canopy-agents"
+
+// applyAgentRBAC creates the ClusterRole of manifests/rbac.yaml and binds it to the agents' group, so the
+// e2e tests prove the manifest grants what the agent needs.
+func applyAgentRBAC(ctx context.Context, l *lab.Lab) error {
+	b, err := os.ReadFile("../manifests/rbac.yaml")
+	if err != nil {
+		return err
+	}
+	for _, doc := range strings.Split(string(b), "\n---") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+			return err
+		}
+		if meta.Kind != "ClusterRole" {
+			continue
+		}
+		var role rbacv1.ClusterRole
+		if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
+			return err
+		}
+		if _, err := l.Kube.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+		bind := &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: agentGroup}},
+		}
+		_, err := l.Kube.RbacV1().ClusterRoleBindings().Create(ctx, bind, metav1.CreateOptions{})
+		return err
+	}
+	return fmt.Errorf("no ClusterRole in manifests/rbac.yaml")
 }
 
 // needLab returns the shared lab once it has converged, or skips (fails under CI) saying why there is none.

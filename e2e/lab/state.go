@@ -274,7 +274,9 @@ func sweep(root string, keepLogs, orphans bool, logf func(string, ...any), pick 
 			errs = append(errs, fmt.Errorf("lab %s: %w", r.Prefix, err))
 		}
 	}
-	if !orphans {
+	// Namespaces no state file names may belong to a lab recorded under another root (a test's temporary
+	// one, or the default while a test uses its own): only a sweep of the default root takes them.
+	if !orphans || filepath.Clean(root) != filepath.Clean(DefaultStateRoot) {
 		return errors.Join(errs...)
 	}
 	for _, r := range orphanRecords(root, recs) {
