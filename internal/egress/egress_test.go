@@ -1,0 +1,136 @@
+package egress
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/testns"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestRules(t *testing.T) {
+	got := Rules([]netip.Prefix{netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("fd00::/64")},
+		[]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.96.0.0/16")})
+	want := []string{
+		"-d 10.244.0.0/16 -m comment --comment canopy: cluster-internal, keep source -j RETURN",
+		"-d 10.96.0.0/16 -m comment --comment canopy: cluster-internal, keep source -j RETURN",
+		"-s 10.244.1.0/24 -m comment --comment canopy: pod egress -j MASQUERADE --random-fully",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%v", got)
+	}
+	for i := range want {
+		if s := strings.Join(got[i], " "); s != want[i] {
+			t.Errorf("rule %d = %q, want %q", i, s, want[i])
+		}
+	}
+}
+
+// counting wraps go-iptables to count chain rewrites.
+type counting struct {
+	IPTables
+	clears int
+}
+
+func (c *counting) ClearChain(table, chain string) error {
+	c.clears++
+	return c.IPTables.ClearChain(table, chain)
+}
+
+// TestMasqueradeInNamespace programs the chain in a test namespace playing the node, with a pod namespace
+// behind it and an outside host beyond it: traffic to the outside is masqueraded to the node's address,
+// traffic to the cluster's pod network keeps the pod's address, and re-applying rewrites nothing.
+func TestMasqueradeInNamespace(t *testing.T) {
+	testns.Require(t)
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("needs iptables")
+	}
+	node, pod, out := testns.New(t, "eg-node"), testns.New(t, "eg-pod"), testns.New(t, "eg-out")
+	testns.Link(t, node, "pod0", "10.244.1.1/24", pod, "eth0", "10.244.1.10/24")
+	testns.Link(t, node, "up0", "192.0.2.2/24", out, "eth0", "192.0.2.1/24")
+	pod.MustRun(t, "ip", "route", "add", "default", "via", "10.244.1.1")
+	node.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	// The outside host also holds an address inside the cluster's pod network (another node's pod).
+	out.MustRun(t, "ip", "addr", "add", "10.244.9.9/32", "dev", "lo")
+	out.MustRun(t, "ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.2")
+	node.MustRun(t, "ip", "route", "add", "10.244.9.9/32", "via", "192.0.2.1")
+
+	pods := []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}
+	keep := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.96.0.0/16")}
+	var c *counting
+	err := node.Do(func() error {
+		it, err := ipt.New(ipt.Detect())
+		if err != nil {
+			return err
+		}
+		c = &counting{IPTables: it}
+		if err := Apply(c, pods, keep, quiet); err != nil {
+			return err
+		}
+		return Apply(c, pods, keep, quiet)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.clears != 1 {
+		t.Errorf("the chain was rewritten %d times for two identical applies, want 1", c.clears)
+	}
+	saved := node.MustRun(t, "iptables-save", "-t", "nat")
+	if !strings.Contains(saved, "-A POSTROUTING -m comment --comment \"canopy: pod egress masquerade\" -j CANOPY-POSTROUTING") {
+		t.Errorf("no jump from POSTROUTING:\n%s", saved)
+	}
+
+	for _, tc := range []struct{ dst, wantSrc string }{
+		{"192.0.2.1", "192.0.2.2"},    // leaves the cluster: the node's address
+		{"10.244.9.9", "10.244.1.10"}, // another pod: the pod's own address
+	} {
+		if got := clientAddrSeen(t, out, pod, tc.dst); got != tc.wantSrc {
+			t.Errorf("pod -> %s arrives from %s, want %s", tc.dst, got, tc.wantSrc)
+		}
+	}
+
+	if err := node.Do(func() error { return Remove(c) }); err != nil {
+		t.Fatal(err)
+	}
+	if saved := node.MustRun(t, "iptables-save", "-t", "nat"); strings.Contains(saved, Chain) {
+		t.Errorf("chain left after Remove:\n%s", saved)
+	}
+}
+
+// clientAddrSeen connects from client to an echo server in server at dst:8080 and returns the source address
+// the server saw.
+func clientAddrSeen(t *testing.T, server, client *testns.NS, dst string) string {
+	t.Helper()
+	l, err := server.Listen("tcp4", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).IP)
+		c.Close()
+	}()
+	conn, err := client.Dial("tcp4", net.JoinHostPort(dst, fmt.Sprint(l.Addr().(*net.TCPAddr).Port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(line)
+}
