@@ -493,7 +493,9 @@ func TestResultVersions(t *testing.T) {
 		cid := fmt.Sprintf("ver-%d", i)
 		var out strings.Builder
 		p := &Plugin{Stdout: &out}
-		err := n.in(func() error { return p.Funcs().Add(cmdArgs(cid, pod.Path, "eth0", n.conf(t, map[string]any{"cniVersion": v}))) })
+		err := n.in(func() error {
+			return p.Funcs().Add(cmdArgs(cid, pod.Path, "eth0", n.conf(t, map[string]any{"cniVersion": v})))
+		})
 		if err != nil {
 			t.Fatalf("%s: %v", v, err)
 		}
