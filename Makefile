@@ -27,7 +27,7 @@ k8s:
 # Everything: unit, integration (real kernel in namespaces) and e2e (the virtual data centre) tests.
 test: deps k8s build
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
-	  $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
+	  CANOPY_CNI_BIN=$(BIN)/canopy-cni $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
 
 # Only the fast tests that need neither root nor the lab.
 unit:

@@ -36,6 +36,14 @@ func agentBin() string {
 	return b
 }
 
+func cniBin() string {
+	if b := os.Getenv("CANOPY_CNI_BIN"); b != "" {
+		return b
+	}
+	b, _ := filepath.Abs("../bin/canopy-cni")
+	return b
+}
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	code := func() int {
@@ -44,7 +52,7 @@ func TestMain(m *testing.M) {
 			return m.Run()
 		}
 		// The agents run with only the rights manifests/rbac.yaml grants (bound to their group below).
-		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes},
+		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes},
 			AgentGroups: []string{agentGroup}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()
@@ -65,6 +73,14 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "agent RBAC:", err)
 			_ = l.Down()
 			return 1
+		}
+		// Like a real node's uplink, every node reaches the world outside the rack through the ToR.
+		for _, n := range l.Nodes {
+			if out, err := n.Exec(ctx, "ip", "route", "add", l.Config().ExternalCIDR.String(), "via", l.ToR.IP.String()); err != nil {
+				fmt.Fprintln(os.Stderr, "external route:", err, out)
+				_ = l.Down()
+				return 1
+			}
 		}
 		code := m.Run()
 		if code != 0 || os.Getenv("CANOPY_LAB_KEEP_LOGS") != "" {

@@ -10,12 +10,17 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"canopy.io/canopy/bgp"
 	"canopy.io/canopy/internal/config"
+	"canopy.io/canopy/internal/egress"
+	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/nodesetup"
 	"canopy.io/canopy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -70,6 +75,22 @@ func bindFlags(fs *flag.FlagSet, r *config.Raw) {
 	fs.DurationVar(&r.StaleTimeout, "stale-route-timeout", 60*time.Second, "at start, how long to wait for End-of-RIB from all peers before removing our old kernel routes that no peer confirmed")
 	fs.DurationVar(&r.ResyncInterval, "resync-interval", 5*time.Minute, "how often kernel routes are compared with the desired ones to repair drift (0 = never)")
 	fs.StringVar(&r.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&r.CNIConfDir, "cni-conf-dir", "/etc/cni/net.d", "where to write the CNI conflist (10-canopy.conflist) once the node has a pod CIDR; empty = none")
+	fs.StringVar(&r.CNIBinDir, "cni-bin-dir", "", "install the canopy-cni plugin binary here at start (e.g. /opt/cni/bin); empty = don't")
+	fs.StringVar(&r.CNIPlugin, "cni-plugin", defaultPlugin(), "the canopy-cni binary to install into --cni-bin-dir")
+	fs.StringVar(&r.CNIDataDir, "cni-data-dir", "", "the plugin's IPAM directory, written into the conflist (empty = /var/lib/cni/canopy)")
+	fs.IntVar(&r.CNIMTU, "cni-mtu", 0, "pod interface MTU written into the conflist (0 = the plugin detects the uplink's)")
+	fs.BoolVar(&r.PodEgress, "enable-pod-egress", true, "masquerade pod traffic leaving the cluster's pod and service networks to the node IP")
+	fs.Var((*stringList)(&r.ServiceCIDRs), "service-cluster-ip-range", "the cluster's service CIDR(s): pod traffic to them is never masqueraded (repeatable)")
+}
+
+// defaultPlugin is canopy-cni next to this executable (where the image puts it).
+func defaultPlugin() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "canopy-cni"
+	}
+	return filepath.Join(filepath.Dir(exe), "canopy-cni")
 }
 
 func main() {
@@ -175,6 +196,20 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	factory := informers.NewSharedInformerFactory(kube, 0)
 	nodes := bgp.NewNodeController(cfg, factory, speaker, learner, recorder, log.With("component", "nodes"))
+	var iptables egress.IPTables
+	if it, err := ipt.New(ipt.Detect()); err != nil {
+		log.Warn("iptables unavailable", "err", err)
+	} else {
+		iptables = it
+	}
+	setup := nodesetup.New(nodesetup.Config{
+		NodeName: cfg.NodeName, CNIConfDir: cfg.CNIConfDir, CNIBinDir: cfg.CNIBinDir, CNIPlugin: cfg.CNIPlugin,
+		CNIDataDir: cfg.CNIDataDir, CNIMTU: cfg.CNIMTU, PodEgress: cfg.PodEgress,
+		NoMasqTo: append(slices.Clone(cfg.ClusterCIDRs), cfg.ServiceCIDRs...), PodCIDRFunc: bgp.PodCIDRs,
+	}, iptables, log.With("component", "nodesetup"))
+	if err := setup.Start(ctx, factory); err != nil {
+		return err
+	}
 	factory.Start(ctx.Done())
 	go nodes.Run(ctx)
 

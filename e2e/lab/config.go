@@ -27,7 +27,10 @@ type Config struct {
 	AgentBin string
 	// AgentArgs are appended to the standard command line (see Node.AgentArgs) on every node; PerNodeArgs[i]
 	// (i = 1 for node1) after them on node i only.
-	AgentArgs   []string
+	AgentArgs []string
+	// CNIPlugin is the canopy-cni binary: when set, agents set up CNI in the lab's work dir and AddPod makes
+	// pods through the plugin (playing the kubelet and the runtime) instead of wiring them itself.
+	CNIPlugin   string
 	PerNodeArgs map[int][]string
 	// NoDefaultAgentArgs leaves the standard flags out: for stand-ins that are not the agent.
 	NoDefaultAgentArgs bool
@@ -179,6 +182,9 @@ func Preflight(cfg Config) error {
 	}
 	if c.AgentBin != "" {
 		look("the agent", c.AgentBin)
+	}
+	if c.CNIPlugin != "" {
+		look("the CNI plugin (make build)", c.CNIPlugin)
 	}
 	if _, err := user.Lookup("frr"); err != nil {
 		missing = append(missing, "user frr (the frr package)")

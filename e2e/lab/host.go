@@ -79,6 +79,7 @@ func (n *Node) AgentArgs(extra ...string) []string {
 			"--log-level=debug",
 		}
 	}
+	args = append(args, n.cniAgentArgs()...)
 	args = append(args, c.AgentArgs...)
 	args = append(args, c.PerNodeArgs[n.Index]...)
 	return append(args, extra...)
@@ -156,6 +157,8 @@ type Pod struct {
 	Host
 	Node    *Node
 	Gateway netip.Addr
+
+	cniConf []byte // the network config its CNI ADD used (nil: made by the harness itself)
 }
 
 var podNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
@@ -172,6 +175,24 @@ func (l *Lab) AddPod(ctx context.Context, node *Node, name string) (*Pod, error)
 		return nil, fmt.Errorf("node %s has no pod CIDR", node.Name)
 	}
 	ns := fmt.Sprintf("%sn%d-%s", l.Prefix, node.Index, name)
+	if l.cfg.CNIPlugin != "" {
+		l.mu.Lock()
+		for _, p := range l.pods {
+			if p.NS == ns {
+				l.mu.Unlock()
+				return nil, fmt.Errorf("pod %s on %s exists", name, node.Name)
+			}
+		}
+		l.mu.Unlock()
+		p, err := l.addPodCNI(ctx, node, name, ns)
+		if err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		l.pods = append(l.pods, p)
+		l.mu.Unlock()
+		return p, l.save()
+	}
 	gw := node.PodCIDR.Addr().Next()
 	bits := node.PodCIDR.Bits()
 	node.podMu.Lock() // one pod at a time per node: the bridge and the address counter
@@ -242,6 +263,14 @@ func (l *Lab) DeletePod(p *Pod) error {
 		}
 	}
 	l.dialer.forget(p.NS)
+	if p.cniConf != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := l.delPodCNI(ctx, p)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	if err := removeNetns([]string{p.NS}, map[int]uint64{}); err != nil {
 		return err
 	}

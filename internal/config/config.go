@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,14 @@ type Raw struct {
 	StaleTimeout    time.Duration
 	ResyncInterval  time.Duration
 	LogLevel        string
+
+	CNIConfDir   string
+	CNIBinDir    string
+	CNIPlugin    string
+	CNIDataDir   string
+	CNIMTU       int
+	PodEgress    bool
+	ServiceCIDRs []string
 }
 
 // Peer is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
@@ -73,6 +82,14 @@ type Config struct {
 	StaleTimeout    time.Duration
 	ResyncInterval  time.Duration
 	LogLevel        string
+
+	CNIConfDir   string
+	CNIBinDir    string
+	CNIPlugin    string
+	CNIDataDir   string
+	CNIMTU       int
+	PodEgress    bool
+	ServiceCIDRs []netip.Prefix
 }
 
 // Validate checks every field and returns all problems at once, each naming its flag.
@@ -98,6 +115,12 @@ func (r Raw) Validate() (*Config, error) {
 		StaleTimeout:    r.StaleTimeout,
 		ResyncInterval:  r.ResyncInterval,
 		LogLevel:        strings.ToLower(r.LogLevel),
+		CNIConfDir:      r.CNIConfDir,
+		CNIBinDir:       r.CNIBinDir,
+		CNIPlugin:       r.CNIPlugin,
+		CNIDataDir:      r.CNIDataDir,
+		CNIMTU:          r.CNIMTU,
+		PodEgress:       r.PodEgress,
 	}
 	if c.NodeName == "" {
 		if h, err := os.Hostname(); err == nil {
@@ -136,6 +159,18 @@ func (r Raw) Validate() (*Config, error) {
 		if p.Bits() == 0 {
 			bad("cluster-cidr/import-allow", "%s would accept a default route; not allowed", p)
 		}
+	}
+	if c.ServiceCIDRs, err = parsePrefixes(r.ServiceCIDRs); err != nil {
+		bad("service-cluster-ip-range", "%v", err)
+	}
+	if r.CNIMTU != 0 && (r.CNIMTU < 576 || r.CNIMTU > 65535) {
+		bad("cni-mtu", "%d is outside 576..65535 (0 = detect)", r.CNIMTU)
+	}
+	if r.CNIDataDir != "" && !filepath.IsAbs(r.CNIDataDir) {
+		bad("cni-data-dir", "%q is not an absolute path", r.CNIDataDir)
+	}
+	if r.CNIBinDir != "" && r.CNIPlugin == "" {
+		bad("cni-plugin", "empty: --cni-bin-dir needs the plugin binary to install")
 	}
 	peers, perr := r.peers()
 	if perr != nil {

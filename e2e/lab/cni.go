@@ -1,0 +1,158 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Pods through the CNI plugin: with Config.CNIPlugin set, every agent is told to write its conflist into
+// <work>/nodeN/cni/net.d and install the plugin into <work>/nodeN/cni/bin, and AddPod plays the kubelet and
+// the container runtime: a network namespace, CNI ADD with the conflist the agent wrote, and a Pod object
+// (nodeName, status.podIPs, Running, Ready) in namespace "default"; DeletePod does CNI DEL and deletes the Pod.
+
+func (n *Node) cniDir(sub string) string { return filepath.Join(filepath.Dir(n.LogPath), "cni", sub) }
+
+// cniAgentArgs are the agent flags that make it set up CNI inside the lab's work dir.
+func (n *Node) cniAgentArgs() []string {
+	c := n.lab.cfg
+	if c.CNIPlugin == "" {
+		return nil
+	}
+	return []string{
+		"--cni-conf-dir=" + n.cniDir("net.d"), "--cni-bin-dir=" + n.cniDir("bin"), "--cni-plugin=" + c.CNIPlugin,
+		"--cni-data-dir=" + n.cniDir("data"), "--service-cluster-ip-range=" + c.ServiceCIDR.String(),
+	}
+}
+
+// cniConfig waits for the agent's conflist and returns the plugin's network config (the conflist's first plugin
+// with the list's name and version), as a runtime hands it to the plugin.
+func (n *Node) cniConfig(ctx context.Context) ([]byte, error) {
+	path := filepath.Join(n.cniDir("net.d"), "10-canopy.conflist")
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			var list struct {
+				CNIVersion string           `json:"cniVersion"`
+				Name       string           `json:"name"`
+				Plugins    []map[string]any `json:"plugins"`
+			}
+			if err := json.Unmarshal(b, &list); err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			if len(list.Plugins) == 0 {
+				return nil, fmt.Errorf("%s: no plugins", path)
+			}
+			conf := list.Plugins[0]
+			conf["cniVersion"], conf["name"] = list.CNIVersion, list.Name
+			return json.Marshal(conf)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("node %s: the agent wrote no CNI conflist at %s: %w", n.Name, path, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// cni runs the installed plugin in the node's namespace.
+func (n *Node) cni(ctx context.Context, command, containerID, netnsPath string, conf []byte) ([]byte, error) {
+	plugin := filepath.Join(n.cniDir("bin"), "canopy-cni")
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, plugin)
+	cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netnsPath,
+		"CNI_IFNAME=eth0", "CNI_PATH="+n.cniDir("bin"))
+	cmd.Stdin = strings.NewReader(string(conf))
+	out, err := cmd.Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		return out, fmt.Errorf("CNI %s on %s: %w: %s %s", command, n.Name, err, out, stderr)
+	}
+	return out, nil
+}
+
+// addPodCNI makes the pod with the plugin and registers its Pod object.
+func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string) (*Pod, error) {
+	conf, err := node.cniConfig(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.addNetns(ctx, ns); err != nil {
+		return nil, err
+	}
+	out, err := node.cni(ctx, "ADD", ns, netnsPath(ns), conf)
+	if err != nil {
+		return nil, err
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+			Gateway string `json:"gateway"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
+		return nil, fmt.Errorf("CNI ADD result %s: %v", out, err)
+	}
+	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		return nil, err
+	}
+	gw, _ := netip.ParseAddr(res.IPs[0].Gateway)
+	p := &Pod{Host: Host{Name: name, NS: ns, IP: pfx.Addr(), lab: l}, Node: node, Gateway: gw, cniConf: conf}
+	if err := l.registerPod(ctx, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// PodObjectName is the Pod object's name for a lab pod.
+func (p *Pod) PodObjectName() string { return p.Node.Name + "-" + p.Name }
+
+func (l *Lab) registerPod(ctx context.Context, p *Pod) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.PodObjectName(), Namespace: "default", Labels: map[string]string{"app": p.Name}},
+		Spec:       corev1.PodSpec{NodeName: p.Node.Name, Containers: []corev1.Container{{Name: "c", Image: "lab/none"}}},
+	}
+	created, err := l.Kube.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", pod.Name, err)
+	}
+	now := metav1.Now()
+	created.Status = corev1.PodStatus{
+		Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}}, HostIP: p.Node.IP.String(),
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
+		StartTime: &now,
+	}
+	if _, err := l.Kube.CoreV1().Pods("default").UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("pod %s status: %w", pod.Name, err)
+	}
+	return nil
+}
+
+// delPodCNI undoes addPodCNI's CNI ADD and Pod object (the namespace is the caller's).
+func (l *Lab) delPodCNI(ctx context.Context, p *Pod) error {
+	var errs []string
+	if _, err := p.Node.cni(ctx, "DEL", p.NS, netnsPath(p.NS), p.cniConf); err != nil {
+		errs = append(errs, err.Error())
+	}
+	err := l.Kube.CoreV1().Pods("default").Delete(ctx, p.PodObjectName(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	if err != nil && !strings.Contains(err.Error(), "not found") {
+		errs = append(errs, err.Error())
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}

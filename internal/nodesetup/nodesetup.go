@@ -1,0 +1,146 @@
+// Package nodesetup prepares the node's data path from its Node object: the CNI conflist for the node's pod
+// CIDR (and the plugin binary), the pod egress masquerade chain, and the forwarding sysctl. It re-applies
+// whenever the node's pod CIDRs change; everything it writes is idempotent.
+package nodesetup
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	"canopy.io/canopy/cni/conflist"
+	"canopy.io/canopy/internal/egress"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Config says what to set up.
+type Config struct {
+	NodeName    string
+	CNIConfDir  string // "" = write no conflist
+	CNIBinDir   string // "" = install no plugin binary
+	CNIPlugin   string // the plugin binary to install
+	CNIDataDir  string // the plugin's IPAM dir ("" = its default)
+	CNIMTU      int
+	PodEgress   bool
+	NoMasqTo    []netip.Prefix // the cluster's pod and service networks
+	SysctlRoot  string         // "" = /proc/sys
+	PodCIDRFunc func(*corev1.Node) []netip.Prefix
+}
+
+// Setup applies Config for the node.
+type Setup struct {
+	cfg Config
+	ipt egress.IPTables // nil when PodEgress is off and nothing is to be removed
+	log *slog.Logger
+
+	mu      sync.Mutex
+	applied []netip.Prefix
+}
+
+// New returns a Setup; ipt may be nil if iptables is unavailable (egress then reports an error).
+func New(cfg Config, ipt egress.IPTables, log *slog.Logger) *Setup {
+	if cfg.SysctlRoot == "" {
+		cfg.SysctlRoot = "/proc/sys"
+	}
+	return &Setup{cfg: cfg, ipt: ipt, log: log}
+}
+
+// Start does what needs no pod CIDR (forwarding, the plugin binary) and watches the node for the rest.
+func (s *Setup) Start(ctx context.Context, factory informers.SharedInformerFactory) error {
+	if err := s.forwarding(); err != nil {
+		return err
+	}
+	if s.cfg.CNIBinDir != "" {
+		changed, err := conflist.InstallPlugin(s.cfg.CNIPlugin, s.cfg.CNIBinDir)
+		if err != nil {
+			return fmt.Errorf("install CNI plugin %s into %s: %w", s.cfg.CNIPlugin, s.cfg.CNIBinDir, err)
+		}
+		s.log.Info("CNI plugin installed", "dir", s.cfg.CNIBinDir, "changed", changed)
+	}
+	if !s.cfg.PodEgress && s.ipt != nil {
+		if err := egress.Remove(s.ipt); err != nil {
+			s.log.Warn("removing the pod egress chain", "err", err)
+		}
+	}
+	handle := func(obj any) {
+		n, ok := obj.(*corev1.Node)
+		if !ok || n.Name != s.cfg.NodeName {
+			return
+		}
+		if err := s.Apply(s.cfg.PodCIDRFunc(n)); err != nil {
+			s.log.Error("node data path setup", "err", err)
+		}
+	}
+	_, err := factory.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: handle, UpdateFunc: func(_, n any) { handle(n) },
+	})
+	return err
+}
+
+// forwarding turns on IPv4 forwarding: pods' traffic crosses the node.
+func (s *Setup) forwarding() error {
+	p := filepath.Join(s.cfg.SysctlRoot, "net/ipv4/ip_forward")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", p, err)
+	}
+	if strings.TrimSpace(string(b)) == "1" {
+		s.log.Info("sysctl already set", "net.ipv4.ip_forward", 1)
+		return nil
+	}
+	if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enable forwarding (%s): %w", p, err)
+	}
+	s.log.Info("sysctl set", "net.ipv4.ip_forward", 1, "was", strings.TrimSpace(string(b)))
+	return nil
+}
+
+// Apply writes the conflist and the egress chain for podCIDRs (no-op when they did not change).
+func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(podCIDRs) == 0 || slices.Equal(podCIDRs, s.applied) {
+		return nil
+	}
+	var v4 []netip.Prefix
+	for _, p := range podCIDRs {
+		if p.Addr().Is4() {
+			v4 = append(v4, p)
+		}
+	}
+	if s.cfg.CNIConfDir != "" && len(v4) > 0 {
+		portmap := false
+		if s.cfg.CNIBinDir != "" {
+			if _, err := os.Stat(filepath.Join(s.cfg.CNIBinDir, "portmap")); err == nil {
+				portmap = true
+			}
+		}
+		data, err := conflist.Render(conflist.Options{PodCIDRs: v4, MTU: s.cfg.CNIMTU, DataDir: s.cfg.CNIDataDir, Portmap: portmap})
+		if err != nil {
+			return err
+		}
+		changed, err := conflist.Write(s.cfg.CNIConfDir, conflist.FileName, data, 0o644)
+		if err != nil {
+			return fmt.Errorf("write CNI conflist: %w", err)
+		}
+		s.log.Info("CNI conflist", "path", filepath.Join(s.cfg.CNIConfDir, conflist.FileName), "pod_cidrs", v4, "portmap", portmap, "changed", changed)
+	}
+	if s.cfg.PodEgress {
+		if s.ipt == nil {
+			return fmt.Errorf("pod egress masquerade is on but iptables is unavailable")
+		}
+		if err := egress.Apply(s.ipt, v4, s.cfg.NoMasqTo, s.log); err != nil {
+			return fmt.Errorf("pod egress masquerade: %w", err)
+		}
+	}
+	s.applied = slices.Clone(podCIDRs)
+	return nil
+}
