@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -65,6 +66,7 @@ func up(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	nodes := fs.Int("nodes", 3, "worker nodes")
 	agent := fs.String("agent", defaultAgent, `agent binary ("" for none)`)
+	cniPlugin := fs.String("cni", "", `canopy-cni binary (default: canopy-cni next to the agent, if there; "none" to wire pods without it)`)
 	agentArgs := fs.String("agent-args", "", "extra agent flags, space-separated")
 	prefix := fs.String("prefix", "", "namespace name prefix (default random cnpXXXXXX-)")
 	workroot := fs.String("workroot", "", "where to make the work directory canopy-lab-<prefix> (default $TMPDIR)")
@@ -90,8 +92,22 @@ func up(ctx context.Context, args []string) error {
 			*agent = ""
 		}
 	}
+	if *cniPlugin == "" && *agent != "" {
+		if p := filepath.Join(filepath.Dir(*agent), "canopy-cni"); fileExists(p) {
+			*cniPlugin = p
+		}
+	}
+	if *cniPlugin == "none" {
+		*cniPlugin = ""
+	}
+	if *cniPlugin != "" {
+		if abs, err := filepath.Abs(*cniPlugin); err == nil {
+			*cniPlugin = abs
+		}
+	}
 	cfg := lab.Config{
-		Nodes: *nodes, AgentBin: *agent, AgentArgs: strings.Fields(*agentArgs),
+		CNIPlugin: *cniPlugin,
+		Nodes:     *nodes, AgentBin: *agent, AgentArgs: strings.Fields(*agentArgs),
 		Prefix: *prefix, WorkRoot: *workroot, StateRoot: *stateRoot, Keep: true,
 		Logf: log.Printf,
 	}
@@ -163,6 +179,11 @@ func converge(ctx context.Context, l *lab.Lab) error {
 			dst.Name, dst.Node.Name, dst.IP, res)
 	}
 	return errors.Join(errs...)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // retry calls f every 200 ms until it succeeds or ctx ends.
