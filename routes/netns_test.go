@@ -1,18 +1,13 @@
 package routes
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"canopy.io/canopy/internal/testns"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
-	"runtime"
 	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // Test network: two veth pairs' worth of next hops without any dummy interface. Both ends of one veth pair live in
@@ -31,80 +26,19 @@ type testNS struct {
 	H    *netlink.Handle
 }
 
-// newTestNS creates a uniquely named network namespace (cnp-rt-<random>) with the test network, and removes it when
-// the test ends, pass or fail. The calling goroutine's thread never leaves the root namespace: the namespace is
-// created on a separate locked thread, which is discarded if it cannot switch back. It skips the test when not
-// root or when namespaces cannot be created. Nothing here writes to the root namespace.
+// newTestNS creates a network namespace of the test's own (internal/testns: cnp-rt-<random>, removed when the
+// test ends, pass or fail) with the test network, and checks the root namespace gained no route of ours.
 func newTestNS(tb testing.TB) *testNS {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("skipping: needs root to create a network namespace")
-	}
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		tb.Fatal(err)
-	}
-	name := "cnp-rt-" + hex.EncodeToString(rnd[:])
-
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("get current netns: %w", err)}
-			return
-		}
-		defer orig.Close()
-		ns, err := netns.NewNamed(name) // switches this thread into the new namespace
-		if serr := netns.Set(orig); serr != nil {
-			// Stuck in another namespace: return with the thread locked, so the runtime terminates it.
-			if err == nil {
-				ns.Close()
-				err = serr
-			}
-			ch <- result{err: fmt.Errorf("switch back to the original netns: %w", err)}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{ns: ns, err: err}
-	}()
-	res := <-ch
-	if res.err != nil {
-		_ = os.Remove(filepath.Join("/var/run/netns", name)) // NewNamed may leave its mount point file
-		tb.Skipf("skipping: cannot create network namespace %s: %v", name, res.err)
-	}
-	ns := res.ns
+	tns := testns.New(tb, "rt")
+	name := tns.Name
 	rootBefore := rootOwnRoutes(tb)
 	tb.Cleanup(func() {
 		if after := rootOwnRoutes(tb); after != rootBefore {
 			tb.Errorf("the root namespace's protocol %d routes went from %d to %d during the test", DefaultProtocol, rootBefore, after)
 		}
 	})
-	tb.Cleanup(func() {
-		ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			tb.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		tb.Fatalf("netlink handle in %s: %v", name, err)
-	}
-	tb.Cleanup(h.Close)
-
-	// Refuse to go on unless the handle really points elsewhere than the root namespace.
-	root, err := netns.GetFromPid(1)
-	if err == nil {
-		defer root.Close()
-		if root.Equal(ns) {
-			tb.Fatalf("test namespace %s is the root namespace", name)
-		}
-	}
+	h := tns.Handle(tb)
 
 	lo, err := h.LinkByName("lo")
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -66,6 +67,33 @@ func New(tb testing.TB, tag string) *NS {
 	})
 	ns.MustRun(tb, "ip", "link", "set", "lo", "up")
 	return ns
+}
+
+// Path is the namespace's bind mount (what CNI_NETNS and setns take).
+func (n *NS) Path() string { return "/run/netns/" + n.Name }
+
+// Handle returns a netlink handle that acts inside the namespace, closed at test end. It fails the test if the
+// namespace turns out to be the root namespace.
+func (n *NS) Handle(tb testing.TB) *netlink.Handle {
+	tb.Helper()
+	ns, err := netns.GetFromName(n.Name)
+	if err != nil {
+		tb.Fatalf("open %s: %v", n.Name, err)
+	}
+	defer ns.Close()
+	if root, err := netns.GetFromPid(1); err == nil {
+		same := root.Equal(ns)
+		root.Close()
+		if same {
+			tb.Fatalf("namespace %s is the root namespace", n.Name)
+		}
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		tb.Fatalf("netlink handle in %s: %v", n.Name, err)
+	}
+	tb.Cleanup(h.Close)
+	return h
 }
 
 // Run runs a command inside the namespace.
