@@ -3,6 +3,7 @@ package cni
 import (
 	"bufio"
 	"bytes"
+	"canopy.io/canopy/internal/testns"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -24,7 +24,6 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
 // Integration tests run the plugin against the real kernel, inside network namespaces they create: a "node"
@@ -146,69 +145,12 @@ type testNS struct {
 	H    *netlink.Handle
 }
 
-// newTestNS creates the namespace cnp-cni-<random>-<suffix> with lo up, and deletes it when the test ends (after
-// the processes started later are gone: cleanups run last-in first-out). The namespace is created on a separate
-// locked thread, which is discarded if it cannot switch back; the test's own threads never leave the root namespace.
+// newTestNS creates the namespace cnp-cni<suffix>-<random> (internal/testns: lo up, deleted when the test ends,
+// after the processes started later are gone: cleanups run last-in first-out), with a netlink handle into it.
 func newTestNS(tb testing.TB, suffix string) *testNS {
 	tb.Helper()
-	name := "cnp-cni-" + randHex(tb, 4) + "-" + suffix
-	type result struct {
-		h   netns.NsHandle
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("get current netns: %w", err)}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.NewNamed(name) // switches this thread into the new namespace
-		if serr := netns.Set(orig); serr != nil {
-			if err == nil {
-				h.Close()
-				err = serr
-			}
-			ch <- result{err: fmt.Errorf("switch back to the original netns: %w", err)} // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{h: h, err: err}
-	}()
-	res := <-ch
-	if res.err != nil {
-		_ = os.Remove(filepath.Join("/var/run/netns", name))
-		skipOrFail(tb, "skipping: cannot create network namespace %s: %v", name, res.err)
-	}
-	tb.Cleanup(func() {
-		res.h.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			tb.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	if root, err := netns.GetFromPid(1); err == nil {
-		same := root.Equal(res.h)
-		root.Close()
-		if same {
-			tb.Fatalf("namespace %s is the root namespace", name)
-		}
-	}
-	h, err := netlink.NewHandleAt(res.h)
-	if err != nil {
-		tb.Fatalf("netlink handle in %s: %v", name, err)
-	}
-	tb.Cleanup(h.Close)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		tb.Fatalf("lo in %s: %v", name, err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		tb.Fatalf("lo up in %s: %v", name, err)
-	}
-	return &testNS{Name: name, Path: filepath.Join("/var/run/netns", name), H: h}
+	tns := testns.New(tb, "cni"+suffix)
+	return &testNS{Name: tns.Name, Path: tns.Path(), H: tns.Handle(tb)}
 }
 
 // node is a test node: a namespace where the plugin runs, its data directory and its network config.
