@@ -29,7 +29,8 @@ type testPeer struct {
 	port int
 }
 
-func startTestPeer(t *testing.T, ip string, asn uint32, speakerIP string, speakerPort int, speakerASN uint32) *testPeer {
+// startTestPeer starts the router on ip, peered with the speaker (password "" = no TCP MD5).
+func startTestPeer(t *testing.T, ip string, asn uint32, speakerIP string, speakerPort int, speakerASN uint32, password string) *testPeer {
 	t.Helper()
 	port := freePort(t, ip)
 	s := server.NewBgpServer(server.LoggerOption(&slogAdapter{l: quiet}))
@@ -40,7 +41,7 @@ func startTestPeer(t *testing.T, ip string, asn uint32, speakerIP string, speake
 	}
 	t.Cleanup(s.Stop)
 	err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: speakerIP, PeerAsn: speakerASN},
+		Conf:      &api.PeerConf{NeighborAddress: speakerIP, PeerAsn: speakerASN, AuthPassword: password},
 		Transport: &api.Transport{RemotePort: uint32(speakerPort), LocalAddress: ip},
 		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, HoldTime: 9, KeepaliveInterval: 3}},
 		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true}}},
@@ -135,8 +136,8 @@ func TestSpeakerWithInProcessPeers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Shutdown(true)
-	a := startTestPeer(t, torA, 64500, nodeIP, port, 64512)
-	b := startTestPeer(t, torB, 64501, nodeIP, port, 64512)
+	a := startTestPeer(t, torA, 64500, nodeIP, port, 64512, "")
+	b := startTestPeer(t, torB, 64501, nodeIP, port, 64512, "")
 	rec := sp.Reconciler()
 	if err := rec.SetPeers(ctx, []PeerSpec{
 		{Address: addr(torA), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "a"},
@@ -195,7 +196,7 @@ func TestSpeakerMD5(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sp.Shutdown(true)
-	peer := startTestPeerWithPassword(t, tor, 64500, nodeIP, port, 64512, "s3cret")
+	peer := startTestPeer(t, tor, 64500, nodeIP, port, 64512, "s3cret")
 	rec := sp.Reconciler()
 	spec := PeerSpec{Address: addr(tor), ASN: 64500, Port: uint16(peer.port), Password: "s3cret", Kind: PeerKindExternal, Name: "md5"}
 	if err := rec.SetPeers(ctx, []PeerSpec{spec}); err != nil {
@@ -210,26 +211,4 @@ func TestSpeakerMD5(t *testing.T) {
 	if st := learner.PeerStates()[addr(tor)]; st == "ESTABLISHED" {
 		t.Fatal("session established with a wrong MD5 password")
 	}
-}
-
-func startTestPeerWithPassword(t *testing.T, ip string, asn uint32, speakerIP string, speakerPort int, speakerASN uint32, password string) *testPeer {
-	t.Helper()
-	port := freePort(t, ip)
-	s := server.NewBgpServer(server.LoggerOption(&slogAdapter{l: quiet}))
-	go s.Serve()
-	ctx := context.Background()
-	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{Asn: asn, RouterId: ip, ListenPort: int32(port), ListenAddresses: []string{ip}, UseMultiplePaths: true}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Stop)
-	err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: speakerIP, PeerAsn: speakerASN, AuthPassword: password},
-		Transport: &api.Transport{RemotePort: uint32(speakerPort), LocalAddress: ip},
-		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, HoldTime: 9, KeepaliveInterval: 3}},
-		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyIPv4, Enabled: true}}},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testPeer{s: s, ip: ip, port: port}
 }
