@@ -32,7 +32,11 @@ func (f *fakeIPT) ClearChain(t, c string) error {
 	f.writes++
 	return nil
 }
-func (f *fakeIPT) DeleteChain(t, c string) error { delete(f.chains, f.key(t, c)); f.writes++; return nil }
+func (f *fakeIPT) DeleteChain(t, c string) error {
+	delete(f.chains, f.key(t, c))
+	f.writes++
+	return nil
+}
 func (f *fakeIPT) List(t, c string) ([]string, error) {
 	out := []string{"-N " + c}
 	for _, r := range f.chains[f.key(t, c)] {
