@@ -3,15 +3,23 @@
 // cluster-DNS ClusterIP, so a pod resolves my-svc.my-ns.svc.cluster.local the way it would in a cluster.
 //
 //	dnsd -listen :53 -record my-svc.my-ns.svc.cluster.local=10.96.0.20 [-record …]
+//
+// As a client (-query) it asks a server from a fixed source port, so successive queries share one UDP flow
+// (one conntrack entry) as a long-lived resolver's would, and prints each answer (or error) on a line:
+//
+//	dnsd -query my-svc.my-ns.svc.cluster.local -server 10.96.0.10:53 -sport 40053 -count 1
 package main
 
 import (
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -37,7 +45,15 @@ func main() {
 	recs := records{}
 	listen := flag.String("listen", ":53", "address to serve on (UDP and TCP)")
 	flag.Var(recs, "record", "name=ipv4 (repeatable)")
+	query := flag.String("query", "", "client mode: the name to resolve")
+	server := flag.String("server", "", "client mode: server address")
+	sport := flag.Int("sport", 0, "client mode: source port (0 = any)")
+	count := flag.Int("count", 1, "client mode: queries to send")
+	interval := flag.Duration("interval", 200*time.Millisecond, "client mode: wait between queries")
 	flag.Parse()
+	if *query != "" {
+		os.Exit(client(*query, *server, *sport, *count, *interval))
+	}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -66,4 +82,52 @@ func main() {
 	err := <-errc
 	fmt.Fprintln(os.Stderr, "dnsd:", err)
 	os.Exit(1)
+}
+
+func client(name, server string, sport, count int, interval time.Duration) int {
+	failed := 0
+	for i := range count {
+		if i > 0 {
+			time.Sleep(interval)
+		}
+		d := net.Dialer{Timeout: time.Second}
+		if sport != 0 {
+			d.LocalAddr = &net.UDPAddr{Port: sport}
+			d.Control = func(_, _ string, c syscall.RawConn) error {
+				var serr error
+				_ = c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+				return serr
+			}
+		}
+		conn, err := d.Dial("udp", server)
+		if err != nil {
+			fmt.Println("error:", err)
+			failed++
+			continue
+		}
+		c := &dns.Conn{Conn: conn}
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		err = c.WriteMsg(m)
+		var r *dns.Msg
+		if err == nil {
+			r, err = c.ReadMsg()
+		}
+		c.Close()
+		switch {
+		case err != nil:
+			fmt.Println("error:", err)
+			failed++
+		case len(r.Answer) == 0:
+			fmt.Println("error: no answer, rcode", dns.RcodeToString[r.Rcode])
+			failed++
+		default:
+			fmt.Println(r.Answer[0].(*dns.A).A)
+		}
+	}
+	if failed > 0 {
+		return 1
+	}
+	return 0
 }
