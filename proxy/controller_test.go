@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
+)
+
+// recordingBackend records every Sync's changed keys.
+type recordingBackend struct {
+	mu    sync.Mutex
+	syncs [][]string
+	have  map[string]*ServicePort
+}
+
+func (r *recordingBackend) Name() string { return "recording" }
+func (r *recordingBackend) Sync(desired map[string]*ServicePort, changed []string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.syncs = append(r.syncs, slices.Clone(changed))
+	if r.have == nil {
+		r.have = map[string]*ServicePort{}
+	}
+	for _, k := range changed {
+		if p, ok := desired[k]; ok {
+			r.have[k] = p
+		} else {
+			delete(r.have, k)
+		}
+	}
+	return nil
+}
+func (r *recordingBackend) last() ([]string, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.syncs) == 0 {
+		return nil, len(r.have)
+	}
+	return r.syncs[len(r.syncs)-1], len(r.have)
+}
+
+func testService(ns, name, ip string) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeClusterIP, ClusterIP: ip, ClusterIPs: []string{ip},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt(8080), Protocol: corev1.ProtocolTCP}}},
+	}
+}
+
+func testSlice(ns, svc string, ips ...string) *discoveryv1.EndpointSlice {
+	port, name, proto := int32(8080), "http", corev1.ProtocolTCP
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: ns, Name: svc + "-abc", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	ready := true
+	for _, ip := range ips {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
+	}
+	return s
+}
+
+// TestControllerIsIncremental: with 10,000 services programmed, adding one hands the back end only that
+// service's port; an endpoint change likewise; a deletion hands only the deleted key.
+func TestControllerIsIncremental(t *testing.T) {
+	const n = 10000
+	kube := fake.NewSimpleClientset()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range n {
+		ip := fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)
+		if _, err := kube.CoreV1().Services("default").Create(ctx, testService("default", fmt.Sprintf("s%d", i), ip), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kube.DiscoveryV1().EndpointSlices("default").Create(ctx, testSlice("default", fmt.Sprintf("s%d", i), "10.244.1.2", "10.244.2.2"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	be := &recordingBackend{}
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	c := NewController(factory, be, Options{NodeName: "n1", Schedulers: []string{"random"}}, record.NewFakeRecorder(10), 0, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	factory.Start(ctx.Done())
+	go c.Run(ctx)
+	wait := func(what string, f func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for !f() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out: %s", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	wait("all services programmed", func() bool { _, have := be.last(); return have == n })
+
+	if _, err := kube.CoreV1().Services("other").Create(ctx, testService("other", "new", "10.96.200.1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the new service programmed", func() bool { _, have := be.last(); return have == n+1 })
+	if got, _ := be.last(); !slices.Equal(got, []string{"other/new:http/TCP"}) {
+		t.Fatalf("adding one service to %d synced %d keys: %v", n, len(got), got[:min(5, len(got))])
+	}
+
+	s7, _ := kube.DiscoveryV1().EndpointSlices("default").Get(ctx, "s7-abc", metav1.GetOptions{})
+	s7.Endpoints = s7.Endpoints[:1]
+	before := len(be.syncs)
+	if _, err := kube.DiscoveryV1().EndpointSlices("default").Update(ctx, s7, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the endpoint change synced", func() bool { be.mu.Lock(); defer be.mu.Unlock(); return len(be.syncs) > before })
+	if got, _ := be.last(); !slices.Equal(got, []string{"default/s7:http/TCP"}) {
+		t.Fatalf("an endpoint change synced %v", got)
+	}
+	if len(be.have["default/s7:http/TCP"].ClusterEndpoints) != 1 {
+		t.Fatalf("endpoints after the change: %+v", be.have["default/s7:http/TCP"].ClusterEndpoints)
+	}
+
+	if err := kube.CoreV1().Services("default").Delete(ctx, "s9", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the deletion synced", func() bool { _, have := be.last(); return have == n })
+	if got, _ := be.last(); !slices.Equal(got, []string{"default/s9:http/TCP"}) {
+		t.Fatalf("a deletion synced %v", got)
+	}
+}
