@@ -62,7 +62,13 @@ type Controller struct {
 	desired  map[string]*ServicePort // by port key
 	bySvc    map[string][]string     // service key -> its port keys
 	warnings map[string]string       // service key -> last reported warning text
+
+	health *HealthChecks // nil = none
 }
+
+// SetHealthChecks makes the controller keep h's servers in line with the Local LoadBalancer services.
+// Call it before Run.
+func (c *Controller) SetHealthChecks(h *HealthChecks) { c.health = h }
 
 // NewController registers Service and EndpointSlice handlers on factory. resync > 0 re-applies every port
 // that often (the back end repairs drift without rewriting what is right).
@@ -199,6 +205,9 @@ func (c *Controller) syncServices(keys []string) error {
 		return err
 	}
 	c.log.Debug("service proxy synced", "backend", c.backend.Name(), "ports", len(changed), "took", time.Since(t0))
+	if c.health != nil && c.health.relevant(c.desired, changed) {
+		c.health.Sync(c.desired)
+	}
 	return nil
 }
 
