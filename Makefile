@@ -7,7 +7,7 @@ K8S_VERSION ?= v1.35.4
 GO_TEST_FLAGS ?=
 LAB_NODES ?= 3
 
-.PHONY: all build deps k8s test unit lab lab-down lab-status bench lint clean
+.PHONY: all build deps k8s vm test test-ipvs unit lab lab-down lab-status bench lint clean
 
 all: build
 
@@ -24,10 +24,22 @@ deps:
 k8s:
 	@K8S_VERSION=$(K8S_VERSION) bash hack/build-k8s.sh >/dev/null
 
-# Everything: unit, integration (real kernel in namespaces) and e2e (the virtual data centre) tests.
-test: deps k8s build
+# Everything: unit, integration (real kernel in namespaces) and e2e (the virtual data centre) tests, then the
+# IPVS back end's tests on a stock Debian kernel in a qemu VM (this machine's kernel has no IPVS).
+test: deps k8s build vm
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
 	  CANOPY_CNI_BIN=$(BIN)/canopy-cni $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
+	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec $(GO_TEST_FLAGS) ./proxy/ipvs
+
+# Only the IPVS tests, in the VM.
+test-ipvs: vm
+	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec $(GO_TEST_FLAGS) ./proxy/ipvs
+
+# The VM runner: qemu, a Debian kernel and an initramfs, cached in $(CANOPY_CACHE)/vm.
+vm:
+	@bash hack/vm/prepare.sh >/dev/null
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/vmexec ./internal/vmtest/cmd/vmexec
 
 # Only the fast tests that need neither root nor the lab.
 unit:

@@ -91,6 +91,9 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "lab.Down:", err)
 			code = 1
 		}
+		if dnsdOnce.path != "" {
+			_ = os.RemoveAll(filepath.Dir(dnsdOnce.path))
+		}
 		return code
 	}()
 	os.Exit(code)

@@ -63,8 +63,13 @@ type Controller struct {
 	bySvc    map[string][]string     // service key -> its port keys
 	warnings map[string]string       // service key -> last reported warning text
 
-	health *HealthChecks // nil = none
+	health   *HealthChecks // nil = none
+	onSynced func()        // called once after the first full sync
 }
+
+// OnInitialSync sets f to run once, after every Service has been programmed the first time (a back end's
+// pruning of what a previous run left is safe only then). Call it before Run.
+func (c *Controller) OnInitialSync(f func()) { c.onSynced = f }
 
 // SetHealthChecks makes the controller keep h's servers in line with the Local LoadBalancer services.
 // Call it before Run.
@@ -133,7 +138,13 @@ func (c *Controller) Run(ctx context.Context) {
 	for _, s := range svcs {
 		keys = append(keys, s.Namespace+"/"+s.Name)
 	}
-	c.syncServices(keys)
+	if err := c.syncServicesForce(keys, true); err != nil {
+		for _, k := range keys {
+			c.queue.AddRateLimited(k)
+		}
+	} else if c.onSynced != nil {
+		c.onSynced()
+	}
 	if c.resync > 0 {
 		go c.resyncLoop(ctx)
 	}
@@ -167,7 +178,11 @@ func (c *Controller) Run(ctx context.Context) {
 }
 
 // syncServices rebuilds the given Services and syncs the back end for their old and new port keys.
-func (c *Controller) syncServices(keys []string) error {
+func (c *Controller) syncServices(keys []string) error { return c.syncServicesForce(keys, false) }
+
+// syncServicesForce is syncServices; with force the back end is called even when no port changed (the first
+// sync, which lets it remove what a previous run left, also on a node with no service at all).
+func (c *Controller) syncServicesForce(keys []string, force bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var changed []string
@@ -193,7 +208,7 @@ func (c *Controller) syncServices(keys []string) error {
 	slices.Sort(changed)
 	changed = slices.Compact(changed)
 	servicePorts.Set(float64(len(c.desired)))
-	if len(changed) == 0 {
+	if len(changed) == 0 && !force {
 		return nil
 	}
 	t0 := time.Now()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,6 +22,9 @@ import (
 	"canopy.io/canopy/internal/egress"
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/internal/nodesetup"
+	"canopy.io/canopy/proxy"
+	iptproxy "canopy.io/canopy/proxy/iptables"
+	ipvsproxy "canopy.io/canopy/proxy/ipvs"
 	"canopy.io/canopy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -81,6 +85,10 @@ func bindFlags(fs *flag.FlagSet, r *config.Raw) {
 	fs.StringVar(&r.CNIDataDir, "cni-data-dir", "", "the plugin's IPAM directory, written into the conflist (empty = /var/lib/cni/canopy)")
 	fs.IntVar(&r.CNIMTU, "cni-mtu", 0, "pod interface MTU written into the conflist (0 = the plugin detects the uplink's)")
 	fs.BoolVar(&r.PodEgress, "enable-pod-egress", true, "masquerade pod traffic leaving the cluster's pod and service networks to the node IP")
+	fs.BoolVar(&r.RunServiceProxy, "run-service-proxy", true, "proxy Services (replaces kube-proxy): ClusterIP, NodePort, ExternalIPs, LoadBalancer IPs")
+	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, or iptables (used anyway when the kernel has no IPVS)")
+	fs.BoolVar(&r.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to service IPs, also from pods")
+	fs.Var((*stringList)(&r.NodePortAddresses), "nodeport-addresses", "CIDRs of the node addresses NodePorts listen on (default: the node IP)")
 	fs.Var((*stringList)(&r.ServiceCIDRs), "service-cluster-ip-range", "the cluster's service CIDR(s): pod traffic to them is never masqueraded (repeatable)")
 }
 
@@ -143,7 +151,8 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := waitForNode(ctx, kube, cfg.NodeName, log); err != nil {
+	self, err := waitForNode(ctx, kube, cfg.NodeName, log)
+	if err != nil {
 		return err
 	}
 
@@ -210,6 +219,12 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := setup.Start(ctx, factory); err != nil {
 		return err
 	}
+	if cfg.RunServiceProxy {
+		reg.MustRegister(proxy.Collectors()...)
+		if err := startProxy(ctx, cfg, self, factory, recorder, log); err != nil {
+			return err
+		}
+	}
 	factory.Start(ctx.Done())
 	go nodes.Run(ctx)
 
@@ -245,13 +260,13 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 }
 
 // waitForNode waits until the Node exists, logging clearly while it does not.
-func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, log *slog.Logger) error {
+func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, log *slog.Logger) (*corev1.Node, error) {
 	last := time.Time{}
 	for {
 		n, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
 			log.Info("found this node", "node", name, "ip", bgp.NodeIP(n), "pod_cidrs", bgp.PodCIDRs(n))
-			return nil
+			return n, nil
 		}
 		if time.Since(last) > 10*time.Second {
 			log.Info("waiting for this node's Node object", "node", name, "err", err)
@@ -259,8 +274,70 @@ func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, lo
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// startProxy picks the back end (IPVS only where the kernel has it) and starts the service proxy.
+func startProxy(ctx context.Context, cfg *config.Config, self *corev1.Node, factory informers.SharedInformerFactory, recorder record.EventRecorder, log *slog.Logger) error {
+	var nodeIPs []netip.Addr
+	if ip := bgp.NodeIP(self); ip.IsValid() {
+		nodeIPs = append(nodeIPs, ip)
+	}
+	mode := cfg.ProxyMode
+	if mode == "ipvs" {
+		if ok, err := ipvsproxy.Available(); !ok {
+			log.Warn("this kernel has no IPVS: using the iptables service proxy instead", "requested", "ipvs", "err", err)
+			mode = "iptables"
+		}
+	}
+	var be proxy.Backend
+	var prune func() error
+	schedulers := []string{"random"}
+	switch mode {
+	case "ipvs":
+		it, err := ipt.New(ipt.Detect())
+		if err != nil {
+			return fmt.Errorf("IPVS service proxy needs iptables for masquerading: %w", err)
+		}
+		b, err := ipvsproxy.New(ipvsproxy.Config{NodeIPs: nodeIPs, PodCIDRs: cfg.ClusterCIDRs, IPT: it, Log: log.With("component", "proxy-ipvs")})
+		if err != nil {
+			return fmt.Errorf("IPVS service proxy: %w", err)
+		}
+		be, prune, schedulers = b, b.Prune, []string{"rr", "wrr", "lc", "sh", "mh"}
+	default:
+		b, err := iptproxy.NewHost(iptproxy.Config{ClusterCIDRs: cfg.ClusterCIDRs, MasqueradeAll: cfg.MasqueradeAll,
+			NodeIPs: nodeIPs, NodePortAddresses: cfg.NodePortAddresses}, log.With("component", "proxy-iptables"))
+		if err == nil {
+			err = b.Start()
+		}
+		if err != nil {
+			return fmt.Errorf("iptables service proxy: %w", err)
+		}
+		be = b
+	}
+	log.Info("service proxy", "backend", be.Name())
+	ctrl := proxy.NewController(factory, be, proxy.Options{NodeName: cfg.NodeName, Schedulers: schedulers},
+		recorder, cfg.ResyncInterval, log.With("component", "proxy"))
+	if prune != nil {
+		ctrl.OnInitialSync(func() {
+			if err := prune(); err != nil {
+				log.Warn("removing services a previous run left", "err", err)
+			}
+		})
+	}
+	hcHost := ""
+	if len(nodeIPs) > 0 {
+		hcHost = nodeIPs[0].String()
+	}
+	hc := proxy.NewHealthChecks(hcHost, log.With("component", "proxy-healthcheck"))
+	ctrl.SetHealthChecks(hc)
+	go func() {
+		<-ctx.Done()
+		hc.Close(context.Background())
+	}()
+	go ctrl.Run(ctx)
+	return nil
 }

@@ -48,6 +48,11 @@ type Raw struct {
 	CNIMTU       int
 	PodEgress    bool
 	ServiceCIDRs []string
+
+	RunServiceProxy   bool
+	ProxyMode         string
+	MasqueradeAll     bool
+	NodePortAddresses []string
 }
 
 // Peer is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
@@ -90,6 +95,11 @@ type Config struct {
 	CNIMTU       int
 	PodEgress    bool
 	ServiceCIDRs []netip.Prefix
+
+	RunServiceProxy   bool
+	ProxyMode         string // "ipvs" or "iptables"
+	MasqueradeAll     bool
+	NodePortAddresses []netip.Prefix
 }
 
 // Validate checks every field and returns all problems at once, each naming its flag.
@@ -121,6 +131,9 @@ func (r Raw) Validate() (*Config, error) {
 		CNIDataDir:      r.CNIDataDir,
 		CNIMTU:          r.CNIMTU,
 		PodEgress:       r.PodEgress,
+		RunServiceProxy: r.RunServiceProxy,
+		ProxyMode:       strings.ToLower(r.ProxyMode),
+		MasqueradeAll:   r.MasqueradeAll,
 	}
 	if c.NodeName == "" {
 		if h, err := os.Hostname(); err == nil {
@@ -162,6 +175,14 @@ func (r Raw) Validate() (*Config, error) {
 	}
 	if c.ServiceCIDRs, err = parsePrefixes(r.ServiceCIDRs); err != nil {
 		bad("service-cluster-ip-range", "%v", err)
+	}
+	if c.NodePortAddresses, err = parsePrefixes(r.NodePortAddresses); err != nil {
+		bad("nodeport-addresses", "%v", err)
+	}
+	switch c.ProxyMode {
+	case "ipvs", "iptables":
+	default:
+		bad("proxy-mode", "%q is not ipvs or iptables", r.ProxyMode)
 	}
 	if r.CNIMTU != 0 && (r.CNIMTU < 576 || r.CNIMTU > 65535) {
 		bad("cni-mtu", "%d is outside 576..65535 (0 = detect)", r.CNIMTU)

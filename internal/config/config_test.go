@@ -13,7 +13,7 @@ func validRaw() Raw {
 		NodeName: "n1", ClusterASN: 64512, BGPPort: 179, NodesFullMesh: true,
 		ClusterCIDRs: []string{"10.244.0.0/16"}, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second,
 		ConnectRetry: 2 * time.Second, GRRestartTime: 120 * time.Second, RouteProtocol: 186, RouteTable: 254,
-		StaleTimeout: time.Minute, LogLevel: "info",
+		StaleTimeout: time.Minute, LogLevel: "info", ProxyMode: "iptables",
 	}
 }
 
