@@ -209,7 +209,7 @@ func (c *NodeController) sync(ctx context.Context) error {
 			c.log.Warn("this node's Node object is gone: withdrawing its routes and closing every BGP session", "node", c.cfg.NodeName)
 			c.selfDeleted = true
 			if r := c.speaker.Reconciler(); r != nil {
-				return joinErr(r.SetPaths(ctx, nil), r.SetPeers(ctx, nil))
+				return joinErr(r.SetPaths(ctx, GroupPodCIDRs, nil), joinErr(r.SetPaths(ctx, GroupVIPs, nil), r.SetPeers(ctx, nil)))
 			}
 		}
 		return nil
@@ -266,17 +266,17 @@ func (c *NodeController) sync(ctx context.Context) error {
 		c.log.Info("waiting for this node to get a pod CIDR (spec.podCIDRs)", "node", self.Name)
 		c.reportedNoCIDR = true
 	}
-	paths := map[netip.Prefix]netip.Addr{}
+	paths := map[netip.Prefix]Path{}
 	for _, p := range ownCIDRs {
 		if p.Addr().Is4() == selfIP.Is4() {
-			paths[p] = selfIP
+			paths[p] = Path{Prefix: p, NextHop: selfIP}
 		}
 	}
 	if !slices.Equal(ownCIDRs, c.lastOwnCIDRs) {
 		c.log.Info("node pod CIDRs", "node", self.Name, "pod_cidrs", ownCIDRs)
 		c.lastOwnCIDRs = ownCIDRs
 	}
-	aerr := rec.SetPaths(ctx, paths)
+	aerr := rec.SetPaths(ctx, GroupPodCIDRs, paths)
 	if err := joinErr(perr, aerr); err != nil {
 		c.warn(self, ReasonBGPError, "node %s: %v", self.Name, err)
 		return err

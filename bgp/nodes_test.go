@@ -54,15 +54,15 @@ func (l *lockedRouter) DeletePeer(ctx context.Context, a netip.Addr) error {
 	defer l.mu.Unlock()
 	return l.f.DeletePeer(ctx, a)
 }
-func (l *lockedRouter) AddPath(ctx context.Context, p netip.Prefix, nh netip.Addr) error {
+func (l *lockedRouter) AddPath(ctx context.Context, p Path) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.f.AddPath(ctx, p, nh)
+	return l.f.AddPath(ctx, p)
 }
-func (l *lockedRouter) DeletePath(ctx context.Context, p netip.Prefix, nh netip.Addr) error {
+func (l *lockedRouter) DeletePath(ctx context.Context, p Path) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.f.DeletePath(ctx, p, nh)
+	return l.f.DeletePath(ctx, p)
 }
 func (l *lockedRouter) take() []string {
 	l.mu.Lock()

@@ -17,12 +17,18 @@ type Reconciler struct {
 
 	mu    sync.Mutex
 	peers map[netip.Addr]PeerSpec
-	paths map[netip.Prefix]netip.Addr // originated prefix -> next hop
+	paths map[string]map[netip.Prefix]Path // group -> originated paths
 }
+
+// Path groups: each controller owns the paths of its group.
+const (
+	GroupPodCIDRs = "pod-cidrs"
+	GroupVIPs     = "service-vips"
+)
 
 // NewReconciler returns a Reconciler that starts from an empty Router.
 func NewReconciler(r Router, log *slog.Logger) *Reconciler {
-	return &Reconciler{r: r, log: log, peers: map[netip.Addr]PeerSpec{}, paths: map[netip.Prefix]netip.Addr{}}
+	return &Reconciler{r: r, log: log, peers: map[netip.Addr]PeerSpec{}, paths: map[string]map[netip.Prefix]Path{}}
 }
 
 // SetPeers makes the sessions equal to desired. A failed call leaves that peer as it was applied, so the next
@@ -81,34 +87,43 @@ func (c *Reconciler) SetPeers(ctx context.Context, desired []PeerSpec) error {
 	return errors.Join(errs...)
 }
 
-// SetPaths makes the originated paths equal to desired (prefix -> next hop).
-func (c *Reconciler) SetPaths(ctx context.Context, desired map[netip.Prefix]netip.Addr) error {
+// SetPaths makes the originated paths of group equal to desired. Paths of other groups are left alone.
+func (c *Reconciler) SetPaths(ctx context.Context, group string, desired map[netip.Prefix]Path) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	applied := c.paths[group]
+	if applied == nil {
+		applied = map[netip.Prefix]Path{}
+		c.paths[group] = applied
+	}
 	var errs []error
-	for pfx, nh := range c.paths {
-		if w, ok := desired[pfx]; ok && w == nh {
+	for pfx, old := range applied {
+		if w, ok := desired[pfx]; ok && w.Equal(old) {
 			continue
 		}
-		if err := c.r.DeletePath(ctx, pfx, nh); err != nil {
+		if err := c.r.DeletePath(ctx, old); err != nil {
 			errs = append(errs, fmt.Errorf("withdraw %s: %w", pfx, err))
 			continue
 		}
-		delete(c.paths, pfx)
-		c.log.Info("BGP path withdrawn", "prefix", pfx, "next_hop", nh)
+		delete(applied, pfx)
+		c.log.Info("BGP path withdrawn", "prefix", pfx, "next_hop", old.NextHop, "group", group)
 	}
-	for pfx, nh := range desired {
-		if old, ok := c.paths[pfx]; ok && old == nh {
+	for pfx, p := range desired {
+		if old, ok := applied[pfx]; ok && old.Equal(p) {
 			continue
 		}
-		if err := c.r.AddPath(ctx, pfx, nh); err != nil {
+		if err := c.r.AddPath(ctx, p); err != nil {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", pfx, err))
 			continue
 		}
-		c.paths[pfx] = nh
-		c.log.Info("BGP path advertised", "prefix", pfx, "next_hop", nh)
+		applied[pfx] = p
+		c.log.Info("BGP path advertised", "prefix", pfx, "next_hop", p.NextHop, "group", group, "communities", p.Communities, "large", p.Large, "prepend", p.Prepend)
 	}
-	advertisedPaths.Set(float64(len(c.paths)))
+	n := 0
+	for _, g := range c.paths {
+		n += len(g)
+	}
+	advertisedPaths.Set(float64(n))
 	return errors.Join(errs...)
 }
 

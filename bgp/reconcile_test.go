@@ -35,11 +35,11 @@ func (f *fakeRouter) UpdatePeer(_ context.Context, p PeerSpec) error {
 func (f *fakeRouter) DeletePeer(_ context.Context, a netip.Addr) error {
 	return f.do(fmt.Sprintf("delete %s", a))
 }
-func (f *fakeRouter) AddPath(_ context.Context, p netip.Prefix, nh netip.Addr) error {
-	return f.do(fmt.Sprintf("addpath %s %s", p, nh))
+func (f *fakeRouter) AddPath(_ context.Context, p Path) error {
+	return f.do(fmt.Sprintf("addpath %s %s", p.Prefix, p.NextHop))
 }
-func (f *fakeRouter) DeletePath(_ context.Context, p netip.Prefix, nh netip.Addr) error {
-	return f.do(fmt.Sprintf("delpath %s %s", p, nh))
+func (f *fakeRouter) DeletePath(_ context.Context, p Path) error {
+	return f.do(fmt.Sprintf("delpath %s %s", p.Prefix, p.NextHop))
 }
 
 func (f *fakeRouter) take() []string { c := f.calls; f.calls = nil; return c }
@@ -102,12 +102,21 @@ func TestReconcilerPaths(t *testing.T) {
 	r := NewReconciler(f, quiet)
 	ctx := context.Background()
 	nh := addr("10.99.0.11")
-	_ = r.SetPaths(ctx, map[netip.Prefix]netip.Addr{pfx("10.244.1.0/24"): nh})
-	_ = r.SetPaths(ctx, map[netip.Prefix]netip.Addr{pfx("10.244.1.0/24"): nh})
+	pod := map[netip.Prefix]Path{pfx("10.244.1.0/24"): {Prefix: pfx("10.244.1.0/24"), NextHop: nh}}
+	_ = r.SetPaths(ctx, GroupPodCIDRs, pod)
+	_ = r.SetPaths(ctx, GroupPodCIDRs, pod)
 	if got := f.take(); !reflect.DeepEqual(got, []string{"addpath 10.244.1.0/24 10.99.0.11"}) {
 		t.Fatalf("calls %v", got)
 	}
-	_ = r.SetPaths(ctx, nil)
+	// Another group's paths do not disturb this one's; a changed attribute re-announces only that path.
+	vip := Path{Prefix: pfx("10.96.0.10/32"), NextHop: nh, VIP: true}
+	_ = r.SetPaths(ctx, GroupVIPs, map[netip.Prefix]Path{vip.Prefix: vip})
+	vip.Communities = []uint32{64512<<16 | 100}
+	_ = r.SetPaths(ctx, GroupVIPs, map[netip.Prefix]Path{vip.Prefix: vip})
+	if got := f.take(); !reflect.DeepEqual(got, []string{"addpath 10.96.0.10/32 10.99.0.11", "delpath 10.96.0.10/32 10.99.0.11", "addpath 10.96.0.10/32 10.99.0.11"}) {
+		t.Fatalf("calls %v", got)
+	}
+	_ = r.SetPaths(ctx, GroupPodCIDRs, nil)
 	if got := f.take(); !reflect.DeepEqual(got, []string{"delpath 10.244.1.0/24 10.99.0.11"}) {
 		t.Fatalf("calls %v", got)
 	}

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/proto"
 	apb "google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -18,8 +20,26 @@ type Router interface {
 	AddPeer(ctx context.Context, p PeerSpec) error
 	UpdatePeer(ctx context.Context, p PeerSpec) error
 	DeletePeer(ctx context.Context, addr netip.Addr) error
-	AddPath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error
-	DeletePath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error
+	AddPath(ctx context.Context, p Path) error
+	DeletePath(ctx context.Context, p Path) error
+}
+
+// Path is a route this node originates.
+type Path struct {
+	Prefix      netip.Prefix
+	NextHop     netip.Addr
+	Communities []uint32    // standard communities
+	Large       [][3]uint32 // large communities
+	Prepend     uint8       // extra copies of our AS in the AS path
+	// VIP marks a Service address: it goes to external peers (the ToR), not to other nodes, unless
+	// GlobalConfig.VIPsToNodes.
+	VIP bool
+}
+
+// Equal reports whether two paths are the same announcement.
+func (p Path) Equal(q Path) bool {
+	return p.Prefix == q.Prefix && p.NextHop == q.NextHop && p.Prepend == q.Prepend && p.VIP == q.VIP &&
+		slices.Equal(p.Communities, q.Communities) && slices.Equal(p.Large, q.Large)
 }
 
 // GlobalConfig is the speaker's own identity and the settings every session shares.
@@ -34,11 +54,19 @@ type GlobalConfig struct {
 	ConnectRetry    time.Duration
 	GracefulRestart bool
 	GRRestartTime   time.Duration
+	VIPsToNodes     bool // also announce Service VIPs to the other nodes
 }
 
 // ExportPolicyName is the GoBGP policy that keeps a node from being transit: it exports only the paths it
-// originates itself (pod CIDRs, later service VIPs), never what it learned from one peer to another.
+// originates itself (pod CIDRs, service VIPs), never what it learned from one peer to another; and it keeps
+// service VIPs from the other nodes (they are for the ToR) unless GlobalConfig.VIPsToNodes.
 const ExportPolicyName = "canopy-export-local-only"
+
+// The defined sets the export policy uses, kept current as VIPs and node peers come and go.
+const (
+	vipPrefixSet    = "canopy-vips"
+	nodeNeighborSet = "canopy-node-peers"
+)
 
 var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 var familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
@@ -73,14 +101,33 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		s.Stop()
 		return nil, fmt.Errorf("start BGP (AS %d, router-id %s, port %d): %w", cfg.ASN, cfg.RouterID, cfg.ListenPort, err)
 	}
-	err := s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{
-		Name: ExportPolicyName,
-		Statements: []*api.Statement{{
-			Name:       ExportPolicyName + "-local",
-			Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
-			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
-		}},
-	}})
+	var err error
+	for _, ds := range []*api.DefinedSet{
+		{DefinedType: api.DefinedType_PREFIX, Name: vipPrefixSet},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet},
+	} {
+		if err = s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("defined set %s: %w", ds.Name, err)
+		}
+	}
+	var stmts []*api.Statement
+	if !cfg.VIPsToNodes {
+		stmts = append(stmts, &api.Statement{
+			Name: ExportPolicyName + "-no-vips-to-nodes",
+			Conditions: &api.Conditions{
+				PrefixSet:   &api.MatchSet{Name: vipPrefixSet, Type: api.MatchSet_ANY},
+				NeighborSet: &api.MatchSet{Name: nodeNeighborSet, Type: api.MatchSet_ANY},
+			},
+			Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
+		})
+	}
+	stmts = append(stmts, &api.Statement{
+		Name:       ExportPolicyName + "-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+	})
+	err = s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: ExportPolicyName, Statements: stmts}})
 	if err == nil {
 		err = s.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 			Name:          "global",
@@ -134,8 +181,18 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 }
 
 func (g *GoBGP) AddPeer(ctx context.Context, p PeerSpec) error {
+	if p.Kind == PeerKindNode {
+		// Into the node set first, so the export policy already applies when the session comes up.
+		if err := g.S.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: []string{hostPrefix(p.Address)},
+		}}); err != nil {
+			return fmt.Errorf("node peer set: %w", err)
+		}
+	}
 	return g.S.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)})
 }
+
+func hostPrefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
 func (g *GoBGP) UpdatePeer(ctx context.Context, p PeerSpec) error {
 	_, err := g.S.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: g.peer(p)})
@@ -143,47 +200,90 @@ func (g *GoBGP) UpdatePeer(ctx context.Context, p PeerSpec) error {
 }
 
 func (g *GoBGP) DeletePeer(ctx context.Context, addr netip.Addr) error {
-	return g.S.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()})
+	if err := g.S.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		return err
+	}
+	// Not a node peer, or not in the set: nothing to remove, and no harm.
+	_ = g.S.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
+		DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: []string{hostPrefix(addr)},
+	}})
+	return nil
 }
 
-func apiPath(prefix netip.Prefix, nextHop netip.Addr) (*api.Path, error) {
-	nlri, err := apb.New(&api.IPAddressPrefix{Prefix: prefix.Addr().String(), PrefixLen: uint32(prefix.Bits())})
+func apiPath(p Path, asn uint32) (*api.Path, error) {
+	nlri, err := apb.New(&api.IPAddressPrefix{Prefix: p.Prefix.Addr().String(), PrefixLen: uint32(p.Prefix.Bits())})
 	if err != nil {
 		return nil, err
 	}
-	origin, err := apb.New(&api.OriginAttribute{Origin: 0})
-	if err != nil {
-		return nil, err
-	}
+	attrs := []proto.Message{&api.OriginAttribute{Origin: 0}}
 	fam := familyIPv4
-	var nh *apb.Any
-	if prefix.Addr().Is4() {
-		nh, err = apb.New(&api.NextHopAttribute{NextHop: nextHop.String()})
+	if p.Prefix.Addr().Is4() {
+		attrs = append(attrs, &api.NextHopAttribute{NextHop: p.NextHop.String()})
 	} else {
 		fam = familyIPv6
-		nh, err = apb.New(&api.MpReachNLRIAttribute{Family: fam, NextHops: []string{nextHop.String()}, Nlris: []*apb.Any{nlri}})
+		attrs = append(attrs, &api.MpReachNLRIAttribute{Family: fam, NextHops: []string{p.NextHop.String()}, Nlris: []*apb.Any{nlri}})
 	}
-	if err != nil {
-		return nil, err
+	if p.Prepend > 0 && asn != 0 {
+		seg := &api.AsSegment{Type: api.AsSegment_AS_SEQUENCE}
+		for range p.Prepend {
+			seg.Numbers = append(seg.Numbers, asn)
+		}
+		attrs = append(attrs, &api.AsPathAttribute{Segments: []*api.AsSegment{seg}})
 	}
-	return &api.Path{Family: fam, Nlri: nlri, Pattrs: []*apb.Any{origin, nh}}, nil
+	if len(p.Communities) > 0 {
+		attrs = append(attrs, &api.CommunitiesAttribute{Communities: p.Communities})
+	}
+	if len(p.Large) > 0 {
+		lc := &api.LargeCommunitiesAttribute{}
+		for _, c := range p.Large {
+			lc.Communities = append(lc.Communities, &api.LargeCommunity{GlobalAdmin: c[0], LocalData1: c[1], LocalData2: c[2]})
+		}
+		attrs = append(attrs, lc)
+	}
+	out := &api.Path{Family: fam, Nlri: nlri}
+	for _, a := range attrs {
+		any, err := apb.New(a)
+		if err != nil {
+			return nil, err
+		}
+		out.Pattrs = append(out.Pattrs, any)
+	}
+	return out, nil
 }
 
-func (g *GoBGP) AddPath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error {
-	p, err := apiPath(prefix, nextHop)
+func vipSet(p Path) *api.DefinedSet {
+	return &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: vipPrefixSet, Prefixes: []*api.Prefix{{
+		IpPrefix: p.Prefix.String(), MaskLengthMin: uint32(p.Prefix.Bits()), MaskLengthMax: uint32(p.Prefix.Bits()),
+	}}}
+}
+
+func (g *GoBGP) AddPath(ctx context.Context, p Path) error {
+	ap, err := apiPath(p, g.cfg.ASN)
 	if err != nil {
 		return err
 	}
-	_, err = g.S.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: p})
+	if p.VIP {
+		// Into the VIP set before the path exists, so no node peer ever receives it.
+		if err := g.S.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: vipSet(p)}); err != nil {
+			return fmt.Errorf("VIP prefix set: %w", err)
+		}
+	}
+	_, err = g.S.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: ap})
 	return err
 }
 
-func (g *GoBGP) DeletePath(ctx context.Context, prefix netip.Prefix, nextHop netip.Addr) error {
-	p, err := apiPath(prefix, nextHop)
+func (g *GoBGP) DeletePath(ctx context.Context, p Path) error {
+	ap, err := apiPath(p, g.cfg.ASN)
 	if err != nil {
 		return err
 	}
-	return g.S.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: p.Family, Path: p})
+	if err := g.S.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: ap.Family, Path: ap}); err != nil {
+		return err
+	}
+	if p.VIP {
+		_ = g.S.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: vipSet(p)})
+	}
+	return nil
 }
 
 // Stop closes every session with a Cease notification (peers flush our routes at once) and stops the server.

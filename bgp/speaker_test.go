@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func startTestPeer(t *testing.T, ip string, asn uint32, speakerIP string, speake
 
 func (p *testPeer) announce(t *testing.T, prefix string, nh string) {
 	t.Helper()
-	path, err := apiPath(netip.MustParsePrefix(prefix), netip.MustParseAddr(nh))
+	path, err := apiPath(Path{Prefix: netip.MustParsePrefix(prefix), NextHop: netip.MustParseAddr(nh)}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +66,7 @@ func (p *testPeer) announce(t *testing.T, prefix string, nh string) {
 
 func (p *testPeer) withdraw(t *testing.T, prefix string, nh string) {
 	t.Helper()
-	path, _ := apiPath(netip.MustParsePrefix(prefix), netip.MustParseAddr(nh))
+	path, _ := apiPath(Path{Prefix: netip.MustParsePrefix(prefix), NextHop: netip.MustParseAddr(nh)}, 0)
 	if err := p.s.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Path: path}); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +146,7 @@ func TestSpeakerWithInProcessPeers(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := rec.SetPaths(ctx, map[netip.Prefix]netip.Addr{pfx("10.244.1.0/24"): addr(nodeIP)}); err != nil {
+	if err := rec.SetPaths(ctx, GroupPodCIDRs, map[netip.Prefix]Path{pfx("10.244.1.0/24"): {Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "both peers receive the pod CIDR with next hop = node IP", func() bool {
@@ -173,7 +174,7 @@ func TestSpeakerWithInProcessPeers(t *testing.T) {
 	b.withdraw(t, "10.244.2.0/24", torB)
 	eventually(t, "route withdrawn", func() bool { return sink.len() == 0 })
 	// Withdrawing our advertisement reaches the peers.
-	if err := rec.SetPaths(ctx, nil); err != nil {
+	if err := rec.SetPaths(ctx, GroupPodCIDRs, nil); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "pod CIDR withdrawn at the peers", func() bool { return len(a.received()) == 0 })
@@ -211,4 +212,80 @@ func TestSpeakerMD5(t *testing.T) {
 	if st := learner.PeerStates()[addr(tor)]; st == "ESTABLISHED" {
 		t.Fatal("session established with a wrong MD5 password")
 	}
+}
+
+// TestSpeakerVIPsGoToExternalPeersOnly: a Service VIP (with communities and an AS-path prepend) reaches the
+// external peer (the ToR) but not a node peer; the pod CIDR reaches both.
+func TestSpeakerVIPsGoToExternalPeersOnly(t *testing.T) {
+	const nodeIP, tor, other = "127.0.0.1", "127.0.0.5", "127.0.0.6"
+	port := freePort(t, nodeIP)
+	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
+	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, nil), nil, quiet)
+	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Shutdown(true)
+	a := startTestPeer(t, tor, 64500, nodeIP, port, 64512, "")
+	b := startTestPeer(t, other, 64512, nodeIP, port, 64512, "")
+	rec := sp.Reconciler()
+	if err := rec.SetPeers(ctx, []PeerSpec{
+		{Address: addr(tor), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "tor"},
+		{Address: addr(other), ASN: 64512, Port: uint16(b.port), Kind: PeerKindNode, Name: "node2"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pod := Path{Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}
+	vip := Path{Prefix: pfx("10.96.0.10/32"), NextHop: addr(nodeIP), VIP: true, Prepend: 2,
+		Communities: []uint32{64512<<16 | 100}, Large: [][3]uint32{{64512, 1, 2}}}
+	if err := rec.SetPaths(ctx, GroupPodCIDRs, map[netip.Prefix]Path{pod.Prefix: pod}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.SetPaths(ctx, GroupVIPs, map[netip.Prefix]Path{vip.Prefix: vip}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ToR has the pod CIDR and the VIP, the node only the pod CIDR", func() bool {
+		ra, rb := a.received(), b.received()
+		return ra["10.244.1.0/24"] != "" && ra["10.96.0.10/32"] != "" && rb["10.244.1.0/24"] != ""
+	})
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := b.received()["10.96.0.10/32"]; ok {
+		t.Fatal("a node peer received a service VIP")
+	}
+	var attrs []string
+	_ = a.s.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Prefixes: []*api.TableLookupPrefix{{Prefix: "10.96.0.10/32"}}}, func(d *api.Destination) {
+		for _, p := range d.Paths {
+			for _, at := range p.Pattrs {
+				attrs = append(attrs, at.String())
+			}
+		}
+	})
+	all := strings.Join(attrs, " ")
+	for _, want := range []string{"CommunitiesAttribute", "LargeCommunitiesAttribute", "AsPathAttribute"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("the ToR's path lacks %s: %s", want, all)
+		}
+	}
+	var asPath []uint32
+	_ = a.s.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4, Prefixes: []*api.TableLookupPrefix{{Prefix: "10.96.0.10/32"}}}, func(d *api.Destination) {
+		for _, p := range d.Paths {
+			for _, at := range p.Pattrs {
+				var ap api.AsPathAttribute
+				if at.UnmarshalTo(&ap) == nil {
+					for _, seg := range ap.Segments {
+						asPath = append(asPath, seg.Numbers...)
+					}
+				}
+			}
+		}
+	})
+	if len(asPath) != 3 {
+		t.Errorf("AS path at the ToR %v, want our AS three times (one + two prepended)", asPath)
+	}
+	if err := rec.SetPaths(ctx, GroupVIPs, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the VIP withdrawn at the ToR", func() bool { _, ok := a.received()["10.96.0.10/32"]; return !ok })
 }
