@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/bgp/services"
 	"canopy.io/canopy/internal/config"
 	"canopy.io/canopy/internal/egress"
 	"canopy.io/canopy/internal/ipt"
@@ -89,6 +90,15 @@ func bindFlags(fs *flag.FlagSet, r *config.Raw) {
 	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, or iptables (used anyway when the kernel has no IPVS)")
 	fs.BoolVar(&r.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to service IPs, also from pods")
 	fs.Var((*stringList)(&r.NodePortAddresses), "nodeport-addresses", "CIDRs of the node addresses NodePorts listen on (default: the node IP)")
+	fs.BoolVar(&r.AdvertiseClusterIP, "advertise-cluster-ip", false, "announce Service ClusterIPs (/32) to external peers")
+	fs.BoolVar(&r.AdvertiseExternalIP, "advertise-external-ip", true, "announce Service ExternalIPs inside --service-external-ip-range")
+	fs.BoolVar(&r.AdvertiseLoadBalancerIP, "advertise-loadbalancer-ip", true, "announce LoadBalancer ingress IPs inside --loadbalancer-ip-range")
+	fs.BoolVar(&r.AdvertiseServiceCIDR, "advertise-service-cidr", false, "announce the service CIDR aggregate instead of /32 ClusterIPs")
+	fs.BoolVar(&r.AdvertiseVIPsToNodes, "advertise-vips-to-nodes", false, "also announce Service VIPs to the other nodes (by default only external peers get them)")
+	fs.Var((*stringList)(&r.ExternalIPRanges), "service-external-ip-range", "CIDRs Service ExternalIPs may be announced from; others get an Event and are not announced")
+	fs.Var((*stringList)(&r.LoadBalancerIPRanges), "loadbalancer-ip-range", "CIDRs or first-last ranges of LoadBalancer IPs: announced only inside, and allocated from with --run-loadbalancer")
+	fs.BoolVar(&r.RunLoadBalancer, "run-loadbalancer", false, "allocate LoadBalancer IPs for Services of the default class or canopy.io/loadbalancer (one node at a time, by Lease)")
+	fs.StringVar(&r.LeaseNamespace, "lease-namespace", "kube-system", "namespace of the allocator's leader-election Lease")
 	fs.Var((*stringList)(&r.ServiceCIDRs), "service-cluster-ip-range", "the cluster's service CIDR(s): pod traffic to them is never masqueraded (repeatable)")
 }
 
@@ -196,6 +206,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	speaker := bgp.NewSpeaker(bgp.GlobalConfig{
 		ListenPort: cfg.BGPPort, GRPCAddr: cfg.GRPCAddr, HoldTime: cfg.HoldTime, Keepalive: cfg.Keepalive,
 		ConnectRetry: cfg.ConnectRetry, GracefulRestart: cfg.GracefulRestart, GRRestartTime: cfg.GRRestartTime,
+		VIPsToNodes: cfg.AdvertiseVIPsToNodes,
 	}, learner, log.With("component", "bgp"))
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
@@ -225,8 +236,14 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 	}
+	vips := bgp.NewVIPController(cfg.NodeName, services.Options{
+		AdvertiseClusterIP: cfg.AdvertiseClusterIP, AdvertiseExternalIP: cfg.AdvertiseExternalIP,
+		AdvertiseLoadBalancerIP: cfg.AdvertiseLoadBalancerIP, AdvertiseServiceCIDR: cfg.AdvertiseServiceCIDR,
+		ExternalIPRanges: cfg.ExternalIPRanges, LoadBalancerIPRanges: cfg.LoadBalancerIPPrefixes, ServiceCIDRs: cfg.ServiceCIDRs,
+	}, factory, speaker, recorder, log.With("component", "vips"))
 	factory.Start(ctx.Done())
 	go nodes.Run(ctx)
+	go vips.Run(ctx)
 
 	go func() {
 		all := nodes.WaitForEOR(ctx, cfg.StaleTimeout)

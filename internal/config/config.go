@@ -53,6 +53,16 @@ type Raw struct {
 	ProxyMode         string
 	MasqueradeAll     bool
 	NodePortAddresses []string
+
+	AdvertiseClusterIP      bool
+	AdvertiseExternalIP     bool
+	AdvertiseLoadBalancerIP bool
+	AdvertiseServiceCIDR    bool
+	AdvertiseVIPsToNodes    bool
+	ExternalIPRanges        []string
+	LoadBalancerIPRanges    []string
+	RunLoadBalancer         bool
+	LeaseNamespace          string
 }
 
 // Peer is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
@@ -100,6 +110,17 @@ type Config struct {
 	ProxyMode         string // "ipvs" or "iptables"
 	MasqueradeAll     bool
 	NodePortAddresses []netip.Prefix
+
+	AdvertiseClusterIP      bool
+	AdvertiseExternalIP     bool
+	AdvertiseLoadBalancerIP bool
+	AdvertiseServiceCIDR    bool
+	AdvertiseVIPsToNodes    bool
+	ExternalIPRanges        []netip.Prefix
+	LoadBalancerIPRanges    []string // CIDRs or a-b ranges (the allocator parses them)
+	LoadBalancerIPPrefixes  []netip.Prefix
+	RunLoadBalancer         bool
+	LeaseNamespace          string
 }
 
 // Validate checks every field and returns all problems at once, each naming its flag.
@@ -134,6 +155,15 @@ func (r Raw) Validate() (*Config, error) {
 		RunServiceProxy: r.RunServiceProxy,
 		ProxyMode:       strings.ToLower(r.ProxyMode),
 		MasqueradeAll:   r.MasqueradeAll,
+
+		AdvertiseClusterIP:      r.AdvertiseClusterIP,
+		AdvertiseExternalIP:     r.AdvertiseExternalIP,
+		AdvertiseLoadBalancerIP: r.AdvertiseLoadBalancerIP,
+		AdvertiseServiceCIDR:    r.AdvertiseServiceCIDR,
+		AdvertiseVIPsToNodes:    r.AdvertiseVIPsToNodes,
+		LoadBalancerIPRanges:    r.LoadBalancerIPRanges,
+		RunLoadBalancer:         r.RunLoadBalancer,
+		LeaseNamespace:          r.LeaseNamespace,
 	}
 	if c.NodeName == "" {
 		if h, err := os.Hostname(); err == nil {
@@ -178,6 +208,18 @@ func (r Raw) Validate() (*Config, error) {
 	}
 	if c.NodePortAddresses, err = parsePrefixes(r.NodePortAddresses); err != nil {
 		bad("nodeport-addresses", "%v", err)
+	}
+	if c.ExternalIPRanges, err = parsePrefixes(r.ExternalIPRanges); err != nil {
+		bad("service-external-ip-range", "%v", err)
+	}
+	if c.LoadBalancerIPPrefixes, err = parseRanges(r.LoadBalancerIPRanges); err != nil {
+		bad("loadbalancer-ip-range", "%v", err)
+	}
+	if r.RunLoadBalancer && len(c.LoadBalancerIPPrefixes) == 0 {
+		bad("loadbalancer-ip-range", "empty: --run-loadbalancer needs addresses to hand out")
+	}
+	if r.RunLoadBalancer && r.LeaseNamespace == "" {
+		bad("lease-namespace", "empty: --run-loadbalancer elects its leader with a Lease")
 	}
 	switch c.ProxyMode {
 	case "ipvs", "iptables":
@@ -320,6 +362,56 @@ func ParseASN(s string) (uint32, error) {
 		return 0, fmt.Errorf("AS number %d is reserved", v)
 	}
 	return uint32(v), nil
+}
+
+// parseRanges reads CIDRs and first-last ranges ("10.0.0.5-10.0.0.9") as the prefixes that cover them exactly.
+func parseRanges(in []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for _, s := range in {
+		for _, part := range strings.Split(s, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			lo, hi, isRange := strings.Cut(part, "-")
+			if !isRange {
+				p, err := parsePrefixes([]string{part})
+				if err != nil {
+					errs = append(errs, err)
+				}
+				out = append(out, p...)
+				continue
+			}
+			a, err1 := netip.ParseAddr(strings.TrimSpace(lo))
+			b, err2 := netip.ParseAddr(strings.TrimSpace(hi))
+			if err1 != nil || err2 != nil || !a.Is4() || !b.Is4() || b.Less(a) {
+				errs = append(errs, fmt.Errorf("%q is not an IPv4 range first-last", part))
+				continue
+			}
+			for a.Compare(b) <= 0 && a.IsValid() {
+				bits := 32
+				for bits > 0 {
+					p := netip.PrefixFrom(a, bits-1).Masked()
+					if p.Addr() != a || lastAddr(p).Compare(b) > 0 {
+						break
+					}
+					bits--
+				}
+				p := netip.PrefixFrom(a, bits)
+				out = append(out, p)
+				a = lastAddr(p).Next()
+			}
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	n |= (1 << (32 - p.Bits())) - 1
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
 func parsePrefixes(in []string) ([]netip.Prefix, error) {

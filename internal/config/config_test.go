@@ -110,3 +110,24 @@ func TestParseASN(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRanges(t *testing.T) {
+	got, err := parseRanges([]string{"10.200.0.0/30", "10.200.1.5-10.200.1.9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.200.0.0/30", "10.200.1.5/32", "10.200.1.6/31", "10.200.1.8/31"}
+	if len(got) != len(want) {
+		t.Fatalf("%v", got)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Errorf("%d: %s, want %s", i, got[i], want[i])
+		}
+	}
+	for _, bad := range []string{"10.0.0.9-10.0.0.1", "x-y", "10.0.0.1/33"} {
+		if _, err := parseRanges([]string{bad}); err == nil {
+			t.Errorf("parseRanges(%q) succeeded", bad)
+		}
+	}
+}
