@@ -52,7 +52,8 @@ func TestMain(m *testing.M) {
 			return m.Run()
 		}
 		// The agents run with only the rights manifests/rbac.yaml grants (bound to their group below).
-		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes},
+		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes,
+			"--service-external-ip-range=" + extRange, "--loadbalancer-ip-range=" + lbRange},
 			AgentGroups: []string{agentGroup}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()
