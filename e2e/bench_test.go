@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	apb "google.golang.org/protobuf/types/known/anypb"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -294,4 +295,59 @@ func annotatePeers(b *testing.B, l *lab.Lab, n *lab.Node, v string) {
 	b.Cleanup(func() {
 		_, _ = l.Kube.CoreV1().Nodes().Patch(context.Background(), n.Name, types.MergePatchType, []byte(`{"metadata":{"annotations":{"canopy.io/peers":null}}}`), metav1.PatchOptions{})
 	})
+}
+
+// BenchmarkServiceVIPToToR measures the time from creating a Service to its VIP in the ToR's FIB (ECMP over
+// every node), for one Service and for 1,000 created at once (ExternalIPs, so no allocator is in the path).
+func BenchmarkServiceVIPToToR(b *testing.B) {
+	l := needLab(b)
+	ctx := context.Background()
+	mk := func(i int) *corev1.Service {
+		s := webService(fmt.Sprintf("vb%d", i), "vb")
+		s.Spec.ExternalIPs = []string{fmt.Sprintf("10.201.%d.%d", i/250, i%250+1)}
+		return s
+	}
+	fibCount := func() int {
+		fib, err := routesIn(ctx, l.ToR.Exec, "proto", "bgp")
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for p, nh := range fib {
+			if netip.MustParsePrefix(extRange).Contains(p.Addr()) && len(nh) == len(l.Nodes) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, count := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("services=%d", count), func(b *testing.B) {
+			base := fibCount()
+			t0 := time.Now()
+			for i := range count {
+				if _, err := l.Kube.CoreV1().Services("default").Create(ctx, mk(i), metav1.CreateOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			created := time.Since(t0)
+			eventually(b, 5*time.Minute, fmt.Sprintf("%d VIPs in the ToR's FIB", count), func(ctx context.Context) error {
+				if got := fibCount() - base; got < count {
+					return fmt.Errorf("%d of %d", got, count)
+				}
+				return nil
+			})
+			d := time.Since(t0)
+			b.ReportMetric(float64(d.Milliseconds()), "ms-create-to-FIB")
+			b.Logf("%d services: created in %v, all VIPs in the ToR's FIB (ECMP over %d nodes) after %v", count, created.Round(time.Millisecond), len(l.Nodes), d.Round(time.Millisecond))
+			for i := range count {
+				_ = l.Kube.CoreV1().Services("default").Delete(ctx, fmt.Sprintf("vb%d", i), metav1.DeleteOptions{})
+			}
+			eventually(b, 5*time.Minute, "the VIPs withdrawn", func(ctx context.Context) error {
+				if got := fibCount(); got > base {
+					return fmt.Errorf("%d left", got-base)
+				}
+				return nil
+			})
+		})
+	}
 }

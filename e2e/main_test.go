@@ -53,7 +53,7 @@ func TestMain(m *testing.M) {
 		}
 		// The agents run with only the rights manifests/rbac.yaml grants (bound to their group below).
 		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes,
-			"--service-external-ip-range=" + extRange, "--loadbalancer-ip-range=" + lbRange},
+			"--service-external-ip-range=" + extRange, "--loadbalancer-ip-range=" + lbRange, "--run-loadbalancer"},
 			AgentGroups: []string{agentGroup}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()

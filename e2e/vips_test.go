@@ -18,8 +18,8 @@ import (
 
 // The ranges the lab's agents may announce and allocate from (see TestMain).
 const (
-	lbRange  = "10.200.0.0/24"
-	extRange = "10.201.0.0/24"
+	lbRange  = "10.200.0.0/22"
+	extRange = "10.201.0.0/22"
 )
 
 // torNextHops returns the ToR's selected next hops for prefix (BGP) and its kernel's (FIB).

@@ -22,6 +22,7 @@ import (
 	"canopy.io/canopy/internal/config"
 	"canopy.io/canopy/internal/egress"
 	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/lballoc"
 	"canopy.io/canopy/internal/nodesetup"
 	"canopy.io/canopy/proxy"
 	iptproxy "canopy.io/canopy/proxy/iptables"
@@ -241,9 +242,25 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		AdvertiseLoadBalancerIP: cfg.AdvertiseLoadBalancerIP, AdvertiseServiceCIDR: cfg.AdvertiseServiceCIDR,
 		ExternalIPRanges: cfg.ExternalIPRanges, LoadBalancerIPRanges: cfg.LoadBalancerIPPrefixes, ServiceCIDRs: cfg.ServiceCIDRs,
 	}, factory, speaker, recorder, log.With("component", "vips"))
+	var alloc *lballoc.Allocator
+	if cfg.RunLoadBalancer {
+		ranges, err := lballoc.ParseRanges(cfg.LoadBalancerIPRanges)
+		if err != nil {
+			return fmt.Errorf("--loadbalancer-ip-range: %w", err)
+		}
+		alloc, err = lballoc.New(lballoc.Config{Ranges: ranges, LeaseNamespace: cfg.LeaseNamespace, Identity: cfg.NodeName},
+			kube, factory, recorder, log.With("component", "lballoc"))
+		if err != nil {
+			return fmt.Errorf("LoadBalancer IP allocator: %w", err)
+		}
+		reg.MustRegister(lballoc.Collectors()...)
+	}
 	factory.Start(ctx.Done())
 	go nodes.Run(ctx)
 	go vips.Run(ctx)
+	if alloc != nil {
+		go alloc.Run(ctx)
+	}
 
 	go func() {
 		all := nodes.WaitForEOR(ctx, cfg.StaleTimeout)
