@@ -122,21 +122,30 @@ func eventually(t *testing.T, what string, f func() bool) {
 	t.Fatalf("timed out waiting for: %s", what)
 }
 
+// startSpeaker runs a speaker (AS 64512) on nodeIP with a learner whose import policy accepts 10.244.0.0/16
+// but own (our pod CIDRs); it is stopped at test end.
+func startSpeaker(t *testing.T, nodeIP string, own ...netip.Prefix) (*Speaker, *Learner, *syncSink, int) {
+	t.Helper()
+	port := freePort(t, nodeIP)
+	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
+	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, own, []netip.Addr{addr(nodeIP)}), []netip.Addr{addr(nodeIP)}, quiet)
+	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sp.Shutdown(true) })
+	return sp, learner, sink, port
+}
+
 // TestSpeakerWithInProcessPeers runs the speaker against two in-process GoBGP routers on loopback: it checks
 // what the speaker advertises (its pod CIDR, next hop = node IP, and never a route learned from the other peer)
 // and what it installs (only what the import policy allows, ECMP across both peers).
 func TestSpeakerWithInProcessPeers(t *testing.T) {
 	const nodeIP, torA, torB = "127.0.0.1", "127.0.0.2", "127.0.0.3"
-	port := freePort(t, nodeIP)
-	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, []netip.Prefix{pfx("10.244.1.0/24")}, []netip.Addr{addr(nodeIP)}), []netip.Addr{addr(nodeIP)}, quiet)
-	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Shutdown(true)
+	sp, _, sink, port := startSpeaker(t, nodeIP, pfx("10.244.1.0/24"))
+	ctx := context.Background()
 	a := startTestPeer(t, torA, 64500, nodeIP, port, 64512, "")
 	b := startTestPeer(t, torB, 64501, nodeIP, port, 64512, "")
 	rec := sp.Reconciler()
@@ -187,16 +196,8 @@ func TestSpeakerMD5(t *testing.T) {
 		t.Skipf("this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG): %v", err)
 	}
 	const nodeIP, tor = "127.0.0.1", "127.0.0.4"
-	port := freePort(t, nodeIP)
-	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, nil), nil, quiet)
-	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Shutdown(true)
+	sp, learner, _, port := startSpeaker(t, nodeIP)
+	ctx := context.Background()
 	peer := startTestPeer(t, tor, 64500, nodeIP, port, 64512, "s3cret")
 	rec := sp.Reconciler()
 	spec := PeerSpec{Address: addr(tor), ASN: 64500, Port: uint16(peer.port), Password: "s3cret", Kind: PeerKindExternal, Name: "md5"}
@@ -218,16 +219,8 @@ func TestSpeakerMD5(t *testing.T) {
 // external peer (the ToR) but not a node peer; the pod CIDR reaches both.
 func TestSpeakerVIPsGoToExternalPeersOnly(t *testing.T) {
 	const nodeIP, tor, other = "127.0.0.1", "127.0.0.5", "127.0.0.6"
-	port := freePort(t, nodeIP)
-	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, nil), nil, quiet)
-	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
-		t.Fatal(err)
-	}
-	defer sp.Shutdown(true)
+	sp, _, _, port := startSpeaker(t, nodeIP)
+	ctx := context.Background()
 	a := startTestPeer(t, tor, 64500, nodeIP, port, 64512, "")
 	b := startTestPeer(t, other, 64512, nodeIP, port, 64512, "")
 	rec := sp.Reconciler()

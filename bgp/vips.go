@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"canopy.io/canopy/bgp/services"
+	"canopy.io/canopy/internal/batchq"
 	"canopy.io/canopy/proxy"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -94,29 +95,7 @@ func (c *VIPController) Run(ctx context.Context) {
 		c.queue.ShutDown()
 	}()
 	c.queue.Add(nodeKey)
-	for {
-		key, quit := c.queue.Get()
-		if quit {
-			return
-		}
-		batch := []string{key}
-		for n := c.queue.Len(); n > 0 && len(batch) < 1000; n-- {
-			k, quit := c.queue.Get()
-			if quit {
-				break
-			}
-			batch = append(batch, k)
-		}
-		err := c.sync(ctx, batch)
-		for _, k := range batch {
-			if err != nil {
-				c.queue.AddRateLimited(k)
-			} else {
-				c.queue.Forget(k)
-			}
-			c.queue.Done(k)
-		}
-	}
+	batchq.Run(c.queue, 1000, func(keys []string) error { return c.sync(ctx, keys) })
 }
 
 func (c *VIPController) sync(ctx context.Context, keys []string) error {
@@ -125,7 +104,7 @@ func (c *VIPController) sync(ctx context.Context, keys []string) error {
 	if slices.Contains(keys, nodeKey) {
 		c.applyNode()
 		all, _ := c.svcs.List(labels.Everything())
-		keys = keys[:0]
+		keys = make([]string, 0, len(all)+len(c.perSvc)) // a new slice: the caller's batch stays as it is
 		for _, s := range all {
 			keys = append(keys, s.Namespace+"/"+s.Name)
 		}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"canopy.io/canopy/internal/batchq"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -148,33 +149,7 @@ func (c *Controller) Run(ctx context.Context) {
 	if c.resync > 0 {
 		go c.resyncLoop(ctx)
 	}
-	for {
-		key, quit := c.queue.Get()
-		if quit {
-			return
-		}
-		batch := []string{key}
-		// Take what else is queued now: one back end sync for a burst of events.
-		for n := c.queue.Len(); n > 0 && len(batch) < 1000; n-- {
-			k, quit := c.queue.Get()
-			if quit {
-				break
-			}
-			batch = append(batch, k)
-		}
-		if err := c.syncServices(batch); err != nil {
-			for _, k := range batch {
-				c.queue.AddRateLimited(k)
-			}
-		} else {
-			for _, k := range batch {
-				c.queue.Forget(k)
-			}
-		}
-		for _, k := range batch {
-			c.queue.Done(k)
-		}
-	}
+	batchq.Run(c.queue, 1000, c.syncServices)
 }
 
 // syncServices rebuilds the given Services and syncs the back end for their old and new port keys.
