@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -86,6 +87,9 @@ func run() int {
 	}
 	if os.Getenv(vmtest.EnvConsole) == "1" {
 		o.Console = os.Stderr
+	}
+	if m, err := strconv.Atoi(os.Getenv("CANOPY_VM_MEMORY")); err == nil && m >= 256 {
+		o.Memory = m // MiB; a whole lab in the guest wants more than the default
 	}
 	code, err := vmtest.Run(ctx, o)
 	if err != nil {
