@@ -258,8 +258,11 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	factory.Start(ctx.Done())
 	go nodes.Run(ctx)
 	go vips.Run(ctx)
+	allocDone := make(chan struct{})
 	if alloc != nil {
-		go alloc.Run(ctx)
+		go func() { alloc.Run(ctx); close(allocDone) }()
+	} else {
+		close(allocDone)
 	}
 
 	go func() {
@@ -288,6 +291,10 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	<-ctx.Done()
 	log.Info("shutting down (BGP sessions are left to graceful restart)")
+	select { // let the allocator release its Lease, so another node takes over at once
+	case <-allocDone:
+	case <-time.After(5 * time.Second):
+	}
 	speaker.Shutdown(false)
 	factory.Shutdown()
 	return nil

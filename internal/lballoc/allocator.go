@@ -91,7 +91,7 @@ type Allocator struct {
 }
 
 // New validates cfg and registers a Service event handler on factory (start the factory after New).
-// recorder may be nil.
+// recorder may be nil; log is used as given (the caller adds its component attribute).
 func New(cfg Config, kube kubernetes.Interface, factory informers.SharedInformerFactory, recorder record.EventRecorder, log *slog.Logger) (*Allocator, error) {
 	if cfg.Class == "" {
 		cfg.Class = DefaultClass
@@ -121,7 +121,7 @@ func New(cfg Config, kube kubernetes.Interface, factory informers.SharedInformer
 	inf := factory.Core().V1().Services()
 	a := &Allocator{
 		cfg: cfg, size: pool.Size(), kube: kube, lister: inf.Lister(), synced: inf.Informer().HasSynced,
-		recorder: recorder, log: log.With("component", "lballoc"),
+		recorder: recorder, log: log,
 	}
 	// Validate the election settings now rather than at Run.
 	if _, err := leaderelection.NewLeaderElector(a.electionConfig(context.Background())); err != nil {
