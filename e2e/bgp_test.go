@@ -372,3 +372,46 @@ func TestAgentRestartKeepsTraffic(t *testing.T) {
 		t.Errorf("ping after the restart: %v", err)
 	}
 }
+
+// A node's canopy.io/node-asn annotation takes effect live: its speaker restarts in the new AS, the other nodes
+// re-create only their session with it (now eBGP), and routes converge again; removing it goes back.
+func TestNodeASNAnnotationTakesEffectLive(t *testing.T) {
+	l := needLab(t)
+	ctx := context.Background()
+	n := l.Nodes[len(l.Nodes)-1]
+	set := func(v string) {
+		t.Helper()
+		val := "null"
+		if v != "" {
+			val = fmt.Sprintf("%q", v)
+		}
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"canopy.io/node-asn":%s}}}`, val)
+		if _, err := l.Kube.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { set(""); waitConverged(t, l) })
+	set("65003")
+	eventually(t, 60*time.Second, "the others peer with "+n.Name+" in AS 65003 and still route to it", func(ctx context.Context) error {
+		for _, o := range l.Nodes {
+			if o == n {
+				continue
+			}
+			out, err := o.Exec(ctx, "gobgp", "neighbor", n.IP.String(), "-j")
+			if err != nil {
+				return fmt.Errorf("%s: %v %s", o.Name, err, out)
+			}
+			if !strings.Contains(out, `"peer_asn":65003`) || !strings.Contains(out, `"session_state":6`) {
+				return fmt.Errorf("%s's session with %s is not Established in AS 65003 yet", o.Name, n.Name)
+			}
+			rt, err := kernelRoutes(ctx, o)
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(rt[n.PodCIDR], []netip.Addr{n.IP}) {
+				return fmt.Errorf("%s: route to %s is %v", o.Name, n.PodCIDR, rt[n.PodCIDR])
+			}
+		}
+		return nil
+	})
+}
