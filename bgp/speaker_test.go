@@ -193,7 +193,11 @@ func TestSpeakerWithInProcessPeers(t *testing.T) {
 // the session comes up; with a wrong one it does not.
 func TestSpeakerMD5(t *testing.T) {
 	if ok, err := KernelSupportsMD5(); !ok {
-		t.Skipf("this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG): %v", err)
+		why := "setsockopt TCP_MD5SIG: protocol not available"
+		if err != nil {
+			why = err.Error()
+		}
+		t.Skipf("this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG), so peer passwords cannot be tested here: %s", why)
 	}
 	const nodeIP, tor = "127.0.0.1", "127.0.0.4"
 	sp, learner, _, port := startSpeaker(t, nodeIP)
