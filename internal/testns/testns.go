@@ -4,6 +4,7 @@
 package testns
 
 import (
+	"canopy.io/canopy/internal/netnsx"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -120,35 +120,7 @@ func (n *NS) MustRun(tb testing.TB, cmd ...string) string {
 // Do runs f on a locked OS thread switched into the namespace; exec'd children inherit it. The thread goes
 // back to its namespace afterwards; if it cannot, it stays locked and the runtime discards it, so no goroutine
 // ever runs in the namespace by mistake.
-func (n *NS) Do(f func() error) error {
-	h, err := netns.GetFromName(n.Name)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("back to the original namespace: %w", err)
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (n *NS) Do(f func() error) error { return netnsx.Do(n.Path(), f) }
 
 // Listen opens a listener inside the namespace (the socket stays in it whatever thread later uses it).
 func (n *NS) Listen(network, addr string) (net.Listener, error) {

@@ -1,13 +1,13 @@
 package ipvs
 
 import (
+	"canopy.io/canopy/internal/netnsx"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -47,41 +47,8 @@ func available(nsPath string, load bool) (bool, error) {
 	return ok, err
 }
 
-// inNS runs f on a locked OS thread in the network namespace at nsPath ("" = right here). The thread goes
-// back to its namespace afterwards, or is discarded with it if it cannot, so no goroutine ever runs in the
-// namespace by mistake. Children f execs inherit the namespace.
-func inNS(nsPath string, f func() error) error {
-	if nsPath == "" {
-		return f()
-	}
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		return fmt.Errorf("netns %s: %w", nsPath, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("back to the original namespace: %w", err)
-			return // the thread stays locked and dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// inNS runs f in the network namespace at nsPath ("" = right here).
+func inNS(nsPath string, f func() error) error { return netnsx.Do(nsPath, f) }
 
 func newLinkAddresses(nsPath string) (*linkAddresses, error) {
 	var h *netlink.Handle
