@@ -261,18 +261,7 @@ func TestMalformedPeersAnnotationIsReportedAndHarmless(t *testing.T) {
 	t.Cleanup(func() { annotate(t, l, n, nil) })
 	bad := `[{"ip": "10.99.0.250", "asn": "sixty-four"}]`
 	annotate(t, l, n, &bad)
-	eventually(t, 10*time.Second, "a Warning event on the Node", func(ctx context.Context) error {
-		evs, err := l.Kube.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + n.Name + ",reason=InvalidBGPAnnotation"})
-		if err != nil {
-			return err
-		}
-		for _, e := range evs.Items {
-			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, "canopy.io/peers[0].asn") {
-				return nil
-			}
-		}
-		return fmt.Errorf("%d matching events, none naming canopy.io/peers[0].asn", len(evs.Items))
-	})
+	waitWarningEvent(t, l, n.Name, "InvalidBGPAnnotation", "canopy.io/peers[0].asn")
 	time.Sleep(time.Second)
 	after, err := uptimes(ctx, n)
 	if err != nil {
@@ -413,5 +402,27 @@ func TestNodeASNAnnotationTakesEffectLive(t *testing.T) {
 			}
 		}
 		return nil
+	})
+}
+
+// waitWarningEvent waits for a Warning Event in namespace default (where cluster-scoped objects' events go too)
+// about object, with reason (if not "") and a message containing text.
+func waitWarningEvent(t *testing.T, l *lab.Lab, object, reason, text string) {
+	t.Helper()
+	sel := "involvedObject.name=" + object
+	if reason != "" {
+		sel += ",reason=" + reason
+	}
+	eventually(t, 10*time.Second, "a Warning Event about "+object+" mentioning "+text, func(ctx context.Context) error {
+		evs, err := l.Kube.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, text) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events matching %s, none mentioning %q", len(evs.Items), sel, text)
 	})
 }

@@ -192,18 +192,7 @@ func TestExternalIPRangeAndCommunities(t *testing.T) {
 		}
 		return nil
 	})
-	eventually(t, 10*time.Second, "an Event explains the refused ExternalIP", func(ctx context.Context) error {
-		evs, err := l.Kube.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=ext1"})
-		if err != nil {
-			return err
-		}
-		for _, e := range evs.Items {
-			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, "192.0.2.99") {
-				return nil
-			}
-		}
-		return fmt.Errorf("%d events, none about 192.0.2.99", len(evs.Items))
-	})
+	waitWarningEvent(t, l, "ext1", "", "192.0.2.99")
 	if rib, _, err := torNextHops(context.Background(), l, outside); err != nil || len(rib) > 0 {
 		t.Errorf("the ToR has the refused ExternalIP: %v %v", rib, err)
 	}
