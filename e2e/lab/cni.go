@@ -65,11 +65,11 @@ func (n *Node) cniConfig(ctx context.Context) ([]byte, error) {
 }
 
 // cni runs the installed plugin in the node's namespace.
-func (n *Node) cni(ctx context.Context, command, containerID, netnsPath string, conf []byte) ([]byte, error) {
+func (n *Node) cni(ctx context.Context, command, containerID, netnsPath string, conf []byte, args string) ([]byte, error) {
 	plugin := filepath.Join(n.cniDir("bin"), "canopy-cni")
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", n.NS, plugin)
 	cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID="+containerID, "CNI_NETNS="+netnsPath,
-		"CNI_IFNAME=eth0", "CNI_PATH="+n.cniDir("bin"))
+		"CNI_IFNAME=eth0", "CNI_PATH="+n.cniDir("bin"), "CNI_ARGS="+args)
 	cmd.Stdin = strings.NewReader(string(conf))
 	out, err := cmd.Output()
 	if err != nil {
@@ -82,16 +82,34 @@ func (n *Node) cni(ctx context.Context, command, containerID, netnsPath string, 
 	return out, nil
 }
 
-// addPodCNI makes the pod with the plugin and registers its Pod object.
-func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string) (*Pod, error) {
+// addPodCNI does what the kubelet and the runtime do: the Pod object exists first (scheduled to node, labels
+// set, no IP), then the sandbox gets its network through CNI ADD, then status.podIPs is written.
+func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string, o PodOptions) (*Pod, error) {
 	conf, err := node.cniConfig(ctx)
 	if err != nil {
 		return nil, err
 	}
+	p := &Pod{Host: Host{Name: name, NS: ns, lab: l}, Node: node, Namespace: o.Namespace, Labels: o.Labels, cniConf: conf}
+	if p.Namespace == "" {
+		p.Namespace = "default"
+	}
+	if p.Labels == nil {
+		p.Labels = map[string]string{"app": name}
+	}
+	created, err := l.createPodObject(ctx, p, o.Ports)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok { // the plugin rolls back its own half
+			_ = l.Kube.CoreV1().Pods(p.Namespace).Delete(context.Background(), created.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+		}
+	}()
 	if err := l.addNetns(ctx, ns); err != nil {
 		return nil, err
 	}
-	out, err := node.cni(ctx, "ADD", ns, netnsPath(ns), conf)
+	out, err := node.cni(ctx, "ADD", ns, netnsPath(ns), conf, p.cniArgs())
 	if err != nil {
 		return nil, err
 	}
@@ -108,26 +126,40 @@ func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string) (*Pod,
 	if err != nil {
 		return nil, err
 	}
-	gw, _ := netip.ParseAddr(res.IPs[0].Gateway)
-	p := &Pod{Host: Host{Name: name, NS: ns, IP: pfx.Addr(), lab: l}, Node: node, Gateway: gw, cniConf: conf}
-	if err := l.registerPod(ctx, p); err != nil {
+	p.IP = pfx.Addr()
+	p.Gateway, _ = netip.ParseAddr(res.IPs[0].Gateway)
+	if o.OnAddress != nil {
+		o.OnAddress(p)
+	}
+	if err := l.setPodStatus(ctx, p, created); err != nil {
+		_, _ = node.cni(context.Background(), "DEL", ns, netnsPath(ns), conf, p.cniArgs())
 		return nil, err
 	}
+	ok = true
 	return p, nil
 }
 
 // PodObjectName is the Pod object's name for a lab pod.
 func (p *Pod) PodObjectName() string { return p.Node.Name + "-" + p.Name }
 
-func (l *Lab) registerPod(ctx context.Context, p *Pod) error {
+// cniArgs is CNI_ARGS as the kubelet passes it.
+func (p *Pod) cniArgs() string {
+	return "IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p.Namespace + ";K8S_POD_NAME=" + p.PodObjectName() + ";K8S_POD_INFRA_CONTAINER_ID=" + p.NS
+}
+
+func (l *Lab) createPodObject(ctx context.Context, p *Pod, ports []corev1.ContainerPort) (*corev1.Pod, error) {
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.PodObjectName(), Namespace: "default", Labels: map[string]string{"app": p.Name}},
-		Spec:       corev1.PodSpec{NodeName: p.Node.Name, Containers: []corev1.Container{{Name: "c", Image: "lab/none"}}},
+		ObjectMeta: metav1.ObjectMeta{Name: p.PodObjectName(), Namespace: p.Namespace, Labels: p.Labels},
+		Spec:       corev1.PodSpec{NodeName: p.Node.Name, Containers: []corev1.Container{{Name: "c", Image: "lab/none", Ports: ports}}},
 	}
-	created, err := l.Kube.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{})
+	created, err := l.Kube.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("pod %s: %w", pod.Name, err)
+		return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, pod.Name, err)
 	}
+	return created, nil
+}
+
+func (l *Lab) setPodStatus(ctx context.Context, p *Pod, created *corev1.Pod) error {
 	now := metav1.Now()
 	created.Status = corev1.PodStatus{
 		Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}}, HostIP: p.Node.IP.String(),
@@ -135,8 +167,8 @@ func (l *Lab) registerPod(ctx context.Context, p *Pod) error {
 			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
 		StartTime: &now,
 	}
-	if _, err := l.Kube.CoreV1().Pods("default").UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-		return fmt.Errorf("pod %s status: %w", pod.Name, err)
+	if _, err := l.Kube.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("pod %s/%s status: %w", p.Namespace, created.Name, err)
 	}
 	return nil
 }
@@ -144,10 +176,10 @@ func (l *Lab) registerPod(ctx context.Context, p *Pod) error {
 // delPodCNI undoes addPodCNI's CNI ADD and Pod object (the namespace is the caller's).
 func (l *Lab) delPodCNI(ctx context.Context, p *Pod) error {
 	var errs []string
-	if _, err := p.Node.cni(ctx, "DEL", p.NS, netnsPath(p.NS), p.cniConf); err != nil {
+	if _, err := p.Node.cni(ctx, "DEL", p.NS, netnsPath(p.NS), p.cniConf, p.cniArgs()); err != nil {
 		errs = append(errs, err.Error())
 	}
-	err := l.Kube.CoreV1().Pods("default").Delete(ctx, p.PodObjectName(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	err := l.Kube.CoreV1().Pods(p.Namespace).Delete(ctx, p.PodObjectName(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 	if err != nil && !strings.Contains(err.Error(), "not found") {
 		errs = append(errs, err.Error())
 	}

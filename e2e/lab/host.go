@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	corev1 "k8s.io/api/core/v1"
 	"net"
 	"net/http"
 	"net/netip"
@@ -157,6 +158,10 @@ type Pod struct {
 	Host
 	Node    *Node
 	Gateway netip.Addr
+	// Namespace and Labels are the Pod object's (with the CNI plugin only): "default" and app=<name> unless
+	// PodOptions said otherwise.
+	Namespace string
+	Labels    map[string]string
 
 	cniConf []byte // the network config its CNI ADD used (nil: made by the harness itself)
 }
@@ -166,8 +171,23 @@ var podNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
 // bridgeName is the node's pod bridge; the CNI plugin will use the same name.
 const bridgeName = "canopy0"
 
+// PodOptions shape the Pod object of a pod made through the CNI plugin.
+type PodOptions struct {
+	Namespace string            // default "default"; the Namespace object must exist
+	Labels    map[string]string // default app=<name>
+	Ports     []corev1.ContainerPort
+	// OnAddress, if set, runs once CNI ADD has given the pod its address, before status.podIPs is written
+	// (while the agents cannot know the address from the API yet).
+	OnAddress func(*Pod)
+}
+
 // AddPod makes a pod namespace named <prefix>n<i>-<name> behind node.
 func (l *Lab) AddPod(ctx context.Context, node *Node, name string) (*Pod, error) {
+	return l.AddPodWith(ctx, node, name, PodOptions{})
+}
+
+// AddPodWith is AddPod with the Pod object shaped by o (which needs Config.CNIPlugin unless o is zero).
+func (l *Lab) AddPodWith(ctx context.Context, node *Node, name string, o PodOptions) (*Pod, error) {
 	if !podNameRE.MatchString(name) {
 		return nil, fmt.Errorf("pod name %q: want lowercase letters, digits and '-', at most 32", name)
 	}
@@ -184,7 +204,7 @@ func (l *Lab) AddPod(ctx context.Context, node *Node, name string) (*Pod, error)
 			}
 		}
 		l.mu.Unlock()
-		p, err := l.addPodCNI(ctx, node, name, ns)
+		p, err := l.addPodCNI(ctx, node, name, ns, o)
 		if err != nil {
 			return nil, err
 		}
@@ -192,6 +212,9 @@ func (l *Lab) AddPod(ctx context.Context, node *Node, name string) (*Pod, error)
 		l.pods = append(l.pods, p)
 		l.mu.Unlock()
 		return p, l.save()
+	}
+	if o.Namespace != "" || o.Labels != nil || o.Ports != nil || o.OnAddress != nil {
+		return nil, fmt.Errorf("pod %s: PodOptions need Config.CNIPlugin", name)
 	}
 	gw := node.PodCIDR.Addr().Next()
 	bits := node.PodCIDR.Bits()
