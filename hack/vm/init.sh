@@ -3,6 +3,10 @@
 # powers off. From the kernel command line:
 #   canopy.job=PATH      host path of a bash script (written by internal/vmtest): the payload
 #   canopy.modules=PATH  host path of the kernel's lib/modules/<version> (in the prepare cache)
+# Node mode (a lab node that is this VM, e2e/lab/vmnode.go), only when given:
+#   canopy.ip=ADDR/LEN   address of the virtio NIC eth0 (a tap on the lab ToR's bridge); IP forwarding on and
+#                        br_netfilter loaded, like the lab's namespace nodes
+#   canopy.hostname=NAME the hostname (default canopy-vm)
 # The host's / is shared read-only over 9p (tag "host"); the payload runs under the host's bash, chrooted into
 # an overlay of it whose writes land in a tmpfs, so host binaries run as they are and nothing reaches the host.
 # Serial ports: ttyS0 console and this log, ttyS1 payload stdout, ttyS2 payload stderr, ttyS3 "CANOPY-EXIT=<n>".
@@ -104,8 +108,16 @@ fi
 if [ ! -e $R/sbin/modprobe ] && [ ! -e $R/usr/sbin/modprobe ]; then
   mkdir -p $R/usr/sbin && cp /bin/busybox $R/usr/sbin/modprobe
 fi
-hostname canopy-vm
+H=$(arg hostname)
+hostname "${H:-canopy-vm}"
 ip link set lo up
+NODEIP=$(arg ip)
+if [ -n "$NODEIP" ]; then
+  modprobe -a virtio_net bridge br_netfilter 2>/dev/ttyS0 || log "node mode: some modules did not load"
+  ip link set eth0 up && ip addr add "$NODEIP" dev eth0 || log "node mode: cannot configure eth0 with $NODEIP"
+  echo 1 >/proc/sys/net/ipv4/ip_forward
+  log "node mode: eth0 $NODEIP"
+fi
 
 if [ -z "$JOB" ] || [ ! -f "$R$JOB" ]; then
   log "no payload (canopy.job=$JOB)"

@@ -111,3 +111,15 @@ func (e *Restorer) Save(table string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// SaveCounters returns `iptables-save -c -t table` (rules prefixed with [packets:bytes]).
+func (e *Restorer) SaveCounters(table string) ([]byte, error) {
+	var stderr bytes.Buffer
+	cmd := exec.Command(e.save, "-c", "-t", table)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s -c -t %s: %w: %s", e.save, table, err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}

@@ -170,24 +170,9 @@ func Run(ctx context.Context, o Options) (int, error) {
 		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
 		defer cancel()
 	}
-	accel := o.Accel
-	if accel == "" {
-		accel = os.Getenv(EnvAccel)
+	if _, err := ModulesDir(o.CacheDir); err != nil {
+		return 0, err
 	}
-	if accel == "" {
-		if b, err := os.ReadFile(filepath.Join(o.CacheDir, "accel")); err == nil {
-			accel = strings.TrimSpace(string(b))
-		}
-	}
-	if accel == "" {
-		accel = "tcg"
-	}
-	kver, err := os.ReadFile(filepath.Join(o.CacheDir, "kver"))
-	if err != nil {
-		return 0, fmt.Errorf("VM cache not prepared (run hack/vm/prepare.sh): %w", err)
-	}
-	kv := strings.TrimSpace(string(kver))
-	modules := filepath.Join(o.CacheDir, "kernel", kv, "lib/modules", kv)
 
 	// The job: a bash script on the host, which the guest reaches through the share under the same path.
 	sweepJobDirs()
@@ -197,16 +182,20 @@ func Run(ctx context.Context, o Options) (int, error) {
 	}
 	defer os.RemoveAll(tmp)
 	job := filepath.Join(tmp, "job.sh")
-	for _, p := range []string{job, modules} {
-		if strings.ContainsAny(p, " \t\n\"'") {
-			return 0, fmt.Errorf("path %q cannot go on the kernel command line", p)
-		}
-	}
 	if err := os.WriteFile(job, []byte(JobScript(o.Path, o.Args, guestEnv(o.Env), o.Dir)), 0o755); err != nil {
 		return 0, err
 	}
 
-	// Serial ports: ttyS0 console, ttyS1 stdout, ttyS2 stderr, ttyS3 exit code; each a pipe qemu writes.
+	// Serial ports: ttyS0 console, ttyS1 stdout, ttyS2 stderr, ttyS3 exit code; each a pipe qemu writes
+	// (ExtraFiles: fds 3 to 6).
+	m := Machine{CacheDir: o.CacheDir, Accel: o.Accel, Memory: o.Memory, CPUs: o.CPUs, Job: job}
+	for i := range 4 {
+		m.Serial = append(m.Serial, fmt.Sprintf("file:/dev/fd/%d", 3+i))
+	}
+	args, err := m.Args()
+	if err != nil {
+		return 0, err
+	}
 	type port struct {
 		r, w *os.File
 		dst  io.Writer
@@ -227,18 +216,6 @@ func Run(ctx context.Context, o Options) (int, error) {
 		defer r.Close()
 	}
 	qemuLog := &tailBuffer{max: 16 << 10}
-	// mitigations=off: the guest is a throwaway test machine, and page-table isolation makes every syscall
-	// cost a TLB flush, which emulation makes dear (about 3x on exec-heavy tests).
-	args := []string{
-		"-accel", accel, "-cpu", "max", "-m", strconv.Itoa(o.Memory), "-smp", strconv.Itoa(o.CPUs),
-		"-nodefaults", "-display", "none", "-no-reboot", "-nic", "none",
-		"-kernel", filepath.Join(o.CacheDir, "vmlinux"), "-initrd", filepath.Join(o.CacheDir, "initrd.cpio"),
-		"-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
-		"-append", "console=ttyS0 quiet panic=-1 mitigations=off canopy.job=" + job + " canopy.modules=" + modules,
-	}
-	for i := range ports {
-		args = append(args, "-serial", fmt.Sprintf("file:/dev/fd/%d", 3+i))
-	}
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	cmd.Stdout, cmd.Stderr = qemuLog, qemuLog
 	for _, p := range ports {
@@ -285,6 +262,83 @@ func Run(ctx context.Context, o Options) (int, error) {
 		return code, nil
 	}
 	return 0, fmt.Errorf("%w (qemu: %v, after %v)%s", ErrNoExitCode, waitErr, elapsed, diag(console, qemuLog))
+}
+
+// Machine is the qemu command line of a test VM: the kernel and initramfs of prepare.sh's cache, the host's /
+// shared read-only, a job to run, serial ports, and for a lab node (e2e/lab/vmnode.go) a NIC and its address.
+type Machine struct {
+	CacheDir string // prepare.sh's cache: vmlinux, initrd.cpio, kernel/, accel
+	Accel    string // "tcg" or "kvm"; "" = $CANOPY_VM_ACCEL, else the cache's accel file, else tcg
+	Memory   int    // MiB, default 1024
+	CPUs     int    // default 2
+	Job      string // host path of the bash script the guest runs (canopy.job)
+	// Serial are the -serial backends of ttyS0 (console), ttyS1 (job stdout), ttyS2 (job stderr) and ttyS3
+	// (exit code), e.g. "file:/dev/fd/3" or "chardev:<id>" of a -chardev in Extra.
+	Serial []string
+	// Append are more kernel command line words, e.g. init.sh's node mode canopy.ip=10.99.0.13/24.
+	Append []string
+	// Extra are more qemu arguments (a -netdev and its -device, -chardev definitions).
+	Extra []string
+}
+
+// ModulesDir is the kernel's module tree in prepare.sh's cache (lib/modules/<version>).
+func ModulesDir(cacheDir string) (string, error) {
+	kver, err := os.ReadFile(filepath.Join(cacheDir, "kver"))
+	if err != nil {
+		return "", fmt.Errorf("VM cache not prepared (run hack/vm/prepare.sh): %w", err)
+	}
+	kv := strings.TrimSpace(string(kver))
+	return filepath.Join(cacheDir, "kernel", kv, "lib/modules", kv), nil
+}
+
+// Accelerator is the accelerator a VM of this cache uses: accel if set, else $CANOPY_VM_ACCEL, else what
+// prepare.sh's probe chose, else tcg.
+func Accelerator(cacheDir, accel string) string {
+	if accel == "" {
+		accel = os.Getenv(EnvAccel)
+	}
+	if accel == "" {
+		if b, err := os.ReadFile(filepath.Join(cacheDir, "accel")); err == nil {
+			accel = strings.TrimSpace(string(b))
+		}
+	}
+	if accel == "" {
+		accel = "tcg"
+	}
+	return accel
+}
+
+// Args returns qemu-system-x86_64's arguments.
+func (m Machine) Args() ([]string, error) {
+	if m.Memory == 0 {
+		m.Memory = 1024
+	}
+	if m.CPUs == 0 {
+		m.CPUs = 2
+	}
+	modules, err := ModulesDir(m.CacheDir)
+	if err != nil {
+		return nil, err
+	}
+	kernelArgs := []string{"console=ttyS0", "quiet", "panic=-1", "mitigations=off", "canopy.job=" + m.Job, "canopy.modules=" + modules}
+	for _, w := range append(kernelArgs[4:], m.Append...) {
+		if strings.ContainsAny(w, " \t\n\"'") {
+			return nil, fmt.Errorf("%q cannot go on the kernel command line", w)
+		}
+	}
+	// mitigations=off: the guest is a throwaway test machine, and page-table isolation makes every syscall
+	// cost a TLB flush, which emulation makes dear (about 3x on exec-heavy tests).
+	args := []string{
+		"-accel", Accelerator(m.CacheDir, m.Accel), "-cpu", "max", "-m", strconv.Itoa(m.Memory), "-smp", strconv.Itoa(m.CPUs),
+		"-nodefaults", "-display", "none", "-no-reboot", "-nic", "none",
+		"-kernel", filepath.Join(m.CacheDir, "vmlinux"), "-initrd", filepath.Join(m.CacheDir, "initrd.cpio"),
+		"-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
+		"-append", strings.Join(append(kernelArgs, m.Append...), " "),
+	}
+	for _, s := range m.Serial {
+		args = append(args, "-serial", s)
+	}
+	return append(args, m.Extra...), nil
 }
 
 // sweepJobDirs removes the job directories of runners that died without cleaning up (SIGKILL).

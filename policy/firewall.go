@@ -1,0 +1,656 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"canopy.io/canopy/internal/ipt"
+)
+
+// Restorer feeds iptables-restore --noflush and reads iptables-save (ipt.Restorer on a host).
+type Restorer interface {
+	Restore(table string, data []byte) error
+	Save(table string) ([]byte, error)
+}
+
+// IPSets is the ipset tool: a batch of commands, set names, one set's members, destroying one set.
+type IPSets interface {
+	// Restore runs `ipset -exist restore` on data (create/add/del/swap/destroy lines).
+	Restore(data []byte) error
+	// List returns the names of all sets.
+	List() ([]string, error)
+	// Members returns a set's members as `ipset save` writes them (e.g. "10.0.0.0/8 nomatch").
+	Members(name string) ([]string, error)
+	// Destroy destroys one set (it fails while an iptables rule uses it).
+	Destroy(name string) error
+}
+
+// IPTables is the part of go-iptables used for the jumps from the built-in chains.
+type IPTables interface {
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	DeleteIfExists(table, chain string, rulespec ...string) error
+}
+
+// jumps hook the policy chains into the built-in ones, first in line (a denied packet must not be accepted by
+// a rule before ours).
+var jumps = []struct{ chain, target string }{{"FORWARD", ChainForward}, {"OUTPUT", ChainOutput}}
+
+func jumpSpec(target string) []string {
+	return []string{"-m", "comment", "--comment", "canopy network policy", "-j", target}
+}
+
+// Firewall programs a State into the kernel: ipsets through `ipset restore`, chains through
+// `iptables-restore --noflush` of our own chains only. After the first (full) Sync it writes only what
+// differs from the State it applied last: new or changed chains, dispatch lines deleted and appended in
+// place, set members added and deleted. An error makes the next Sync a full one (a repair).
+type Firewall struct {
+	mu        sync.Mutex
+	r         Restorer
+	sets      IPSets
+	ipt       IPTables
+	log       *slog.Logger
+	maxChains int // chains per restore input (0: no limit)
+
+	started bool
+	applied *State   // nil: unknown, the next Sync is full
+	orphans []string // sets whose destroy failed, retried on the next Sync
+}
+
+// New returns a Firewall on the given tools.
+func New(r Restorer, sets IPSets, it IPTables, log *slog.Logger) *Firewall {
+	f := &Firewall{r: r, sets: sets, ipt: it, log: log}
+	if c, ok := r.(interface{ MaxChains() int }); ok {
+		f.maxChains = c.MaxChains()
+	}
+	return f
+}
+
+// NewHost returns a Firewall on this network namespace's iptables (flavour f) and ipset.
+func NewHost(f ipt.Flavour, log *slog.Logger) (*Firewall, error) {
+	it, err := ipt.New(f)
+	if err != nil {
+		return nil, err
+	}
+	return New(ipt.NewRestorer(f), ExecIPSets{}, it, log), nil
+}
+
+// Start makes sure the fixed sets, the fixed chains and the jumps to them exist. Chains left by a previous
+// run keep enforcing until the first Sync; on a node without them it writes the fixed chains of Build(nil,
+// nil, o): every local pod address is dropped until a Sync says its rules exist (no unprotected window for
+// pods started before the agent's first Sync).
+func (f *Firewall) Start(o Options) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.start(o)
+}
+
+func (f *Firewall) start(o Options) error {
+	if f.started {
+		return nil
+	}
+	st := Build(nil, nil, o)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "create %s hash:ip family inet\n", SetReady)
+	fmt.Fprintf(&b, "create %s hash:net family inet\n", SetLocal)
+	names, err := f.sets.List()
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(names, SetLocal) {
+		for _, m := range st.Sets[SetLocal].Members {
+			fmt.Fprintf(&b, "add %s %s\n", SetLocal, m)
+		}
+	}
+	if err := f.sets.Restore(b.Bytes()); err != nil {
+		return fmt.Errorf("ipset: %w", err)
+	}
+	out, err := f.r.Save("filter")
+	if err != nil {
+		return fmt.Errorf("iptables-save: %w", err)
+	}
+	have := savedChains(out)
+	var rb restoreBuf
+	for _, c := range append(slices.Clone(staticChains), ChainIngress, ChainEgress) {
+		if !have[c] {
+			rb.declare(c)
+		}
+	}
+	// A missing chain gets its content; existing ones are a previous run's and stay until the first Sync.
+	for _, c := range staticChains {
+		if !have[c] {
+			rb.write(c, st.Chains[c])
+		}
+	}
+	if !rb.empty() {
+		if err := f.r.Restore("filter", rb.bytes()); err != nil {
+			return err
+		}
+	}
+	if err := f.ensureJumps(); err != nil {
+		return err
+	}
+	f.started = true
+	return nil
+}
+
+func (f *Firewall) ensureJumps() error {
+	for _, j := range jumps {
+		ok, err := f.ipt.Exists("filter", j.chain, jumpSpec(j.target)...)
+		if err != nil {
+			return fmt.Errorf("filter %s: %w", j.chain, err)
+		}
+		if !ok {
+			if err := f.ipt.Insert("filter", j.chain, 1, jumpSpec(j.target)...); err != nil {
+				return fmt.Errorf("jump from filter %s: %w", j.chain, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Stats says what one Sync wrote.
+type Stats struct {
+	Full                  bool
+	Chains, DeletedChains int // chains written, chains deleted
+	DispatchLines         int // dispatch lines added or deleted
+	SetOps                int // ipset commands (create, add, del, swap)
+}
+
+// Sync programs st (see Firewall). st must not be modified afterwards.
+func (f *Firewall) Sync(st *State) (Stats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	stats, err := f.sync(st)
+	if err != nil {
+		f.applied = nil
+	}
+	return stats, err
+}
+
+func (f *Firewall) sync(st *State) (Stats, error) {
+	if !f.started {
+		return Stats{}, errors.New("policy firewall: Sync before Start")
+	}
+	old := f.applied
+	full := old == nil
+	stats := Stats{Full: full}
+	if full {
+		old = &State{Chains: map[string][]string{}, Sets: map[string]*Set{}, Ready: map[netip.Addr]bool{},
+			Ingress: map[netip.Addr]string{}, Egress: map[netip.Addr]string{}}
+	}
+
+	// 1. Sets: create new ones, bring members in line; take addresses that lost their rules out of Ready.
+	var b bytes.Buffer
+	var kernelSets []string
+	if full {
+		var err error
+		if kernelSets, err = f.sets.List(); err != nil {
+			return stats, err
+		}
+	}
+	for _, name := range sortedKeys(st.Sets) {
+		s := st.Sets[name]
+		o := old.Sets[name]
+		switch {
+		case full && slices.Contains(kernelSets, name):
+			tmp := "CANOPY-T-" + hash16("tmp"+name)
+			fmt.Fprintf(&b, "create %s %s family inet\n", tmp, s.Type)
+			for _, m := range s.Members {
+				fmt.Fprintf(&b, "add %s %s\n", tmp, m)
+			}
+			fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
+			stats.SetOps += len(s.Members) + 3
+		case o == nil:
+			fmt.Fprintf(&b, "create %s %s family inet\n", name, s.Type)
+			for _, m := range s.Members {
+				fmt.Fprintf(&b, "add %s %s\n", name, m)
+			}
+			stats.SetOps += len(s.Members) + 1
+		default:
+			add, del := diffSorted(o.Members, s.Members)
+			for _, m := range del {
+				fmt.Fprintf(&b, "del %s %s\n", name, strings.TrimSuffix(m, " nomatch"))
+			}
+			for _, m := range add {
+				fmt.Fprintf(&b, "add %s %s\n", name, m)
+			}
+			stats.SetOps += len(add) + len(del)
+		}
+	}
+	var readyDel []netip.Addr
+	if full {
+		cur, err := f.sets.Members(SetReady)
+		if err != nil {
+			return stats, err
+		}
+		for _, m := range cur {
+			if a, err := netip.ParseAddr(m); err != nil || !st.Ready[a] {
+				readyDel = append(readyDel, a)
+			}
+		}
+	} else {
+		for a := range old.Ready {
+			if !st.Ready[a] {
+				readyDel = append(readyDel, a)
+			}
+		}
+	}
+	for _, a := range readyDel {
+		if a.IsValid() {
+			fmt.Fprintf(&b, "del %s %s\n", SetReady, a)
+			stats.SetOps++
+		}
+	}
+	if b.Len() > 0 {
+		if err := f.sets.Restore(b.Bytes()); err != nil {
+			return stats, fmt.Errorf("ipset: %w", err)
+		}
+	}
+
+	// 2. Chains: per-policy chains, then per-pod chains, then the fixed and dispatch chains and deletions.
+	var saved map[string]bool
+	if full {
+		out, err := f.r.Save("filter")
+		if err != nil {
+			return stats, fmt.Errorf("iptables-save: %w", err)
+		}
+		saved = savedChains(out)
+	}
+	var rule, pod, fixed []string
+	for _, name := range sortedKeys(st.Chains) {
+		if !full && slices.Equal(old.Chains[name], st.Chains[name]) {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, prefixRules):
+			rule = append(rule, name)
+		case strings.HasPrefix(name, prefixPodIn), strings.HasPrefix(name, prefixPodOut):
+			pod = append(pod, name)
+		default:
+			fixed = append(fixed, name)
+		}
+	}
+	var chunks []*restoreBuf
+	cur := &restoreBuf{}
+	for _, name := range append(rule, pod...) {
+		if f.maxChains > 0 && cur.chains >= f.maxChains {
+			chunks = append(chunks, cur)
+			cur = &restoreBuf{}
+		}
+		cur.declare(name)
+		cur.write(name, st.Chains[name])
+		stats.Chains++
+	}
+	for _, name := range fixed {
+		cur.declare(name)
+		cur.write(name, st.Chains[name])
+		stats.Chains++
+	}
+	for _, d := range []struct {
+		chain, flag string
+		old, cur    map[netip.Addr]string
+	}{{ChainIngress, "-d", old.Ingress, st.Ingress}, {ChainEgress, "-s", old.Egress, st.Egress}} {
+		if full {
+			cur.declare(d.chain)
+			for _, a := range sortedAddrs(d.cur) {
+				cur.line(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
+				stats.DispatchLines++
+			}
+			continue
+		}
+		for _, a := range sortedAddrs(d.old) {
+			if c, ok := d.cur[a]; !ok || c != d.old[a] {
+				fmt.Fprintf(&cur.rules, "-D %s %s %s/32 -j %s\n", d.chain, d.flag, a, d.old[a])
+				stats.DispatchLines++
+			}
+		}
+		for _, a := range sortedAddrs(d.cur) {
+			if c, ok := d.old[a]; !ok || c != d.cur[a] {
+				cur.line(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
+				stats.DispatchLines++
+			}
+		}
+	}
+	var gone []string
+	if full {
+		for name := range saved {
+			if ours(name) && st.Chains[name] == nil {
+				gone = append(gone, name)
+			}
+		}
+	} else {
+		for name := range old.Chains {
+			if st.Chains[name] == nil {
+				gone = append(gone, name)
+			}
+		}
+	}
+	sort.Strings(gone)
+	for _, name := range gone {
+		cur.remove(name)
+		stats.DeletedChains++
+	}
+	chunks = append(chunks, cur)
+	for _, c := range chunks {
+		if c.empty() {
+			continue
+		}
+		if err := f.r.Restore("filter", c.bytes()); err != nil {
+			return stats, err
+		}
+	}
+
+	// 3. Addresses whose rules now exist join Ready; sets nobody uses go.
+	b.Reset()
+	for _, a := range sortedReady(st.Ready) {
+		if full || !old.Ready[a] {
+			fmt.Fprintf(&b, "add %s %s\n", SetReady, a)
+			stats.SetOps++
+		}
+	}
+	if b.Len() > 0 {
+		if err := f.sets.Restore(b.Bytes()); err != nil {
+			return stats, fmt.Errorf("ipset: %w", err)
+		}
+	}
+	var unused []string
+	if full {
+		for _, n := range kernelSets {
+			if (strings.HasPrefix(n, prefixSet) || strings.HasPrefix(n, "CANOPY-T-")) && st.Sets[n] == nil {
+				unused = append(unused, n)
+			}
+		}
+	} else {
+		for n := range old.Sets {
+			if st.Sets[n] == nil {
+				unused = append(unused, n)
+			}
+		}
+	}
+	unused = append(unused, f.orphans...)
+	f.orphans = nil
+	sort.Strings(unused)
+	for _, n := range slices.Compact(unused) {
+		if st.Sets[n] != nil {
+			continue
+		}
+		if err := f.sets.Destroy(n); err != nil {
+			f.log.Warn("ipset destroy failed; retrying on the next sync", "set", n, "err", err)
+			f.orphans = append(f.orphans, n)
+		}
+	}
+	f.applied = st
+	return stats, nil
+}
+
+// ours says whether a chain is a per-pod or per-policy chain of the data path.
+func ours(name string) bool {
+	return strings.HasPrefix(name, prefixRules) || strings.HasPrefix(name, prefixPodIn) || strings.HasPrefix(name, prefixPodOut)
+}
+
+// Cleanup removes the jumps, every chain and every set of the data path (the firewall turned off).
+func (f *Firewall) Cleanup() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for _, j := range jumps {
+		if err := f.ipt.DeleteIfExists("filter", j.chain, jumpSpec(j.target)...); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	out, err := f.r.Save("filter")
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	var rb restoreBuf
+	var names []string
+	for name := range savedChains(out) {
+		if strings.HasPrefix(name, "CANOPY-POL-") || ours(name) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		rb.remove(n)
+	}
+	if !rb.empty() {
+		if err := f.r.Restore("filter", rb.bytes()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	sets, err := f.sets.List()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, n := range sets {
+		if strings.HasPrefix(n, prefixSet) || strings.HasPrefix(n, "CANOPY-T-") || n == SetReady || n == SetLocal {
+			if err := f.sets.Destroy(n); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	f.started, f.applied = false, nil
+	return errors.Join(errs...)
+}
+
+// Counters are the packets the data path has denied, read from the deny chains' rule counters.
+type Counters struct {
+	DeniedIngress, DeniedEgress, Unready uint64
+}
+
+// Counters reads the deny counters (iptables-save -c).
+func (f *Firewall) Counters() (Counters, error) {
+	var c Counters
+	sv, ok := f.r.(interface {
+		SaveCounters(table string) ([]byte, error)
+	})
+	if !ok {
+		return c, errors.New("restorer cannot save counters")
+	}
+	out, err := sv.SaveCounters("filter")
+	if err != nil {
+		return c, err
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(l, "[") {
+			continue
+		}
+		cnt, rest, ok := strings.Cut(l[1:], "]")
+		if !ok || !(strings.HasSuffix(rest, " -j DROP") || strings.Contains(rest, " -j REJECT")) {
+			continue
+		}
+		pk, _, _ := strings.Cut(cnt, ":")
+		n, _ := strconv.ParseUint(pk, 10, 64)
+		switch {
+		case strings.HasPrefix(rest, " -A "+ChainDenyIn+" "):
+			c.DeniedIngress += n
+		case strings.HasPrefix(rest, " -A "+ChainDenyOut+" "):
+			c.DeniedEgress += n
+		case strings.HasPrefix(rest, " -A "+ChainUnready+" "):
+			c.Unready += n
+		}
+	}
+	return c, nil
+}
+
+// restoreBuf is one iptables-restore input for the filter table.
+type restoreBuf struct {
+	decl, rules, del bytes.Buffer
+	declared         map[string]bool
+	chains           int
+}
+
+func (b *restoreBuf) declare(name string) {
+	if b.declared == nil {
+		b.declared = map[string]bool{}
+	}
+	if !b.declared[name] {
+		b.declared[name] = true
+		b.chains++
+		b.decl.WriteString(":" + name + " - [0:0]\n")
+	}
+}
+
+func (b *restoreBuf) line(chain, spec string) { b.rules.WriteString("-A " + chain + " " + spec + "\n") }
+
+func (b *restoreBuf) write(chain string, specs []string) {
+	for _, s := range specs {
+		b.line(chain, s)
+	}
+}
+
+func (b *restoreBuf) remove(name string) {
+	b.declare(name) // flushes it, dropping its references to other chains
+	b.del.WriteString("-X " + name + "\n")
+}
+
+func (b *restoreBuf) empty() bool { return b.decl.Len() == 0 && b.rules.Len() == 0 && b.del.Len() == 0 }
+
+func (b *restoreBuf) bytes() []byte {
+	var out bytes.Buffer
+	out.WriteString("*filter\n")
+	out.Write(b.decl.Bytes())
+	out.Write(b.rules.Bytes())
+	out.Write(b.del.Bytes())
+	out.WriteString("COMMIT\n")
+	return out.Bytes()
+}
+
+// savedChains returns the user chains declared in iptables-save output.
+func savedChains(out []byte) map[string]bool {
+	r := map[string]bool{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, ":") {
+			if name, _, ok := strings.Cut(l[1:], " "); ok {
+				r[name] = true
+			}
+		}
+	}
+	return r
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	r := make([]string, 0, len(m))
+	for k := range m {
+		r = append(r, k)
+	}
+	sort.Strings(r)
+	return r
+}
+
+func sortedAddrs(m map[netip.Addr]string) []netip.Addr {
+	r := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		r = append(r, a)
+	}
+	slices.SortFunc(r, netip.Addr.Compare)
+	return r
+}
+
+func sortedReady(m map[netip.Addr]bool) []netip.Addr {
+	r := make([]netip.Addr, 0, len(m))
+	for a, ok := range m {
+		if ok {
+			r = append(r, a)
+		}
+	}
+	slices.SortFunc(r, netip.Addr.Compare)
+	return r
+}
+
+// diffSorted returns what b has and a lacks, and what a has and b lacks (both sorted).
+func diffSorted(a, b []string) (add, del []string) {
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			del = append(del, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			add = append(add, b[j])
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return add, del
+}
+
+// ExecIPSets runs the ipset binary (in the calling thread's network namespace).
+type ExecIPSets struct{}
+
+func (ExecIPSets) run(stdin []byte, args ...string) ([]byte, error) {
+	cmd := exec.Command("ipset", args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if stdin != nil {
+			msg += lineHint(msg, stdin)
+		}
+		return out, fmt.Errorf("ipset %s: %w: %s", strings.Join(args, " "), err, msg)
+	}
+	return out, nil
+}
+
+// lineHint quotes the input line an ipset error names ("Error in line N: ...").
+func lineHint(msg string, data []byte) string {
+	_, rest, ok := strings.Cut(msg, "line ")
+	if !ok {
+		return ""
+	}
+	num, _, _ := strings.Cut(rest, ":")
+	n, err := strconv.Atoi(strings.TrimSpace(num))
+	lines := strings.Split(string(data), "\n")
+	if err != nil || n < 1 || n > len(lines) {
+		return ""
+	}
+	return fmt.Sprintf(" (line %d: %q)", n, lines[n-1])
+}
+
+func (e ExecIPSets) Restore(data []byte) error {
+	_, err := e.run(data, "-exist", "restore")
+	return err
+}
+
+func (e ExecIPSets) List() ([]string, error) {
+	out, err := e.run(nil, "list", "-n")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
+}
+
+func (e ExecIPSets) Members(name string) ([]string, error) {
+	out, err := e.run(nil, "save", name)
+	if err != nil {
+		return nil, err
+	}
+	var r []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if m, ok := strings.CutPrefix(l, "add "+name+" "); ok {
+			r = append(r, m)
+		}
+	}
+	return r, nil
+}
+
+func (e ExecIPSets) Destroy(name string) error {
+	_, err := e.run(nil, "destroy", name)
+	return err
+}
