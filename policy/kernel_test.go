@@ -151,7 +151,9 @@ func (l *netLab) local() []LocalPod {
 	return r
 }
 
-func tcp(port uint16) PortRule { return PortRule{Protocol: corev1.ProtocolTCP, Port: port, EndPort: port} }
+func tcp(port uint16) PortRule {
+	return PortRule{Protocol: corev1.ProtocolTCP, Port: port, EndPort: port}
+}
 
 func TestKernelFirewall(t *testing.T) {
 	requireKernel(t)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -24,6 +25,7 @@ import (
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/internal/lballoc"
 	"canopy.io/canopy/internal/nodesetup"
+	"canopy.io/canopy/policy"
 	"canopy.io/canopy/proxy"
 	iptproxy "canopy.io/canopy/proxy/iptables"
 	ipvsproxy "canopy.io/canopy/proxy/ipvs"
@@ -90,6 +92,10 @@ func bindFlags(fs *flag.FlagSet, r *config.Raw) {
 	fs.BoolVar(&r.RunServiceProxy, "run-service-proxy", true, "proxy Services (replaces kube-proxy): ClusterIP, NodePort, ExternalIPs, LoadBalancer IPs")
 	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, or iptables (used anyway when the kernel has no IPVS)")
 	fs.BoolVar(&r.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to service IPs, also from pods")
+	fs.BoolVar(&r.RunFirewall, "run-firewall", true, "enforce NetworkPolicy on this node's pods (iptables + ipset, CANOPY-POL-* chains); false removes those chains")
+	fs.BoolVar(&r.PolicyReject, "policy-reject", false, "reject packets a NetworkPolicy denies (TCP reset, else ICMP port unreachable) instead of dropping them")
+	fs.StringVar(&r.PolicyLog, "policy-log", "off", "log packets a NetworkPolicy denies, rate-limited to 10/s: off, log (kernel log) or nflog (group --policy-log-group)")
+	fs.IntVar(&r.PolicyLogGroup, "policy-log-group", 100, "NFLOG group for --policy-log=nflog")
 	fs.Var((*stringList)(&r.NodePortAddresses), "nodeport-addresses", "CIDRs of the node addresses NodePorts listen on (default: the node IP)")
 	fs.BoolVar(&r.AdvertiseClusterIP, "advertise-cluster-ip", false, "announce Service ClusterIPs (/32) to external peers")
 	fs.BoolVar(&r.AdvertiseExternalIP, "advertise-external-ip", true, "announce Service ExternalIPs inside --service-external-ip-range")
@@ -223,6 +229,10 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	} else {
 		iptables = it
 	}
+	// The firewall starts before the CNI config is written: a pod made from then on is dropped until its rules exist.
+	if err := startFirewall(ctx, cfg, self, factory, reg, log.With("component", "policy")); err != nil {
+		return err
+	}
 	setup := nodesetup.New(nodesetup.Config{
 		NodeName: cfg.NodeName, CNIConfDir: cfg.CNIConfDir, CNIBinDir: cfg.CNIBinDir, CNIPlugin: cfg.CNIPlugin,
 		CNIDataDir: cfg.CNIDataDir, CNIMTU: cfg.CNIMTU, PodEgress: cfg.PodEgress,
@@ -319,6 +329,39 @@ func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, lo
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// startFirewall starts the NetworkPolicy controller, or with --run-firewall=false removes what an earlier run
+// programmed.
+func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, factory informers.SharedInformerFactory, reg *prometheus.Registry, log *slog.Logger) error {
+	fw, err := policy.NewHost(ipt.Detect(), log)
+	if err != nil {
+		if !cfg.RunFirewall {
+			return nil
+		}
+		return fmt.Errorf("network policy firewall: %w", err)
+	}
+	if !cfg.RunFirewall {
+		if err := fw.Cleanup(); err != nil {
+			log.Debug("removing network policy chains (firewall off)", "err", err)
+		}
+		return nil
+	}
+	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables.
+	if err := os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-iptables", []byte("1"), 0o644); err != nil {
+		_ = exec.Command("modprobe", "br_netfilter").Run()
+		if err := os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-iptables", []byte("1"), 0o644); err != nil {
+			log.Error("cannot enable br_netfilter: traffic between pods of this node is not policed", "err", err)
+		}
+	}
+	ctrl := policy.NewController(factory, fw, cfg.NodeName, policy.Options{Reject: cfg.PolicyReject, Log: cfg.PolicyLog,
+		NFLOGGroup: cfg.PolicyLogGroup}, 30*time.Minute, log)
+	if err := ctrl.Start(self); err != nil {
+		return fmt.Errorf("network policy firewall: %w", err)
+	}
+	reg.MustRegister(policy.Collectors(fw.Counters)...)
+	go ctrl.Run(ctx)
+	return nil
 }
 
 // startProxy picks the back end (IPVS only where the kernel has it) and starts the service proxy.

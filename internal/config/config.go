@@ -54,6 +54,11 @@ type Raw struct {
 	MasqueradeAll     bool
 	NodePortAddresses []string
 
+	RunFirewall    bool
+	PolicyReject   bool
+	PolicyLog      string
+	PolicyLogGroup int
+
 	AdvertiseClusterIP      bool
 	AdvertiseExternalIP     bool
 	AdvertiseLoadBalancerIP bool
@@ -111,6 +116,11 @@ type Config struct {
 	MasqueradeAll     bool
 	NodePortAddresses []netip.Prefix
 
+	RunFirewall    bool
+	PolicyReject   bool
+	PolicyLog      string // "", "log" or "nflog"
+	PolicyLogGroup int
+
 	AdvertiseClusterIP      bool
 	AdvertiseExternalIP     bool
 	AdvertiseLoadBalancerIP bool
@@ -155,6 +165,10 @@ func (r Raw) Validate() (*Config, error) {
 		RunServiceProxy: r.RunServiceProxy,
 		ProxyMode:       strings.ToLower(r.ProxyMode),
 		MasqueradeAll:   r.MasqueradeAll,
+		RunFirewall:     r.RunFirewall,
+		PolicyReject:    r.PolicyReject,
+		PolicyLog:       strings.ToLower(r.PolicyLog),
+		PolicyLogGroup:  r.PolicyLogGroup,
 
 		AdvertiseClusterIP:      r.AdvertiseClusterIP,
 		AdvertiseExternalIP:     r.AdvertiseExternalIP,
@@ -220,6 +234,16 @@ func (r Raw) Validate() (*Config, error) {
 	}
 	if r.RunLoadBalancer && r.LeaseNamespace == "" {
 		bad("lease-namespace", "empty: --run-loadbalancer elects its leader with a Lease")
+	}
+	switch c.PolicyLog {
+	case "", "log", "nflog":
+	case "off", "none":
+		c.PolicyLog = ""
+	default:
+		bad("policy-log", "%q is not off, log or nflog", r.PolicyLog)
+	}
+	if r.PolicyLogGroup < 0 || r.PolicyLogGroup > 65535 {
+		bad("policy-log-group", "%d is outside 0..65535", r.PolicyLogGroup)
 	}
 	switch c.ProxyMode {
 	case "ipvs", "iptables":

@@ -1,0 +1,324 @@
+package policy
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	netlisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"canopy.io/canopy/internal/batchq"
+)
+
+// Syncer is what the controller programs through (a *Firewall, or a fake).
+type Syncer interface {
+	Start(Options) error
+	Sync(*State) (Stats, error)
+}
+
+// Controller follows NetworkPolicies, Pods, Namespaces and this Node, and programs the node's firewall.
+// Every relevant change queues one key; a sync computes the whole desired State (pure and cheap next to the
+// kernel) and the Firewall writes only the difference.
+type Controller struct {
+	fw       Syncer
+	nodeName string
+	opts     Options
+	log      *slog.Logger
+	repair   time.Duration
+
+	pods     corelisters.PodLister
+	nss      corelisters.NamespaceLister
+	pols     netlisters.NetworkPolicyLister
+	nodes    corelisters.NodeLister
+	synced   []cache.InformerSynced
+	queue    workqueue.TypedRateLimitingInterface[string]
+	onSynced func()
+
+	mu     sync.Mutex
+	last   Stats
+	policy int
+}
+
+const syncKey = "policy"
+
+// NewController registers its informers (Pods with a transform that keeps only what policies use) on
+// factory; call it before the factory starts. opts.PodCIDRs is ignored: the Node's pod CIDRs are used.
+// repair > 0 makes a full rewrite (a repair of drift) that often.
+func NewController(factory informers.SharedInformerFactory, fw Syncer, nodeName string, opts Options, repair time.Duration, log *slog.Logger) *Controller {
+	podInf := factory.Core().V1().Pods()
+	_ = podInf.Informer().SetTransform(StripPod)
+	nsInf := factory.Core().V1().Namespaces()
+	polInf := factory.Networking().V1().NetworkPolicies()
+	nodeInf := factory.Core().V1().Nodes()
+	c := &Controller{
+		fw: fw, nodeName: nodeName, opts: opts, log: log, repair: repair,
+		pods: podInf.Lister(), nss: nsInf.Lister(), pols: polInf.Lister(), nodes: nodeInf.Lister(),
+		synced: []cache.InformerSynced{podInf.Informer().HasSynced, nsInf.Informer().HasSynced,
+			polInf.Informer().HasSynced, nodeInf.Informer().HasSynced},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "networkpolicy"}),
+	}
+	enqueue := func(any) { c.queue.Add(syncKey) }
+	_, _ = podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, DeleteFunc: enqueue,
+		UpdateFunc: func(o, n any) {
+			if !reflect.DeepEqual(o, n) { // StripPod leaves only what matters: status heartbeats are equal
+				enqueue(n)
+			}
+		},
+	})
+	for _, inf := range []cache.SharedIndexInformer{nsInf.Informer(), polInf.Informer()} {
+		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, DeleteFunc: enqueue,
+			UpdateFunc: func(o, n any) { enqueue(n) }})
+	}
+	_, _ = nodeInf.Informer().AddEventHandler(cache.FilteringResourceEventHandler{
+		FilterFunc: func(obj any) bool {
+			n, ok := obj.(*corev1.Node)
+			return ok && n.Name == nodeName
+		},
+		Handler: cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(o, n any) {
+			if !slices.Equal(o.(*corev1.Node).Spec.PodCIDRs, n.(*corev1.Node).Spec.PodCIDRs) {
+				enqueue(n)
+			}
+		}},
+	})
+	return c
+}
+
+// OnInitialSync sets f to run once after the first successful sync. Call it before Run.
+func (c *Controller) OnInitialSync(f func()) { c.onSynced = f }
+
+// StripPod is the Pod informer's transform: it keeps name, namespace, labels, node, hostNetwork, container
+// ports, phase and IPs, so a cluster's worth of pods costs little memory and heartbeats compare equal.
+func StripPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	out := &corev1.Pod{}
+	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
+	out.Labels, out.DeletionTimestamp = p.Labels, p.DeletionTimestamp
+	out.Spec.NodeName, out.Spec.HostNetwork = p.Spec.NodeName, p.Spec.HostNetwork
+	for _, ct := range p.Spec.Containers {
+		if len(ct.Ports) > 0 {
+			out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: ct.Name, Ports: ct.Ports})
+		}
+	}
+	out.Status.Phase, out.Status.PodIP, out.Status.PodIPs = p.Status.Phase, p.Status.PodIP, p.Status.PodIPs
+	return out, nil
+}
+
+// Run starts the firewall (fixed chains, unready pods dropped), programs everything once the caches have
+// synced, then follows changes until ctx ends.
+func (c *Controller) Run(ctx context.Context) {
+	defer c.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return
+	}
+	go func() {
+		<-ctx.Done()
+		c.queue.ShutDown()
+	}()
+	if c.repair > 0 {
+		go func() {
+			t := time.NewTicker(c.repair)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if r, ok := c.fw.(interface{ Invalidate() }); ok {
+						r.Invalidate()
+					}
+					c.queue.Add(syncKey)
+				}
+			}
+		}()
+	}
+	c.queue.Add(syncKey)
+	first := true
+	batchq.Run(c.queue, 1, func([]string) error {
+		err := c.sync()
+		if err == nil && first {
+			first = false
+			if c.onSynced != nil {
+				c.onSynced()
+			}
+		}
+		return err
+	})
+}
+
+// Start starts the firewall with the Node's pod CIDRs as known now (before the caches sync).
+func (c *Controller) Start(node *corev1.Node) error {
+	o := c.opts
+	o.PodCIDRs = podCIDRs(node)
+	return c.fw.Start(o)
+}
+
+func podCIDRs(n *corev1.Node) []netip.Prefix {
+	if n == nil {
+		return nil
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	var r []netip.Prefix
+	for _, s := range cidrs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			r = append(r, p.Masked())
+		}
+	}
+	return r
+}
+
+// Desired computes the State for the current caches.
+func (c *Controller) Desired() (*State, int, error) {
+	node, err := c.nodes.Get(c.nodeName)
+	if err != nil {
+		node = nil // no Node: no pod CIDR, nothing local to police
+	}
+	o := c.opts
+	o.PodCIDRs = podCIDRs(node)
+	pols, err := c.pols.List(labels.Everything())
+	if err != nil {
+		return nil, 0, err
+	}
+	nsObjs, err := c.nss.List(labels.Everything())
+	if err != nil {
+		return nil, 0, err
+	}
+	podObjs, err := c.pods.List(labels.Everything())
+	if err != nil {
+		return nil, 0, err
+	}
+	nss := make([]*Namespace, 0, len(nsObjs))
+	for _, n := range nsObjs {
+		nss = append(nss, &Namespace{Name: n.Name, Labels: n.Labels})
+	}
+	pods := make([]*Pod, 0, len(podObjs))
+	var local []LocalPod
+	for _, p := range podObjs {
+		pp := FromPod(p)
+		if pp == nil {
+			continue
+		}
+		pods = append(pods, pp)
+		if pp.NodeName == c.nodeName && !pp.HostNetwork && pp.IP.IsValid() {
+			local = append(local, LocalPod{Key: pp.Namespace + "/" + pp.Name, IP: pp.IP})
+		}
+	}
+	fws := Compute(pols, pods, nss, c.nodeName)
+	return Build(fws, local, o), len(pols), nil
+}
+
+// FromPod converts a Pod; nil for pods that finished (their address may already belong to another pod).
+func FromPod(p *corev1.Pod) *Pod {
+	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	out := &Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, HostNetwork: p.Spec.HostNetwork, NodeName: p.Spec.NodeName}
+	ips := p.Status.PodIPs
+	if len(ips) == 0 && p.Status.PodIP != "" {
+		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
+	}
+	for _, ip := range ips {
+		if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is4() {
+			out.IP = a
+			break
+		}
+	}
+	for _, ct := range p.Spec.Containers {
+		for _, cp := range ct.Ports {
+			if cp.ContainerPort > 0 && cp.ContainerPort < 65536 {
+				out.Ports = append(out.Ports, NamedPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Protocol: cp.Protocol})
+			}
+		}
+	}
+	return out
+}
+
+func (c *Controller) sync() error {
+	start := time.Now()
+	st, npol, err := c.Desired()
+	if err != nil {
+		syncErrors.Inc()
+		return err
+	}
+	stats, err := c.fw.Sync(st)
+	syncDuration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		syncErrors.Inc()
+		c.log.Error("network policy sync failed; retrying with a full rewrite", "err", err)
+		return err
+	}
+	policedPods.Set(float64(len(st.Ready)))
+	isolated.WithLabelValues("ingress").Set(float64(len(st.Ingress)))
+	isolated.WithLabelValues("egress").Set(float64(len(st.Egress)))
+	chains.Set(float64(len(st.Chains)))
+	sets.Set(float64(len(st.Sets)))
+	conflicts.Set(float64(len(st.Conflict)))
+	if len(st.Conflict) > 0 {
+		c.log.Warn("several local pods claim the same address; it stays unready (dropped) until resolved", "addresses", st.Conflict)
+	}
+	c.mu.Lock()
+	c.last, c.policy = stats, npol
+	c.mu.Unlock()
+	lvl := slog.LevelDebug
+	if stats.Full {
+		lvl = slog.LevelInfo
+	}
+	c.log.Log(context.Background(), lvl, "network policies synced", "policies", npol, "pods", len(st.Ready),
+		"chains_written", stats.Chains, "chains_deleted", stats.DeletedChains, "dispatch_lines", stats.DispatchLines,
+		"set_ops", stats.SetOps, "full", stats.Full, "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+var (
+	syncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "canopy_policy_sync_duration_seconds",
+		Help: "Time to compute and program the network policies of this node", Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)})
+	syncErrors  = prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_policy_sync_errors_total", Help: "Failed network policy syncs"})
+	policedPods = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_pods", Help: "Local pods whose firewall is programmed"})
+	isolated    = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "canopy_policy_isolated_pods", Help: "Local pods isolated by a policy, by direction"}, []string{"direction"})
+	chains      = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_chains", Help: "iptables chains of the policy data path"})
+	sets        = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_ipsets", Help: "ipsets of the policy data path"})
+	conflicts   = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_address_conflicts", Help: "Addresses claimed by several local pods (kept unready)"})
+)
+
+// Collectors returns the package's metrics; counters is read at scrape time (nil: no packet counters).
+func Collectors(counters func() (Counters, error)) []prometheus.Collector {
+	cs := []prometheus.Collector{syncDuration, syncErrors, policedPods, isolated, chains, sets, conflicts}
+	if counters != nil {
+		cs = append(cs, &denyCollector{read: counters})
+	}
+	return cs
+}
+
+var denyDesc = prometheus.NewDesc("canopy_policy_denied_packets_total",
+	"Packets dropped or rejected by network policy (reason: ingress, egress, or unready = pod not programmed yet)", []string{"reason"}, nil)
+
+type denyCollector struct{ read func() (Counters, error) }
+
+func (d *denyCollector) Describe(ch chan<- *prometheus.Desc) { ch <- denyDesc }
+func (d *denyCollector) Collect(ch chan<- prometheus.Metric) {
+	c, err := d.read()
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedIngress), "ingress")
+	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedEgress), "egress")
+	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.Unready), "unready")
+}
