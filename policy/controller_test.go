@@ -1,0 +1,138 @@
+package policy
+
+import (
+	"context"
+	"log/slog"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+// recordSyncer records the States the controller asks for.
+type recordSyncer struct {
+	mu      sync.Mutex
+	started Options
+	states  []*State
+}
+
+func (r *recordSyncer) Start(o Options) error { r.mu.Lock(); r.started = o; r.mu.Unlock(); return nil }
+func (r *recordSyncer) Sync(st *State) (Stats, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.states = append(r.states, st)
+	return Stats{}, nil
+}
+
+func (r *recordSyncer) n() int { r.mu.Lock(); defer r.mu.Unlock(); return len(r.states) }
+func (r *recordSyncer) last() *State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.states[len(r.states)-1]
+}
+
+func kpod(name, node, ip string, lbl map[string]string) *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "a", Labels: lbl},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "img",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}, Env: []corev1.EnvVar{{Name: "X", Value: "big"}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}
+}
+
+func waitFor(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestController(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}}}
+	kube := fake.NewClientset(node,
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a", Labels: map[string]string{"team": "a"}}},
+		kpod("web", "n1", "10.244.1.10", map[string]string{"app": "web"}),
+		kpod("client", "n2", "10.244.2.10", map[string]string{"role": "client"}),
+		kpod("other", "n2", "10.244.2.11", map[string]string{"role": "other"}),
+		kpod("done", "n1", "10.244.1.20", map[string]string{"role": "client"}),
+		&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "allow-client", Namespace: "a"},
+			Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
+				Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{
+					PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}}}}}},
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// "done" finished: its address may be reused, it is neither policed nor a peer.
+	done, _ := kube.CoreV1().Pods("a").Get(ctx, "done", metav1.GetOptions{})
+	done.Status.Phase = corev1.PodSucceeded
+	_, _ = kube.CoreV1().Pods("a").UpdateStatus(ctx, done, metav1.UpdateOptions{})
+
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	fw := &recordSyncer{}
+	c := NewController(factory, fw, "n1", Options{Reject: true}, 0, slog.Default())
+	if err := c.Start(node); err != nil {
+		t.Fatal(err)
+	}
+	if fw.started.PodCIDRs[0].String() != "10.244.1.0/24" || !fw.started.Reject {
+		t.Errorf("Start options %+v", fw.started)
+	}
+	factory.Start(ctx.Done())
+	go c.Run(ctx)
+	waitFor(t, "the first sync", func() bool { return fw.n() > 0 })
+	st := fw.last()
+	web := addr("10.244.1.10")
+	if !st.Ready[web] || len(st.Ready) != 1 || st.Ingress[web] == "" {
+		t.Fatalf("first state: ready %v ingress %v", st.Ready, st.Ingress)
+	}
+	setName := SetName("ns=a/pod(role=client)")
+	if m := st.Sets[setName]; m == nil || !reflect.DeepEqual(m.Members, []string{"10.244.2.10"}) {
+		t.Fatalf("client set %+v", m)
+	}
+
+	// The informer keeps only what policies use.
+	stripped, _ := c.pods.Pods("a").Get("web")
+	if len(stripped.Status.Conditions) != 0 || stripped.Spec.Containers[0].Env != nil || stripped.Spec.Containers[0].Ports[0].Name != "http" {
+		t.Errorf("pod not stripped: %+v", stripped)
+	}
+
+	// A status heartbeat (conditions only) queues nothing.
+	for n := -1; n != fw.n(); { // let the informers' initial events settle
+		n = fw.n()
+		time.Sleep(200 * time.Millisecond)
+	}
+	n := fw.n()
+	p, _ := kube.CoreV1().Pods("a").Get(ctx, "client", metav1.GetOptions{})
+	p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: "Custom", Status: corev1.ConditionTrue})
+	_, _ = kube.CoreV1().Pods("a").UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	// A label change: "other" becomes a client. Only the set changes.
+	o, _ := kube.CoreV1().Pods("a").Get(ctx, "other", metav1.GetOptions{})
+	o.Labels = map[string]string{"role": "client"}
+	_, _ = kube.CoreV1().Pods("a").Update(ctx, o, metav1.UpdateOptions{})
+	waitFor(t, "the label change", func() bool {
+		m := fw.last().Sets[setName]
+		return m != nil && len(m.Members) == 2
+	})
+	if got := fw.n() - n; got != 1 {
+		t.Errorf("%d syncs for a heartbeat and a label change, want 1", got)
+	}
+	if !reflect.DeepEqual(fw.last().Chains, st.Chains) {
+		t.Error("chains changed after a label change")
+	}
+
+	// Deleting the policy un-isolates the pod; deleting the pod takes it out of Ready.
+	_ = kube.NetworkingV1().NetworkPolicies("a").Delete(ctx, "allow-client", metav1.DeleteOptions{})
+	waitFor(t, "the policy deletion", func() bool { return len(fw.last().Ingress) == 0 })
+	_ = kube.CoreV1().Pods("a").Delete(ctx, "web", metav1.DeleteOptions{})
+	waitFor(t, "the pod deletion", func() bool { return len(fw.last().Ready) == 0 })
+}
