@@ -1,8 +1,11 @@
-// Package policy will enforce networking.k8s.io/v1 NetworkPolicy with per-pod iptables chains and ipsets
-// (CANOPY- prefixed), incrementally and with no unprotected window for new pods.
+// Package policy enforces networking.k8s.io/v1 NetworkPolicy on one node with iptables chains and ipsets
+// (CANOPY-POL-*, CANOPY-P{I,E,R}-*, CANOPY-S-*), incrementally and with no unprotected window for new pods.
 //
-// Built so far: semantics.go, the pure, I/O-free core. Compute turns NetworkPolicies, pods and
-// namespaces into one PodFirewall per policed pod (isolation per direction plus allow rules with
-// resolved peers and numeric ports), which the data path (not built yet, see the NetworkPolicy issue)
-// will program. The layout follows DESIGN.md.
+//   - semantics.go: Compute, the pure core: policies, pods and namespaces in, one PodFirewall per policed pod
+//     out (isolation per direction, allow rules with resolved peers and numeric ports).
+//   - state.go: Build, also pure: PodFirewalls and the node's pod addresses in, the data path as plain data
+//     (chains, dispatch lines, sets, the addresses whose rules exist). The chain layout is documented there.
+//   - firewall.go: Firewall programs a State through iptables-restore --noflush (our chains only) and ipset
+//     restore, writing only what differs from the last State it applied.
+//   - controller.go: informers (Pods reduced by a transform) → Compute → Build → Firewall.Sync.
 package policy
