@@ -237,6 +237,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		NodeName: cfg.NodeName, CNIConfDir: cfg.CNIConfDir, CNIBinDir: cfg.CNIBinDir, CNIPlugin: cfg.CNIPlugin,
 		CNIDataDir: cfg.CNIDataDir, CNIMTU: cfg.CNIMTU, PodEgress: cfg.PodEgress,
 		NoMasqTo: append(slices.Clone(cfg.ClusterCIDRs), cfg.ServiceCIDRs...), PodCIDRFunc: bgp.PodCIDRs,
+		ClusterCIDRs: cfg.ClusterCIDRs,
 	}, iptables, log.With("component", "nodesetup"))
 	if err := setup.Start(ctx, factory); err != nil {
 		return err

@@ -102,13 +102,72 @@ func Remove(ipt IPTables) error {
 	return nil
 }
 
-// sameRules compares `iptables -S CHAIN` output (first line "-N CHAIN") with the wanted rules, ignoring how
+// ForwardChain is Canopy's filter chain that accepts pod traffic at the end of FORWARD, for hosts whose FORWARD
+// policy is DROP (Docker sets that): without it such a node forwards no pod traffic at all. Being last, it
+// overrides only the policy: every rule before it (an administrator's, NetworkPolicy's) still decides first.
+const ForwardChain = "CANOPY-FORWARD-ACCEPT"
+
+const forwardComment = "canopy: accept pod traffic where the FORWARD policy is DROP"
+
+// ForwardRules is ForwardChain's content: accept from and to the cluster's IPv4 pod networks.
+func ForwardRules(clusterCIDRs []netip.Prefix) [][]string {
+	var out [][]string
+	for _, c := range clusterCIDRs {
+		if !c.Addr().Is4() {
+			continue
+		}
+		out = append(out, []string{"-s", c.String(), "-j", "ACCEPT"}, []string{"-d", c.String(), "-j", "ACCEPT"})
+	}
+	return out
+}
+
+// ApplyForward makes ForwardChain hold ForwardRules(clusterCIDRs), jumped to from the end of FORWARD.
+func ApplyForward(ipt IPTables, clusterCIDRs []netip.Prefix) error {
+	ok, err := ipt.ChainExists("filter", ForwardChain)
+	if err != nil {
+		return fmt.Errorf("filter %s: %w", ForwardChain, err)
+	}
+	if !ok {
+		if err := ipt.NewChain("filter", ForwardChain); err != nil {
+			return fmt.Errorf("create filter %s: %w", ForwardChain, err)
+		}
+	}
+	jump := []string{"-m", "comment", "--comment", forwardComment, "-j", ForwardChain}
+	if ok, err := ipt.Exists("filter", "FORWARD", jump...); err != nil {
+		return err
+	} else if !ok {
+		if err := ipt.Append("filter", "FORWARD", jump...); err != nil {
+			return fmt.Errorf("jump from FORWARD: %w", err)
+		}
+	}
+	want := ForwardRules(clusterCIDRs)
+	have, err := ipt.List("filter", ForwardChain)
+	if err != nil {
+		return err
+	}
+	if sameChainRules(ForwardChain, have, want) {
+		return nil
+	}
+	if err := ipt.ClearChain("filter", ForwardChain); err != nil {
+		return err
+	}
+	for _, r := range want {
+		if err := ipt.Append("filter", ForwardChain, r...); err != nil {
+			return fmt.Errorf("filter %s %s: %w", ForwardChain, strings.Join(r, " "), err)
+		}
+	}
+	return nil
+}
+
+func sameRules(have []string, want [][]string) bool { return sameChainRules(Chain, have, want) }
+
+// sameChainRules compares `iptables -S CHAIN` output (first line "-N CHAIN") with the wanted rules, ignoring how
 // iptables normalises quoting and address masks.
-func sameRules(have []string, want [][]string) bool {
+func sameChainRules(chain string, have []string, want [][]string) bool {
 	var got []string
 	for _, l := range have {
 		if strings.HasPrefix(l, "-A ") {
-			got = append(got, normalize(strings.TrimPrefix(l, "-A "+Chain+" ")))
+			got = append(got, normalize(strings.TrimPrefix(l, "-A "+chain+" ")))
 		}
 	}
 	var exp []string

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/internal/testns"
@@ -133,4 +134,66 @@ func clientAddrSeen(t *testing.T, server, client *testns.NS, dst string) string 
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(line)
+}
+
+// A host whose FORWARD policy is DROP (as Docker leaves it) forwards pod traffic once ApplyForward ran, and
+// only pod traffic.
+func TestForwardAcceptWithDropPolicy(t *testing.T) {
+	testns.Require(t)
+	if _, err := exec.LookPath("iptables"); err != nil {
+		t.Skip("needs iptables")
+	}
+	node, pod, out := testns.New(t, "fw-node"), testns.New(t, "fw-pod"), testns.New(t, "fw-out")
+	testns.Link(t, node, "pod0", "10.244.1.1/24", pod, "eth0", "10.244.1.10/24")
+	testns.Link(t, node, "up0", "192.0.2.2/24", out, "eth0", "192.0.2.1/24")
+	pod.MustRun(t, "ip", "route", "add", "default", "via", "10.244.1.1")
+	out.MustRun(t, "ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.2")
+	node.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	f := ipt.Detect()
+	node.MustRun(t, "iptables-"+string(f), "-P", "FORWARD", "DROP")
+
+	reach := func() error {
+		l, err := out.Listen("tcp4", ":0")
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		go func() {
+			if c, err := l.Accept(); err == nil {
+				c.Close()
+			}
+		}()
+		var c net.Conn
+		err = pod.Do(func() (err error) {
+			c, err = net.DialTimeout("tcp4", net.JoinHostPort("192.0.2.1", fmt.Sprint(l.Addr().(*net.TCPAddr).Port)), 500*time.Millisecond)
+			return err
+		})
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if reach() == nil {
+		t.Fatal("pod traffic forwarded although FORWARD's policy is DROP: the test proves nothing")
+	}
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+	if err := node.Do(func() error {
+		it, err := ipt.New(f)
+		if err != nil {
+			return err
+		}
+		if err := ApplyForward(it, cidrs); err != nil {
+			return err
+		}
+		return ApplyForward(it, cidrs) // idempotent
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reach(); err != nil {
+		t.Errorf("pod traffic not forwarded after ApplyForward: %v", err)
+	}
+	saved := node.MustRun(t, "iptables-"+string(f)+"-save", "-t", "filter")
+	if strings.Count(saved, "-j "+ForwardChain) != 1 || !strings.Contains(saved, "-A "+ForwardChain+" -d 10.244.0.0/16 -j ACCEPT") {
+		t.Errorf("want one jump and the accept rules:\n%s", saved)
+	}
 }

@@ -23,16 +23,19 @@ import (
 
 // Config says what to set up.
 type Config struct {
-	NodeName    string
-	CNIConfDir  string // "" = write no conflist
-	CNIBinDir   string // "" = install no plugin binary
-	CNIPlugin   string // the plugin binary to install
-	CNIDataDir  string // the plugin's IPAM dir ("" = its default)
-	CNIMTU      int
-	PodEgress   bool
-	NoMasqTo    []netip.Prefix // the cluster's pod and service networks
-	SysctlRoot  string         // "" = /proc/sys
-	PodCIDRFunc func(*corev1.Node) []netip.Prefix
+	NodeName   string
+	CNIConfDir string // "" = write no conflist
+	CNIBinDir  string // "" = install no plugin binary
+	CNIPlugin  string // the plugin binary to install
+	CNIDataDir string // the plugin's IPAM dir ("" = its default)
+	CNIMTU     int
+	PodEgress  bool
+	NoMasqTo   []netip.Prefix // the cluster's pod and service networks
+	// ClusterCIDRs are the pod networks: forwarded traffic from or to them is accepted at the end of FORWARD
+	// (hosts whose FORWARD policy is DROP). None: no such chain.
+	ClusterCIDRs []netip.Prefix
+	SysctlRoot   string // "" = /proc/sys
+	PodCIDRFunc  func(*corev1.Node) []netip.Prefix
 }
 
 // Setup applies Config for the node.
@@ -64,6 +67,11 @@ func (s *Setup) Start(ctx context.Context, factory informers.SharedInformerFacto
 			return fmt.Errorf("install CNI plugin %s into %s: %w", s.cfg.CNIPlugin, s.cfg.CNIBinDir, err)
 		}
 		s.log.Info("CNI plugin installed", "dir", s.cfg.CNIBinDir, "changed", changed)
+	}
+	if len(s.cfg.ClusterCIDRs) > 0 && s.ipt != nil {
+		if err := egress.ApplyForward(s.ipt, s.cfg.ClusterCIDRs); err != nil {
+			return fmt.Errorf("FORWARD accept for pod traffic: %w", err)
+		}
 	}
 	if !s.cfg.PodEgress && s.ipt != nil {
 		if err := egress.Remove(s.ipt); err != nil {
