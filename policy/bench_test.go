@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -126,7 +127,9 @@ func benchPolicy(b *testing.B, flavour ipt.Flavour) {
 			}
 		}
 		do(func() (err error) { fw, err = NewHost(flavour, slog.New(slog.DiscardHandler)); return err })
-		do(func() error { return fw.Start(Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}}) })
+		do(func() error {
+			return fw.Start(Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}})
+		})
 
 		t0 := time.Now()
 		st := w.state()
@@ -173,5 +176,55 @@ func benchPolicy(b *testing.B, flavour ipt.Flavour) {
 			"one label change %v (%d chains, %d set ops); the same change as a full rewrite %v: ratio %.3f",
 			flavour, fromEmpty.Round(time.Millisecond), compute.Round(time.Millisecond), stats.Chains, stats.SetOps, rules,
 			labelChange.Round(time.Millisecond), change.Chains, change.SetOps, full.Round(time.Millisecond), labelChange.Seconds()/full.Seconds())
+	}
+}
+
+// BenchmarkPodCache measures the heap a pod costs in the controller's informer cache, as a PodInfo,
+// against keeping the whole object (the baseline: an informer without the transform).
+func BenchmarkPodCache(b *testing.B) {
+	const n = 20000
+	full := func(i int) *corev1.Pod {
+		p := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("web-7d9f8c6b5-%05d", i), Namespace: fmt.Sprintf("ns%d", i%50),
+				UID: "0b6b3a1e-2f4c-4a8e-9d7b-1c2e3f4a5b6c", ResourceVersion: "123456789",
+				Labels:          map[string]string{"app": "web", "pod-template-hash": "7d9f8c6b5", "tier": "frontend"},
+				Annotations:     map[string]string{"kubectl.kubernetes.io/restartedAt": "2026-11-01T10:00:00Z", "prometheus.io/scrape": "true"},
+				OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-7d9f8c6b5", UID: "x"}},
+				ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kube-controller-manager", Operation: "Update", APIVersion: "v1",
+					FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(strings.Repeat(`{"f:metadata":{}}`, 40))}}},
+			},
+			Spec: corev1.PodSpec{NodeName: fmt.Sprintf("node-%d", i%5000), ServiceAccountName: "default",
+				Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1.2.3", Args: []string{"--port=8080", "--log=json"},
+					Ports:        []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
+					Env:          []corev1.EnvVar{{Name: "A", Value: "1"}, {Name: "B", Value: "2"}, {Name: "C", Value: "3"}},
+					VolumeMounts: []corev1.VolumeMount{{Name: "kube-api-access", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount"}}}},
+				Volumes: []corev1.Volume{{Name: "kube-api-access"}}, Tolerations: []corev1.Toleration{{Key: "node.kubernetes.io/not-ready"}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.128.3.4", PodIPs: []corev1.PodIP{{IP: "10.128.3.4"}}, HostIP: "10.0.0.1",
+				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}, {Type: corev1.ContainersReady, Status: corev1.ConditionTrue},
+					{Type: corev1.PodInitialized, Status: corev1.ConditionTrue}, {Type: corev1.PodScheduled, Status: corev1.ConditionTrue}},
+				ContainerStatuses: []corev1.ContainerStatus{{Name: "web", Ready: true, Image: "registry.example/web:1.2.3", ImageID: "sha256:" + strings.Repeat("ab", 32), ContainerID: "containerd://" + strings.Repeat("cd", 32)}}},
+		}
+		return p
+	}
+	measure := func(keep func(*corev1.Pod) any) float64 {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		kept := make([]any, n)
+		for i := range n {
+			kept[i] = keep(full(i))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(kept)
+		return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / n
+	}
+	for b.Loop() {
+		stripped := measure(func(p *corev1.Pod) any { s, _ := ToPodInfo(p); return s })
+		whole := measure(func(p *corev1.Pod) any { return p })
+		b.ReportMetric(stripped, "B/pod")
+		b.ReportMetric(whole, "B/pod-unstripped")
+		b.Logf("informer cache: %.0f B per pod stripped, %.0f B whole (ratio %.2f): 550,000 pods (5,000 nodes x 110) = %.0f MiB",
+			stripped, whole, stripped/whole, stripped*550000/(1<<20))
 	}
 }

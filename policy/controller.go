@@ -11,8 +11,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
@@ -37,7 +41,8 @@ type Controller struct {
 	log      *slog.Logger
 	repair   time.Duration
 
-	pods     corelisters.PodLister
+	podInf   cache.SharedIndexInformer
+	pods     cache.Store // of *PodInfo
 	nss      corelisters.NamespaceLister
 	pols     netlisters.NetworkPolicyLister
 	nodes    corelisters.NodeLister
@@ -52,28 +57,32 @@ type Controller struct {
 
 const syncKey = "policy"
 
-// NewController registers its informers (Pods with a transform that keeps only what policies use) on
-// factory; call it before the factory starts. opts.PodCIDRs is ignored: the Node's pod CIDRs are used.
-// repair > 0 makes a full rewrite (a repair of drift) that often.
-func NewController(factory informers.SharedInformerFactory, fw Syncer, nodeName string, opts Options, repair time.Duration, log *slog.Logger) *Controller {
-	podInf := factory.Core().V1().Pods()
-	_ = podInf.Informer().SetTransform(StripPod)
+// NewController registers its Namespace, NetworkPolicy and Node informers on factory (call it before the
+// factory starts) and makes its own Pod informer on kube, which keeps PodInfos (not Pods: the shared factory's
+// Pod informer stays usable by others), started by Run. opts.PodCIDRs is ignored: the Node's pod CIDRs are
+// used. repair > 0 makes a full rewrite (a repair of drift) that often.
+func NewController(factory informers.SharedInformerFactory, kube kubernetes.Interface, fw Syncer, nodeName string, opts Options, repair time.Duration, log *slog.Logger) *Controller {
+	podInf := coreinformers.NewPodInformer(kube, metav1.NamespaceAll, 0, cache.Indexers{})
+	_ = podInf.SetTransform(ToPodInfo)
 	nsInf := factory.Core().V1().Namespaces()
 	polInf := factory.Networking().V1().NetworkPolicies()
 	nodeInf := factory.Core().V1().Nodes()
 	c := &Controller{
 		fw: fw, nodeName: nodeName, opts: opts, log: log, repair: repair,
-		pods: podInf.Lister(), nss: nsInf.Lister(), pols: polInf.Lister(), nodes: nodeInf.Lister(),
-		synced: []cache.InformerSynced{podInf.Informer().HasSynced, nsInf.Informer().HasSynced,
+		podInf: podInf, pods: podInf.GetStore(), nss: nsInf.Lister(), pols: polInf.Lister(), nodes: nodeInf.Lister(),
+		synced: []cache.InformerSynced{podInf.HasSynced, nsInf.Informer().HasSynced,
 			polInf.Informer().HasSynced, nodeInf.Informer().HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "networkpolicy"}),
 	}
 	enqueue := func(any) { c.queue.Add(syncKey) }
-	_, _ = podInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+	_, _ = podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue, DeleteFunc: enqueue,
 		UpdateFunc: func(o, n any) {
-			if !reflect.DeepEqual(o, n) { // StripPod leaves only what matters: status heartbeats are equal
+			a, okA := o.(*PodInfo)
+			b, okB := n.(*PodInfo)
+			// PodInfo holds only what matters: status heartbeats compare equal.
+			if !okA || !okB || a.Finished != b.Finished || !reflect.DeepEqual(a.Pod, b.Pod) {
 				enqueue(n)
 			}
 		},
@@ -99,30 +108,41 @@ func NewController(factory informers.SharedInformerFactory, fw Syncer, nodeName 
 // OnInitialSync sets f to run once after the first successful sync. Call it before Run.
 func (c *Controller) OnInitialSync(f func()) { c.onSynced = f }
 
-// StripPod is the Pod informer's transform: it keeps name, namespace, labels, node, hostNetwork, container
-// ports, phase and IPs, so a cluster's worth of pods costs little memory and heartbeats compare equal.
-func StripPod(obj any) (any, error) {
+// PodInfo is all the controller's Pod informer keeps of a Pod (its transform, ToPodInfo, makes it): about a
+// third of a whole Pod's heap, which matters on an agent that watches every pod of a large cluster.
+type PodInfo struct {
+	metav1.TypeMeta
+	metav1.ObjectMeta // Name, Namespace, Labels only
+	Pod               Pod
+	Finished          bool // Succeeded or Failed: its address may already be another pod's
+}
+
+// DeepCopyObject implements runtime.Object.
+func (p *PodInfo) DeepCopyObject() runtime.Object {
+	c := *p
+	c.ObjectMeta = *p.ObjectMeta.DeepCopy()
+	c.Pod.Labels = c.ObjectMeta.Labels
+	c.Pod.Ports = slices.Clone(p.Pod.Ports)
+	return &c
+}
+
+// ToPodInfo is the Pod informer's transform (tombstones and other objects pass through).
+func ToPodInfo(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
 	}
-	out := &corev1.Pod{}
-	out.Name, out.Namespace, out.UID, out.ResourceVersion = p.Name, p.Namespace, p.UID, p.ResourceVersion
-	out.Labels, out.DeletionTimestamp = p.Labels, p.DeletionTimestamp
-	out.Spec.NodeName, out.Spec.HostNetwork = p.Spec.NodeName, p.Spec.HostNetwork
-	for _, ct := range p.Spec.Containers {
-		if len(ct.Ports) > 0 {
-			out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: ct.Name, Ports: ct.Ports})
-		}
-	}
-	out.Status.Phase, out.Status.PodIP, out.Status.PodIPs = p.Status.Phase, p.Status.PodIP, p.Status.PodIPs
-	return out, nil
+	info := &PodInfo{Finished: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed}
+	info.Name, info.Namespace, info.Labels = p.Name, p.Namespace, p.Labels
+	info.Pod = *FromPod(p)
+	return info, nil
 }
 
 // Run starts the firewall (fixed chains, unready pods dropped), programs everything once the caches have
 // synced, then follows changes until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
 	defer c.queue.ShutDown()
+	go c.podInf.Run(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return
 	}
@@ -201,21 +221,19 @@ func (c *Controller) Desired() (*State, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	podObjs, err := c.pods.List(labels.Everything())
-	if err != nil {
-		return nil, 0, err
-	}
+	podObjs := c.pods.List()
 	nss := make([]*Namespace, 0, len(nsObjs))
 	for _, n := range nsObjs {
 		nss = append(nss, &Namespace{Name: n.Name, Labels: n.Labels})
 	}
 	pods := make([]*Pod, 0, len(podObjs))
 	var local []LocalPod
-	for _, p := range podObjs {
-		pp := FromPod(p)
-		if pp == nil {
+	for _, obj := range podObjs {
+		info, ok := obj.(*PodInfo)
+		if !ok || info.Finished {
 			continue
 		}
+		pp := &info.Pod
 		pods = append(pods, pp)
 		if pp.NodeName == c.nodeName && !pp.HostNetwork && pp.IP.IsValid() {
 			local = append(local, LocalPod{Key: pp.Namespace + "/" + pp.Name, IP: pp.IP})
@@ -225,11 +243,8 @@ func (c *Controller) Desired() (*State, int, error) {
 	return Build(fws, local, o), len(pols), nil
 }
 
-// FromPod converts a Pod; nil for pods that finished (their address may already belong to another pod).
+// FromPod converts a Pod (whatever its phase).
 func FromPod(p *corev1.Pod) *Pod {
-	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-		return nil
-	}
 	out := &Pod{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels, HostNetwork: p.Spec.HostNetwork, NodeName: p.Spec.NodeName}
 	ips := p.Status.PodIPs
 	if len(ips) == 0 && p.Status.PodIP != "" {

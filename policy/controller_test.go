@@ -80,7 +80,7 @@ func TestController(t *testing.T) {
 
 	factory := informers.NewSharedInformerFactory(kube, 0)
 	fw := &recordSyncer{}
-	c := NewController(factory, fw, "n1", Options{Reject: true}, 0, slog.Default())
+	c := NewController(factory, kube, fw, "n1", Options{Reject: true}, 0, slog.Default())
 	if err := c.Start(node); err != nil {
 		t.Fatal(err)
 	}
@@ -101,9 +101,9 @@ func TestController(t *testing.T) {
 	}
 
 	// The informer keeps only what policies use.
-	stripped, _ := c.pods.Pods("a").Get("web")
-	if len(stripped.Status.Conditions) != 0 || stripped.Spec.Containers[0].Env != nil || stripped.Spec.Containers[0].Ports[0].Name != "http" {
-		t.Errorf("pod not stripped: %+v", stripped)
+	obj, _, _ := c.pods.GetByKey("a/web")
+	if info, ok := obj.(*PodInfo); !ok || info.Pod.Ports[0].Name != "http" || info.Pod.IP != web || info.Labels["app"] != "web" {
+		t.Errorf("informer keeps %#v", obj)
 	}
 
 	// A status heartbeat (conditions only) queues nothing.

@@ -230,7 +230,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		iptables = it
 	}
 	// The firewall starts before the CNI config is written: a pod made from then on is dropped until its rules exist.
-	if err := startFirewall(ctx, cfg, self, factory, reg, log.With("component", "policy")); err != nil {
+	if err := startFirewall(ctx, cfg, self, kube, factory, reg, log.With("component", "policy")); err != nil {
 		return err
 	}
 	setup := nodesetup.New(nodesetup.Config{
@@ -334,7 +334,7 @@ func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, lo
 
 // startFirewall starts the NetworkPolicy controller, or with --run-firewall=false removes what an earlier run
 // programmed.
-func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, factory informers.SharedInformerFactory, reg *prometheus.Registry, log *slog.Logger) error {
+func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, kube kubernetes.Interface, factory informers.SharedInformerFactory, reg *prometheus.Registry, log *slog.Logger) error {
 	fw, err := policy.NewHost(ipt.Detect(), log)
 	if err != nil {
 		if !cfg.RunFirewall {
@@ -355,7 +355,7 @@ func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, f
 			log.Error("cannot enable br_netfilter: traffic between pods of this node is not policed", "err", err)
 		}
 	}
-	ctrl := policy.NewController(factory, fw, cfg.NodeName, policy.Options{Reject: cfg.PolicyReject, Log: cfg.PolicyLog,
+	ctrl := policy.NewController(factory, kube, fw, cfg.NodeName, policy.Options{Reject: cfg.PolicyReject, Log: cfg.PolicyLog,
 		NFLOGGroup: cfg.PolicyLogGroup}, 30*time.Minute, log)
 	if err := ctrl.Start(self); err != nil {
 		return fmt.Errorf("network policy firewall: %w", err)
