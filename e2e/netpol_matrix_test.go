@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +69,7 @@ func npContainerPorts() []corev1.ContainerPort {
 type npPod struct {
 	NS, Name string // x, a
 	*lab.Pod
+	server *lab.Proc // its netpold
 }
 
 // ID is the pod as the matrix names it: x/a.
@@ -190,30 +191,35 @@ func (e *netpolEnv) format(m *npMatrix, exp expectation) string {
 			continue
 		}
 		fmt.Fprintf(&b, "\n%s: %d of %d cells differ (rows = from, columns = to, . allowed, X denied, * differs)\n", port, wrong[port], len(e.pods)*len(e.pods))
-		header := "       "
+		header := fmt.Sprintf("%-7s", "")
 		for _, to := range e.pods {
-			header += fmt.Sprintf(" %-4s", to.ID())
+			header += fmt.Sprintf("%-6s", to.ID())
 		}
-		fmt.Fprintf(&b, "%-46s%s\n", "expected:"+header[9:], "observed:"+header[9:])
+		width := len(header)
+		fmt.Fprintf(&b, "%-*s | %s\n", width, "expected", "observed")
+		fmt.Fprintf(&b, "%-*s | %s\n", width, header, header)
 		var errs []string
 		for i, from := range e.pods {
 			exps, obs := fmt.Sprintf("%-7s", from.ID()), fmt.Sprintf("%-7s", from.ID())
 			for j, to := range e.pods {
 				want := i == j || exp(from, to, port)
 				got := m.ok[port][i][j]
-				exps += fmt.Sprintf(" %-4s", mark(want))
+				exps += fmt.Sprintf("%-6s", mark(want))
 				cell := mark(got)
 				if got != want {
 					cell += "*"
 					why := m.why[port][i][j]
 					if why == "" {
-						why = "connected"
+						why = "answered"
 					}
 					errs = append(errs, fmt.Sprintf("  %s -> %s (%s) %s: want %s, got %s", from.ID(), to.ID(), to.IP, port, word(want), why))
 				}
-				obs += fmt.Sprintf(" %-4s", cell)
+				obs += fmt.Sprintf("%-6s", cell)
 			}
-			fmt.Fprintf(&b, "%-46s%s\n", exps, obs)
+			fmt.Fprintf(&b, "%-*s | %s\n", width, exps, strings.TrimRight(obs, " "))
+		}
+		if len(errs) > 12 {
+			errs = append(errs[:12], fmt.Sprintf("  … and %d more", len(errs)-12))
 		}
 		b.WriteString(strings.Join(errs, "\n") + "\n")
 	}
@@ -259,21 +265,56 @@ func (e *netpolEnv) expect(t *testing.T, what string, since time.Time, exp expec
 	return -1
 }
 
-// waitCell probes one cell every 50 ms (short timeouts) until its result is want, and returns how long that took
-// after since; it fails the test after limit.
+// waitCell times a change on one cell: it starts a probe (250 ms timeout) every 25 ms until one started later
+// than the others gets result want and every probe started after it too, and returns when that probe started,
+// after since. It fails the test if no probe started within limit of since gets want.
 func (e *netpolEnv) waitCell(t *testing.T, since time.Time, limit time.Duration, from, to *npPod, port npPort, want bool) time.Duration {
 	t.Helper()
-	for {
-		err := probeOne(context.Background(), from.Pod, to.IP, port, to.ID(), 250*time.Millisecond)
-		if (err == nil) == want {
-			return time.Since(since)
-		}
-		if time.Since(since) > limit {
-			t.Errorf("%s -> %s %s: still %s %s after the change (%v)", from.ID(), to.ID(), port, word(!want), limit, err)
-			return -1
-		}
-		time.Sleep(50 * time.Millisecond)
+	type result struct {
+		start time.Time
+		ok    bool
+		err   error
 	}
+	var (
+		mu      sync.Mutex
+		results []result
+		wg      sync.WaitGroup
+	)
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for time.Since(since) <= limit {
+		wg.Add(1)
+		go func(start time.Time) {
+			defer wg.Done()
+			err := probeOne(context.Background(), from.Pod, to.IP, port, to.ID(), 250*time.Millisecond)
+			mu.Lock()
+			results = append(results, result{start, (err == nil) == want, err})
+			mu.Unlock()
+		}(time.Now())
+		mu.Lock()
+		done := false
+		for _, r := range results {
+			done = done || r.ok
+		}
+		mu.Unlock()
+		if done {
+			break
+		}
+		<-tick.C
+	}
+	wg.Wait()
+	slices.SortFunc(results, func(a, b result) int { return a.start.Compare(b.start) })
+	// The first probe from which on every probe got want.
+	at := -1
+	for i := len(results) - 1; i >= 0 && results[i].ok; i-- {
+		at = i
+	}
+	if at < 0 {
+		last := results[len(results)-1]
+		t.Errorf("%s -> %s %s: still %s %s after the change (%v)", from.ID(), to.ID(), port, word(!want), limit, last.err)
+		return -1
+	}
+	return results[at].start.Sub(since)
 }
 
 // setupNetpol creates the namespaces and the nine pods with their servers, and waits until every pod reaches
@@ -296,7 +337,7 @@ func setupNetpol(t *testing.T) *netpolEnv {
 			node := l.Nodes[(i+j)%len(l.Nodes)]
 			p := &npPod{NS: ns, Name: name}
 			p.Pod = e.addPod(t, node, ns, ns+"-"+name, map[string]string{"pod": name}, npContainerPorts(), nil)
-			e.startServer(t, p.Pod, p.ID())
+			p.server = e.startServer(t, p.Pod, p.ID())
 			e.pods = append(e.pods, p)
 		}
 	}
