@@ -51,6 +51,10 @@ type NetConf struct {
 	DataDir string `json:"dataDir,omitempty"`
 	// Hairpin lets a pod reach itself through the bridge (a Service VIP that lands on itself); default true.
 	Hairpin *bool `json:"hairpin,omitempty"`
+	// AgentSocket is the agent's unix socket: after ADD the plugin tells the agent the pod's address and waits
+	// (at most AgentWait) until the pod's firewall rules exist, so its traffic flows before the kubelet reports
+	// the address. Empty: no such call. It never fails ADD.
+	AgentSocket string `json:"agentSocket,omitempty"`
 
 	// LegacyAttachments is the GC attachment list under the key libcni also sends (CNI issue #1101).
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
@@ -66,6 +70,7 @@ type Config struct {
 	PodCIDRs        []netip.Prefix
 	DataDir         string
 	Hairpin         bool
+	AgentSocket     string
 
 	// PrevResult is the runtime's record of the ADD result (CHECK and DEL); nil if none was sent.
 	PrevResult *current.Result
@@ -102,6 +107,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		MTU:             n.MTU,
 		OverlayOverhead: n.OverlayOverhead,
 		DataDir:         n.DataDir,
+		AgentSocket:     n.AgentSocket,
 		Hairpin:         true,
 	}
 	if n.Hairpin != nil {

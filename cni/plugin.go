@@ -263,6 +263,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (_ *current.Result, cniVersion string, 
 	if err := stage("addressed"); err != nil {
 		return nil, "", err
 	}
+	if cfg.AgentSocket != "" && len(res.IPs) > 0 {
+		notifyAgent(cfg.AgentSocket, args.Args, res.IPs[0].Address.IP.String(), AgentWait)
+	}
 	return res, cfg.CNIVersion, nil
 }
 

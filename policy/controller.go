@@ -53,6 +53,10 @@ type Controller struct {
 	mu     sync.Mutex
 	last   Stats
 	policy int
+
+	hmu     sync.Mutex
+	hints   map[string]hint // namespace/name -> address the CNI plugin reported
+	waiters []waiter
 }
 
 const syncKey = "policy"
@@ -207,6 +211,12 @@ func podCIDRs(n *corev1.Node) []netip.Prefix {
 
 // Desired computes the State for the current caches.
 func (c *Controller) Desired() (*State, int, error) {
+	st, n, _, err := c.desired()
+	return st, n, err
+}
+
+// desired also returns the local pods whose address the API has (their hints are no longer needed).
+func (c *Controller) desired() (*State, int, map[string]bool, error) {
 	node, err := c.nodes.Get(c.nodeName)
 	if err != nil {
 		node = nil // no Node: no pod CIDR, nothing local to police
@@ -215,11 +225,11 @@ func (c *Controller) Desired() (*State, int, error) {
 	o.PodCIDRs = podCIDRs(node)
 	pols, err := c.pols.List(labels.Everything())
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	nsObjs, err := c.nss.List(labels.Everything())
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	podObjs := c.pods.List()
 	nss := make([]*Namespace, 0, len(nsObjs))
@@ -228,19 +238,39 @@ func (c *Controller) Desired() (*State, int, error) {
 	}
 	pods := make([]*Pod, 0, len(podObjs))
 	var local []LocalPod
+	apiKnown := map[string]bool{}
 	for _, obj := range podObjs {
 		info, ok := obj.(*PodInfo)
 		if !ok || info.Finished {
 			continue
 		}
 		pp := &info.Pod
+		if pp.NodeName == c.nodeName && !pp.HostNetwork {
+			key := pp.Namespace + "/" + pp.Name
+			if pp.IP.IsValid() {
+				apiKnown[key] = true
+			} else if ip, ok := c.hinted(key); ok && inAny(o.PodCIDRs, ip) {
+				cp := *pp // never modify the informer's object
+				cp.IP = ip
+				pp = &cp
+			}
+		}
 		pods = append(pods, pp)
 		if pp.NodeName == c.nodeName && !pp.HostNetwork && pp.IP.IsValid() {
 			local = append(local, LocalPod{Key: pp.Namespace + "/" + pp.Name, IP: pp.IP})
 		}
 	}
 	fws := Compute(pols, pods, nss, c.nodeName)
-	return Build(fws, local, o), len(pols), nil
+	return Build(fws, local, o), len(pols), apiKnown, nil
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // FromPod converts a Pod (whatever its phase).
@@ -268,7 +298,7 @@ func FromPod(p *corev1.Pod) *Pod {
 
 func (c *Controller) sync() error {
 	start := time.Now()
-	st, npol, err := c.Desired()
+	st, npol, apiKnown, err := c.desired()
 	if err != nil {
 		syncErrors.Inc()
 		return err
@@ -280,6 +310,7 @@ func (c *Controller) sync() error {
 		c.log.Error("network policy sync failed; retrying with a full rewrite", "err", err)
 		return err
 	}
+	c.programmed(st, apiKnown)
 	policedPods.Set(float64(len(st.Ready)))
 	isolated.WithLabelValues("ingress").Set(float64(len(st.Ingress)))
 	isolated.WithLabelValues("egress").Set(float64(len(st.Egress)))
@@ -305,17 +336,19 @@ func (c *Controller) sync() error {
 var (
 	syncDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "canopy_policy_sync_duration_seconds",
 		Help: "Time to compute and program the network policies of this node", Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)})
-	syncErrors  = prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_policy_sync_errors_total", Help: "Failed network policy syncs"})
-	policedPods = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_pods", Help: "Local pods whose firewall is programmed"})
-	isolated    = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "canopy_policy_isolated_pods", Help: "Local pods isolated by a policy, by direction"}, []string{"direction"})
-	chains      = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_chains", Help: "iptables chains of the policy data path"})
-	sets        = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_ipsets", Help: "ipsets of the policy data path"})
-	conflicts   = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_address_conflicts", Help: "Addresses claimed by several local pods (kept unready)"})
+	syncErrors    = prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_policy_sync_errors_total", Help: "Failed network policy syncs"})
+	policedPods   = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_pods", Help: "Local pods whose firewall is programmed"})
+	isolated      = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "canopy_policy_isolated_pods", Help: "Local pods isolated by a policy, by direction"}, []string{"direction"})
+	chains        = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_chains", Help: "iptables chains of the policy data path"})
+	sets          = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_ipsets", Help: "ipsets of the policy data path"})
+	conflicts     = prometheus.NewGauge(prometheus.GaugeOpts{Name: "canopy_policy_address_conflicts", Help: "Addresses claimed by several local pods (kept unready)"})
+	hintsReceived = prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_policy_cni_hints_total", Help: "Pod addresses the CNI plugin reported before the API had them"})
+	hintsRefused  = prometheus.NewCounter(prometheus.CounterOpts{Name: "canopy_policy_cni_hints_refused_total", Help: "CNI hints refused as malformed"})
 )
 
 // Collectors returns the package's metrics; counters is read at scrape time (nil: no packet counters).
 func Collectors(counters func() (Counters, error)) []prometheus.Collector {
-	cs := []prometheus.Collector{syncDuration, syncErrors, policedPods, isolated, chains, sets, conflicts}
+	cs := []prometheus.Collector{syncDuration, syncErrors, policedPods, isolated, chains, sets, conflicts, hintsReceived, hintsRefused}
 	if counters != nil {
 		cs = append(cs, &denyCollector{read: counters})
 	}

@@ -1,9 +1,13 @@
 package policy
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -135,4 +139,76 @@ func TestController(t *testing.T) {
 	waitFor(t, "the policy deletion", func() bool { return len(fw.last().Ingress) == 0 })
 	_ = kube.CoreV1().Pods("a").Delete(ctx, "web", metav1.DeleteOptions{})
 	waitFor(t, "the pod deletion", func() bool { return len(fw.last().Ready) == 0 })
+}
+
+// The CNI plugin's hint makes a new pod ready before the API has its address.
+func TestControllerHint(t *testing.T) {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}}}
+	pending := kpod("new", "n1", "", map[string]string{"app": "web"})
+	pending.Status = corev1.PodStatus{Phase: corev1.PodPending}
+	kube := fake.NewClientset(node, pending, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a"}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	fw := &recordSyncer{}
+	c := NewController(factory, kube, fw, "n1", Options{}, 0, slog.Default())
+	factory.Start(ctx.Done())
+	go c.Run(ctx)
+	waitFor(t, "the first sync", func() bool { return fw.n() > 0 })
+
+	if _, err := c.Hint("a", "Bad_Name", addr("10.244.1.7")); err == nil {
+		t.Error("a malformed pod name was accepted")
+	}
+	outside, err := c.Hint("a", "new", addr("10.9.9.9")) // not this node's pod CIDR: ignored
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-outside:
+		t.Fatal("an address outside the node's pod CIDR was made ready")
+	case <-time.After(300 * time.Millisecond):
+	}
+	ch, err := c.Hint("a", "new", addr("10.244.1.7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hinted pod was never programmed")
+	}
+	if !fw.last().Ready[addr("10.244.1.7")] {
+		t.Error("hinted address not ready")
+	}
+
+	// Over the socket, as the plugin does it.
+	sock := t.TempDir() + "/agent.sock"
+	if err := c.ServeHints(ctx, sock, 2*time.Second, slog.Default()); err != nil {
+		t.Fatal(err)
+	}
+	ask := func(msg string) string {
+		conn, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintln(conn, msg)
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		return strings.TrimSpace(line)
+	}
+	if got := ask(`{"namespace":"a","name":"new","ip":"10.244.1.8"}`); got != `{"programmed":true}` {
+		t.Errorf("socket answer %s", got)
+	}
+	if got := ask(`{"namespace":"a","name":"new","ip":"nonsense"}`); !strings.Contains(got, `"programmed":false`) {
+		t.Errorf("socket answer to a bad hint: %s", got)
+	}
+
+	// Once the API has the address, it wins and the hint is forgotten.
+	p, _ := kube.CoreV1().Pods("a").Get(ctx, "new", metav1.GetOptions{})
+	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.9", PodIPs: []corev1.PodIP{{IP: "10.244.1.9"}}}
+	_, _ = kube.CoreV1().Pods("a").UpdateStatus(ctx, p, metav1.UpdateOptions{})
+	waitFor(t, "the API address", func() bool { st := fw.last(); return st.Ready[addr("10.244.1.9")] && len(st.Ready) == 1 })
+	if _, ok := c.hinted("a/new"); ok {
+		t.Error("hint kept after the API caught up")
+	}
 }

@@ -96,6 +96,7 @@ func bindFlags(fs *flag.FlagSet, r *config.Raw) {
 	fs.BoolVar(&r.PolicyReject, "policy-reject", false, "reject packets a NetworkPolicy denies (TCP reset, else ICMP port unreachable) instead of dropping them")
 	fs.StringVar(&r.PolicyLog, "policy-log", "off", "log packets a NetworkPolicy denies, rate-limited to 10/s: off, log (kernel log) or nflog (group --policy-log-group)")
 	fs.IntVar(&r.PolicyLogGroup, "policy-log-group", 100, "NFLOG group for --policy-log=nflog")
+	fs.StringVar(&r.CNIAgentSocket, "cni-agent-socket", "/run/canopy/cni.sock", "unix socket where the CNI plugin reports a new pod's address, so its firewall is programmed before the kubelet reports it (with --run-firewall); empty = off")
 	fs.Var((*stringList)(&r.NodePortAddresses), "nodeport-addresses", "CIDRs of the node addresses NodePorts listen on (default: the node IP)")
 	fs.BoolVar(&r.AdvertiseClusterIP, "advertise-cluster-ip", false, "announce Service ClusterIPs (/32) to external peers")
 	fs.BoolVar(&r.AdvertiseExternalIP, "advertise-external-ip", true, "announce Service ExternalIPs inside --service-external-ip-range")
@@ -230,14 +231,15 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		iptables = it
 	}
 	// The firewall starts before the CNI config is written: a pod made from then on is dropped until its rules exist.
-	if err := startFirewall(ctx, cfg, self, kube, factory, reg, log.With("component", "policy")); err != nil {
+	hintSocket, err := startFirewall(ctx, cfg, self, kube, factory, reg, log.With("component", "policy"))
+	if err != nil {
 		return err
 	}
 	setup := nodesetup.New(nodesetup.Config{
 		NodeName: cfg.NodeName, CNIConfDir: cfg.CNIConfDir, CNIBinDir: cfg.CNIBinDir, CNIPlugin: cfg.CNIPlugin,
 		CNIDataDir: cfg.CNIDataDir, CNIMTU: cfg.CNIMTU, PodEgress: cfg.PodEgress,
 		NoMasqTo: append(slices.Clone(cfg.ClusterCIDRs), cfg.ServiceCIDRs...), PodCIDRFunc: bgp.PodCIDRs,
-		ClusterCIDRs: cfg.ClusterCIDRs,
+		ClusterCIDRs: cfg.ClusterCIDRs, CNIAgentSocket: hintSocket,
 	}, iptables, log.With("component", "nodesetup"))
 	if err := setup.Start(ctx, factory); err != nil {
 		return err
@@ -332,21 +334,21 @@ func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, lo
 	}
 }
 
-// startFirewall starts the NetworkPolicy controller, or with --run-firewall=false removes what an earlier run
-// programmed.
-func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, kube kubernetes.Interface, factory informers.SharedInformerFactory, reg *prometheus.Registry, log *slog.Logger) error {
+// startFirewall starts the NetworkPolicy controller and the socket the CNI plugin reports new pods on (its path
+// is returned, "" if none), or with --run-firewall=false removes what an earlier run programmed.
+func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, kube kubernetes.Interface, factory informers.SharedInformerFactory, reg *prometheus.Registry, log *slog.Logger) (string, error) {
 	fw, err := policy.NewHost(ipt.Detect(), log)
 	if err != nil {
 		if !cfg.RunFirewall {
-			return nil
+			return "", nil
 		}
-		return fmt.Errorf("network policy firewall: %w", err)
+		return "", fmt.Errorf("network policy firewall: %w", err)
 	}
 	if !cfg.RunFirewall {
 		if err := fw.Cleanup(); err != nil {
 			log.Debug("removing network policy chains (firewall off)", "err", err)
 		}
-		return nil
+		return "", nil
 	}
 	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables.
 	if err := os.WriteFile("/proc/sys/net/bridge/bridge-nf-call-iptables", []byte("1"), 0o644); err != nil {
@@ -358,11 +360,18 @@ func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, k
 	ctrl := policy.NewController(factory, kube, fw, cfg.NodeName, policy.Options{Reject: cfg.PolicyReject, Log: cfg.PolicyLog,
 		NFLOGGroup: cfg.PolicyLogGroup}, 30*time.Minute, log)
 	if err := ctrl.Start(self); err != nil {
-		return fmt.Errorf("network policy firewall: %w", err)
+		return "", fmt.Errorf("network policy firewall: %w", err)
 	}
 	reg.MustRegister(policy.Collectors(fw.Counters)...)
+	socket := cfg.CNIAgentSocket
+	if socket != "" {
+		if err := ctrl.ServeHints(ctx, socket, 2500*time.Millisecond, log); err != nil {
+			log.Error("CNI hint socket: new pods wait for the kubelet to report their address", "path", socket, "err", err)
+			socket = ""
+		}
+	}
 	go ctrl.Run(ctx)
-	return nil
+	return socket, nil
 }
 
 // startProxy picks the back end (IPVS only where the kernel has it) and starts the service proxy.

@@ -25,6 +25,8 @@ type Options struct {
 	MTU      int    // 0 = the plugin detects it
 	DataDir  string // "" = the plugin's default
 	Portmap  bool   // chain the standard portmap plugin
+	// AgentSocket is the agent's unix socket the plugin reports new pods' addresses to ("" = none).
+	AgentSocket string
 }
 
 // Render returns the conflist's JSON.
@@ -45,6 +47,9 @@ func Render(o Options) ([]byte, error) {
 	}
 	if o.DataDir != "" {
 		main["dataDir"] = o.DataDir
+	}
+	if o.AgentSocket != "" {
+		main["agentSocket"] = o.AgentSocket
 	}
 	plugins := []any{main}
 	if o.Portmap {

@@ -31,6 +31,7 @@ func (n *Node) cniAgentArgs() []string {
 	return []string{
 		"--cni-conf-dir=" + n.cniDir("net.d"), "--cni-bin-dir=" + n.cniDir("bin"), "--cni-plugin=" + c.CNIPlugin,
 		"--cni-data-dir=" + n.cniDir("data"), "--service-cluster-ip-range=" + c.ServiceCIDR.String(),
+		"--cni-agent-socket=" + filepath.Join(n.cniDir(""), "agent.sock"),
 	}
 }
 

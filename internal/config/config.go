@@ -58,6 +58,7 @@ type Raw struct {
 	PolicyReject   bool
 	PolicyLog      string
 	PolicyLogGroup int
+	CNIAgentSocket string
 
 	AdvertiseClusterIP      bool
 	AdvertiseExternalIP     bool
@@ -120,6 +121,7 @@ type Config struct {
 	PolicyReject   bool
 	PolicyLog      string // "", "log" or "nflog"
 	PolicyLogGroup int
+	CNIAgentSocket string // "" = none
 
 	AdvertiseClusterIP      bool
 	AdvertiseExternalIP     bool
@@ -169,6 +171,7 @@ func (r Raw) Validate() (*Config, error) {
 		PolicyReject:    r.PolicyReject,
 		PolicyLog:       strings.ToLower(r.PolicyLog),
 		PolicyLogGroup:  r.PolicyLogGroup,
+		CNIAgentSocket:  r.CNIAgentSocket,
 
 		AdvertiseClusterIP:      r.AdvertiseClusterIP,
 		AdvertiseExternalIP:     r.AdvertiseExternalIP,
@@ -241,6 +244,9 @@ func (r Raw) Validate() (*Config, error) {
 		c.PolicyLog = ""
 	default:
 		bad("policy-log", "%q is not off, log or nflog", r.PolicyLog)
+	}
+	if r.CNIAgentSocket != "" && (!filepath.IsAbs(r.CNIAgentSocket) || len(r.CNIAgentSocket) > 100) {
+		bad("cni-agent-socket", "%q: want an absolute path of at most 100 bytes (a unix socket)", r.CNIAgentSocket)
 	}
 	if r.PolicyLogGroup < 0 || r.PolicyLogGroup > 65535 {
 		bad("policy-log-group", "%d is outside 0..65535", r.PolicyLogGroup)

@@ -29,8 +29,10 @@ type Config struct {
 	CNIPlugin  string // the plugin binary to install
 	CNIDataDir string // the plugin's IPAM dir ("" = its default)
 	CNIMTU     int
-	PodEgress  bool
-	NoMasqTo   []netip.Prefix // the cluster's pod and service networks
+	// CNIAgentSocket goes into the conflist: the plugin reports new pods' addresses there ("" = none).
+	CNIAgentSocket string
+	PodEgress      bool
+	NoMasqTo       []netip.Prefix // the cluster's pod and service networks
 	// ClusterCIDRs are the pod networks: forwarded traffic from or to them is accepted at the end of FORWARD
 	// (hosts whose FORWARD policy is DROP). None: no such chain.
 	ClusterCIDRs []netip.Prefix
@@ -131,7 +133,8 @@ func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
 				portmap = true
 			}
 		}
-		data, err := conflist.Render(conflist.Options{PodCIDRs: v4, MTU: s.cfg.CNIMTU, DataDir: s.cfg.CNIDataDir, Portmap: portmap})
+		data, err := conflist.Render(conflist.Options{PodCIDRs: v4, MTU: s.cfg.CNIMTU, DataDir: s.cfg.CNIDataDir, Portmap: portmap,
+			AgentSocket: s.cfg.CNIAgentSocket})
 		if err != nil {
 			return err
 		}

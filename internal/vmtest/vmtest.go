@@ -415,6 +415,10 @@ func Quote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// GuestEnv is the environment a program in the guest gets from env: env plus EnvInVM=1, with the sbin
+// directories on PATH.
+func GuestEnv(env []string) []string { return guestEnv(env) }
+
 // guestEnv is env plus EnvInVM=1, with the sbin directories on PATH (the guest runs as root: sysctl, ip,
 // modprobe live there).
 func guestEnv(env []string) []string {
