@@ -3,7 +3,8 @@
 // endpoints, programmed through netlink (github.com/moby/ipvs). ClusterIPs, ExternalIPs and LoadBalancer IPs
 // are bound to the dummy interface canopy-ipvs0 so the kernel accepts traffic for them; one nat chain,
 // CANOPY-POSTROUTING-IPVS, masquerades IPVS traffic that does not come from the pod network (so replies come
-// back through this node), except external traffic to externalTrafficPolicy: Local services.
+// back through this node), except external traffic to externalTrafficPolicy: Local services, and a local pod's
+// connection that IPVS sent back to the same pod (hairpin).
 //
 // Sync is incremental: what is applied is kept in memory (rebuilt from the kernel by New), and a Sync diffs
 // only the keys it is given, issuing netlink calls only for what differs. Nothing is ever flushed.
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -118,6 +120,8 @@ type keyWant struct {
 	vs     map[vsKey]*vsState
 	addrs  map[netip.Addr]bool // bound to Interface
 	locals map[vsKey]bool      // external virtual services not to masquerade (externalTrafficPolicy: Local)
+	// hairpins are the IPv4 endpoints on this node: a pod IPVS sends its own connection to is masqueraded.
+	hairpins map[netip.Addr]bool
 }
 
 // Backend programs IPVS. It is safe for concurrent use.
@@ -135,6 +139,7 @@ type Backend struct {
 	bound   map[netip.Addr]bool // addresses on Interface
 	users   map[netip.Addr]int  // keys wanting each address bound
 	nodeIPs map[netip.Addr]bool // for Prune
+	hairpin map[netip.Addr]int  // keys wanting a hairpin rule for each local endpoint
 	retry   map[vsKey]bool      // virtual services whose deletion failed
 	unbind  []netip.Addr        // addresses whose removal failed
 	closers []func()
@@ -151,7 +156,7 @@ func New(cfg Config) (*Backend, error) {
 		cfg: cfg, log: log, h: cfg.Handle, addrs: cfg.Addresses,
 		applied: map[vsKey]*vsState{}, owner: map[vsKey]string{}, claims: map[string]*keyWant{},
 		bound: map[netip.Addr]bool{}, users: map[netip.Addr]int{}, nodeIPs: map[netip.Addr]bool{},
-		retry: map[vsKey]bool{},
+		retry: map[vsKey]bool{}, hairpin: map[netip.Addr]int{},
 	}
 	for _, ip := range cfg.NodeIPs {
 		b.nodeIPs[ip.Unmap()] = true
@@ -364,6 +369,24 @@ func (b *Backend) syncKey(key string, sp *proxy.ServicePort) error {
 		if err := b.masq.update(old.locals, want.locals); err != nil {
 			errs = append(errs, err)
 		}
+		touched := map[netip.Addr]bool{}
+		for a := range want.hairpins {
+			if !old.hairpins[a] {
+				b.hairpin[a]++
+			}
+			touched[a] = true
+		}
+		for a := range old.hairpins {
+			if !want.hairpins[a] {
+				if b.hairpin[a]--; b.hairpin[a] <= 0 {
+					delete(b.hairpin, a)
+				}
+			}
+			touched[a] = true
+		}
+		if err := b.masq.hairpin(touched, b.hairpin); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	for a := range old.addrs {
@@ -471,7 +494,8 @@ func (b *Backend) refresh(k vsKey) {
 }
 
 // Prune removes what the kernel had when New ran and no Sync has claimed since: virtual services on addresses
-// bound to Interface or on node IPs, addresses on Interface, and the chain's Local exceptions. Call it once
+// bound to Interface or on node IPs, addresses on Interface, and the chain's Local exceptions and hairpin
+// rules. Call it once
 // after the first full Sync (an agent restarted while services were deleted leaves them behind otherwise).
 func (b *Backend) Prune() error {
 	b.mu.Lock()
@@ -509,19 +533,29 @@ func (b *Backend) Prune() error {
 		if err := b.masq.prune(claimed); err != nil {
 			errs = append(errs, err)
 		}
+		if err := b.masq.hairpin(maps.Clone(b.masq.hairpins), b.hairpin); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
 
 // build turns a service port into the virtual services, addresses and masquerade exceptions it needs.
 func (b *Backend) build(sp *proxy.ServicePort) *keyWant {
-	w := &keyWant{vs: map[vsKey]*vsState{}, addrs: map[netip.Addr]bool{}, locals: map[vsKey]bool{}}
+	w := &keyWant{vs: map[vsKey]*vsState{}, addrs: map[netip.Addr]bool{}, locals: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
 	if sp == nil {
 		return w
 	}
 	proto := protoNumber(sp.Protocol)
 	if proto == 0 {
 		return w
+	}
+	for _, eps := range [][]proxy.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
+		for _, e := range eps {
+			if e.Local && e.IP.Unmap().Is4() {
+				w.hairpins[e.IP.Unmap()] = true
+			}
+		}
 	}
 	sched := sp.Scheduler
 	if sched == "" || sched == "random" {

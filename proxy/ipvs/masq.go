@@ -18,6 +18,9 @@ const Chain = "CANOPY-POSTROUTING-IPVS"
 const (
 	jumpComment  = "canopy: IPVS masquerade"
 	localComment = "canopy-ipvs local " // + vsKey: external traffic to a Local-policy service keeps its source
+	// + endpoint address: a local pod that IPVS sent its own connection back to (hairpin) is masqueraded, or it
+	// would drop a packet from its own address, and its reply would skip IPVS.
+	hairpinComment = "canopy-ipvs hairpin "
 )
 
 // IPTables is the part of go-iptables the chain needs (it must act in the namespace being programmed).
@@ -33,9 +36,10 @@ type IPTables interface {
 }
 
 type masq struct {
-	ipt  IPTables
-	log  *slog.Logger
-	have map[vsKey]bool // Local exceptions in the chain
+	ipt      IPTables
+	log      *slog.Logger
+	have     map[vsKey]bool      // Local exceptions in the chain
+	hairpins map[netip.Addr]bool // hairpin rules in the chain
 }
 
 // StaticRules is the chain's tail: pod-network sources keep their address, every other IPVS connection is
@@ -57,10 +61,29 @@ func localRule(k vsKey) []string {
 		"--vproto", strconv.Itoa(int(k.proto)), "-m", "comment", "--comment", localComment + k.String(), "-j", "RETURN"}
 }
 
+func hairpinRule(a netip.Addr) []string {
+	p := netip.PrefixFrom(a, a.BitLen()).String()
+	return []string{"-s", p, "-d", p, "-m", "ipvs", "--ipvs", "-m", "comment", "--comment", hairpinComment + a.String(), "-j", "MASQUERADE"}
+}
+
+// parseHairpin finds the endpoint address of a hairpin rule in an `iptables -S` line by its comment.
+func parseHairpin(line string) (netip.Addr, bool) {
+	i := strings.Index(line, hairpinComment)
+	if i < 0 {
+		return netip.Addr{}, false
+	}
+	f := strings.Fields(line[i+len(hairpinComment):])
+	if len(f) == 0 {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(strings.Trim(f[0], `"`))
+	return a, err == nil
+}
+
 // newMasq makes sure the chain, its jump and its static rules exist (rewriting the chain only when its static
 // rules differ) and reads back the Local exceptions it holds.
 func newMasq(ipt IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, error) {
-	m := &masq{ipt: ipt, log: log, have: map[vsKey]bool{}}
+	m := &masq{ipt: ipt, log: log, have: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
 	ok, err := ipt.ChainExists("nat", Chain)
 	if err != nil {
 		return nil, fmt.Errorf("nat %s: %w", Chain, err)
@@ -91,6 +114,10 @@ func newMasq(ipt IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, er
 			m.have[k] = true
 			continue
 		}
+		if a, ok := parseHairpin(l); ok {
+			m.hairpins[a] = true
+			continue
+		}
 		static = append(static, normalize(strings.TrimPrefix(l, "-A "+Chain+" ")))
 	}
 	var want []string
@@ -110,6 +137,11 @@ func newMasq(ipt IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, er
 	}
 	for k := range m.have {
 		if err := ipt.Insert("nat", Chain, 1, localRule(k)...); err != nil {
+			return nil, err
+		}
+	}
+	for a := range m.hairpins {
+		if err := ipt.Insert("nat", Chain, 1, hairpinRule(a)...); err != nil {
 			return nil, err
 		}
 	}
@@ -166,6 +198,28 @@ func (m *masq) update(old, want map[vsKey]bool) error {
 			continue
 		}
 		delete(m.have, k)
+	}
+	return errors.Join(errs...)
+}
+
+// hairpin makes the chain hold a hairpin rule for each of addrs exactly when users[addr] > 0.
+func (m *masq) hairpin(addrs map[netip.Addr]bool, users map[netip.Addr]int) error {
+	var errs []error
+	for a := range addrs {
+		switch want := users[a] > 0; {
+		case want && !m.hairpins[a]:
+			if err := m.ipt.Insert("nat", Chain, 1, hairpinRule(a)...); err != nil {
+				errs = append(errs, fmt.Errorf("nat %s: hairpin rule for %s: %w", Chain, a, err))
+				continue
+			}
+			m.hairpins[a] = true
+		case !want && m.hairpins[a]:
+			if err := m.ipt.Delete("nat", Chain, hairpinRule(a)...); err != nil {
+				errs = append(errs, fmt.Errorf("nat %s: remove hairpin rule for %s: %w", Chain, a, err))
+				continue
+			}
+			delete(m.hairpins, a)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -327,6 +327,57 @@ func TestParseLocal(t *testing.T) {
 	}
 }
 
+// A local endpoint gets one hairpin rule (before the pod network's RETURN) however many service ports it
+// backs; the rule goes with the last of them, and a restart reads it back (Prune removes one nobody claims).
+func TestHairpinRules(t *testing.T) {
+	r := newRig(t)
+	local := ready("10.244.0.5")
+	local.Local = true
+	a, b := svc(1, local, ready("10.244.1.2")), svc(2, local)
+	d := map[string]*proxy.ServicePort{a.Key: a, b.Key: b}
+	r.sync(t, d, all(d)...)
+	rule := spec(hairpinRule(local.IP))
+	chain := r.ipt.chains["nat/"+Chain]
+	if i := slices.Index(chain, rule); i < 0 || count(chain, rule) != 1 || i > slices.IndexFunc(chain, func(s string) bool { return strings.Contains(s, "RETURN") }) {
+		t.Fatalf("want one hairpin rule for %s before the RETURN rules:\n%s", local.IP, strings.Join(chain, "\n"))
+	}
+	if strings.Contains(strings.Join(chain, "\n"), "10.244.1.2") {
+		t.Errorf("a hairpin rule for a remote endpoint:\n%s", strings.Join(chain, "\n"))
+	}
+	if got, ok := parseHairpin("-A " + Chain + " " + rule); !ok || got != local.IP {
+		t.Errorf("parseHairpin = %v %v", got, ok)
+	}
+	delete(d, a.Key)
+	r.sync(t, d, a.Key)
+	if !slices.Contains(r.ipt.chains["nat/"+Chain], rule) {
+		t.Fatal("the hairpin rule went while service 2 still has the endpoint")
+	}
+	r.open(t) // restart: the rule is read back, not added twice
+	r.ipt.writes = 0
+	r.sync(t, d, all(d)...)
+	if r.ipt.writes != 0 || count(r.ipt.chains["nat/"+Chain], rule) != 1 {
+		t.Errorf("re-sync after restart: %d iptables writes, chain:\n%s", r.ipt.writes, strings.Join(r.ipt.chains["nat/"+Chain], "\n"))
+	}
+	r.open(t) // restart after service 2 was deleted: Prune removes the unclaimed rule
+	r.sync(t, map[string]*proxy.ServicePort{}, b.Key)
+	if err := r.b.Prune(); err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(r.ipt.chains["nat/"+Chain], rule) {
+		t.Errorf("Prune left the unclaimed hairpin rule:\n%s", strings.Join(r.ipt.chains["nat/"+Chain], "\n"))
+	}
+}
+
+func count(list []string, s string) int {
+	n := 0
+	for _, x := range list {
+		if x == s {
+			n++
+		}
+	}
+	return n
+}
+
 // A failed write is reported, and the next Sync of the key (or any Sync, for a failed deletion) repairs it.
 func TestFailedWritesAreRepaired(t *testing.T) {
 	r := newRig(t)
