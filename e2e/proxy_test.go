@@ -70,8 +70,13 @@ func webService(name, app string) *corev1.Service {
 	}
 }
 
+// dialer is where a test connects from: a lab host or pod (*lab.Host), or a pod in a VM node (*lab.VMPod).
+type dialer interface {
+	Dial(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
 // readLine connects from h to addr over network and returns the first line the server sends.
-func readLine(ctx context.Context, h *lab.Host, network, addr string) (string, error) {
+func readLine(ctx context.Context, h dialer, network, addr string) (string, error) {
 	c, err := h.Dial(ctx, network, addr)
 	if err != nil {
 		return "", err
@@ -88,7 +93,7 @@ func readLine(ctx context.Context, h *lab.Host, network, addr string) (string, e
 }
 
 // spread makes n connections and counts the answers.
-func spread(t *testing.T, h *lab.Host, addr string, n int) map[string]int {
+func spread(t *testing.T, h dialer, addr string, n int) map[string]int {
 	t.Helper()
 	seen := map[string]int{}
 	for range n {

@@ -64,6 +64,11 @@ type Config struct {
 	// default: a node then knows only the fabric subnet, and every other route it has came from the agent.
 	NodeDefaultRoute bool
 
+	// VMNodes are the indexes (1 = node1) of nodes that are qemu VMs instead of namespaces (see vmnode.go): Up
+	// gives each its credentials, its Node object and a tap device as its port on the ToR's bridge, but no
+	// namespace and no agent; Node.StartVM boots it. Empty: every node is a namespace.
+	VMNodes []int `json:",omitempty"`
+
 	// Logf receives progress lines (t.Logf, log.Printf); default silent.
 	Logf func(format string, args ...any) `json:"-"`
 }
@@ -135,6 +140,11 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.NodeCIDRMaskSize <= c.ClusterCIDR.Bits() || c.NodeCIDRMaskSize > 28 {
 		return c, fmt.Errorf("lab: NodeCIDRMaskSize %d does not fit ClusterCIDR %s", c.NodeCIDRMaskSize, c.ClusterCIDR)
+	}
+	for _, i := range c.VMNodes {
+		if i < 1 || i > c.Nodes {
+			return c, fmt.Errorf("lab: VMNodes: no node %d (Nodes=%d)", i, c.Nodes)
+		}
 	}
 	if len(c.AgentGroups) == 0 {
 		c.AgentGroups = []string{"system:masters"}

@@ -93,6 +93,9 @@ func (n *Node) StartAgent(extra ...string) error {
 	if l.cfg.AgentBin == "" {
 		return errors.New("lab: no agent (Config.AgentBin is empty)")
 	}
+	if n.IsVM() {
+		return fmt.Errorf("lab: %s is a VM: its agent starts with StartVM", n.Name)
+	}
 	l.mu.Lock()
 	if n.agent != nil {
 		if exited, _ := n.agent.Exited(); !exited {
@@ -193,6 +196,9 @@ func (l *Lab) AddPodWith(ctx context.Context, node *Node, name string, o PodOpti
 	}
 	if !node.PodCIDR.IsValid() {
 		return nil, fmt.Errorf("node %s has no pod CIDR", node.Name)
+	}
+	if node.IsVM() {
+		return nil, fmt.Errorf("node %s is a VM: make its pods with VM.AddPod", node.Name)
 	}
 	ns := fmt.Sprintf("%sn%d-%s", l.Prefix, node.Index, name)
 	if l.cfg.CNIPlugin != "" {

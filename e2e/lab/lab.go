@@ -74,6 +74,7 @@ type Node struct {
 	agent   *Proc
 	nextPod int // pods made so far (addresses .10, .11, …); the first made bridge canopy0
 	podMu   sync.Mutex
+	vm      *VM // Config.VMNodes: the running VM (StartVM), guarded by lab.mu
 }
 
 // Up builds a lab: namespaces and links, the control plane, the ToR's FRR, Node objects (waiting for their pod
@@ -154,6 +155,9 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if c.AgentBin != "" {
 		if err := step("agents started", func() error {
 			for _, n := range l.Nodes {
+				if n.IsVM() {
+					continue // its agent starts in the VM (StartVM)
+				}
 				if err := n.StartAgent(); err != nil {
 					return err
 				}
@@ -222,7 +226,10 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 	for _, n := range l.Nodes {
 		members = append(members, &n.Host)
 	}
-	for _, h := range append([]*Host{&l.ToR.Host, l.Ext}, members...) {
+	for i, h := range append([]*Host{&l.ToR.Host, l.Ext}, members...) {
+		if i >= 3 && l.Nodes[i-3].IsVM() {
+			continue // a VM: no namespace
+		}
 		if err := l.addNetns(ctx, h.NS); err != nil {
 			return err
 		}
@@ -240,6 +247,10 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 		port := "cp"
 		if i > 0 {
 			port = fmt.Sprintf("n%d", i)
+		}
+		if i > 0 && l.Nodes[i-1].IsVM() { // its port is a tap, which qemu opens (vmnode.go)
+			tor = append(tor, "tuntap add dev "+port+" mode tap", fmt.Sprintf("link set %s master br0 up", port))
+			continue
 		}
 		tor = append(tor,
 			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", port, m.NS),
@@ -266,6 +277,9 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(l.Nodes))
 	for i, n := range l.Nodes {
+		if n.IsVM() {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares the test VM: a stock Debian kernel (which has IPVS, dummy, ipip, wireguard as modules) booted under
-# qemu with a busybox initramfs that runs one payload from the host share (see init.sh and internal/vmtest).
+# qemu with a busybox initramfs that runs one payload from the host share (see init.sh and internal/vmtest). The
+# same kernel and initramfs also boot a lab node on the lab's fabric (init.sh's node mode, e2e/lab/vmnode.go).
 #
 # Idempotent and cached under ${CANOPY_CACHE:-/var/cache/canopy}/vm: a second run only checks a stamp. Prints the
 # cache dir on stdout (logs go to stderr). Needs root only when something must be installed or built.
@@ -99,6 +100,10 @@ if [ ! -f "$KROOT/.extracted" ]; then
   $BB depmod -b "$KROOT" "$KVER"
   touch "$KROOT/.extracted"
 fi
+# Node mode (init.sh canopy.ip=, a lab node that is a VM) loads these from the module tree at boot.
+for m in virtio_net tun bridge br_netfilter ip_vs; do
+  grep -q "/$m\.ko" "$KROOT/lib/modules/$KVER/modules.dep" || die "module $m missing from $KROOT"
+done
 # Older kernels go once the current one is ready.
 for k in "$VM"/kernel/*; do [ "$k" = "$KROOT" ] || rm -rf "$k"; done
 
