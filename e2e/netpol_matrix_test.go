@@ -104,9 +104,9 @@ type npMatrix struct {
 	took time.Duration
 }
 
-// probeOne connects from one pod to another's address: TCP connect and read the name, or UDP send and wait for
-// the name to come back. nil means allowed (and the right pod answered).
-func probeOne(ctx context.Context, from *lab.Pod, to netip.Addr, port npPort, want string, timeout time.Duration) error {
+// probeOne connects from a host (a pod, a node) to an address: TCP connect and read the name, or UDP send and
+// wait for the name to come back. nil means allowed (and, unless want is "", the right server answered).
+func probeOne(ctx context.Context, from *lab.Host, to netip.Addr, port npPort, want string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := from.Dial(ctx, port.network(), net.JoinHostPort(to.String(), strconv.Itoa(port.Port)))
@@ -150,7 +150,7 @@ func (e *netpolEnv) probeAll(ctx context.Context) *npMatrix {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					err := probeOne(ctx, from.Pod, to.IP, port, to.ID(), npDeniedAfter)
+					err := probeOne(ctx, &from.Host, to.IP, port, to.ID(), npDeniedAfter)
 					m.ok[port][i][j] = err == nil
 					if err != nil {
 						m.why[port][i][j] = err.Error()
@@ -265,6 +265,60 @@ func (e *netpolEnv) expect(t *testing.T, what string, since time.Time, exp expec
 	return -1
 }
 
+// npCheck is one probe outside the pod matrix: from a node, to the external host, ….
+type npCheck struct {
+	from    *lab.Host
+	to      netip.Addr
+	toID    string // what the server there answers
+	port    npPort
+	allowed bool
+}
+
+func (c npCheck) String() string {
+	return fmt.Sprintf("%s (%s) -> %s (%s) %s", c.from.Name, c.from.IP, c.toID, c.to, c.port)
+}
+
+// runChecks probes the checks at once and describes those that did not give their expected result.
+func runChecks(checks []npCheck) (wrong []string) {
+	errs := make([]error, len(checks))
+	var wg sync.WaitGroup
+	for i, c := range checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = probeOne(context.Background(), c.from, c.to, c.port, c.toID, npDeniedAfter)
+		}()
+	}
+	wg.Wait()
+	for i, c := range checks {
+		if (errs[i] == nil) != c.allowed {
+			why := "answered"
+			if errs[i] != nil {
+				why = errs[i].Error()
+			}
+			wrong = append(wrong, fmt.Sprintf("  %s: want %s, got %s", c, word(c.allowed), why))
+		}
+	}
+	return wrong
+}
+
+// expectChecks runs the checks until each gives its expected result, with expect's retry rules, and fails the
+// test listing the wrong ones.
+func (e *netpolEnv) expectChecks(t *testing.T, what string, since time.Time, checks []npCheck) {
+	t.Helper()
+	var wrong []string
+	for round := 1; ; round++ {
+		if wrong = runChecks(checks); len(wrong) == 0 {
+			return
+		}
+		if round >= npMinRounds && time.Since(since) > npSettle {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("%s: %d of %d probes wrong %s after the change:\n%s", what, len(wrong), len(checks), time.Since(since).Round(time.Millisecond), strings.Join(wrong, "\n"))
+}
+
 // waitCell times a change on one cell: it starts a probe (250 ms timeout) every 25 ms until one started later
 // than the others gets result want and every probe started after it too, and returns when that probe started,
 // after since. It fails the test if no probe started within limit of since gets want.
@@ -286,7 +340,7 @@ func (e *netpolEnv) waitCell(t *testing.T, since time.Time, limit time.Duration,
 		wg.Add(1)
 		go func(start time.Time) {
 			defer wg.Done()
-			err := probeOne(context.Background(), from.Pod, to.IP, port, to.ID(), 250*time.Millisecond)
+			err := probeOne(context.Background(), &from.Host, to.IP, port, to.ID(), 250*time.Millisecond)
 			mu.Lock()
 			results = append(results, result{start, (err == nil) == want, err})
 			mu.Unlock()

@@ -49,11 +49,15 @@ func TestNetpol(t *testing.T) {
 		{"EndPortAndProtocolOnly", npEndPort},
 		{"EgressAndIngressBothMustAllow", npEgressAndIngress},
 		{"SeveralPoliciesAddUp", npUnion},
+		{"NodeTrafficAndIPBlockOfNodes", npNodes},
+		{"EgressToExternalIPBlock", npEgressExternal},
+		{"IngressThroughClusterIP", npIngressThroughService},
 		{"EgressToDNSServiceOnly", npEgressToDNS},
 		{"PolicyUpdateAndDeletion", npUpdateAndDelete},
 		{"PodLabelChange", npPodLabelChange},
 		{"NamespaceLabelChange", npNamespaceLabelChange},
 		{"NoUnprotectedWindowForNewPod", npNoUnprotectedWindow},
+		{"AgentRestartKeepsRulesAndCatchesUp", npAgentRestart},
 		{"SCTP", npSCTP},
 	}
 	for _, c := range cases {
@@ -233,13 +237,17 @@ func npNamespaceSelector(t *testing.T, e *netpolEnv) {
 	since := e.create(t,
 		netpol("x", "a-from-other-ns", npSpec{PodSelector: sel("pod", "a"), Ingress: from(nsPeer(notX))}),
 		netpol("x", "b-from-z", npSpec{PodSelector: sel("pod", "b"), Ingress: from(nsPeer(selp("ns", "z")))}),
+		netpol("x", "c-from-not-a", npSpec{PodSelector: sel("pod", "c"), Ingress: from(podPeer(&metav1.LabelSelector{
+			MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pod", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"a"}}}}))}),
 	)
-	e.expect(t, "x/a from ns NotIn (x), x/b from ns=z", since, func(from, to *npPod, _ npPort) bool {
+	e.expect(t, "x/a from ns NotIn (x), x/b from ns=z, x/c from pods of x with pod NotIn (a)", since, func(from, to *npPod, _ npPort) bool {
 		switch to.ID() {
 		case "x/a":
 			return from.NS != "x"
 		case "x/b":
 			return from.NS == "z"
+		case "x/c":
+			return from.ID() == "x/b"
 		}
 		return true
 	})
@@ -391,19 +399,118 @@ func npEgressAndIngress(t *testing.T, e *netpolEnv) {
 	})
 }
 
-// Two policies selecting one pod: traffic either allows passes.
+// Policies selecting one pod add up: traffic any of them allows passes (an empty ingress rule allows everything
+// in, whatever a deny-all policy on the same pod says).
 func npUnion(t *testing.T, e *netpolEnv) {
-	since := e.create(t,
+	e.create(t,
 		netpol("x", "a-from-b", npSpec{PodSelector: sel("pod", "a"), Ingress: from(podPeer(selp("pod", "b")))}),
 		netpol("x", "a-from-z-tcp80", npSpec{PodSelector: sel("pod", "a"), Ingress: []networkingv1.NetworkPolicyIngressRule{{
 			From: []networkingv1.NetworkPolicyPeer{nsPeer(selp("ns", "z"))}, Ports: []networkingv1.NetworkPolicyPort{port(corev1.ProtocolTCP, 80)}}}}),
 	)
-	e.expect(t, "x/a from x/b, and from z on TCP 80", since, func(from, to *npPod, p npPort) bool {
+	since := e.create(t,
+		netpol("x", "b-deny-all", npSpec{PodSelector: sel("pod", "b"), PolicyTypes: []networkingv1.PolicyType{npIngress, npEgress}}),
+		netpol("x", "b-allow-all-in", npSpec{PodSelector: sel("pod", "b"), Ingress: []networkingv1.NetworkPolicyIngressRule{{}}}),
+	)
+	e.expect(t, "x/a from x/b, and from z on TCP 80; x/b deny all, but allow all in", since, func(from, to *npPod, p npPort) bool {
+		if from.ID() == "x/b" {
+			return false
+		}
 		if to.ID() == "x/a" {
 			return from.ID() == "x/b" || (from.NS == "z" && p == tcp80)
 		}
 		return true
 	})
+}
+
+// Traffic from a pod's own node (kubelet probes) is always allowed; other nodes are just addresses: default deny
+// ingress keeps them out, until an ipBlock of the fabric lets them in.
+func npNodes(t *testing.T, e *netpolEnv) {
+	since := e.create(t, netpol("x", "deny-ingress", npSpec{PolicyTypes: []networkingv1.PolicyType{npIngress}}))
+	denyX := func(from, to *npPod, _ npPort) bool { return to.NS != "x" }
+	e.expect(t, "default deny ingress in x", since, denyX)
+	checks := func(fabricToA bool) []npCheck {
+		var cs []npCheck
+		for _, id := range []string{"x/a", "x/b", "x/c"} {
+			p := e.pod(id)
+			for _, n := range e.l.Nodes {
+				for _, port := range []npPort{tcp80, udp81} {
+					cs = append(cs, npCheck{&n.Host, p.IP, id, port, n == p.Node || (fabricToA && id == "x/a")})
+				}
+			}
+		}
+		return cs
+	}
+	e.expectChecks(t, "nodes to x under default deny ingress: only the pod's own node", since, checks(false))
+	fabric := e.l.Config().FabricCIDR.String()
+	since = e.create(t, netpol("x", "a-from-fabric", npSpec{PodSelector: sel("pod", "a"), Ingress: from(blockPeer(fabric))}))
+	e.expectChecks(t, "nodes to x/a allowed by ipBlock "+fabric, since, checks(true))
+	e.expect(t, "pods still denied into x/a", since, denyX)
+}
+
+// Egress to addresses outside the cluster is policed before the pod's traffic is masqueraded to the node.
+func npEgressExternal(t *testing.T, e *netpolEnv) {
+	ext := e.l.Ext
+	proc, err := ext.Start("netpold-netpol", e.netpold, "-name", "ext", "-tcp", "80,81", "-udp", "80,81")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proc.Kill() })
+	extCIDR := e.l.Config().ExternalCIDR.String()
+	var before []npCheck
+	for _, id := range []string{"x/a", "x/b", "x/c"} {
+		before = append(before, npCheck{&e.pod(id).Host, ext.IP, "ext", tcp80, true}, npCheck{&e.pod(id).Host, ext.IP, "ext", udp81, true})
+	}
+	eventually(t, 10*time.Second, "x reaches the external host before any policy", func(context.Context) error {
+		if wrong := runChecks(before); len(wrong) > 0 {
+			return errors.New(strings.Join(wrong, "; "))
+		}
+		return nil
+	})
+	since := e.create(t,
+		netpol("x", "a-out-external-only", npSpec{PodSelector: sel("pod", "a"), PolicyTypes: []networkingv1.PolicyType{npEgress},
+			Egress: to(blockPeer(extCIDR))}),
+		netpol("x", "b-out-not-external", npSpec{PodSelector: sel("pod", "b"), PolicyTypes: []networkingv1.PolicyType{npEgress},
+			Egress: to(blockPeer("0.0.0.0/0", extCIDR))}),
+	)
+	e.expect(t, "x/a out only to "+extCIDR+"; x/b out anywhere but "+extCIDR, since, func(from, to *npPod, _ npPort) bool { return from.ID() != "x/a" })
+	var checks []npCheck
+	for _, port := range npPorts {
+		checks = append(checks, npCheck{&e.pod("x/a").Host, ext.IP, "ext", port, true},
+			npCheck{&e.pod("x/b").Host, ext.IP, "ext", port, false},
+			npCheck{&e.pod("x/c").Host, ext.IP, "ext", port, true})
+	}
+	e.expectChecks(t, "x/a and x/c reach the external host, x/b does not", since, checks)
+}
+
+// Through a ClusterIP the policy still sees the client pod's own address (the proxy's DNAT changes only the
+// destination): x/a behind a Service accepts y/b only, also when reached through the Service.
+func npIngressThroughService(t *testing.T, e *netpolEnv) {
+	svc := createService(t, e.l, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "x"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"pod": "a"}, Ports: []corev1.ServicePort{
+			{Name: "tcp", Port: 8080, TargetPort: intstr.FromString("serve-80-tcp"), Protocol: corev1.ProtocolTCP},
+			{Name: "udp", Port: 8080, TargetPort: intstr.FromString("serve-80-udp"), Protocol: corev1.ProtocolUDP}}}})
+	vip := netip.MustParseAddr(svc.Spec.ClusterIP)
+	checks := func(onlyYB bool) []npCheck {
+		var cs []npCheck
+		for _, p := range e.pods {
+			if p.ID() == "x/a" { // hairpin through its own Service: not a policy question
+				continue
+			}
+			for _, port := range []npPort{{8080, corev1.ProtocolTCP}, {8080, corev1.ProtocolUDP}} {
+				cs = append(cs, npCheck{&p.Host, vip, "x/a", port, !onlyYB || p.ID() == "y/b"})
+			}
+		}
+		return cs
+	}
+	eventually(t, 15*time.Second, "every pod reaches x/a through its ClusterIP "+vip.String(), func(context.Context) error {
+		if wrong := runChecks(checks(false)); len(wrong) > 0 {
+			return errors.New(strings.Join(wrong, "; "))
+		}
+		return nil
+	})
+	since := e.create(t, netpol("x", "a-from-yb", npSpec{PodSelector: sel("pod", "a"), Ingress: from(nsPodPeer(selp("ns", "y"), selp("pod", "b")))}))
+	e.expect(t, "x/a from y/b", since, func(from, to *npPod, _ npPort) bool { return to.ID() != "x/a" || from.ID() == "y/b" })
+	e.expectChecks(t, "only y/b reaches x/a through "+vip.String(), since, checks(true))
 }
 
 // Namespace x may send only to the DNS server (e2e/dnsd, port 53 UDP and TCP) in namespace netpol-dns, which the
@@ -458,10 +565,10 @@ func npEgressToDNS(t *testing.T, e *netpolEnv) {
 	}
 	dnsAddr := dnsPod.IP
 	for _, p := range npPorts {
-		if err := probeOne(ctx, e.pod("x/a").Pod, dnsAddr, p, dnsNS+"/dns", npDeniedAfter); err == nil {
+		if err := probeOne(ctx, &e.pod("x/a").Host, dnsAddr, p, dnsNS+"/dns", npDeniedAfter); err == nil {
 			t.Errorf("x/a reached the DNS pod %s on %s, which the policy does not allow", dnsAddr, p)
 		}
-		if err := probeOne(ctx, e.pod("y/a").Pod, dnsAddr, p, dnsNS+"/dns", npDeniedAfter); err != nil {
+		if err := probeOne(ctx, &e.pod("y/a").Host, dnsAddr, p, dnsNS+"/dns", npDeniedAfter); err != nil {
 			t.Errorf("y/a (no policy) cannot reach the DNS pod %s on %s: %v", dnsAddr, p, err)
 		}
 	}
@@ -780,7 +887,7 @@ func (h *hammer) run(f npFlow, port npPort) {
 				return
 			default:
 			}
-			err := probeOne(context.Background(), f.from.Pod, f.to.IP, port, "", 300*time.Millisecond)
+			err := probeOne(context.Background(), &f.from.Host, f.to.IP, port, "", 300*time.Millisecond)
 			now := time.Now()
 			h.mu.Lock()
 			if f.allowed {
@@ -803,6 +910,63 @@ func (h *hammer) run(f npFlow, port npPort) {
 			}
 		}
 	}()
+}
+
+// The agent on x/a's node stops (SIGTERM) and starts again: its rules keep enforcing while it is away (four
+// clients, disallowed before and after, hammer x/a all along), a policy created meanwhile (x/a opens to
+// namespace y) is applied soon after it is back, and then the whole matrix is right.
+func npAgentRestart(t *testing.T, e *netpolEnv) {
+	xa := e.pod("x/a")
+	node := xa.Node
+	since := e.create(t, netpol("x", "deny-ingress", npSpec{PolicyTypes: []networkingv1.PolicyType{npIngress}}))
+	e.expect(t, "default deny ingress in x", since, func(from, to *npPod, _ npPort) bool { return to.NS != "x" })
+
+	h := &hammer{stop: make(chan struct{}), firstOK: map[string]time.Time{}}
+	for _, id := range []string{"z/b", "z/a", "x/b", "x/c"} { // z/b shares x/a's node; none is in y
+		for _, port := range []npPort{tcp80, udp80} {
+			h.run(npFlow{e.pod(id), xa, false}, port)
+		}
+	}
+	stopped := time.Now()
+	if err := node.StopAgent(); err != nil {
+		t.Error(err)
+	}
+	t.Cleanup(func() {
+		if a := node.Agent(); a != nil {
+			if exited, _ := a.Exited(); exited {
+				if err := node.StartAgent(); err != nil {
+					t.Errorf("restart the agent on %s: %v", node.Name, err)
+				}
+			}
+		}
+		waitConverged(t, e.l)
+	})
+	t.Logf("agent on %s stopped in %s", node.Name, time.Since(stopped).Round(time.Millisecond))
+	// While it is away: x/a opens to namespace y.
+	e.create(t, netpol("x", "a-from-y", npSpec{PodSelector: sel("pod", "a"), Ingress: from(nsPeer(selp("ns", "y")))}))
+	time.Sleep(time.Second)
+	if err := probeOne(context.Background(), &e.pod("y/a").Host, xa.IP, tcp80, "", 500*time.Millisecond); err == nil {
+		t.Errorf("x/a let y/a in while its node's agent was stopped")
+	}
+	started := time.Now()
+	if err := node.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	d := e.waitCell(t, started, 30*time.Second, e.pod("y/a"), xa, tcp80, true)
+	t.Logf("agent on %s started again: the policy made while it was away applies %s after the start", node.Name, d.Round(time.Millisecond))
+	close(h.stop)
+	h.wg.Wait()
+	t.Logf("%d disallowed probes into x/a from stop to catch-up (%s)", h.attempts, time.Since(stopped).Round(time.Millisecond))
+	for i, leak := range h.leaks {
+		if i == 10 {
+			t.Errorf("… %d more", len(h.leaks)-i)
+			break
+		}
+		t.Errorf("disallowed traffic into x/a got through %+dms after the agent's start: %s", leak.at.Sub(started).Milliseconds(), leak.what)
+	}
+	e.expect(t, "after the restart", started, func(from, to *npPod, _ npPort) bool {
+		return to.NS != "x" || (to == xa && from.NS == "y")
+	})
 }
 
 // SCTP is probed, not assumed: the lab kernel may lack it.
