@@ -37,6 +37,10 @@ func TestIPVS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: no lab")
 	}
+	if os.Getenv(vmNodeStep) == "later" {
+		// An emulated VM starved of CPU by the other packages' tests soft-locks (seen on 2 cores).
+		t.Skipf("%s=later: make test runs this test alone, in a step of its own after the others", vmNodeStep)
+	}
 	cfg := lab.Config{Nodes: 3, VMNodes: []int{3}, AgentBin: agentBin(), CNIPlugin: cniBin(),
 		PerNodeArgs: map[int][]string{3: {"--proxy-mode=ipvs"}}}
 	if err := lab.Preflight(cfg); err != nil {

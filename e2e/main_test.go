@@ -51,6 +51,10 @@ func TestMain(m *testing.M) {
 			labErr = fmt.Errorf("-short: the lab is not brought up")
 			return m.Run()
 		}
+		if os.Getenv(vmNodeStep) == "only" {
+			labErr = fmt.Errorf("%s=only: the shared lab is not brought up (run -run '^TestIPVS$')", vmNodeStep)
+			return m.Run()
+		}
 		// The agents run with only the rights manifests/rbac.yaml grants (bound to their group below).
 		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes,
 			"--service-external-ip-range=" + extRange, "--loadbalancer-ip-range=" + lbRange, "--run-loadbalancer"},
@@ -99,6 +103,10 @@ func TestMain(m *testing.M) {
 	}()
 	os.Exit(code)
 }
+
+// vmNodeStep names the variable make test uses to run TestIPVS (a lab with a qemu VM node) apart from the other
+// tests: "later" skips it, saying so; "only" leaves out the shared lab (for a run of TestIPVS alone).
+const vmNodeStep = "CANOPY_E2E_VM_NODE"
 
 // agentGroup is the Kubernetes group of the lab agents' credentials.
 const agentGroup = "canopy-agents"
