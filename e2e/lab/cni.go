@@ -42,20 +42,7 @@ func (n *Node) cniConfig(ctx context.Context) ([]byte, error) {
 	for {
 		b, err := os.ReadFile(path)
 		if err == nil {
-			var list struct {
-				CNIVersion string           `json:"cniVersion"`
-				Name       string           `json:"name"`
-				Plugins    []map[string]any `json:"plugins"`
-			}
-			if err := json.Unmarshal(b, &list); err != nil {
-				return nil, fmt.Errorf("%s: %w", path, err)
-			}
-			if len(list.Plugins) == 0 {
-				return nil, fmt.Errorf("%s: no plugins", path)
-			}
-			conf := list.Plugins[0]
-			conf["cniVersion"], conf["name"] = list.CNIVersion, list.Name
-			return json.Marshal(conf)
+			return pluginConf(b, path)
 		}
 		select {
 		case <-ctx.Done():
