@@ -77,13 +77,7 @@ func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string, o PodO
 	if err != nil {
 		return nil, err
 	}
-	p := &Pod{Host: Host{Name: name, NS: ns, lab: l}, Node: node, Namespace: o.Namespace, Labels: o.Labels, cniConf: conf}
-	if p.Namespace == "" {
-		p.Namespace = "default"
-	}
-	if p.Labels == nil {
-		p.Labels = map[string]string{"app": name}
-	}
+	p := l.newPod(node, name, ns, o, conf)
 	created, err := l.createPodObject(ctx, p, o.Ports)
 	if err != nil {
 		return nil, err
@@ -125,6 +119,18 @@ func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string, o PodO
 	}
 	ok = true
 	return p, nil
+}
+
+// newPod is a pod of node before its CNI ADD, with o's namespace and labels or their defaults.
+func (l *Lab) newPod(node *Node, name, ns string, o PodOptions, conf []byte) *Pod {
+	p := &Pod{Host: Host{Name: name, NS: ns, lab: l}, Node: node, Namespace: o.Namespace, Labels: o.Labels, cniConf: conf}
+	if p.Namespace == "" {
+		p.Namespace = "default"
+	}
+	if p.Labels == nil {
+		p.Labels = map[string]string{"app": name}
+	}
+	return p
 }
 
 // PodObjectName is the Pod object's name for a lab pod.

@@ -369,13 +369,7 @@ func (v *VM) AddPod(ctx context.Context, name string, o PodOptions) (_ *VMPod, e
 	if err != nil {
 		return nil, err
 	}
-	pod := &Pod{Host: Host{Name: name, NS: ns, lab: l}, Node: n, Namespace: o.Namespace, Labels: o.Labels, cniConf: conf}
-	if pod.Namespace == "" {
-		pod.Namespace = "default"
-	}
-	if pod.Labels == nil {
-		pod.Labels = map[string]string{"app": name}
-	}
+	pod := l.newPod(n, name, ns, o, conf)
 	p := &VMPod{Name: name, NS: ns, Namespace: pod.Namespace, Labels: pod.Labels, VM: v, pod: pod}
 	created, err := l.createPodObject(ctx, pod, o.Ports)
 	if err != nil {
