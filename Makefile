@@ -42,7 +42,7 @@ test-ipvs: vm
 vm:
 	@bash hack/vm/prepare.sh >/dev/null
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/vmexec ./internal/vmtest/cmd/vmexec
+	$(GO) build -o $(BIN)/vmexec ./internal/testsupport/vmtest/cmd/vmexec
 
 # Only the fast tests that need neither root nor the lab.
 unit:

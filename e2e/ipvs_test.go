@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"canopy.io/canopy/e2e/lab"
-	"canopy.io/canopy/internal/vmtest"
+	"canopy.io/canopy/internal/testsupport/vmtest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"

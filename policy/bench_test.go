@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/testns"
+	"canopy.io/canopy/internal/testsupport/testns"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

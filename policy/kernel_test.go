@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/testns"
+	"canopy.io/canopy/internal/testsupport/testns"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -32,12 +32,7 @@ const outsideIP = "10.0.0.2"
 var podCIDR = netip.MustParsePrefix("10.244.1.0/24")
 
 func requireKernel(t testing.TB) {
-	testns.Require(t)
-	for _, bin := range []string{"iptables-nft-restore", "iptables-legacy-restore", "ipset"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	testns.Require(t, "iptables-nft-restore", "iptables-legacy-restore", "ipset")
 }
 
 func newNetLab(t testing.TB) *netLab {

@@ -1,7 +1,8 @@
 package routes
 
 import (
-	"canopy.io/canopy/internal/testns"
+	"canopy.io/canopy/internal/testsupport"
+	"canopy.io/canopy/internal/testsupport/testns"
 	"fmt"
 	"net"
 	"syscall"
@@ -26,7 +27,7 @@ type testNS struct {
 	H    *netlink.Handle
 }
 
-// newTestNS creates a network namespace of the test's own (internal/testns: cnp-rt-<random>, removed when the
+// newTestNS creates a network namespace of the test's own (internal/testsupport/testns: cnp-rt-<random>, removed when the
 // test ends, pass or fail) with the test network, and checks the root namespace gained no route of ours.
 func newTestNS(tb testing.TB) *testNS {
 	tb.Helper()
@@ -47,7 +48,7 @@ func newTestNS(tb testing.TB) *testNS {
 	mustNL(tb, "set lo up", h.LinkSetUp(lo))
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: testLinkA}, PeerName: testLinkB}
 	if err := h.LinkAdd(veth); err != nil {
-		tb.Skipf("skipping: cannot create a veth pair in %s: %v", name, err)
+		testsupport.Unavailable(tb, "cannot create a veth pair in %s: %v", name, err)
 	}
 	for _, l := range []struct{ name, addr string }{{testLinkA, testAddrA}, {testLinkB, testAddrB}} {
 		link, err := h.LinkByName(l.name)

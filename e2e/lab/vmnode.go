@@ -18,7 +18,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"canopy.io/canopy/internal/vmtest"
+	"canopy.io/canopy/internal/testsupport/vmtest"
 )
 
 // A node can be a qemu VM instead of a namespace (Config.VMNodes): the stock Debian kernel of hack/vm (which has

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Canopy test VM init: PID 1 of the initramfs hack/vm/prepare.sh builds (busybox ash). It runs one payload and
 # powers off. From the kernel command line:
-#   canopy.job=PATH      host path of a bash script (written by internal/vmtest): the payload
+#   canopy.job=PATH      host path of a bash script (written by internal/testsupport/vmtest): the payload
 #   canopy.modules=PATH  host path of the kernel's lib/modules/<version> (in the prepare cache)
 # Node mode (a lab node that is this VM, e2e/lab/vmnode.go), only when given:
 #   canopy.ip=ADDR/LEN   address of the virtio NIC eth0 (a tap on the lab ToR's bridge); IP forwarding on and

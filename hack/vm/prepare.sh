@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares the test VM: a stock Debian kernel (which has IPVS, dummy, ipip, wireguard as modules) booted under
-# qemu with a busybox initramfs that runs one payload from the host share (see init.sh and internal/vmtest). The
+# qemu with a busybox initramfs that runs one payload from the host share (see init.sh and internal/testsupport/vmtest). The
 # same kernel and initramfs also boot a lab node on the lab's fabric (init.sh's node mode, e2e/lab/vmnode.go).
 #
 # Idempotent and cached under ${CANOPY_CACHE:-/var/cache/canopy}/vm: a second run only checks a stamp. Prints the

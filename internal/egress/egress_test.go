@@ -7,13 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/testns"
+	"canopy.io/canopy/internal/testsupport/testns"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -51,10 +50,7 @@ func (c *counting) ClearChain(table, chain string) error {
 // behind it and an outside host beyond it: traffic to the outside is masqueraded to the node's address,
 // traffic to the cluster's pod network keeps the pod's address, and re-applying rewrites nothing.
 func TestMasqueradeInNamespace(t *testing.T) {
-	testns.Require(t)
-	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("needs iptables")
-	}
+	testns.Require(t, "iptables")
 	node, pod, out := testns.New(t, "eg-node"), testns.New(t, "eg-pod"), testns.New(t, "eg-out")
 	testns.Link(t, node, "pod0", "10.244.1.1/24", pod, "eth0", "10.244.1.10/24")
 	testns.Link(t, node, "up0", "192.0.2.2/24", out, "eth0", "192.0.2.1/24")
@@ -139,10 +135,7 @@ func clientAddrSeen(t *testing.T, server, client *testns.NS, dst string) string 
 // A host whose FORWARD policy is DROP (as Docker leaves it) forwards pod traffic once ApplyForward ran, and
 // only pod traffic.
 func TestForwardAcceptWithDropPolicy(t *testing.T) {
-	testns.Require(t)
-	if _, err := exec.LookPath("iptables"); err != nil {
-		t.Skip("needs iptables")
-	}
+	testns.Require(t, "iptables")
 	node, pod, out := testns.New(t, "fw-node"), testns.New(t, "fw-pod"), testns.New(t, "fw-out")
 	testns.Link(t, node, "pod0", "10.244.1.1/24", pod, "eth0", "10.244.1.10/24")
 	testns.Link(t, node, "up0", "192.0.2.2/24", out, "eth0", "192.0.2.1/24")

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/testns"
+	"canopy.io/canopy/internal/testsupport/testns"
 	"canopy.io/canopy/proxy"
 )
 

@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/testns"
+	"canopy.io/canopy/internal/testsupport/testns"
 	"canopy.io/canopy/proxy"
 )
 
@@ -31,12 +30,7 @@ const (
 )
 
 func requireIptables(t testing.TB) {
-	testns.Require(t)
-	for _, bin := range []string{"iptables-nft-restore", "iptables-legacy-restore"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("needs %s", bin)
-		}
-	}
+	testns.Require(t, "iptables-nft-restore", "iptables-legacy-restore")
 }
 
 func newLab(t testing.TB) *lab {

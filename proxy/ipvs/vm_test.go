@@ -1,8 +1,8 @@
 package ipvs
 
-// Tests against a real kernel's IPVS. They run in the test VM (internal/vmtest) and skip elsewhere:
+// Tests against a real kernel's IPVS. They run in the test VM (internal/testsupport/vmtest) and skip elsewhere:
 //
-//	go build -o /tmp/vmexec ./internal/vmtest/cmd/vmexec && go test -exec /tmp/vmexec ./proxy/ipvs
+//	go build -o /tmp/vmexec ./internal/testsupport/vmtest/cmd/vmexec && go test -exec /tmp/vmexec ./proxy/ipvs
 //
 // Every test builds a node of its own from network namespaces, as a node would be wired even though the guest
 // is a throwaway machine: a node namespace where IPVS is programmed, a pod client, two backend pods serving
@@ -25,8 +25,8 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 
 	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/testns"
-	"canopy.io/canopy/internal/vmtest"
+	"canopy.io/canopy/internal/testsupport/testns"
+	"canopy.io/canopy/internal/testsupport/vmtest"
 	"canopy.io/canopy/proxy"
 )
 

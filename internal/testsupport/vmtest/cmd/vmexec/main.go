@@ -1,7 +1,7 @@
 // Command vmexec runs a program, normally a test binary, in Canopy's test VM (a stock Debian kernel under qemu,
-// see internal/vmtest and hack/vm) and exits with its exit code. It is made for go test's -exec:
+// see internal/testsupport/vmtest and hack/vm) and exits with its exit code. It is made for go test's -exec:
 //
-//	go build -o /tmp/vmexec ./internal/vmtest/cmd/vmexec
+//	go build -o /tmp/vmexec ./internal/testsupport/vmtest/cmd/vmexec
 //	go test -exec /tmp/vmexec ./proxy/ipvs
 //	go test -c -o /tmp/ipvs.test ./proxy/ipvs && /tmp/vmexec /tmp/ipvs.test -test.v
 //
@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"canopy.io/canopy/internal/vmtest"
+	"canopy.io/canopy/internal/testsupport/vmtest"
 )
 
 func main() { os.Exit(run()) }

@@ -195,7 +195,7 @@ func TestVmexecCommand(t *testing.T) {
 	}
 	bin := filepath.Join(t.TempDir(), "vmexec")
 	t.Cleanup(sweepJobDirs) // the job directory of the vmexec killed below
-	if out, err := exec.Command(gobin, "build", "-o", bin, "canopy.io/canopy/internal/vmtest/cmd/vmexec").CombinedOutput(); err != nil {
+	if out, err := exec.Command(gobin, "build", "-o", bin, "canopy.io/canopy/internal/testsupport/vmtest/cmd/vmexec").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	out, err := exec.Command(bin, "/bin/bash", "-c", "echo hi; exit 7").Output()

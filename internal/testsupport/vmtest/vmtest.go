@@ -1,7 +1,7 @@
 // Package vmtest runs test binaries in a throwaway VM with a stock Debian kernel (which has IPVS, dummy, ipip,
 // wireguard as modules, unlike the lab machines' kernel), booted under qemu by hack/vm's recipe:
 //
-//	go build -o /tmp/vmexec ./internal/vmtest/cmd/vmexec
+//	go build -o /tmp/vmexec ./internal/testsupport/vmtest/cmd/vmexec
 //	go test -exec /tmp/vmexec ./proxy/ipvs
 //
 // The guest sees the host's / read-only (9p) under a tmpfs overlay, runs the binary there as root with the
@@ -61,7 +61,7 @@ func Require(tb testing.TB) {
 		tb.Skip(msg)
 	}
 	tb.Skip("needs the test VM (a kernel with IPVS): run via vmexec, e.g. " +
-		"go build -o /tmp/vmexec ./internal/vmtest/cmd/vmexec && go test -exec /tmp/vmexec ./" + pkgHint())
+		"go build -o /tmp/vmexec ./internal/testsupport/vmtest/cmd/vmexec && go test -exec /tmp/vmexec ./" + pkgHint())
 }
 
 func pkgHint() string {
@@ -391,7 +391,7 @@ func parseExit(b []byte) (int, bool) {
 // JobScript is the bash script the guest runs: cd into dir and exec path with args under exactly env.
 func JobScript(path string, args, env []string, dir string) string {
 	var b strings.Builder
-	b.WriteString("#!/bin/bash\n# written by canopy internal/vmtest; runs inside the test VM\n")
+	b.WriteString("#!/bin/bash\n# written by canopy internal/testsupport/vmtest; runs inside the test VM\n")
 	fmt.Fprintf(&b, "cd %s || exit 126\n", Quote(dir))
 	b.WriteString("exec env -i")
 	for _, e := range env {

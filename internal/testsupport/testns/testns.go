@@ -5,6 +5,7 @@ package testns
 
 import (
 	"canopy.io/canopy/internal/netnsx"
+	"canopy.io/canopy/internal/testsupport"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,22 +26,10 @@ type NS struct {
 	Name string
 }
 
-// Require skips the test (fails it under CI=true) unless it runs as root with `ip` available.
-func Require(tb testing.TB) {
+// Require skips the test (fails it under CI=true) unless it runs as root with `ip` and every tool listed on PATH.
+func Require(tb testing.TB, tools ...string) {
 	tb.Helper()
-	var why string
-	if os.Geteuid() != 0 {
-		why = "needs root to create network namespaces"
-	} else if _, err := exec.LookPath("ip"); err != nil {
-		why = "needs iproute2 (ip)"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		tb.Fatalf("%s (CI must run this test)", why)
-	}
-	tb.Skip(why)
+	testsupport.Require(tb, append([]string{testsupport.Root, "ip"}, tools...)...)
 }
 
 // New creates namespace cnp-<tag>-<random> with lo up, removed (with every process inside) at test end.
