@@ -9,7 +9,6 @@ import (
 	"slices"
 	"time"
 
-	"canopy.io/canopy/internal/config"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
@@ -17,6 +16,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+
+	"canopy.io/canopy/internal/config"
+	"canopy.io/canopy/internal/model"
 )
 
 // Event reasons the node controller records on its own Node.
@@ -111,47 +113,6 @@ func (c *NodeController) Run(ctx context.Context) {
 	}
 }
 
-// NodeIP returns a node's InternalIP (IPv4 first), or its ExternalIP if it has no internal one.
-func NodeIP(n *corev1.Node) netip.Addr {
-	var best netip.Addr
-	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
-		for _, a := range n.Status.Addresses {
-			if a.Type != t {
-				continue
-			}
-			ip, err := netip.ParseAddr(a.Address)
-			if err != nil {
-				continue
-			}
-			if ip.Is4() {
-				return ip
-			}
-			if !best.IsValid() {
-				best = ip
-			}
-		}
-		if best.IsValid() {
-			return best
-		}
-	}
-	return best
-}
-
-// PodCIDRs returns a node's pod CIDRs (spec.podCIDRs, else spec.podCIDR); invalid entries are skipped.
-func PodCIDRs(n *corev1.Node) []netip.Prefix {
-	list := n.Spec.PodCIDRs
-	if len(list) == 0 && n.Spec.PodCIDR != "" {
-		list = []string{n.Spec.PodCIDR}
-	}
-	var out []netip.Prefix
-	for _, s := range list {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-		}
-	}
-	return out
-}
-
 func (c *NodeController) warn(node *corev1.Node, reason, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	c.log.Warn(msg, "node", node.Name, "reason", reason)
@@ -191,12 +152,12 @@ func (c *NodeController) sync(ctx context.Context) error {
 		if n.Name == c.cfg.NodeName {
 			self = n
 		}
-		ip := NodeIP(n)
+		ip := model.NodeIP(n)
 		if !ip.IsValid() {
 			continue
 		}
 		ips = append(ips, ip)
-		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, ASN: c.nodeASN(n, n.Name == c.cfg.NodeName), PodCIDRs: PodCIDRs(n)})
+		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, ASN: c.nodeASN(n, n.Name == c.cfg.NodeName), PodCIDRs: model.PodCIDRs(n)})
 	}
 	for name := range c.goodASN {
 		if !names[name] {
@@ -215,11 +176,11 @@ func (c *NodeController) sync(ctx context.Context) error {
 		return nil
 	}
 	c.selfDeleted = false
-	selfIP := NodeIP(self)
+	selfIP := model.NodeIP(self)
 	if !selfIP.IsValid() {
 		return fmt.Errorf("node %s has no usable InternalIP in status.addresses", self.Name)
 	}
-	ownCIDRs := PodCIDRs(self)
+	ownCIDRs := model.PodCIDRs(self)
 	var selfInfo NodeInfo
 	for _, in := range infos {
 		if in.Name == self.Name {

@@ -9,9 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"canopy.io/canopy/bgp/services"
-	"canopy.io/canopy/internal/batchq"
-	"canopy.io/canopy/proxy"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -21,6 +18,10 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+
+	"canopy.io/canopy/bgp/services"
+	"canopy.io/canopy/internal/batchq"
+	"canopy.io/canopy/internal/model"
 )
 
 // ReasonVIPNotAdvertised is the Event reason for a Service address Canopy will not announce.
@@ -123,7 +124,7 @@ func (c *VIPController) sync(ctx context.Context, keys []string) error {
 	if err != nil {
 		return nil
 	}
-	nh := NodeIP(self)
+	nh := model.NodeIP(self)
 	var all [][]services.Advertisement
 	for _, ads := range c.perSvc {
 		all = append(all, ads)
@@ -201,7 +202,7 @@ func (c *VIPController) build(key string) {
 		return
 	}
 	sl, _ := c.slices.EndpointSlices(ns).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: name}))
-	ports, _ := proxy.BuildServicePorts(svc, sl, proxy.Options{NodeName: c.nodeName})
+	ports, _ := model.BuildServicePorts(svc, sl, model.Options{NodeName: c.nodeName})
 	ads, warns := services.Build(svc, ports, c.opts)
 	if len(ads) == 0 {
 		delete(c.perSvc, key)

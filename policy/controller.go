@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"canopy.io/canopy/internal/batchq"
+	"canopy.io/canopy/internal/model"
 )
 
 // Syncer is what the controller programs through (a *Firewall, or a fake).
@@ -188,25 +189,8 @@ func (c *Controller) Run(ctx context.Context) {
 // Start starts the firewall with the Node's pod CIDRs as known now (before the caches sync).
 func (c *Controller) Start(node *corev1.Node) error {
 	o := c.opts
-	o.PodCIDRs = podCIDRs(node)
+	o.PodCIDRs = model.PodCIDRs(node)
 	return c.fw.Start(o)
-}
-
-func podCIDRs(n *corev1.Node) []netip.Prefix {
-	if n == nil {
-		return nil
-	}
-	cidrs := n.Spec.PodCIDRs
-	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-		cidrs = []string{n.Spec.PodCIDR}
-	}
-	var r []netip.Prefix
-	for _, s := range cidrs {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			r = append(r, p.Masked())
-		}
-	}
-	return r
 }
 
 // Desired computes the State for the current caches.
@@ -222,7 +206,7 @@ func (c *Controller) desired() (*State, int, map[string]bool, error) {
 		node = nil // no Node: no pod CIDR, nothing local to police
 	}
 	o := c.opts
-	o.PodCIDRs = podCIDRs(node)
+	o.PodCIDRs = model.PodCIDRs(node)
 	pols, err := c.pols.List(labels.Everything())
 	if err != nil {
 		return nil, 0, nil, err

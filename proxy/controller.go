@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"canopy.io/canopy/internal/batchq"
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -19,6 +18,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+
+	"canopy.io/canopy/internal/batchq"
+	"canopy.io/canopy/internal/model"
 )
 
 // ReasonInvalidService is the Event reason for a Service whose proxy settings are partly refused.
@@ -50,7 +52,7 @@ func Collectors() []prometheus.Collector {
 // Service to 10,000 touches one Service.
 type Controller struct {
 	backend  Backend
-	opts     Options
+	opts     model.Options
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 	synced   []cache.InformerSynced
@@ -60,9 +62,9 @@ type Controller struct {
 	resync   time.Duration
 
 	mu       sync.Mutex
-	desired  map[string]*ServicePort // by port key
-	bySvc    map[string][]string     // service key -> its port keys
-	warnings map[string]string       // service key -> last reported warning text
+	desired  map[string]*model.ServicePort // by port key
+	bySvc    map[string][]string           // service key -> its port keys
+	warnings map[string]string             // service key -> last reported warning text
 
 	health   *HealthChecks // nil = none
 	onSynced func()        // called once after the first full sync
@@ -78,7 +80,7 @@ func (c *Controller) SetHealthChecks(h *HealthChecks) { c.health = h }
 
 // NewController registers Service and EndpointSlice handlers on factory. resync > 0 re-applies every port
 // that often (the back end repairs drift without rewriting what is right).
-func NewController(factory informers.SharedInformerFactory, backend Backend, opts Options, recorder record.EventRecorder, resync time.Duration, log *slog.Logger) *Controller {
+func NewController(factory informers.SharedInformerFactory, backend Backend, opts model.Options, recorder record.EventRecorder, resync time.Duration, log *slog.Logger) *Controller {
 	svcInf := factory.Core().V1().Services()
 	sliceInf := factory.Discovery().V1().EndpointSlices()
 	c := &Controller{
@@ -87,7 +89,7 @@ func NewController(factory informers.SharedInformerFactory, backend Backend, opt
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "services"}),
 		recorder: recorder, log: log, resync: resync,
-		desired: map[string]*ServicePort{}, bySvc: map[string][]string{}, warnings: map[string]string{},
+		desired: map[string]*model.ServicePort{}, bySvc: map[string][]string{}, warnings: map[string]string{},
 	}
 	_, _ = svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueueObj,
@@ -202,7 +204,7 @@ func (c *Controller) syncServicesForce(keys []string, force bool) error {
 }
 
 // build computes a Service's ports from the listers and reports its warnings once per distinct text.
-func (c *Controller) build(key string) []*ServicePort {
+func (c *Controller) build(key string) []*model.ServicePort {
 	ns, name, _ := strings.Cut(key, "/")
 	svc, err := c.services.Services(ns).Get(name)
 	if err != nil {
@@ -213,7 +215,7 @@ func (c *Controller) build(key string) []*ServicePort {
 	if err != nil {
 		c.log.Error("list endpoint slices", "service", key, "err", err)
 	}
-	ports, warns := BuildServicePorts(svc, sl, c.opts)
+	ports, warns := model.BuildServicePorts(svc, sl, c.opts)
 	text := strings.Join(warns, "; ")
 	if text != c.warnings[key] {
 		c.warnings[key] = text

@@ -17,22 +17,24 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/record"
+
+	"canopy.io/canopy/internal/model"
 )
 
 // recordingBackend records every Sync's changed keys.
 type recordingBackend struct {
 	mu    sync.Mutex
 	syncs [][]string
-	have  map[string]*ServicePort
+	have  map[string]*model.ServicePort
 }
 
 func (r *recordingBackend) Name() string { return "recording" }
-func (r *recordingBackend) Sync(desired map[string]*ServicePort, changed []string) error {
+func (r *recordingBackend) Sync(desired map[string]*model.ServicePort, changed []string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.syncs = append(r.syncs, slices.Clone(changed))
 	if r.have == nil {
-		r.have = map[string]*ServicePort{}
+		r.have = map[string]*model.ServicePort{}
 	}
 	for _, k := range changed {
 		if p, ok := desired[k]; ok {
@@ -92,7 +94,7 @@ func TestControllerIsIncremental(t *testing.T) {
 	}
 	be := &recordingBackend{}
 	factory := informers.NewSharedInformerFactory(kube, 0)
-	c := NewController(factory, be, Options{NodeName: "n1", Schedulers: []string{"random"}}, record.NewFakeRecorder(10), 0, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := NewController(factory, be, model.Options{NodeName: "n1", Schedulers: []string{"random"}}, record.NewFakeRecorder(10), 0, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	factory.Start(ctx.Done())
 	go c.Run(ctx)
 	wait := func(what string, f func() bool) {

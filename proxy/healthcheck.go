@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"canopy.io/canopy/internal/model"
 )
 
 // HealthChecks answers each Local LoadBalancer service's healthCheckNodePort the way kube-proxy does, so the
@@ -37,8 +39,8 @@ func NewHealthChecks(host string, log *slog.Logger) *HealthChecks {
 
 // Sync makes the servers match the service ports that have a healthCheckNodePort: one server per port, its
 // local endpoint count refreshed, servers of ports no longer wanted closed.
-func (h *HealthChecks) Sync(desired map[string]*ServicePort) {
-	want := map[uint16]*ServicePort{}
+func (h *HealthChecks) Sync(desired map[string]*model.ServicePort) {
+	want := map[uint16]*model.ServicePort{}
 	for _, sp := range desired {
 		if sp.HealthCheckNodePort != 0 {
 			want[sp.HealthCheckNodePort] = sp
@@ -53,12 +55,7 @@ func (h *HealthChecks) Sync(desired map[string]*ServicePort) {
 		}
 	}
 	for port, sp := range want {
-		local := 0
-		for _, ep := range sp.ExternalEndpoints {
-			if ep.Local && (ep.Ready || ep.Serving) {
-				local++
-			}
-		}
+		local := sp.LocalEndpoints(true)
 		if s, ok := h.servers[port]; ok {
 			s.namespace, s.name, s.local = sp.Namespace, sp.Name, local
 			continue
@@ -103,7 +100,7 @@ func (h *HealthChecks) listen(port uint16, s *hcServer) error {
 
 // relevant says whether a sync of changed can affect the servers: one of the ports has a health check port,
 // or servers run (one may belong to a port that just went).
-func (h *HealthChecks) relevant(desired map[string]*ServicePort, changed []string) bool {
+func (h *HealthChecks) relevant(desired map[string]*model.ServicePort, changed []string) bool {
 	h.mu.Lock()
 	n := len(h.servers)
 	h.mu.Unlock()

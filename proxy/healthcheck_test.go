@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"testing"
+
+	"canopy.io/canopy/internal/model"
 )
 
 func freeLocalPort(t *testing.T) uint16 {
@@ -25,9 +27,9 @@ func TestHealthChecks(t *testing.T) {
 	port := freeLocalPort(t)
 	h := NewHealthChecks("127.0.0.1", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	defer h.Close(context.Background())
-	sp := &ServicePort{Key: "ns/lb:http/TCP", Namespace: "ns", Name: "lb", HealthCheckNodePort: port,
-		ExternalEndpoints: []Endpoint{{Local: true, Ready: true}, {Local: false, Ready: true}}}
-	h.Sync(map[string]*ServicePort{sp.Key: sp})
+	sp := &model.ServicePort{Key: "ns/lb:http/TCP", Namespace: "ns", Name: "lb", HealthCheckNodePort: port,
+		ExternalEndpoints: []model.Endpoint{{Local: true, Ready: true}, {Local: false, Ready: true}}}
+	h.Sync(map[string]*model.ServicePort{sp.Key: sp})
 	get := func() (int, map[string]any) {
 		t.Helper()
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port))
@@ -44,12 +46,12 @@ func TestHealthChecks(t *testing.T) {
 		t.Fatalf("%d %v", code, body)
 	}
 	sp2 := *sp
-	sp2.ExternalEndpoints = []Endpoint{{Local: false, Ready: true}}
-	h.Sync(map[string]*ServicePort{sp.Key: &sp2})
+	sp2.ExternalEndpoints = []model.Endpoint{{Local: false, Ready: true}}
+	h.Sync(map[string]*model.ServicePort{sp.Key: &sp2})
 	if code, body := get(); code != 503 || body["localEndpoints"] != float64(0) {
 		t.Fatalf("without local endpoints: %d %v", code, body)
 	}
-	h.Sync(map[string]*ServicePort{})
+	h.Sync(map[string]*model.ServicePort{})
 	if _, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", port)); err == nil {
 		t.Fatal("server still answers after its service went")
 	}

@@ -16,7 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"canopy.io/canopy/proxy"
+	"canopy.io/canopy/internal/model"
 )
 
 // Annotations on a Service (and, for communities and prepend, on the Node).
@@ -88,7 +88,7 @@ type Advertisement struct {
 // kinds is the set of VIP kinds announced for one Service.
 type kinds struct{ clusterIP, externalIP, loadBalancerIP bool }
 
-// Build returns what this node announces for svc, given its ports from proxy.BuildServicePorts with this
+// Build returns what this node announces for svc, given its ports from model.BuildServicePorts with this
 // node's name (which has already applied the traffic policies and marked the local endpoints), sorted by
 // prefix, one Advertisement per prefix (a VIP that is both an ExternalIP and a LoadBalancer IP is announced
 // once, named by the kind Merge would pick).
@@ -120,11 +120,11 @@ type kinds struct{ clusterIP, externalIP, loadBalancerIP bool }
 // outside the allowed ranges, and bad annotation values (naming the annotation and the value), which are
 // ignored as a whole: a bad canopy.io/advertise means the flags apply, bad communities or prepend mean the
 // node's. The Advertisements own their slices.
-func Build(svc *corev1.Service, ports []*proxy.ServicePort, opt Options) (ads []Advertisement, warnings []string) {
+func Build(svc *corev1.Service, ports []*model.ServicePort, opt Options) (ads []Advertisement, warnings []string) {
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil, nil
 	}
-	ports = slices.DeleteFunc(slices.Clone(ports), func(p *proxy.ServicePort) bool { return p == nil })
+	ports = slices.DeleteFunc(slices.Clone(ports), func(p *model.ServicePort) bool { return p == nil })
 	if len(ports) == 0 {
 		return nil, nil // headless, no (valid) ports, or no IPv4 ClusterIP: BuildServicePorts built none
 	}
@@ -173,7 +173,7 @@ func Build(svc *corev1.Service, ports []*proxy.ServicePort, opt Options) (ads []
 		})
 	}
 
-	if want.clusterIP && (!sp.InternalPolicyLocal || hasLocalEndpoint(ports, false)) {
+	if want.clusterIP && (!sp.InternalPolicyLocal || model.HasLocalEndpoint(ports, false)) {
 		var aggregates []netip.Prefix // the ClusterIPs these cover are not announced as /32s
 		if opt.AdvertiseServiceCIDR && !sp.InternalPolicyLocal {
 			aggregates = ipv4Prefixes(opt.ServiceCIDRs)
@@ -189,7 +189,7 @@ func Build(svc *corev1.Service, ports []*proxy.ServicePort, opt Options) (ads []
 			add(ip, KindClusterIP)
 		}
 	}
-	external := !sp.ExternalPolicyLocal || hasLocalEndpoint(ports, true)
+	external := !sp.ExternalPolicyLocal || model.HasLocalEndpoint(ports, true)
 	if want.externalIP {
 		for _, ip := range sp.ExternalIPs {
 			ip = ip.Unmap()
@@ -270,24 +270,6 @@ func parseAdvertise(v string) (kinds, error) {
 		return kinds{}, fmt.Errorf("no kind listed (want a list of %s, %s, %s, or none)", KindClusterIP, KindExternalIP, KindLoadBalancerIP)
 	}
 	return k, nil
-}
-
-// hasLocalEndpoint reports whether some port has an endpoint on this node that takes traffic (ready, or
-// serving while terminating when no endpoint is ready) among its ExternalEndpoints (external) or
-// ClusterEndpoints. Draining endpoints (not ready, not serving) do not count.
-func hasLocalEndpoint(ports []*proxy.ServicePort, external bool) bool {
-	for _, p := range ports {
-		eps := p.ClusterEndpoints
-		if external {
-			eps = p.ExternalEndpoints
-		}
-		for i := range eps {
-			if e := &eps[i]; e.Local && (e.Ready || e.Serving) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 func inRanges(ip netip.Addr, ranges []netip.Prefix) bool {

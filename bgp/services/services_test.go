@@ -13,7 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"canopy.io/canopy/proxy"
+	"canopy.io/canopy/internal/model"
 )
 
 // ---- builders ----
@@ -137,7 +137,7 @@ func defaultOptions() Options {
 // build runs the proxy semantics for this node, then Build.
 func build(t testing.TB, svc *corev1.Service, slices []*discoveryv1.EndpointSlice, opt Options) ([]Advertisement, []string) {
 	t.Helper()
-	ports, pwarn := proxy.BuildServicePorts(svc, slices, proxy.Options{NodeName: nodeName})
+	ports, pwarn := model.BuildServicePorts(svc, slices, model.Options{NodeName: nodeName})
 	if len(pwarn) > 0 {
 		t.Fatalf("proxy warnings: %q", pwarn)
 	}
@@ -393,12 +393,12 @@ func TestBuildEdgeInputs(t *testing.T) {
 	}
 	// nil ports in the list are skipped; the service-wide fields come from the first real one.
 	svc := service(withExternalIPs("203.0.113.9"))
-	ports, _ := proxy.BuildServicePorts(svc, nil, proxy.Options{NodeName: nodeName})
-	ads, _ := Build(svc, append([]*proxy.ServicePort{nil}, ports...), defaultOptions())
+	ports, _ := model.BuildServicePorts(svc, nil, model.Options{NodeName: nodeName})
+	ads, _ := Build(svc, append([]*model.ServicePort{nil}, ports...), defaultOptions())
 	if got := adStrings(ads); !reflect.DeepEqual(got, []string{"203.0.113.9/32 external-ip"}) {
 		t.Fatal(got)
 	}
-	if ads, w := Build(svc, []*proxy.ServicePort{nil}, defaultOptions()); ads != nil || w != nil {
+	if ads, w := Build(svc, []*model.ServicePort{nil}, defaultOptions()); ads != nil || w != nil {
 		t.Fatal(ads, w)
 	}
 }
@@ -559,7 +559,7 @@ func manyServices(n int) [][]Advertisement {
 				svc.Status.LoadBalancer.Ingress[0].IP = fmt.Sprintf("198.18.%d.%d", i/10/256, i/10%256)
 			}
 		}
-		ports, _ := proxy.BuildServicePorts(svc, nil, proxy.Options{NodeName: nodeName})
+		ports, _ := model.BuildServicePorts(svc, nil, model.Options{NodeName: nodeName})
 		lbRanges := []netip.Prefix{pfx("198.51.100.0/24"), pfx("192.0.2.0/25"), pfx("198.18.0.0/15")}
 		o := opt
 		o.LoadBalancerIPRanges = lbRanges
@@ -579,7 +579,7 @@ func BenchmarkMerge10k(b *testing.B) {
 func BenchmarkBuild(b *testing.B) {
 	svc := service(loadBalancer("198.51.100.7"), withExternalIPs("203.0.113.9"), etpLocal,
 		annotate(AnnotationCommunities, "64512:100,no-export"), annotate(AnnotationASPathPrepend, "2"))
-	ports, _ := proxy.BuildServicePorts(svc, sl(localReady), proxy.Options{NodeName: nodeName})
+	ports, _ := model.BuildServicePorts(svc, sl(localReady), model.Options{NodeName: nodeName})
 	opt := defaultOptions()
 	opt.AdvertiseClusterIP = true
 	for b.Loop() {
@@ -691,28 +691,28 @@ func TestParsePrepend(t *testing.T) {
 }
 
 // Build counts only local endpoints that take new connections, whatever produced the ports (with
-// proxy.BuildServicePorts a Local policy never leaves a lone draining local endpoint, so hand-built ports).
+// model.BuildServicePorts a Local policy never leaves a lone draining local endpoint, so hand-built ports).
 func TestBuildDrainingLocalEndpointDoesNotCount(t *testing.T) {
 	svc := service(loadBalancer("198.51.100.7"), etpLocal, itpLocal)
 	opt := defaultOptions()
 	opt.AdvertiseClusterIP = true
 	for _, c := range []struct {
-		e    proxy.Endpoint
+		e    model.Endpoint
 		want []string
 	}{
-		{proxy.Endpoint{Local: true, Terminating: true}, nil},
-		{proxy.Endpoint{Local: true, Ready: false, Serving: true, Terminating: true}, []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip"}},
-		{proxy.Endpoint{Local: true, Ready: true, Serving: true}, []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip"}},
-		{proxy.Endpoint{Local: false, Ready: true, Serving: true}, nil},
+		{model.Endpoint{Local: true, Terminating: true}, nil},
+		{model.Endpoint{Local: true, Ready: false, Serving: true, Terminating: true}, []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip"}},
+		{model.Endpoint{Local: true, Ready: true, Serving: true}, []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip"}},
+		{model.Endpoint{Local: false, Ready: true, Serving: true}, nil},
 	} {
 		c.e.IP, c.e.Port = netip.MustParseAddr("10.244.1.5"), 8080
-		p := &proxy.ServicePort{
+		p := &model.ServicePort{
 			Namespace: "shop", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 			LoadBalancerIPs:     []netip.Addr{netip.MustParseAddr("198.51.100.7")},
 			ExternalPolicyLocal: true, InternalPolicyLocal: true,
-			ClusterEndpoints: []proxy.Endpoint{c.e}, ExternalEndpoints: []proxy.Endpoint{c.e},
+			ClusterEndpoints: []model.Endpoint{c.e}, ExternalEndpoints: []model.Endpoint{c.e},
 		}
-		ads, _ := Build(svc, []*proxy.ServicePort{p}, opt)
+		ads, _ := Build(svc, []*model.ServicePort{p}, opt)
 		if got := adStrings(ads); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("endpoint %+v: got %q, want %q", c.e, got, c.want)
 		}

@@ -18,18 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"canopy.io/canopy/bgp"
-	"canopy.io/canopy/bgp/services"
-	"canopy.io/canopy/internal/config"
-	"canopy.io/canopy/internal/egress"
-	"canopy.io/canopy/internal/ipt"
-	"canopy.io/canopy/internal/lballoc"
-	"canopy.io/canopy/internal/nodesetup"
-	"canopy.io/canopy/policy"
-	"canopy.io/canopy/proxy"
-	iptproxy "canopy.io/canopy/proxy/iptables"
-	ipvsproxy "canopy.io/canopy/proxy/ipvs"
-	"canopy.io/canopy/routes"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -43,6 +31,20 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+
+	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/bgp/services"
+	"canopy.io/canopy/internal/config"
+	"canopy.io/canopy/internal/egress"
+	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/lballoc"
+	"canopy.io/canopy/internal/model"
+	"canopy.io/canopy/internal/nodesetup"
+	"canopy.io/canopy/policy"
+	"canopy.io/canopy/proxy"
+	iptproxy "canopy.io/canopy/proxy/iptables"
+	ipvsproxy "canopy.io/canopy/proxy/ipvs"
+	"canopy.io/canopy/routes"
 )
 
 // stringList is a repeatable, comma-separated flag.
@@ -238,7 +240,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	setup := nodesetup.New(nodesetup.Config{
 		NodeName: cfg.NodeName, CNIConfDir: cfg.CNIConfDir, CNIBinDir: cfg.CNIBinDir, CNIPlugin: cfg.CNIPlugin,
 		CNIDataDir: cfg.CNIDataDir, CNIMTU: cfg.CNIMTU, PodEgress: cfg.PodEgress,
-		NoMasqTo: append(slices.Clone(cfg.ClusterCIDRs), cfg.ServiceCIDRs...), PodCIDRFunc: bgp.PodCIDRs,
+		NoMasqTo: append(slices.Clone(cfg.ClusterCIDRs), cfg.ServiceCIDRs...), PodCIDRFunc: model.PodCIDRs,
 		ClusterCIDRs: cfg.ClusterCIDRs, CNIAgentSocket: hintSocket,
 	}, iptables, log.With("component", "nodesetup"))
 	if err := setup.Start(ctx, factory); err != nil {
@@ -319,7 +321,7 @@ func waitForNode(ctx context.Context, kube kubernetes.Interface, name string, lo
 	for {
 		n, err := kube.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 		if err == nil {
-			log.Info("found this node", "node", name, "ip", bgp.NodeIP(n), "pod_cidrs", bgp.PodCIDRs(n))
+			log.Info("found this node", "node", name, "ip", model.NodeIP(n), "pod_cidrs", model.PodCIDRs(n))
 			return n, nil
 		}
 		if time.Since(last) > 10*time.Second {
@@ -377,7 +379,7 @@ func startFirewall(ctx context.Context, cfg *config.Config, self *corev1.Node, k
 // startProxy picks the back end (IPVS only where the kernel has it) and starts the service proxy.
 func startProxy(ctx context.Context, cfg *config.Config, self *corev1.Node, factory informers.SharedInformerFactory, recorder record.EventRecorder, log *slog.Logger) error {
 	var nodeIPs []netip.Addr
-	if ip := bgp.NodeIP(self); ip.IsValid() {
+	if ip := model.NodeIP(self); ip.IsValid() {
 		nodeIPs = append(nodeIPs, ip)
 	}
 	mode := cfg.ProxyMode
@@ -413,7 +415,7 @@ func startProxy(ctx context.Context, cfg *config.Config, self *corev1.Node, fact
 		be = b
 	}
 	log.Info("service proxy", "backend", be.Name())
-	ctrl := proxy.NewController(factory, be, proxy.Options{NodeName: cfg.NodeName, Schedulers: schedulers},
+	ctrl := proxy.NewController(factory, be, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers},
 		recorder, cfg.ResyncInterval, log.With("component", "proxy"))
 	if prune != nil {
 		ctrl.OnInitialSync(func() {

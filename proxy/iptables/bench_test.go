@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/testsupport/testns"
-	"canopy.io/canopy/proxy"
 )
 
 // timedRestorer measures the time spent in iptables-restore and the bytes written.
@@ -35,8 +35,8 @@ func (t *timedRestorer) Restore(table string, data []byte) error {
 	return err
 }
 
-func benchServices(n int) (map[string]*proxy.ServicePort, []string) {
-	desired := make(map[string]*proxy.ServicePort, n)
+func benchServices(n int) (map[string]*model.ServicePort, []string) {
+	desired := make(map[string]*model.ServicePort, n)
 	keys := make([]string, 0, n)
 	for i := range n {
 		sp := benchService(i)
@@ -46,14 +46,14 @@ func benchServices(n int) (map[string]*proxy.ServicePort, []string) {
 	return desired, keys
 }
 
-func benchService(i int) *proxy.ServicePort {
-	ep := func(net int) proxy.Endpoint {
-		return proxy.Endpoint{IP: netip.AddrFrom4([4]byte{10, byte(244 + net), byte(i / 250), byte(i%250 + 1)}), Port: 8080, Ready: true, Serving: true}
+func benchService(i int) *model.ServicePort {
+	ep := func(net int) model.Endpoint {
+		return model.Endpoint{IP: netip.AddrFrom4([4]byte{10, byte(244 + net), byte(i / 250), byte(i%250 + 1)}), Port: 8080, Ready: true, Serving: true}
 	}
-	eps := []proxy.Endpoint{ep(0), ep(1)}
-	return &proxy.ServicePort{
+	eps := []model.Endpoint{ep(0), ep(1)}
+	return &model.ServicePort{
 		Key: fmt.Sprintf("ns%d/svc%d:http/TCP", i/100, i), Namespace: fmt.Sprintf("ns%d", i/100), Name: fmt.Sprintf("svc%d", i),
-		PortName: "http", Protocol: proxy.TCP, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)})},
+		PortName: "http", Protocol: model.TCP, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)})},
 		Port: 80, ClusterEndpoints: eps, ExternalEndpoints: eps,
 	}
 }
@@ -108,7 +108,7 @@ func benchSync(b *testing.B, flavour ipt.Flavour) {
 			}
 			return p, tr
 		}
-		timed := func(name string, ns *testns.NS, p *Proxier, desired map[string]*proxy.ServicePort, keys []string) {
+		timed := func(name string, ns *testns.NS, p *Proxier, desired map[string]*model.ServicePort, keys []string) {
 			start := time.Now()
 			if err := ns.Do(func() error { return p.Sync(desired, keys) }); err != nil {
 				b.Fatalf("%s: %v", name, err)
@@ -133,7 +133,7 @@ func benchSync(b *testing.B, flavour ipt.Flavour) {
 		timed("add1-ms", big, p, d, []string{add.Key})
 
 		chg := d[keys[5000]]
-		chg.ClusterEndpoints = []proxy.Endpoint{chg.ClusterEndpoints[0], {IP: netip.MustParseAddr("10.250.0.1"), Port: 8080, Ready: true}}
+		chg.ClusterEndpoints = []model.Endpoint{chg.ClusterEndpoints[0], {IP: netip.MustParseAddr("10.250.0.1"), Port: 8080, Ready: true}}
 		chg.ExternalEndpoints = chg.ClusterEndpoints
 		timed("epchange-ms", big, p, d, []string{chg.Key})
 

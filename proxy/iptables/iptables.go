@@ -27,6 +27,7 @@ import (
 	"sync"
 
 	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/proxy"
 )
 
@@ -266,7 +267,7 @@ func (b *restoreBuf) bytes(table string) []byte {
 // keys cover everything applied so far is full too: it rewrites every chain, even unchanged ones (a repair).
 // Otherwise only the chains of the given keys whose rules changed are written, and the dispatch chains get
 // their lines deleted (-D) and inserted (-I/-A) in place.
-func (p *Proxier) Sync(desired map[string]*proxy.ServicePort, changed []string) error {
+func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.start(); err != nil {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"canopy.io/canopy/proxy"
+	"canopy.io/canopy/internal/model"
 )
 
 // recorder is a Restorer that records what would be written.
@@ -79,13 +79,13 @@ var (
 	testCfg = Config{ClusterCIDRs: []netip.Prefix{podCIDR}}
 )
 
-func ep(ip string, port uint16) proxy.Endpoint {
-	return proxy.Endpoint{IP: netip.MustParseAddr(ip), Port: port, Ready: true, Serving: true}
+func ep(ip string, port uint16) model.Endpoint {
+	return model.Endpoint{IP: netip.MustParseAddr(ip), Port: port, Ready: true, Serving: true}
 }
 
-func svc(ns, name string, vip string, port uint16, eps ...proxy.Endpoint) *proxy.ServicePort {
-	return &proxy.ServicePort{
-		Key: ns + "/" + name + ":http/TCP", Namespace: ns, Name: name, PortName: "http", Protocol: proxy.TCP,
+func svc(ns, name string, vip string, port uint16, eps ...model.Endpoint) *model.ServicePort {
+	return &model.ServicePort{
+		Key: ns + "/" + name + ":http/TCP", Namespace: ns, Name: name, PortName: "http", Protocol: model.TCP,
 		ClusterIPs: []netip.Addr{netip.MustParseAddr(vip)}, Port: port,
 		ClusterEndpoints: eps, ExternalEndpoints: eps,
 	}
@@ -96,9 +96,9 @@ func newTest(cfg Config) (*Proxier, *recorder, *fakeIPT) {
 	return New(cfg, r, it, nil, nil), r, it
 }
 
-func syncOne(t *testing.T, p *Proxier, sps ...*proxy.ServicePort) {
+func syncOne(t *testing.T, p *Proxier, sps ...*model.ServicePort) {
 	t.Helper()
-	desired := map[string]*proxy.ServicePort{}
+	desired := map[string]*model.ServicePort{}
 	var keys []string
 	for _, sp := range sps {
 		desired[sp.Key] = sp
@@ -265,7 +265,7 @@ func TestExternalPolicyLocal(t *testing.T) {
 	sp := svc("default", "local", "10.96.0.30", 80, local, ep("10.244.2.10", 8080))
 	sp.NodePort, sp.ExternalPolicyLocal = 30081, true
 	sp.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.11")}
-	sp.ExternalEndpoints = []proxy.Endpoint{local}
+	sp.ExternalEndpoints = []model.Endpoint{local}
 	syncOne(t, p, sp)
 	w := r.take()
 	nat := w["nat"]
@@ -324,7 +324,7 @@ func TestNoEndpointsRejects(t *testing.T) {
 	})
 
 	// Endpoints arrive: DNAT in, reject out.
-	sp.ClusterEndpoints = []proxy.Endpoint{ep("10.244.1.10", 8080)}
+	sp.ClusterEndpoints = []model.Endpoint{ep("10.244.1.10", 8080)}
 	sp.ExternalEndpoints = sp.ClusterEndpoints
 	syncOne(t, p, sp)
 	w = r.take()
@@ -369,15 +369,15 @@ func TestMasquerade(t *testing.T) {
 
 func TestTerminatingEndpoints(t *testing.T) {
 	p, r, _ := newTest(testCfg)
-	draining := proxy.Endpoint{IP: netip.MustParseAddr("10.244.2.10"), Port: 8080, Serving: true, Terminating: true}
-	notReady := proxy.Endpoint{IP: netip.MustParseAddr("10.244.3.10"), Port: 8080}
+	draining := model.Endpoint{IP: netip.MustParseAddr("10.244.2.10"), Port: 8080, Serving: true, Terminating: true}
+	notReady := model.Endpoint{IP: netip.MustParseAddr("10.244.3.10"), Port: 8080}
 	sp := svc("default", "web", "10.96.0.10", 80, ep("10.244.1.10", 8080), draining, notReady)
 	syncOne(t, p, sp)
 	nat := r.take()["nat"]
 	if strings.Contains(nat, "10.244.2.10") || strings.Contains(nat, "10.244.3.10") {
 		t.Errorf("a terminating or unready endpoint gets new connections while a ready one exists:\n%s", nat)
 	}
-	sp.ClusterEndpoints = []proxy.Endpoint{draining, notReady}
+	sp.ClusterEndpoints = []model.Endpoint{draining, notReady}
 	sp.ExternalEndpoints = sp.ClusterEndpoints
 	syncOne(t, p, sp)
 	nat = r.take()["nat"]
@@ -391,9 +391,9 @@ var chainDecl = regexp.MustCompile(`(?m)^:(CANOPY-(?:SVC|SEP|EXT)-\S+)`)
 // TestIncremental: 10,000 services x 2 endpoints, then each kind of change writes only its own chains.
 func TestIncremental(t *testing.T) {
 	p, r, _ := newTest(testCfg)
-	desired := map[string]*proxy.ServicePort{}
+	desired := map[string]*model.ServicePort{}
 	var keys []string
-	mk := func(i int) *proxy.ServicePort {
+	mk := func(i int) *model.ServicePort {
 		return svc(fmt.Sprintf("ns%d", i/100), fmt.Sprintf("svc%d", i), fmt.Sprintf("10.96.%d.%d", i/250, i%250+1), 80,
 			ep(fmt.Sprintf("10.244.%d.%d", i/250, i%250+1), 8080), ep(fmt.Sprintf("10.245.%d.%d", i/250, i%250+1), 8080))
 	}
@@ -453,7 +453,7 @@ func TestIncremental(t *testing.T) {
 	// chains untouched.
 	chg := desired[keys[42]]
 	old := chg.ClusterEndpoints[1]
-	chg.ClusterEndpoints = []proxy.Endpoint{chg.ClusterEndpoints[0], ep("10.246.0.42", 8080)}
+	chg.ClusterEndpoints = []model.Endpoint{chg.ClusterEndpoints[0], ep("10.246.0.42", 8080)}
 	chg.ExternalEndpoints = chg.ClusterEndpoints
 	if err := p.Sync(desired, []string{chg.Key}); err != nil {
 		t.Fatal(err)
@@ -555,7 +555,7 @@ func TestFailedRestoreIsRetried(t *testing.T) {
 	p, r, _ := newTest(testCfg)
 	a := svc("default", "a", "10.96.0.10", 80, ep("10.244.1.10", 8080))
 	b := svc("default", "b", "10.96.0.11", 80, ep("10.244.1.11", 8080))
-	desired := map[string]*proxy.ServicePort{a.Key: a}
+	desired := map[string]*model.ServicePort{a.Key: a}
 	if err := p.Sync(desired, []string{a.Key}); err != nil {
 		t.Fatal(err)
 	}
@@ -580,7 +580,7 @@ func TestUDPConntrackCleanup(t *testing.T) {
 	r, ct := &recorder{}, &fakeCT{}
 	p := New(testCfg, r, &fakeIPT{}, ct, nil)
 	sp := svc("default", "dns", "10.96.0.10", 53, ep("10.244.1.10", 5353), ep("10.244.2.10", 5353))
-	sp.Key, sp.Protocol, sp.NodePort = "default/dns:dns/UDP", proxy.UDP, 30053
+	sp.Key, sp.Protocol, sp.NodePort = "default/dns:dns/UDP", model.UDP, 30053
 	syncOne(t, p, sp)
 	if len(ct.flows) != 0 {
 		t.Errorf("first sync deleted flows: %v", ct.flows)
@@ -598,7 +598,7 @@ func TestUDPConntrackCleanup(t *testing.T) {
 	sp.ClusterEndpoints, sp.ExternalEndpoints = nil, nil
 	syncOne(t, p, sp)
 	ct.flows = nil
-	sp.ClusterEndpoints = []proxy.Endpoint{ep("10.244.1.10", 5353)}
+	sp.ClusterEndpoints = []model.Endpoint{ep("10.244.1.10", 5353)}
 	sp.ExternalEndpoints = sp.ClusterEndpoints
 	syncOne(t, p, sp)
 	want = []Flow{{OrigDst: netip.MustParseAddr("10.96.0.10"), OrigDstPort: 53}, {OrigDstPort: 30053}}

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/testsupport/testns"
-	"canopy.io/canopy/proxy"
 )
 
 // lab is a node namespace running the rules, a client namespace outside, and two backend namespaces ("pods"
@@ -120,8 +120,8 @@ func askN(t *testing.T, ns *testns.NS, addr string, n int) (names, srcs map[stri
 	return names, srcs
 }
 
-func (l *lab) ep(i int, port uint16) proxy.Endpoint {
-	return proxy.Endpoint{IP: l.beIP[i], Port: port, Ready: true, Serving: true, Local: true}
+func (l *lab) ep(i int, port uint16) model.Endpoint {
+	return model.Endpoint{IP: l.beIP[i], Port: port, Ready: true, Serving: true, Local: true}
 }
 
 func TestKernel(t *testing.T) {
@@ -157,9 +157,9 @@ func testKernel(t *testing.T, cfg Config, flavour ipt.Flavour) {
 	t.Logf("flavour %s", flavour)
 	save := func() string { return l.node.MustRun(t, "iptables-"+string(flavour)+"-save") }
 
-	both := []proxy.Endpoint{l.ep(0, 8080), l.ep(1, 8080)}
-	mk := func(name, vip string, port uint16, eps ...proxy.Endpoint) *proxy.ServicePort {
-		return &proxy.ServicePort{Key: "default/" + name + ":/TCP", Namespace: "default", Name: name, Protocol: proxy.TCP,
+	both := []model.Endpoint{l.ep(0, 8080), l.ep(1, 8080)}
+	mk := func(name, vip string, port uint16, eps ...model.Endpoint) *model.ServicePort {
+		return &model.ServicePort{Key: "default/" + name + ":/TCP", Namespace: "default", Name: name, Protocol: model.TCP,
 			ClusterIPs: []netip.Addr{netip.MustParseAddr(vip)}, Port: port, ClusterEndpoints: eps, ExternalEndpoints: eps}
 	}
 	web := mk("web", "10.96.0.10", 80, both...)
@@ -174,11 +174,11 @@ func testKernel(t *testing.T, cfg Config, flavour ipt.Flavour) {
 	sticky := mk("sticky", "10.96.0.13", 80, both...)
 	sticky.AffinityClientIP, sticky.AffinityTimeout = true, time.Minute
 	dns := mk("dns", "10.96.0.12", 53, l.ep(0, 5353), l.ep(1, 5353))
-	dns.Key, dns.Protocol = "default/dns:/UDP", proxy.UDP
+	dns.Key, dns.Protocol = "default/dns:/UDP", model.UDP
 
-	desired := map[string]*proxy.ServicePort{}
+	desired := map[string]*model.ServicePort{}
 	var keys []string
-	for _, sp := range []*proxy.ServicePort{web, empty, local, nolocal, sticky, dns} {
+	for _, sp := range []*model.ServicePort{web, empty, local, nolocal, sticky, dns} {
 		desired[sp.Key] = sp
 		keys = append(keys, sp.Key)
 	}
@@ -296,9 +296,9 @@ func testKernel(t *testing.T, cfg Config, flavour ipt.Flavour) {
 	// Remove one endpoint from web and the one the UDP flow uses from dns.
 	web.ClusterEndpoints, web.ExternalEndpoints = both[:1], both[:1]
 	if first == "be1" {
-		dns.ClusterEndpoints = []proxy.Endpoint{l.ep(1, 5353)}
+		dns.ClusterEndpoints = []model.Endpoint{l.ep(1, 5353)}
 	} else {
-		dns.ClusterEndpoints = []proxy.Endpoint{l.ep(0, 5353)}
+		dns.ClusterEndpoints = []model.Endpoint{l.ep(0, 5353)}
 	}
 	dns.ExternalEndpoints = dns.ClusterEndpoints
 	sync(web.Key, dns.Key)
@@ -342,11 +342,11 @@ func TestRestartAdoptsChains(t *testing.T) {
 	requireIptables(t)
 	l := newLab(t)
 	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
-	a := &proxy.ServicePort{Key: "default/a:/TCP", Protocol: proxy.TCP, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}, Port: 80,
-		ClusterEndpoints: []proxy.Endpoint{l.ep(0, 8080)}}
-	b := &proxy.ServicePort{Key: "default/b:/TCP", Protocol: proxy.TCP, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.21")}, Port: 80,
-		ClusterEndpoints: []proxy.Endpoint{l.ep(1, 8080)}}
-	desired := map[string]*proxy.ServicePort{a.Key: a, b.Key: b}
+	a := &model.ServicePort{Key: "default/a:/TCP", Protocol: model.TCP, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")}, Port: 80,
+		ClusterEndpoints: []model.Endpoint{l.ep(0, 8080)}}
+	b := &model.ServicePort{Key: "default/b:/TCP", Protocol: model.TCP, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.21")}, Port: 80,
+		ClusterEndpoints: []model.Endpoint{l.ep(1, 8080)}}
+	desired := map[string]*model.ServicePort{a.Key: a, b.Key: b}
 	err := l.node.Do(func() error {
 		p, err := NewHost(cfg, nil)
 		if err != nil {
@@ -402,12 +402,12 @@ func TestKernelChunked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	desired := map[string]*proxy.ServicePort{}
+	desired := map[string]*model.ServicePort{}
 	var keys []string
 	for i := range 10 {
-		sp := &proxy.ServicePort{Key: fmt.Sprintf("default/s%d:/TCP", i), Protocol: proxy.TCP, Port: 80,
+		sp := &model.ServicePort{Key: fmt.Sprintf("default/s%d:/TCP", i), Protocol: model.TCP, Port: 80,
 			ClusterIPs:       []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 1, byte(i + 1)})},
-			ClusterEndpoints: []proxy.Endpoint{l.ep(0, 8080), l.ep(1, 8080)}}
+			ClusterEndpoints: []model.Endpoint{l.ep(0, 8080), l.ep(1, 8080)}}
 		sp.ExternalEndpoints = sp.ClusterEndpoints
 		desired[sp.Key] = sp
 		keys = append(keys, sp.Key)

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"canopy.io/canopy/proxy"
+	"canopy.io/canopy/internal/model"
 )
 
 // Chains every Canopy iptables proxier owns whatever services exist.
@@ -85,24 +85,24 @@ type ctInfo struct {
 
 // usable picks the endpoints that take new connections: the ready ones, or if none is ready the serving and
 // terminating ones. IPv4 only, duplicates dropped.
-func usable(eps []proxy.Endpoint) []proxy.Endpoint {
-	pick := func(ok func(proxy.Endpoint) bool) []proxy.Endpoint {
-		var out []proxy.Endpoint
+func usable(eps []model.Endpoint) []model.Endpoint {
+	pick := func(ok func(model.Endpoint) bool) []model.Endpoint {
+		var out []model.Endpoint
 		for _, e := range eps {
 			if !ok(e) || !e.IP.Is4() || e.Port == 0 {
 				continue
 			}
-			if slices.ContainsFunc(out, func(o proxy.Endpoint) bool { return o.IP == e.IP && o.Port == e.Port }) {
+			if slices.ContainsFunc(out, func(o model.Endpoint) bool { return o.IP == e.IP && o.Port == e.Port }) {
 				continue
 			}
 			out = append(out, e)
 		}
 		return out
 	}
-	if r := pick(func(e proxy.Endpoint) bool { return e.Ready }); len(r) > 0 {
+	if r := pick(func(e model.Endpoint) bool { return e.Ready }); len(r) > 0 {
 		return r
 	}
-	return pick(func(e proxy.Endpoint) bool { return e.Serving && e.Terminating })
+	return pick(func(e model.Endpoint) bool { return e.Serving && e.Terminating })
 }
 
 func v4(addrs []netip.Addr) []netip.Addr {
@@ -115,8 +115,8 @@ func v4(addrs []netip.Addr) []netip.Addr {
 	return out
 }
 
-func sameEndpoints(a, b []proxy.Endpoint) bool {
-	return slices.EqualFunc(a, b, func(x, y proxy.Endpoint) bool { return x.IP == y.IP && x.Port == y.Port })
+func sameEndpoints(a, b []model.Endpoint) bool {
+	return slices.EqualFunc(a, b, func(x, y model.Endpoint) bool { return x.IP == y.IP && x.Port == y.Port })
 }
 
 // comment quotes a rule comment for iptables-restore.
@@ -141,7 +141,7 @@ func (w *ruleWriter) add(chain string, parts ...string) {
 }
 
 // build turns a service port into its plan (nil: nothing to program, e.g. no IPv4 cluster IP).
-func (p *Proxier) build(sp *proxy.ServicePort) *plan {
+func (p *Proxier) build(sp *model.ServicePort) *plan {
 	if sp == nil || sp.Port == 0 {
 		return nil
 	}
@@ -163,16 +163,16 @@ func (p *Proxier) build(sp *proxy.ServicePort) *plan {
 	svcChain, extChain := SVCChain(sp.Key), EXTChain(sp.Key)
 	port := "-m " + proto + " --dport " + strconv.Itoa(int(sp.Port))
 	p4 := "-p " + proto
-	pl := &plan{ct: ctInfo{udp: sp.Protocol == proxy.UDP, port: sp.Port, nodePort: sp.NodePort}}
+	pl := &plan{ct: ctInfo{udp: sp.Protocol == model.UDP, port: sp.Port, nodePort: sp.NodePort}}
 	pl.ct.vips = append(append(append(pl.ct.vips, cips...), extIPs...), lbIPs...)
 
 	timeout := int(sp.AffinityTimeout / time.Second)
 	if timeout <= 0 {
 		timeout = int(DefaultAffinityTimeout / time.Second)
 	}
-	sep := func(e proxy.Endpoint) string { return SEPChain(sp.Key, e.IP, e.Port) }
+	sep := func(e model.Endpoint) string { return SEPChain(sp.Key, e.IP, e.Port) }
 	// balance spreads new connections over eps at random, after the ClientIP affinity checks.
-	balance := func(w *ruleWriter, from string, eps []proxy.Endpoint) {
+	balance := func(w *ruleWriter, from string, eps []model.Endpoint) {
 		if sp.AffinityClientIP {
 			for _, e := range eps {
 				w.add(from, "-m recent --name", sep(e), "--rcheck --seconds", strconv.Itoa(timeout), "--reap -j", sep(e))
@@ -234,9 +234,9 @@ func (p *Proxier) build(sp *proxy.ServicePort) *plan {
 	}
 
 	// CANOPY-SEP-: one per endpoint, DNAT (and the hairpin mark).
-	var seps []proxy.Endpoint
+	var seps []model.Endpoint
 	for _, e := range append(slices.Clone(clusterEps), extEps...) {
-		if !slices.ContainsFunc(seps, func(o proxy.Endpoint) bool { return o.IP == e.IP && o.Port == e.Port }) {
+		if !slices.ContainsFunc(seps, func(o model.Endpoint) bool { return o.IP == e.IP && o.Port == e.Port }) {
 			seps = append(seps, e)
 			pl.ct.eps = append(pl.ct.eps, e.IP)
 		}

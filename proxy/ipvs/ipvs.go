@@ -30,6 +30,7 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 
+	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/proxy"
 )
 
@@ -280,7 +281,7 @@ func keyOf(s *mobyipvs.Service) (vsKey, bool) {
 // Sync implements proxy.Backend: for each key in changed, the kernel is made to match desired[key] (absent:
 // deleted). Errors of one key do not stop the others; the state of a virtual service that failed is re-read
 // from the kernel so the next Sync of its key repairs it.
-func (b *Backend) Sync(desired map[string]*proxy.ServicePort, changed []string) error {
+func (b *Backend) Sync(desired map[string]*model.ServicePort, changed []string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error
@@ -320,7 +321,7 @@ func (b *Backend) Sync(desired map[string]*proxy.ServicePort, changed []string) 
 	return errors.Join(errs...)
 }
 
-func (b *Backend) syncKey(key string, sp *proxy.ServicePort) error {
+func (b *Backend) syncKey(key string, sp *model.ServicePort) error {
 	want := b.build(sp)
 	old := b.claims[key]
 	if old == nil {
@@ -541,7 +542,7 @@ func (b *Backend) Prune() error {
 }
 
 // build turns a service port into the virtual services, addresses and masquerade exceptions it needs.
-func (b *Backend) build(sp *proxy.ServicePort) *keyWant {
+func (b *Backend) build(sp *model.ServicePort) *keyWant {
 	w := &keyWant{vs: map[vsKey]*vsState{}, addrs: map[netip.Addr]bool{}, locals: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
 	if sp == nil {
 		return w
@@ -550,7 +551,7 @@ func (b *Backend) build(sp *proxy.ServicePort) *keyWant {
 	if proto == 0 {
 		return w
 	}
-	for _, eps := range [][]proxy.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
+	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
 		for _, e := range eps {
 			if e.Local && e.IP.Unmap().Is4() {
 				w.hairpins[e.IP.Unmap()] = true
@@ -570,7 +571,7 @@ func (b *Backend) build(sp *proxy.ServicePort) *keyWant {
 		}
 		timeout = uint32((t + time.Second - 1) / time.Second)
 	}
-	add := func(ip netip.Addr, port uint16, eps []proxy.Endpoint, bind, local bool) {
+	add := func(ip netip.Addr, port uint16, eps []model.Endpoint, bind, local bool) {
 		ip = ip.Unmap()
 		if !ip.IsValid() || port == 0 {
 			return
@@ -604,7 +605,7 @@ func (b *Backend) build(sp *proxy.ServicePort) *keyWant {
 // Weights is the real servers of a virtual service of one address family: ready endpoints weigh 1; while any
 // is ready, terminating ones weigh 0 (they keep their connections and get no new ones); when none is ready,
 // serving terminating ones weigh 1 and the others 0. Endpoints neither ready nor terminating are left out.
-func Weights(eps []proxy.Endpoint, v4 bool) map[dKey]int {
+func Weights(eps []model.Endpoint, v4 bool) map[dKey]int {
 	anyReady := false
 	for _, e := range eps {
 		if e.Ready && e.IP.Unmap().Is4() == v4 {
@@ -659,13 +660,13 @@ func toDest(d dKey, weight int) *mobyipvs.Destination {
 	return dst
 }
 
-func protoNumber(p proxy.Protocol) uint16 {
+func protoNumber(p model.Protocol) uint16 {
 	switch p {
-	case proxy.TCP:
+	case model.TCP:
 		return syscall.IPPROTO_TCP
-	case proxy.UDP:
+	case model.UDP:
 		return syscall.IPPROTO_UDP
-	case proxy.SCTP:
+	case model.SCTP:
 		return syscall.IPPROTO_SCTP
 	}
 	return 0

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"canopy.io/canopy/proxy"
+	"canopy.io/canopy/internal/model"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -22,17 +22,17 @@ var (
 	podNet = netip.MustParsePrefix("10.244.0.0/16")
 )
 
-func ep(ip string, ready, serving, terminating bool) proxy.Endpoint {
-	return proxy.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, Ready: ready, Serving: serving, Terminating: terminating}
+func ep(ip string, ready, serving, terminating bool) model.Endpoint {
+	return model.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, Ready: ready, Serving: serving, Terminating: terminating}
 }
 
-func ready(ip string) proxy.Endpoint { return ep(ip, true, true, false) }
+func ready(ip string) model.Endpoint { return ep(ip, true, true, false) }
 
 // svc is a ClusterIP service port with ready endpoints.
-func svc(i int, eps ...proxy.Endpoint) *proxy.ServicePort {
-	return &proxy.ServicePort{
+func svc(i int, eps ...model.Endpoint) *model.ServicePort {
+	return &model.ServicePort{
 		Key: fmt.Sprintf("ns/s%d:http/TCP", i), Namespace: "ns", Name: fmt.Sprintf("s%d", i), PortName: "http",
-		Protocol: proxy.TCP, Port: 80,
+		Protocol: model.TCP, Port: 80,
 		ClusterIPs:       []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})},
 		ClusterEndpoints: eps, ExternalEndpoints: eps,
 	}
@@ -65,14 +65,14 @@ func (r *rig) open(t *testing.T) {
 	r.b = b
 }
 
-func (r *rig) sync(t *testing.T, desired map[string]*proxy.ServicePort, changed ...string) {
+func (r *rig) sync(t *testing.T, desired map[string]*model.ServicePort, changed ...string) {
 	t.Helper()
 	if err := r.b.Sync(desired, changed); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func all(m map[string]*proxy.ServicePort) []string { return slices.Sorted(maps.Keys(m)) }
+func all(m map[string]*model.ServicePort) []string { return slices.Sorted(maps.Keys(m)) }
 
 func tcp(addr string, port uint16) vsKey {
 	return vsKey{syscall.IPPROTO_TCP, netip.MustParseAddr(addr), port}
@@ -81,16 +81,16 @@ func tcp(addr string, port uint16) vsKey {
 func TestWeights(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		eps  []proxy.Endpoint
+		eps  []model.Endpoint
 		want map[string]int
 	}{
-		{"ready", []proxy.Endpoint{ready("10.0.0.1"), ready("10.0.0.2")}, map[string]int{"10.0.0.1": 1, "10.0.0.2": 1}},
+		{"ready", []model.Endpoint{ready("10.0.0.1"), ready("10.0.0.2")}, map[string]int{"10.0.0.1": 1, "10.0.0.2": 1}},
 		{"terminating drains while one is ready",
-			[]proxy.Endpoint{ready("10.0.0.1"), ep("10.0.0.2", false, true, true)}, map[string]int{"10.0.0.1": 1, "10.0.0.2": 0}},
+			[]model.Endpoint{ready("10.0.0.1"), ep("10.0.0.2", false, true, true)}, map[string]int{"10.0.0.1": 1, "10.0.0.2": 0}},
 		{"no ready: serving terminating ones take traffic",
-			[]proxy.Endpoint{ep("10.0.0.1", false, true, true), ep("10.0.0.2", false, false, true)}, map[string]int{"10.0.0.1": 1, "10.0.0.2": 0}},
-		{"not ready and not terminating: left out", []proxy.Endpoint{ready("10.0.0.1"), ep("10.0.0.2", false, false, false)}, map[string]int{"10.0.0.1": 1}},
-		{"other family left out", []proxy.Endpoint{ready("10.0.0.1"), ready("fd00::1")}, map[string]int{"10.0.0.1": 1}},
+			[]model.Endpoint{ep("10.0.0.1", false, true, true), ep("10.0.0.2", false, false, true)}, map[string]int{"10.0.0.1": 1, "10.0.0.2": 0}},
+		{"not ready and not terminating: left out", []model.Endpoint{ready("10.0.0.1"), ep("10.0.0.2", false, false, false)}, map[string]int{"10.0.0.1": 1}},
+		{"other family left out", []model.Endpoint{ready("10.0.0.1"), ready("fd00::1")}, map[string]int{"10.0.0.1": 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := map[string]int{}
@@ -114,7 +114,7 @@ func TestSyncProgramsEveryFrontEndAndNoOpWritesNothing(t *testing.T) {
 	sp.ExternalPolicyLocal = true
 	sp.Scheduler = "wrr"
 	sp.AffinityClientIP, sp.AffinityTimeout = true, 90*time.Second
-	d := map[string]*proxy.ServicePort{sp.Key: sp}
+	d := map[string]*model.ServicePort{sp.Key: sp}
 	r.sync(t, d, sp.Key)
 
 	want := map[vsKey][]string{
@@ -166,7 +166,7 @@ func TestSyncProgramsEveryFrontEndAndNoOpWritesNothing(t *testing.T) {
 	}
 
 	// Deleting the key removes everything it made.
-	r.sync(t, map[string]*proxy.ServicePort{}, sp.Key)
+	r.sync(t, map[string]*model.ServicePort{}, sp.Key)
 	if len(r.h.svcs) != 0 || len(r.a.addrs) != 0 {
 		t.Errorf("left behind: services %v, addresses %v", slices.Collect(maps.Keys(r.h.svcs)), r.a.addrs)
 	}
@@ -178,7 +178,7 @@ func TestSyncProgramsEveryFrontEndAndNoOpWritesNothing(t *testing.T) {
 // Adding one service to 10,000 issues exactly that service's calls, and reads nothing back from the kernel.
 func TestAddOneToTenThousand(t *testing.T) {
 	r := newRig(t)
-	d := map[string]*proxy.ServicePort{}
+	d := map[string]*model.ServicePort{}
 	for i := range 10000 {
 		sp := svc(i, ready("10.244.1.2"), ready("10.244.2.2"))
 		d[sp.Key] = sp
@@ -213,22 +213,22 @@ func TestAddOneToTenThousand(t *testing.T) {
 func TestEndpointChanges(t *testing.T) {
 	r := newRig(t)
 	sp := svc(1, ready("10.244.1.2"), ready("10.244.2.2"))
-	d := map[string]*proxy.ServicePort{sp.Key: sp}
+	d := map[string]*model.ServicePort{sp.Key: sp}
 	r.sync(t, d, sp.Key)
 	k := tcp("10.96.0.1", 80)
 
 	for _, step := range []struct {
 		name  string
-		eps   []proxy.Endpoint
+		eps   []model.Endpoint
 		want  []string
 		calls map[string]int
 	}{
-		{"second drains", []proxy.Endpoint{ready("10.244.1.2"), ep("10.244.2.2", false, true, true)},
+		{"second drains", []model.Endpoint{ready("10.244.1.2"), ep("10.244.2.2", false, true, true)},
 			[]string{"10.244.1.2:8080=1", "10.244.2.2:8080=0"}, map[string]int{"UpdateDestination": 1}},
 		{"first terminates too: serving terminating ones take traffic",
-			[]proxy.Endpoint{ep("10.244.1.2", false, true, true), ep("10.244.2.2", false, true, true)},
+			[]model.Endpoint{ep("10.244.1.2", false, true, true), ep("10.244.2.2", false, true, true)},
 			[]string{"10.244.1.2:8080=1", "10.244.2.2:8080=1"}, map[string]int{"UpdateDestination": 1}},
-		{"replaced", []proxy.Endpoint{ready("10.244.3.2")},
+		{"replaced", []model.Endpoint{ready("10.244.3.2")},
 			[]string{"10.244.3.2:8080=1"}, map[string]int{"NewDestination": 1, "DelDestination": 2}},
 		{"none: the virtual service stays, empty", nil, nil, map[string]int{"DelDestination": 1}},
 	} {
@@ -250,7 +250,7 @@ func TestSchedulerAffinityAndSharedAddress(t *testing.T) {
 	http := svc(1, ready("10.244.1.2"))
 	https := svc(1, ready("10.244.1.2"))
 	https.Key, https.PortName, https.Port = "ns/s1:https/TCP", "https", 443
-	d := map[string]*proxy.ServicePort{http.Key: http, https.Key: https}
+	d := map[string]*model.ServicePort{http.Key: http, https.Key: https}
 	r.sync(t, d, all(d)...)
 
 	r.h.reset()
@@ -285,7 +285,7 @@ func TestRestartRestoreAndPrune(t *testing.T) {
 	a, b := svc(1, ready("10.244.1.2")), svc(2, ready("10.244.2.2"))
 	a.NodePort = 30001
 	a.ExternalPolicyLocal = true
-	d := map[string]*proxy.ServicePort{a.Key: a, b.Key: b}
+	d := map[string]*model.ServicePort{a.Key: a, b.Key: b}
 	r.sync(t, d, all(d)...)
 	// Someone else's virtual service on an address that is not Canopy's.
 	foreign := toService(tcp("172.16.0.1", 53), &vsState{sched: "rr"})
@@ -334,7 +334,7 @@ func TestHairpinRules(t *testing.T) {
 	local := ready("10.244.0.5")
 	local.Local = true
 	a, b := svc(1, local, ready("10.244.1.2")), svc(2, local)
-	d := map[string]*proxy.ServicePort{a.Key: a, b.Key: b}
+	d := map[string]*model.ServicePort{a.Key: a, b.Key: b}
 	r.sync(t, d, all(d)...)
 	rule := spec(hairpinRule(local.IP))
 	chain := r.ipt.chains["nat/"+Chain]
@@ -359,7 +359,7 @@ func TestHairpinRules(t *testing.T) {
 		t.Errorf("re-sync after restart: %d iptables writes, chain:\n%s", r.ipt.writes, strings.Join(r.ipt.chains["nat/"+Chain], "\n"))
 	}
 	r.open(t) // restart after service 2 was deleted: Prune removes the unclaimed rule
-	r.sync(t, map[string]*proxy.ServicePort{}, b.Key)
+	r.sync(t, map[string]*model.ServicePort{}, b.Key)
 	if err := r.b.Prune(); err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func count(list []string, s string) int {
 func TestFailedWritesAreRepaired(t *testing.T) {
 	r := newRig(t)
 	sp := svc(1, ready("10.244.1.2"), ready("10.244.2.2"))
-	d := map[string]*proxy.ServicePort{sp.Key: sp}
+	d := map[string]*model.ServicePort{sp.Key: sp}
 	r.h.fail["NewDestination"] = 1
 	if err := r.b.Sync(d, []string{sp.Key}); err == nil {
 		t.Fatal("Sync hid a failed NewDestination")
@@ -393,11 +393,11 @@ func TestFailedWritesAreRepaired(t *testing.T) {
 	}
 
 	r.h.fail["DelService"] = 1
-	if err := r.b.Sync(map[string]*proxy.ServicePort{}, []string{sp.Key}); err == nil {
+	if err := r.b.Sync(map[string]*model.ServicePort{}, []string{sp.Key}); err == nil {
 		t.Fatal("Sync hid a failed DelService")
 	}
 	other := svc(2, ready("10.244.1.2"))
-	d = map[string]*proxy.ServicePort{other.Key: other}
+	d = map[string]*model.ServicePort{other.Key: other}
 	r.sync(t, d, other.Key) // an unrelated key: the pending deletion goes through too
 	if _, ok := r.h.svcs[tcp("10.96.0.1", 80)]; ok {
 		t.Error("the virtual service whose deletion failed is still there")

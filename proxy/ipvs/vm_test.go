@@ -25,9 +25,9 @@ import (
 	mobyipvs "github.com/moby/ipvs"
 
 	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/testsupport/testns"
 	"canopy.io/canopy/internal/testsupport/vmtest"
-	"canopy.io/canopy/proxy"
 )
 
 const clusterIP = "10.96.0.10"
@@ -136,9 +136,9 @@ func (n *node) open() {
 	t.Cleanup(func() { h.Close(); la.close() })
 }
 
-func (n *node) sync(sps ...*proxy.ServicePort) {
+func (n *node) sync(sps ...*model.ServicePort) {
 	n.t.Helper()
-	d := map[string]*proxy.ServicePort{}
+	d := map[string]*model.ServicePort{}
 	var keys []string
 	for _, sp := range sps {
 		d[sp.Key] = sp
@@ -150,20 +150,20 @@ func (n *node) sync(sps ...*proxy.ServicePort) {
 }
 
 // service is a ClusterIP service port on clusterIP:80 with NodePort 30080 over the given backends.
-func (n *node) service(eps ...proxy.Endpoint) *proxy.ServicePort {
-	return &proxy.ServicePort{
-		Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: proxy.TCP,
+func (n *node) service(eps ...model.Endpoint) *model.ServicePort {
+	return &model.ServicePort{
+		Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
 		ClusterIPs: []netip.Addr{netip.MustParseAddr(clusterIP)}, Port: 80, NodePort: 30080,
 		ClusterEndpoints: eps, ExternalEndpoints: eps,
 	}
 }
 
-func (n *node) ready(i int) proxy.Endpoint {
-	return proxy.Endpoint{IP: netip.MustParseAddr(n.backends[i]), Port: 8080, Ready: true, Serving: true}
+func (n *node) ready(i int) model.Endpoint {
+	return model.Endpoint{IP: netip.MustParseAddr(n.backends[i]), Port: 8080, Ready: true, Serving: true}
 }
 
-func (n *node) draining(i int) proxy.Endpoint {
-	return proxy.Endpoint{IP: netip.MustParseAddr(n.backends[i]), Port: 8080, Serving: true, Terminating: true}
+func (n *node) draining(i int) model.Endpoint {
+	return model.Endpoint{IP: netip.MustParseAddr(n.backends[i]), Port: 8080, Serving: true, Terminating: true}
 }
 
 // ask connects from ns to addr and returns the backend's answer: its name and the client address it saw.
@@ -268,7 +268,7 @@ func TestVMClusterIPSpreadsAndEndpointRemoval(t *testing.T) {
 	}
 
 	// The service goes: its virtual services and its address with it.
-	if err := n.b.Sync(map[string]*proxy.ServicePort{}, []string{"default/web:http/TCP"}); err != nil {
+	if err := n.b.Sync(map[string]*model.ServicePort{}, []string{"default/web:http/TCP"}); err != nil {
 		t.Fatal(err)
 	}
 	svcs, err := n.h.GetServices()
@@ -444,13 +444,13 @@ func TestVMIPv6ClusterIP(t *testing.T) {
 	sysctl(t, n.node, "net/ipv6/conf/all/forwarding", "1")
 	nodeCmds := []string{"addr add fd00:244::1/64 dev c0 nodad"}
 	ipBatch(t, n.client, "addr add fd00:244::2/64 dev eth0 nodad", "route add ::/0 via fd00:244::1")
-	var eps []proxy.Endpoint
+	var eps []model.Endpoint
 	for i, ns := range n.bns {
 		ip := fmt.Sprintf("fd00:244:%d::2", i+1)
 		nodeCmds = append(nodeCmds, fmt.Sprintf("addr add fd00:244:%d::1/64 dev b%d nodad", i+1, i+1))
 		ipBatch(t, ns, "addr add "+ip+"/64 dev eth0 nodad", fmt.Sprintf("route add ::/0 via fd00:244:%d::1", i+1))
 		serve(t, ns, fmt.Sprintf("b%d", i+1), "["+ip+"]:8080")
-		eps = append(eps, proxy.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, Ready: true, Serving: true})
+		eps = append(eps, model.Endpoint{IP: netip.MustParseAddr(ip), Port: 8080, Ready: true, Serving: true})
 	}
 	ipBatch(t, n.node, nodeCmds...)
 	sp := n.service(eps...)

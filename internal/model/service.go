@@ -1,4 +1,4 @@
-package proxy
+package model
 
 // The Kubernetes semantics of a Service and its EndpointSlices, as kube-proxy implements them
 // (pkg/proxy: serviceport.go, endpointslicecache.go, topology.go), as pure functions: no I/O, no clock,
