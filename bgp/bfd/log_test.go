@@ -1,0 +1,19 @@
+package bfd
+
+import (
+	"log/slog"
+	"testing"
+)
+
+// testLogger logs through t.Log (shown with -v or on failure), tagged with who.
+func testLogger(tb testing.TB, who string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug})).With("ns", who)
+}
+
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(b []byte) (int, error) {
+	w.tb.Helper()
+	w.tb.Log(string(b[:len(b)-1]))
+	return len(b), nil
+}
