@@ -403,6 +403,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer wg.Wait()
 	defer s.Close()
+	defer func() { // the sessions end with the loop: so do their metric series
+		s.mu.Lock()
+		for _, e := range s.sessions {
+			e.m.delete()
+		}
+		s.mu.Unlock()
+	}()
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
