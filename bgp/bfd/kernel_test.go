@@ -527,3 +527,27 @@ func hasSeries(tb testing.TB, c prometheus.Collector, v string) bool {
 	}
 	return false
 }
+
+// TestKernelLinkLocal: IPv6 link-local peers, with zones, come Up and detect a failure.
+func TestKernelLinkLocal(t *testing.T) {
+	testns.Require(t)
+	nsA, nsB := testns.New(t, "bfda"), testns.New(t, "bfdb")
+	testns.Link(t, nsA, "va", "", nsB, "vb", "")
+	nsA.MustRun(t, "ip", "addr", "add", "fe80::a/64", "dev", "va", "nodad")
+	nsB.MustRun(t, "ip", "addr", "add", "fe80::b/64", "dev", "vb", "nodad")
+	llA, llB := netip.MustParseAddr("fe80::a%va"), netip.MustParseAddr("fe80::b%vb")
+	a, b := startNode(t, nsA, llA), startNode(t, nsB, llB)
+	a.setPeers(t, PeerConfig{Peer: netip.MustParseAddr("fe80::b%va")}) // Local: the only IPv6 address
+	b.setPeers(t, PeerConfig{Peer: netip.MustParseAddr("fe80::a%vb"), Local: llB})
+	st := a.waitFor(t, netip.MustParseAddr("fe80::b%va"), 5*time.Second, "Up", func(st Status) bool {
+		return st.State == StateUp && st.TxInterval == DefaultInterval
+	})
+	if st.Local != llA {
+		t.Fatalf("%+v", st)
+	}
+	a.drainEvents()
+	b.stop()
+	if e := a.nextEvent(t, 2*time.Second); e.New != StateDown || e.Diag != DiagControlDetectionExpired {
+		t.Fatalf("%+v", e)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,7 +37,8 @@ type Config struct {
 type PeerConfig struct {
 	Peer netip.Addr
 	// Local is our address on the link to Peer; it must be one of Config.LocalAddrs. Unset means the only
-	// local address of Peer's family.
+	// local address of Peer's family. A link-local Peer needs a link-local Local with a zone (the interface),
+	// which then is Peer's zone too.
 	Local netip.Addr
 	// DesiredMinTx and RequiredMinRx are the intervals we offer, 10 ms to 1 h; 0 means 300 ms. While the
 	// session is not Up it sends every second at most (RFC 5880 §6.8.3).
@@ -123,8 +125,10 @@ func keyOf(peer, local netip.Addr) key {
 }
 
 type sender struct {
-	conn *net.UDPConn
-	raw  syscall.RawConn
+	addr   netip.Addr // the local address, with its zone if it has one
+	zoneID uint32     // the interface index of that zone, resolved in New's namespace
+	conn   *net.UDPConn
+	raw    syscall.RawConn
 }
 
 type entry struct {
@@ -186,6 +190,11 @@ func New(cfg Config) (*Server, error) {
 		if _, dup := s.send[k]; dup {
 			continue
 		}
+		zoneID, err := zoneIndex(a.Zone())
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("bfd: local address %s: %w", a, err)
+		}
 		c, err := dial(a)
 		if err != nil {
 			s.Close()
@@ -197,7 +206,7 @@ func New(cfg Config) (*Server, error) {
 			s.Close()
 			return nil, err
 		}
-		s.send[k] = &sender{conn: c, raw: raw}
+		s.send[k] = &sender{addr: a, zoneID: zoneID, conn: c, raw: raw}
 		fam4, fam6 = fam4 || a.Is4(), fam6 || a.Is6()
 	}
 	for _, v6 := range []bool{false, true} {
@@ -278,15 +287,29 @@ func (s *Server) normalize(p PeerConfig) (PeerConfig, error) {
 			return p, errors.New("no local address of its family configured")
 		}
 	}
-	p.Local = p.Local.Unmap()
-	if _, ok := s.send[p.Local.WithZone("")]; !ok {
+	snd, ok := s.send[p.Local.Unmap().WithZone("")]
+	if !ok {
 		return p, fmt.Errorf("local address %s is not one of the server's", p.Local)
 	}
+	if z := p.Local.Zone(); z != "" && z != snd.addr.Zone() {
+		return p, fmt.Errorf("local address %s: the server has it with zone %q", p.Local, snd.addr.Zone())
+	}
+	p.Local = snd.addr
 	if p.Local.Is4() != p.Peer.Is4() {
 		return p, fmt.Errorf("local address %s is of another family", p.Local)
 	}
-	if _, err := sockaddr(netip.AddrPortFrom(p.Peer, uint16(s.port))); err != nil {
-		return p, err
+	switch z := p.Peer.Zone(); {
+	case p.Peer.IsLinkLocalUnicast():
+		// A link-local peer is on the link of our link-local address: its zone is that address's.
+		if snd.addr.Zone() == "" || !p.Local.IsLinkLocalUnicast() {
+			return p, fmt.Errorf("a link-local peer needs a link-local local address with a zone, not %s", p.Local)
+		}
+		if z != "" && z != snd.addr.Zone() && z != strconv.FormatUint(uint64(snd.zoneID), 10) {
+			return p, fmt.Errorf("zone %q is not that of local address %s", z, p.Local)
+		}
+		p.Peer = p.Peer.WithZone(snd.addr.Zone())
+	case z != "":
+		return p, fmt.Errorf("zone %q on an address that is not link-local", z)
 	}
 	for _, d := range []*time.Duration{&p.DesiredMinTx, &p.RequiredMinRx} {
 		if *d == 0 {
@@ -413,6 +436,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var armed time.Time // the deadline timer is set for; re-arming only on a change spares the runtime work
 	for {
 		s.mu.Lock()
 		now := time.Now()
@@ -420,12 +444,15 @@ func (s *Server) Run(ctx context.Context) error {
 			s.applyPeers(now)
 		}
 		s.runTimers(now)
-		wait := time.Hour
+		next := farFuture
 		if len(s.timers) > 0 {
-			wait = s.timers[0].deadline.Sub(now)
+			next = s.timers[0].deadline
 		}
 		s.mu.Unlock()
-		timer.Reset(wait)
+		if !next.Equal(armed) {
+			armed = next
+			timer.Reset(next.Sub(now))
+		}
 
 		select {
 		case <-ctx.Done():
@@ -434,6 +461,7 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case <-s.wake:
 		case <-timer.C:
+			armed = time.Time{}
 		case r := <-s.rx:
 			s.mu.Lock()
 			now := time.Now()
@@ -618,9 +646,6 @@ func (s *Server) applyPeers(now time.Time) {
 			s.log.Info("BFD session timers changed", "peer", want.Peer, "local", want.Local,
 				"tx", want.DesiredMinTx, "rx", want.RequiredMinRx, "mult", want.DetectMultiplier)
 		}
-		if want.Peer != e.cfg.Peer { // the zone changed
-			e.sa, _ = sockaddr(netip.AddrPortFrom(want.Peer, uint16(s.port)))
-		}
 		e.cfg = want
 		s.reschedule(e)
 	}
@@ -638,17 +663,18 @@ func (s *Server) applyPeers(now time.Time) {
 }
 
 func (s *Server) add(k key, p PeerConfig, now time.Time) {
-	sa, err := sockaddr(netip.AddrPortFrom(p.Peer, uint16(s.port)))
-	if err != nil { // the zone's interface went away since SetPeers
-		s.log.Warn("BFD session not added", "peer", p.Peer, "err", err)
-		return
+	snd := s.send[k.local]
+	var zoneID uint32
+	if p.Peer.IsLinkLocalUnicast() {
+		zoneID = snd.zoneID
 	}
+	sa := sockaddr(netip.AddrPortFrom(p.Peer, uint16(s.port)), zoneID)
 	var discr uint32
 	for discr == 0 || s.byDiscr[discr] != nil {
 		discr = rand.Uint32()
 	}
 	e := &entry{
-		key: k, cfg: p, sa: sa, snd: s.send[k.local], changed: now,
+		key: k, cfg: p, sa: sa, snd: snd, changed: now,
 		sess: NewSession(discr, p.timers(), now, rand.Uint64()),
 		m:    newPeerMetrics(k.peer.String()),
 	}

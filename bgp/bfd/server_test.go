@@ -87,7 +87,7 @@ func bareServer(locals ...netip.Addr) *Server {
 		sessions: map[key]*entry{}, byDiscr: map[uint32]*entry{},
 	}
 	for _, a := range locals {
-		s.send[a] = nil
+		s.send[a.WithZone("")] = &sender{addr: a, zoneID: 7}
 	}
 	s.peers.Store(&map[netip.Addr]struct{}{addrB: {}})
 	return s
@@ -168,7 +168,7 @@ func TestReceiveFilter(t *testing.T) {
 }
 
 func TestSetPeersValidation(t *testing.T) {
-	s := bareServer(addrA, addrA6, netip.MustParseAddr("10.99.1.1"))
+	s := bareServer(addrA, addrA6, netip.MustParseAddr("10.99.1.1"), netip.MustParseAddr("fe80::a%eth0"))
 	for _, tc := range []struct {
 		name string
 		p    PeerConfig
@@ -179,9 +179,13 @@ func TestSetPeersValidation(t *testing.T) {
 		{"unknown local", PeerConfig{Peer: addrB, Local: netip.MustParseAddr("10.1.1.1")}, "not one of"},
 		{"other family", PeerConfig{Peer: addrB, Local: addrA6}, "family"},
 		{"ambiguous local", PeerConfig{Peer: addrB}, "several"},
+		{"ambiguous local v6", PeerConfig{Peer: addrB6}, "several"},
 		{"too fast", PeerConfig{Peer: addrB, Local: addrA, DesiredMinTx: time.Millisecond}, "outside"},
 		{"too slow", PeerConfig{Peer: addrB, Local: addrA, RequiredMinRx: 2 * time.Hour}, "outside"},
-		{"unknown zone", PeerConfig{Peer: netip.MustParseAddr("fe80::1%nosuchif"), Local: addrA6}, "zone"},
+		{"link-local peer, global local", PeerConfig{Peer: netip.MustParseAddr("fe80::1%eth0"), Local: addrA6}, "needs a link-local"},
+		{"link-local peer, other zone", PeerConfig{Peer: netip.MustParseAddr("fe80::1%eth1"), Local: netip.MustParseAddr("fe80::a")}, "not that of"},
+		{"local with another zone", PeerConfig{Peer: netip.MustParseAddr("fe80::1"), Local: netip.MustParseAddr("fe80::a%eth1")}, "with zone"},
+		{"zone on a global address", PeerConfig{Peer: netip.MustParseAddr("fd00::1%eth0"), Local: addrA6}, "not link-local"},
 	} {
 		err := s.SetPeers([]PeerConfig{tc.p})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -194,7 +198,7 @@ func TestSetPeersValidation(t *testing.T) {
 	if s.dirty || len(s.wake) != 0 {
 		t.Fatal("a failed SetPeers changed the desired state")
 	}
-	if err := s.SetPeers([]PeerConfig{{Peer: addrB6}, {Peer: netip.MustParseAddr("::ffff:10.99.0.2"), Local: addrA}}); err != nil {
+	if err := s.SetPeers([]PeerConfig{{Peer: addrB6, Local: addrA6}, {Peer: netip.MustParseAddr("::ffff:10.99.0.2"), Local: addrA}}); err != nil {
 		t.Fatal(err)
 	}
 	want := map[key]PeerConfig{
@@ -206,6 +210,14 @@ func TestSetPeersValidation(t *testing.T) {
 	}
 	if !s.dirty || len(s.wake) != 1 {
 		t.Fatal("loop not woken")
+	}
+	if err := s.SetPeers([]PeerConfig{{Peer: netip.MustParseAddr("fe80::1"), Local: netip.MustParseAddr("fe80::a")}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.desired {
+		if p.Peer.Zone() != "eth0" || p.Local.Zone() != "eth0" {
+			t.Fatalf("link-local peer %s local %s: want both in zone eth0", p.Peer, p.Local)
+		}
 	}
 	if _, err := New(Config{}); err == nil {
 		t.Fatal("New without local addresses")

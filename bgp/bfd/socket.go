@@ -143,24 +143,27 @@ func parseControl(b []byte) (ttl int, dst netip.Addr) {
 	return ttl, dst
 }
 
-// sockaddr is the kernel form of a peer's address and port, built once per session so that sending allocates
-// nothing.
-func sockaddr(ap netip.AddrPort) (unix.Sockaddr, error) {
+// sockaddr is the kernel form of a peer's address and port (zoneID: the interface of a link-local address),
+// built once per session so that sending allocates nothing.
+func sockaddr(ap netip.AddrPort, zoneID uint32) unix.Sockaddr {
 	a := ap.Addr()
 	if a.Is4() {
-		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}, nil
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
 	}
-	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-	if z := a.Zone(); z != "" {
-		if n, err := strconv.ParseUint(z, 10, 32); err == nil {
-			sa.ZoneId = uint32(n)
-			return sa, nil
-		}
-		ifi, err := net.InterfaceByName(z)
-		if err != nil {
-			return nil, fmt.Errorf("zone of %s: %w", a, err)
-		}
-		sa.ZoneId = uint32(ifi.Index)
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16(), ZoneId: zoneID}
+}
+
+// zoneIndex resolves an address's zone (an interface name or index) in the calling thread's namespace.
+func zoneIndex(zone string) (uint32, error) {
+	if zone == "" {
+		return 0, nil
 	}
-	return sa, nil
+	if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
+		return uint32(n), nil
+	}
+	ifi, err := net.InterfaceByName(zone)
+	if err != nil {
+		return 0, fmt.Errorf("zone %q: %w", zone, err)
+	}
+	return uint32(ifi.Index), nil
 }
