@@ -235,7 +235,7 @@ func TestFRRInterop(t *testing.T) {
 				if ev.Old != StateUp || ev.New != StateDown || ev.Diag != DiagControlDetectionExpired {
 					t.Fatalf("event %+v", ev)
 				}
-				if took > 3*iv+50*ms {
+				if took > 3*iv+schedSlack {
 					t.Fatalf("detection took %v, Detection Time is %v", took, 3*iv)
 				}
 			}
