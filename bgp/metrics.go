@@ -24,6 +24,9 @@ var (
 	sinkErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "canopy_bgp_route_sink_errors_total", Help: "Accepted routes the kernel route manager failed to apply.",
 	})
+	speakerStarts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "canopy_bgp_speaker_starts_total", Help: "BGP speaker (re)starts: the first start, identity changes, retried starts.",
+	})
 	invalidInput = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "canopy_bgp_invalid_input_total", Help: "Invalid configuration inputs (annotations) refused, by source.",
 	}, []string{"source"})
@@ -31,7 +34,7 @@ var (
 
 // Collectors returns the package's metrics.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput}
+	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput, speakerStarts}
 }
 
 // CountInvalidInput counts a refused input from source (e.g. "node_annotation").

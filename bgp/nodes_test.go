@@ -3,12 +3,12 @@ package bgp
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"canopy.io/canopy/internal/config"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
@@ -16,22 +16,39 @@ import (
 	"k8s.io/client-go/tools/record"
 )
 
-type fakeSpeaker struct {
+// fakeStarts is a StartFunc that returns one lockedRouter and records each start's identity.
+type fakeStarts struct {
 	mu  sync.Mutex
 	ids []Identity
-	rec *Reconciler
 	r   *lockedRouter
 }
 
-func (f *fakeSpeaker) Ensure(_ context.Context, id Identity) error {
+func (f *fakeStarts) start(_ context.Context, cfg GlobalConfig) (Router, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if len(f.ids) == 0 || f.ids[len(f.ids)-1] != id {
-		f.ids = append(f.ids, id)
-	}
-	return nil
+	f.ids = append(f.ids, Identity{ASN: cfg.ASN, RouterID: cfg.RouterID, NodeIP: cfg.ListenAddresses[0]})
+	return f.r, nil
 }
-func (f *fakeSpeaker) Reconciler() *Reconciler { return f.rec }
+
+func (f *fakeStarts) identities() []Identity {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.ids)
+}
+
+// startManager runs a Manager on a fake router until the test ends.
+func startManager(t *testing.T, w Watcher) (*Manager, *fakeStarts) {
+	t.Helper()
+	fs := &fakeStarts{r: &lockedRouter{f: fakeRouter{fail: map[string]bool{}}}}
+	if w == nil {
+		w = NewSessions(quiet)
+	}
+	m := NewManager(GlobalConfig{}, fs.start, w, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go m.Run(ctx)
+	return m, fs
+}
 
 // lockedRouter is a fakeRouter safe for the controller's goroutine.
 type lockedRouter struct {
@@ -64,6 +81,16 @@ func (l *lockedRouter) DeletePath(ctx context.Context, p Path) error {
 	defer l.mu.Unlock()
 	return l.f.DeletePath(ctx, p)
 }
+func (l *lockedRouter) Watch(ctx context.Context, w Watcher) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Watch(ctx, w)
+}
+func (l *lockedRouter) Stop(ctx context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.f.Stop(ctx)
+}
 func (l *lockedRouter) take() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -83,7 +110,8 @@ func node(name, ip, cidr string, ann map[string]string) *corev1.Node {
 
 type nodeHarness struct {
 	kube     *fake.Clientset
-	sp       *fakeSpeaker
+	mgr      *Manager
+	starts   *fakeStarts
 	sink     *syncSink
 	recorder *record.FakeRecorder
 	cancel   context.CancelFunc
@@ -97,14 +125,13 @@ func startNodeController(t *testing.T, objs ...*corev1.Node) *nodeHarness {
 			t.Fatal(err)
 		}
 	}
-	r := &lockedRouter{f: fakeRouter{fail: map[string]bool{}}}
-	h.sp = &fakeSpeaker{r: r, rec: NewReconciler(r, quiet)}
+	h.mgr, h.starts = startManager(t, nil)
 	h.sink = &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	cfg := &config.Config{NodeName: "n1", ClusterASN: 64512, NodesFullMesh: true, ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")},
-		Peers: []config.Peer{{Address: addr("10.99.0.1"), ASN: 64500}}}
-	learner := NewLearner(h.sink, NewImportPolicy(cfg.ClusterCIDRs, nil, nil), nil, quiet)
+	cfg := Config{NodeName: "n1", ClusterASN: 64512, NodesFullMesh: true, ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")},
+		Peers: []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500}}}
+	importer := NewImporter(h.sink, NewImportPolicy(cfg.ClusterCIDRs, nil, nil), nil, quiet)
 	factory := informers.NewSharedInformerFactory(h.kube, 0)
-	c := NewNodeController(cfg, factory, h.sp, learner, h.recorder, quiet)
+	c := NewNodeController(cfg, factory, h.mgr, importer, h.recorder, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	t.Cleanup(cancel)
@@ -115,7 +142,7 @@ func startNodeController(t *testing.T, objs ...*corev1.Node) *nodeHarness {
 
 func (h *nodeHarness) peers() map[netip.Addr]PeerSpec {
 	out := map[netip.Addr]PeerSpec{}
-	for _, p := range h.sp.rec.Peers() {
+	for _, p := range h.mgr.AppliedPeers() {
 		out[p.Address] = p
 	}
 	return out
@@ -134,16 +161,16 @@ func TestNodeControllerPeersFollowNodes(t *testing.T) {
 		node("n2", "10.99.0.12", "10.244.2.0/24", nil),
 	)
 	eventually(t, "ToR and n2 peered", func() bool { p := h.peers(); return len(p) == 2 && p[addr("10.99.0.12")].ASN == 64512 })
-	if got := h.sp.ids[0]; got != (Identity{ASN: 64512, RouterID: addr("10.99.0.11"), NodeIP: addr("10.99.0.11")}) {
+	if got := h.starts.identities()[0]; got != (Identity{ASN: 64512, RouterID: addr("10.99.0.11"), NodeIP: addr("10.99.0.11")}) {
 		t.Fatalf("identity %+v", got)
 	}
-	h.sp.r.take()
+	h.starts.r.take()
 	// A node joins: one AddPeer, nothing else.
 	if _, err := h.kube.CoreV1().Nodes().Create(context.Background(), node("n3", "10.99.0.13", "10.244.3.0/24", map[string]string{AnnotationNodeASN: "65003"}), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "n3 peered with its own ASN", func() bool { return h.peers()[addr("10.99.0.13")].ASN == 65003 })
-	if got := h.sp.r.take(); len(got) != 1 || got[0] != "add 10.99.0.13 65003" {
+	if got := h.starts.r.take(); len(got) != 1 || got[0] != "add 10.99.0.13 65003" {
 		t.Fatalf("calls %v", got)
 	}
 	// A status heartbeat (condition change) costs nothing.
@@ -155,7 +182,7 @@ func TestNodeControllerPeersFollowNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "n2 unpeered", func() bool { _, ok := h.peers()[addr("10.99.0.12")]; return !ok })
-	if got := h.sp.r.take(); len(got) != 1 || got[0] != "delete 10.99.0.12" {
+	if got := h.starts.r.take(); len(got) != 1 || got[0] != "delete 10.99.0.12" {
 		t.Fatalf("calls %v", got)
 	}
 }
@@ -166,7 +193,7 @@ func TestNodeControllerAdvertisesPodCIDRWhenAssigned(t *testing.T) {
 	n1 := node("n1", "10.99.0.11", "10.244.7.0/24", nil)
 	h.update(t, n1)
 	eventually(t, "pod CIDR advertised", func() bool {
-		for _, c := range h.sp.r.take() {
+		for _, c := range h.starts.r.take() {
 			if c == "addpath 10.244.7.0/24 10.99.0.11" {
 				return true
 			}
@@ -178,7 +205,7 @@ func TestNodeControllerAdvertisesPodCIDRWhenAssigned(t *testing.T) {
 func TestNodeControllerBadAnnotationKeepsSessions(t *testing.T) {
 	h := startNodeController(t, node("n1", "10.99.0.11", "10.244.1.0/24", map[string]string{AnnotationPeers: `[{"ip":"10.99.0.250","asn":65001}]`}))
 	eventually(t, "annotation peer up", func() bool { _, ok := h.peers()[addr("10.99.0.250")]; return ok })
-	h.sp.r.take()
+	h.starts.r.take()
 	h.update(t, node("n1", "10.99.0.11", "10.244.1.0/24", map[string]string{AnnotationPeers: `[{"ip":"10.99.0.250","asn":"banana"}]`}))
 	select {
 	case ev := <-h.recorder.Events:
@@ -189,7 +216,7 @@ func TestNodeControllerBadAnnotationKeepsSessions(t *testing.T) {
 		t.Fatal("no event for the malformed annotation")
 	}
 	time.Sleep(200 * time.Millisecond)
-	if got := h.sp.r.take(); len(got) != 0 {
+	if got := h.starts.r.take(); len(got) != 0 {
 		t.Fatalf("a malformed annotation changed sessions: %v", got)
 	}
 	if _, ok := h.peers()[addr("10.99.0.250")]; !ok {
@@ -205,7 +232,7 @@ func TestNodeControllerBadAnnotationKeepsSessions(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event for the bad node ASN")
 	}
-	if ids := h.sp.ids; ids[len(ids)-1].ASN != 64512 {
+	if ids := h.starts.identities(); ids[len(ids)-1].ASN != 64512 {
 		t.Fatalf("identity changed on a bad ASN: %+v", ids)
 	}
 }

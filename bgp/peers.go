@@ -1,13 +1,13 @@
 package bgp
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
 
-	"canopy.io/canopy/internal/config"
 	"sigs.k8s.io/yaml"
 )
 
@@ -51,15 +51,15 @@ type NodeInfo struct {
 
 // annotationPeer is the wire form of one entry of canopy.io/peers.
 type annotationPeer struct {
-	IP          string `json:"ip"`
-	ASN         any    `json:"asn"`
-	Password    string `json:"password,omitempty"`
-	MultihopTTL int    `json:"multihopTTL,omitempty"`
+	IP          string          `json:"ip"`
+	ASN         json.RawMessage `json:"asn"`
+	Password    string          `json:"password,omitempty"`
+	MultihopTTL int             `json:"multihopTTL,omitempty"`
 }
 
 // ParsePeersAnnotation parses canopy.io/peers. Unknown fields, bad addresses, bad AS numbers and duplicates are
 // errors naming the entry; the whole annotation is rejected so a half-applied peer list never happens.
-func ParsePeersAnnotation(value string) ([]config.Peer, error) {
+func ParsePeersAnnotation(value string) ([]PeerConfig, error) {
 	if strings.TrimSpace(value) == "" {
 		return nil, nil
 	}
@@ -68,7 +68,7 @@ func ParsePeersAnnotation(value string) ([]config.Peer, error) {
 		return nil, fmt.Errorf("%s: not a list of {ip, asn, password, multihopTTL}: %v", AnnotationPeers, err)
 	}
 	var errs []error
-	var out []config.Peer
+	var out []PeerConfig
 	seen := map[netip.Addr]bool{}
 	for i, r := range raw {
 		a, err := netip.ParseAddr(strings.TrimSpace(r.IP))
@@ -85,10 +85,7 @@ func ParsePeersAnnotation(value string) ([]config.Peer, error) {
 			continue
 		}
 		seen[a] = true
-		asn, err := config.ParseASN(fmt.Sprint(r.ASN))
-		if r.ASN == nil {
-			err = errors.New("missing")
-		}
+		asn, err := parseASNValue(r.ASN)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s[%d].asn: %v", AnnotationPeers, i, err))
 			continue
@@ -97,7 +94,7 @@ func ParsePeersAnnotation(value string) ([]config.Peer, error) {
 			errs = append(errs, fmt.Errorf("%s[%d].multihopTTL: %d is outside 0..255", AnnotationPeers, i, r.MultihopTTL))
 			continue
 		}
-		out = append(out, config.Peer{Address: a, ASN: asn, Password: r.Password, MultihopTTL: uint8(r.MultihopTTL)})
+		out = append(out, PeerConfig{Address: a, ASN: asn, Password: r.Password, MultihopTTL: uint8(r.MultihopTTL)})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -105,12 +102,32 @@ func ParsePeersAnnotation(value string) ([]config.Peer, error) {
 	return out, nil
 }
 
+// parseASNValue reads the asn of a canopy.io/peers entry: an integer, or a string in plain or asdot notation
+// ("65001", "1.10"). A number with a fraction or an exponent is refused, never rounded: YAML reads asn: 1.10
+// as the number 1.1, which must not become some other AS.
+func parseASNValue(raw json.RawMessage) (uint32, error) {
+	v := strings.TrimSpace(string(raw))
+	switch {
+	case v == "" || v == "null":
+		return 0, errors.New("missing")
+	case strings.HasPrefix(v, `"`):
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, err
+		}
+		return ParseASN(s)
+	case strings.Trim(v, "0123456789") != "":
+		return 0, fmt.Errorf("%s is not an integer AS number (write asdot notation as a string, e.g. \"1.10\")", v)
+	}
+	return ParseASN(v)
+}
+
 // ParseNodeASN parses canopy.io/node-asn; an empty value means "use the cluster ASN" (0).
 func ParseNodeASN(value string) (uint32, error) {
 	if strings.TrimSpace(value) == "" {
 		return 0, nil
 	}
-	asn, err := config.ParseASN(value)
+	asn, err := ParseASN(value)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %v", AnnotationNodeASN, err)
 	}
@@ -121,7 +138,7 @@ func ParseNodeASN(value string) (uint32, error) {
 // so nodes in other racks become eBGP peers), the routers from flags and those from the node's annotation.
 // An address is peered once: annotation peers win over flag peers, which win over mesh peers. The result is
 // sorted by address.
-func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh bool, flagPeers, annotationPeers []config.Peer) []PeerSpec {
+func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh bool, flagPeers, annotationPeers []PeerConfig) []PeerSpec {
 	byAddr := map[netip.Addr]PeerSpec{}
 	add := func(p PeerSpec) {
 		if !p.Address.IsValid() || p.Address == self.IP {

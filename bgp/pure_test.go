@@ -4,8 +4,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-
-	"canopy.io/canopy/internal/config"
 )
 
 var (
@@ -25,6 +23,11 @@ func TestParsePeersAnnotation(t *testing.T) {
 	if err != nil || len(yamlForm) != 1 || yamlForm[0].ASN != 65001 {
 		t.Fatalf("yaml form: %+v, %v", yamlForm, err)
 	}
+	// ASNs are integers or strings, never floats: 4-byte ASNs stay exact, and a YAML 1.10 is not AS 65537.
+	big, err := ParsePeersAnnotation("- ip: 10.99.0.250\n  asn: 4200000000\n- ip: 10.99.0.251\n  asn: \"1.10\"\n")
+	if err != nil || big[0].ASN != 4200000000 || big[1].ASN != 65546 {
+		t.Fatalf("4-byte and asdot ASNs: %+v, %v", big, err)
+	}
 	if p, err := ParsePeersAnnotation("  "); err != nil || p != nil {
 		t.Fatalf("empty annotation: %v %v", p, err)
 	}
@@ -39,6 +42,8 @@ func TestParsePeersAnnotation(t *testing.T) {
 		`[{"ip":"10.0.0.1","asn":1},{"ip":"10.0.0.1","asn":2}]`: "[1].ip: 10.0.0.1 listed twice",
 		`[{"ip":"127.0.0.1","asn":1}]`:                          "cannot be a BGP peer",
 		`[{"ip":"10.0.0.1","asn":1,"multihopTTL":256}]`:         "multihopTTL",
+		"- ip: 10.0.0.1\n  asn: 1.10\n":                         "not an integer AS number",
+		`[{"ip":"10.0.0.1","asn":-5}]`:                          "not an integer AS number",
 	}
 	for in, want := range bad {
 		if _, err := ParsePeersAnnotation(in); err == nil || !strings.Contains(err.Error(), want) {
@@ -67,8 +72,8 @@ func TestDesiredPeers(t *testing.T) {
 		{Name: "n3", IP: addr("10.99.0.13"), ASN: 65003},
 		{Name: "n4"}, // no address yet: skipped
 	}
-	flagPeers := []config.Peer{{Address: addr("10.99.0.1"), ASN: 64500}}
-	annPeers := []config.Peer{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x"}} // overrides mesh peer n2
+	flagPeers := []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500}}
+	annPeers := []PeerConfig{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x"}} // overrides mesh peer n2
 	got := DesiredPeers(self, 64512, nodes, true, flagPeers, annPeers)
 	want := []PeerSpec{
 		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag"},
@@ -92,7 +97,7 @@ func TestDesiredPeers(t *testing.T) {
 		t.Fatalf("without mesh: %+v", noMesh)
 	}
 	// A peer pointing at ourselves is dropped.
-	if p := DesiredPeers(self, 64512, nil, true, []config.Peer{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
+	if p := DesiredPeers(self, 64512, nil, true, []PeerConfig{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
 		t.Fatalf("self peer kept: %+v", p)
 	}
 }
@@ -122,6 +127,20 @@ func TestImportPolicy(t *testing.T) {
 		ok, reason := p.Check(pfx(in))
 		if ok != (want == "") || reason != want {
 			t.Errorf("Check(%s) = %v %q, want %q", in, ok, reason, want)
+		}
+	}
+}
+
+func TestParseASN(t *testing.T) {
+	for in, want := range map[string]uint32{"64512": 64512, "1.10": 65546, "4200000000": 4200000000} {
+		got, err := ParseASN(in)
+		if err != nil || got != want {
+			t.Errorf("ParseASN(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "4294967296", "0", "65535", "1.", "70000.1"} {
+		if _, err := ParseASN(in); err == nil {
+			t.Errorf("ParseASN(%q) succeeded", in)
 		}
 	}
 }

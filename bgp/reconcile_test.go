@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -42,11 +43,37 @@ func (f *fakeRouter) DeletePath(_ context.Context, p Path) error {
 	return f.do(fmt.Sprintf("delpath %s %s", p.Prefix, p.NextHop))
 }
 
+func (f *fakeRouter) Watch(context.Context, Watcher) error { return f.do("watch") }
+func (f *fakeRouter) Stop(context.Context)                 { _ = f.do("stop") }
+
 func (f *fakeRouter) take() []string { c := f.calls; f.calls = nil; return c }
 
-func TestReconcilerPeersAreDiffed(t *testing.T) {
+// peerRec and pathRec run one reconciler on an instance of f, as the manager does.
+type recHarness struct {
+	inst *instance
+}
+
+func newRecHarness(f *fakeRouter) *recHarness {
+	return &recHarness{inst: &instance{r: f, peers: map[netip.Addr]PeerSpec{}, paths: map[string]map[netip.Prefix]Path{}}}
+}
+
+func (h *recHarness) SetPeers(ctx context.Context, peers []PeerSpec) error {
+	return reconcilePeers(ctx, h.inst, &desiredState{peers: peers}, quiet)
+}
+
+// SetPaths sets one group's paths, keeping the others as applied.
+func (h *recHarness) SetPaths(ctx context.Context, group string, paths map[netip.Prefix]Path) error {
+	d := &desiredState{paths: map[string]map[netip.Prefix]Path{}}
+	for g, ps := range h.inst.paths {
+		d.paths[g] = maps.Clone(ps)
+	}
+	d.paths[group] = paths
+	return reconcilePaths(ctx, h.inst, d, quiet)
+}
+
+func TestPeerReconcilerIsADiff(t *testing.T) {
 	f := &fakeRouter{fail: map[string]bool{}}
-	r := NewReconciler(f, quiet)
+	r := newRecHarness(f)
 	ctx := context.Background()
 	a := PeerSpec{Address: addr("10.0.0.1"), ASN: 64512, Kind: PeerKindNode, Name: "a"}
 	b := PeerSpec{Address: addr("10.0.0.2"), ASN: 64512, Kind: PeerKindNode, Name: "b"}
@@ -97,9 +124,9 @@ func TestReconcilerPeersAreDiffed(t *testing.T) {
 	}
 }
 
-func TestReconcilerPaths(t *testing.T) {
+func TestPathReconcilerIsADiff(t *testing.T) {
 	f := &fakeRouter{fail: map[string]bool{}}
-	r := NewReconciler(f, quiet)
+	r := newRecHarness(f)
 	ctx := context.Background()
 	nh := addr("10.99.0.11")
 	pod := map[netip.Prefix]Path{pfx("10.244.1.0/24"): {Prefix: pfx("10.244.1.0/24"), NextHop: nh}}
@@ -122,7 +149,7 @@ func TestReconcilerPaths(t *testing.T) {
 	}
 }
 
-// fakeSink records what the learner installs.
+// fakeSink records what the importer installs.
 type fakeSink struct{ routes map[netip.Prefix][]netip.Addr }
 
 func (s *fakeSink) Set(dst netip.Prefix, nhs []netip.Addr) error {
@@ -131,12 +158,12 @@ func (s *fakeSink) Set(dst netip.Prefix, nhs []netip.Addr) error {
 }
 func (s *fakeSink) Remove(dst netip.Prefix) error { delete(s.routes, dst); return nil }
 
-func TestLearnerAppliesPolicyAndMultipath(t *testing.T) {
+func TestImporterAppliesPolicyAndMultipath(t *testing.T) {
 	sink := &fakeSink{routes: map[netip.Prefix][]netip.Addr{}}
 	self := addr("10.99.0.11")
 	pol := NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, []netip.Addr{self, addr("10.99.0.12")})
-	l := NewLearner(sink, pol, []netip.Addr{self}, quiet)
-	l.Apply([]LearnedPath{
+	l := NewImporter(sink, pol, []netip.Addr{self}, quiet)
+	l.BestPaths([]LearnedPath{
 		{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13")},
 		{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.12")},
 		{Prefix: pfx("0.0.0.0/0"), NextHop: addr("10.99.0.1")},
@@ -149,18 +176,18 @@ func TestLearnerAppliesPolicyAndMultipath(t *testing.T) {
 		t.Fatalf("installed %v, want %v", sink.routes, want)
 	}
 	// One ECMP member goes: the route keeps the other.
-	l.Apply([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13")}})
+	l.BestPaths([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13")}})
 	if got := sink.routes[pfx("10.244.2.0/24")]; !reflect.DeepEqual(got, []netip.Addr{addr("10.99.0.13")}) {
 		t.Fatalf("after shrink %v", got)
 	}
 	// Our own pod CIDR arrives in the policy: a learned route overlapping it is removed.
-	l.Apply([]LearnedPath{{Prefix: pfx("10.244.5.0/24"), NextHop: addr("10.99.0.13")}})
+	l.BestPaths([]LearnedPath{{Prefix: pfx("10.244.5.0/24"), NextHop: addr("10.99.0.13")}})
 	l.SetPolicy(NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, []netip.Prefix{pfx("10.244.5.0/24")}, nil), []netip.Addr{self})
 	if _, ok := sink.routes[pfx("10.244.5.0/24")]; ok {
 		t.Fatal("route overlapping our pod CIDR still installed")
 	}
 	// Withdrawn: gone.
-	l.Apply([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13"), Withdraw: true}})
+	l.BestPaths([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13"), Withdraw: true}})
 	if len(sink.routes) != 0 {
 		t.Fatalf("left %v", sink.routes)
 	}

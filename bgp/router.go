@@ -15,13 +15,80 @@ import (
 	apb "google.golang.org/protobuf/types/known/anypb"
 )
 
-// Router is the part of a BGP implementation the reconcilers use; GoBGP implements it, tests fake it.
+// Router is one running BGP speaker as the manager uses it: the reconcilers add and remove peers and paths, the
+// route importer and the session tracker watch what it learns. GoBGP implements it, tests fake it. Nobody else
+// reaches into the speaker.
 type Router interface {
 	AddPeer(ctx context.Context, p PeerSpec) error
 	UpdatePeer(ctx context.Context, p PeerSpec) error
 	DeletePeer(ctx context.Context, addr netip.Addr) error
 	AddPath(ctx context.Context, p Path) error
 	DeletePath(ctx context.Context, p Path) error
+	// Watch delivers to w, until ctx ends: the current best paths and then every change of them, each peer's
+	// End-of-RIB, and each peer's session state change.
+	Watch(ctx context.Context, w Watcher) error
+	// Stop closes every session with a Cease notification (peers flush our routes at once) and stops.
+	Stop(ctx context.Context)
+}
+
+// Watcher receives what a Router learns. Calls come from one goroutine, in order.
+type Watcher interface {
+	// BestPaths is one best-path event: for each destination it names, the paths given are its complete new
+	// multipath set (a lone withdrawn path means the destination is gone).
+	BestPaths(paths []LearnedPath)
+	// EndOfRIB says peer has sent its whole table.
+	EndOfRIB(peer netip.Addr)
+	// PeerState is a session's new state.
+	PeerState(peer netip.Addr, asn uint32, state SessionState)
+}
+
+// SessionState is a BGP session's state (RFC 4271 §8).
+type SessionState int
+
+const (
+	StateUnknown SessionState = iota
+	StateIdle
+	StateConnect
+	StateActive
+	StateOpenSent
+	StateOpenConfirm
+	StateEstablished
+)
+
+func (s SessionState) String() string {
+	switch s {
+	case StateIdle:
+		return "Idle"
+	case StateConnect:
+		return "Connect"
+	case StateActive:
+		return "Active"
+	case StateOpenSent:
+		return "OpenSent"
+	case StateOpenConfirm:
+		return "OpenConfirm"
+	case StateEstablished:
+		return "Established"
+	}
+	return "Unknown"
+}
+
+func sessionState(s api.PeerState_SessionState) SessionState {
+	switch s {
+	case api.PeerState_IDLE:
+		return StateIdle
+	case api.PeerState_CONNECT:
+		return StateConnect
+	case api.PeerState_ACTIVE:
+		return StateActive
+	case api.PeerState_OPENSENT:
+		return StateOpenSent
+	case api.PeerState_OPENCONFIRM:
+		return StateOpenConfirm
+	case api.PeerState_ESTABLISHED:
+		return StateEstablished
+	}
+	return StateUnknown
 }
 
 // Path is a route this node originates.
@@ -73,7 +140,7 @@ var familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNIC
 
 // GoBGP is a Router backed by an embedded GoBGP server.
 type GoBGP struct {
-	S   *server.BgpServer
+	s   *server.BgpServer
 	cfg GlobalConfig
 }
 
@@ -140,7 +207,7 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		s.Stop()
 		return nil, fmt.Errorf("install export policy: %w", err)
 	}
-	return &GoBGP{S: s, cfg: cfg}, nil
+	return &GoBGP{s: s, cfg: cfg}, nil
 }
 
 func (g *GoBGP) peer(p PeerSpec) *api.Peer {
@@ -183,28 +250,28 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 func (g *GoBGP) AddPeer(ctx context.Context, p PeerSpec) error {
 	if p.Kind == PeerKindNode {
 		// Into the node set first, so the export policy already applies when the session comes up.
-		if err := g.S.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+		if err := g.s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
 			DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: []string{hostPrefix(p.Address)},
 		}}); err != nil {
 			return fmt.Errorf("node peer set: %w", err)
 		}
 	}
-	return g.S.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)})
+	return g.s.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)})
 }
 
 func hostPrefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
 func (g *GoBGP) UpdatePeer(ctx context.Context, p PeerSpec) error {
-	_, err := g.S.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: g.peer(p)})
+	_, err := g.s.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: g.peer(p)})
 	return err
 }
 
 func (g *GoBGP) DeletePeer(ctx context.Context, addr netip.Addr) error {
-	if err := g.S.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+	if err := g.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
 		return err
 	}
 	// Not a node peer, or not in the set: nothing to remove, and no harm.
-	_ = g.S.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
+	_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
 		DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: []string{hostPrefix(addr)},
 	}})
 	return nil
@@ -264,11 +331,11 @@ func (g *GoBGP) AddPath(ctx context.Context, p Path) error {
 	}
 	if p.VIP {
 		// Into the VIP set before the path exists, so no node peer ever receives it.
-		if err := g.S.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: vipSet(p)}); err != nil {
+		if err := g.s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: vipSet(p)}); err != nil {
 			return fmt.Errorf("VIP prefix set: %w", err)
 		}
 	}
-	_, err = g.S.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: ap})
+	_, err = g.s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: ap})
 	return err
 }
 
@@ -277,11 +344,11 @@ func (g *GoBGP) DeletePath(ctx context.Context, p Path) error {
 	if err != nil {
 		return err
 	}
-	if err := g.S.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: ap.Family, Path: ap}); err != nil {
+	if err := g.s.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: ap.Family, Path: ap}); err != nil {
 		return err
 	}
 	if p.VIP {
-		_ = g.S.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: vipSet(p)})
+		_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: vipSet(p)})
 	}
 	return nil
 }
@@ -289,8 +356,80 @@ func (g *GoBGP) DeletePath(ctx context.Context, p Path) error {
 // Stop closes every session with a Cease notification (peers flush our routes at once) and stops the server.
 // An agent that restarts and wants traffic to keep flowing does not call it (graceful restart keeps our routes).
 func (g *GoBGP) Stop(ctx context.Context) {
-	_ = g.S.StopBgp(ctx, &api.StopBgpRequest{})
-	g.S.Stop()
+	_ = g.s.StopBgp(ctx, &api.StopBgpRequest{})
+	g.s.Stop()
+}
+
+// Watch implements Router over GoBGP's event stream (best paths with the current RIB first, End-of-RIB, peer
+// states).
+func (g *GoBGP) Watch(ctx context.Context, w Watcher) error {
+	req := &api.WatchEventRequest{
+		Peer: &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
+			{Type: api.WatchEventRequest_Table_Filter_BEST, Init: true},
+			{Type: api.WatchEventRequest_Table_Filter_EOR},
+		}},
+	}
+	return g.s.WatchEvent(ctx, req, func(r *api.WatchEventResponse) {
+		switch ev := r.Event.(type) {
+		case *api.WatchEventResponse_Table:
+			var batch []LearnedPath
+			for _, p := range ev.Table.Paths {
+				if p.Nlri == nil { // End-of-RIB marker
+					if a, err := netip.ParseAddr(p.NeighborIp); err == nil {
+						w.EndOfRIB(a)
+					}
+					continue
+				}
+				lp, err := FromAPIPath(p)
+				if err != nil {
+					rejectedRoutes.WithLabelValues(RejectWrongFamily).Inc()
+					continue
+				}
+				batch = append(batch, lp)
+			}
+			if len(batch) > 0 {
+				w.BestPaths(batch)
+			}
+		case *api.WatchEventResponse_Peer:
+			st := ev.Peer.GetPeer().GetState()
+			if a, err := netip.ParseAddr(st.GetNeighborAddress()); err == nil {
+				w.PeerState(a, st.GetPeerAsn(), sessionState(st.GetSessionState()))
+			}
+		}
+	})
+}
+
+// FromAPIPath decodes the parts of a GoBGP API path the importer needs.
+func FromAPIPath(p *api.Path) (LearnedPath, error) {
+	var nlri api.IPAddressPrefix
+	if err := p.Nlri.UnmarshalTo(&nlri); err != nil {
+		return LearnedPath{}, fmt.Errorf("NLRI %s: %w", p.Nlri.GetTypeUrl(), err)
+	}
+	a, err := netip.ParseAddr(nlri.Prefix)
+	if err != nil || int(nlri.PrefixLen) > a.BitLen() {
+		return LearnedPath{}, fmt.Errorf("bad prefix %s/%d", nlri.Prefix, nlri.PrefixLen)
+	}
+	lp := LearnedPath{Prefix: netip.PrefixFrom(a, int(nlri.PrefixLen)).Masked(), Withdraw: p.IsWithdraw}
+	lp.Local = p.NeighborIp == "" || p.NeighborIp == "<nil>"
+	if !lp.Local {
+		lp.Peer, _ = netip.ParseAddr(p.NeighborIp)
+	}
+	for _, attr := range p.Pattrs {
+		switch {
+		case attr.MessageIs(&api.NextHopAttribute{}):
+			var nh api.NextHopAttribute
+			if attr.UnmarshalTo(&nh) == nil {
+				lp.NextHop, _ = netip.ParseAddr(nh.NextHop)
+			}
+		case attr.MessageIs(&api.MpReachNLRIAttribute{}):
+			var mp api.MpReachNLRIAttribute
+			if attr.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
+				lp.NextHop, _ = netip.ParseAddr(mp.NextHops[0])
+			}
+		}
+	}
+	return lp, nil
 }
 
 // slogAdapter sends GoBGP's log lines to slog.

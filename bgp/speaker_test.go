@@ -122,21 +122,23 @@ func eventually(t *testing.T, what string, f func() bool) {
 	t.Fatalf("timed out waiting for: %s", what)
 }
 
-// startSpeaker runs a speaker (AS 64512) on nodeIP with a learner whose import policy accepts 10.244.0.0/16
-// but own (our pod CIDRs); it is stopped at test end.
-func startSpeaker(t *testing.T, nodeIP string, own ...netip.Prefix) (*Speaker, *Learner, *syncSink, int) {
+// startSpeaker runs a manager with a real GoBGP speaker (AS 64512) on nodeIP, with an importer whose policy
+// accepts 10.244.0.0/16 but own (our pod CIDRs); it is stopped at test end.
+func startSpeaker(t *testing.T, nodeIP string, own ...netip.Prefix) (*Manager, *Sessions, *syncSink, int) {
 	t.Helper()
 	port := freePort(t, nodeIP)
 	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	learner := NewLearner(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, own, []netip.Addr{addr(nodeIP)}), []netip.Addr{addr(nodeIP)}, quiet)
-	sp := NewSpeaker(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}, learner, quiet)
+	importer := NewImporter(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, own, []netip.Addr{addr(nodeIP)}), []netip.Addr{addr(nodeIP)}, quiet)
+	sessions := NewSessions(quiet)
+	start := func(ctx context.Context, cfg GlobalConfig) (Router, error) { return StartGoBGP(ctx, cfg, quiet) }
+	m := NewManager(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second},
+		start, watchers{importer, sessions}, quiet, importer.Reset, sessions.Reset)
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	if err := sp.Ensure(ctx, Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sp.Shutdown(true) })
-	return sp, learner, sink, port
+	go m.Run(ctx)
+	t.Cleanup(func() { cancel(); m.Shutdown(true) })
+	m.SetIdentity(Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)})
+	eventually(t, "the speaker runs", func() bool { _, ok := m.Running(); return ok })
+	return m, sessions, sink, port
 }
 
 // TestSpeakerWithInProcessPeers runs the speaker against two in-process GoBGP routers on loopback: it checks
@@ -144,20 +146,14 @@ func startSpeaker(t *testing.T, nodeIP string, own ...netip.Prefix) (*Speaker, *
 // and what it installs (only what the import policy allows, ECMP across both peers).
 func TestSpeakerWithInProcessPeers(t *testing.T) {
 	const nodeIP, torA, torB = "127.0.0.1", "127.0.0.2", "127.0.0.3"
-	sp, _, sink, port := startSpeaker(t, nodeIP, pfx("10.244.1.0/24"))
-	ctx := context.Background()
+	m, _, sink, port := startSpeaker(t, nodeIP, pfx("10.244.1.0/24"))
 	a := startTestPeer(t, torA, 64500, nodeIP, port, 64512, "")
 	b := startTestPeer(t, torB, 64501, nodeIP, port, 64512, "")
-	rec := sp.Reconciler()
-	if err := rec.SetPeers(ctx, []PeerSpec{
+	m.SetPeers([]PeerSpec{
 		{Address: addr(torA), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "a"},
 		{Address: addr(torB), ASN: 64501, Port: uint16(b.port), Kind: PeerKindExternal, Name: "b"},
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.SetPaths(ctx, GroupPodCIDRs, map[netip.Prefix]Path{pfx("10.244.1.0/24"): {Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}}); err != nil {
-		t.Fatal(err)
-	}
+	})
+	m.SetPaths(GroupPodCIDRs, map[netip.Prefix]Path{pfx("10.244.1.0/24"): {Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}})
 	eventually(t, "both peers receive the pod CIDR with next hop = node IP", func() bool {
 		return a.received()["10.244.1.0/24"] == nodeIP && b.received()["10.244.1.0/24"] == nodeIP
 	})
@@ -183,9 +179,7 @@ func TestSpeakerWithInProcessPeers(t *testing.T) {
 	b.withdraw(t, "10.244.2.0/24", torB)
 	eventually(t, "route withdrawn", func() bool { return sink.len() == 0 })
 	// Withdrawing our advertisement reaches the peers.
-	if err := rec.SetPaths(ctx, GroupPodCIDRs, nil); err != nil {
-		t.Fatal(err)
-	}
+	m.SetPaths(GroupPodCIDRs, nil)
 	eventually(t, "pod CIDR withdrawn at the peers", func() bool { return len(a.received()) == 0 })
 }
 
@@ -200,21 +194,15 @@ func TestSpeakerMD5(t *testing.T) {
 		t.Skipf("this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG), so peer passwords cannot be tested here: %s", why)
 	}
 	const nodeIP, tor = "127.0.0.1", "127.0.0.4"
-	sp, learner, _, port := startSpeaker(t, nodeIP)
-	ctx := context.Background()
+	m, sessions, _, port := startSpeaker(t, nodeIP)
 	peer := startTestPeer(t, tor, 64500, nodeIP, port, 64512, "s3cret")
-	rec := sp.Reconciler()
 	spec := PeerSpec{Address: addr(tor), ASN: 64500, Port: uint16(peer.port), Password: "s3cret", Kind: PeerKindExternal, Name: "md5"}
-	if err := rec.SetPeers(ctx, []PeerSpec{spec}); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "session up with the right password", func() bool { return learner.PeerStates()[addr(tor)] == "ESTABLISHED" })
+	m.SetPeers([]PeerSpec{spec})
+	eventually(t, "session up with the right password", func() bool { return sessions.State(addr(tor)) == StateEstablished })
 	spec.Password = "wrong"
-	if err := rec.SetPeers(ctx, []PeerSpec{spec}); err != nil {
-		t.Fatal(err)
-	}
+	m.SetPeers([]PeerSpec{spec})
 	time.Sleep(5 * time.Second)
-	if st := learner.PeerStates()[addr(tor)]; st == "ESTABLISHED" {
+	if st := sessions.State(addr(tor)); st == StateEstablished {
 		t.Fatal("session established with a wrong MD5 password")
 	}
 }
@@ -223,26 +211,19 @@ func TestSpeakerMD5(t *testing.T) {
 // external peer (the ToR) but not a node peer; the pod CIDR reaches both.
 func TestSpeakerVIPsGoToExternalPeersOnly(t *testing.T) {
 	const nodeIP, tor, other = "127.0.0.1", "127.0.0.5", "127.0.0.6"
-	sp, _, _, port := startSpeaker(t, nodeIP)
+	m, _, _, port := startSpeaker(t, nodeIP)
 	ctx := context.Background()
 	a := startTestPeer(t, tor, 64500, nodeIP, port, 64512, "")
 	b := startTestPeer(t, other, 64512, nodeIP, port, 64512, "")
-	rec := sp.Reconciler()
-	if err := rec.SetPeers(ctx, []PeerSpec{
+	m.SetPeers([]PeerSpec{
 		{Address: addr(tor), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "tor"},
 		{Address: addr(other), ASN: 64512, Port: uint16(b.port), Kind: PeerKindNode, Name: "node2"},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	})
 	pod := Path{Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}
 	vip := Path{Prefix: pfx("10.96.0.10/32"), NextHop: addr(nodeIP), VIP: true, Prepend: 2,
 		Communities: []uint32{64512<<16 | 100}, Large: [][3]uint32{{64512, 1, 2}}}
-	if err := rec.SetPaths(ctx, GroupPodCIDRs, map[netip.Prefix]Path{pod.Prefix: pod}); err != nil {
-		t.Fatal(err)
-	}
-	if err := rec.SetPaths(ctx, GroupVIPs, map[netip.Prefix]Path{vip.Prefix: vip}); err != nil {
-		t.Fatal(err)
-	}
+	m.SetPaths(GroupPodCIDRs, map[netip.Prefix]Path{pod.Prefix: pod})
+	m.SetPaths(GroupVIPs, map[netip.Prefix]Path{vip.Prefix: vip})
 	eventually(t, "the ToR has the pod CIDR and the VIP, the node only the pod CIDR", func() bool {
 		ra, rb := a.received(), b.received()
 		return ra["10.244.1.0/24"] != "" && ra["10.96.0.10/32"] != "" && rb["10.244.1.0/24"] != ""
@@ -281,8 +262,6 @@ func TestSpeakerVIPsGoToExternalPeersOnly(t *testing.T) {
 	if len(asPath) != 3 {
 		t.Errorf("AS path at the ToR %v, want our AS three times (one + two prepended)", asPath)
 	}
-	if err := rec.SetPaths(ctx, GroupVIPs, nil); err != nil {
-		t.Fatal(err)
-	}
+	m.SetPaths(GroupVIPs, nil)
 	eventually(t, "the VIP withdrawn at the ToR", func() bool { _, ok := a.received()["10.96.0.10/32"]; return !ok })
 }

@@ -6,8 +6,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"canopy.io/canopy/bgp/services"
+	"canopy.io/canopy/internal/model"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -18,15 +20,18 @@ import (
 
 func TestVIPControllerAnnouncesAndWithdraws(t *testing.T) {
 	kube := fake.NewSimpleClientset(node("n1", "10.99.0.11", "10.244.1.0/24", map[string]string{services.AnnotationCommunities: "64512:9"}))
-	r := &lockedRouter{f: fakeRouter{fail: map[string]bool{}}}
-	sp := &fakeSpeaker{r: r, rec: NewReconciler(r, quiet)}
+	mgr, _ := startManager(t, nil)
+	mgr.SetIdentity(Identity{ASN: 64512, RouterID: addr("10.99.0.11"), NodeIP: addr("10.99.0.11")})
 	factory := informers.NewSharedInformerFactory(kube, 0)
 	rec := record.NewFakeRecorder(10)
+	warn := &model.ServiceEvents{Recorder: rec, Log: quiet}
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1"}, warn, quiet)
 	c := NewVIPController("n1", services.Options{AdvertiseExternalIP: true, AdvertiseLoadBalancerIP: true,
-		LoadBalancerIPRanges: []netip.Prefix{pfx("10.200.0.0/24")}}, factory, sp, rec, quiet)
+		LoadBalancerIPRanges: []netip.Prefix{pfx("10.200.0.0/24")}}, factory, tracker, mgr, warn, rec, quiet)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	factory.Start(ctx.Done())
+	go tracker.Run(ctx)
 	go c.Run(ctx)
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "lb"},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, ClusterIP: "10.96.0.5", ClusterIPs: []string{"10.96.0.5"},
@@ -39,11 +44,9 @@ func TestVIPControllerAnnouncesAndWithdraws(t *testing.T) {
 	var paths map[string]Path
 	eventually(t, "the LB IP inside the range is announced with the node's community", func() bool {
 		paths = map[string]Path{}
-		sp.rec.mu.Lock()
-		for p, path := range sp.rec.paths[GroupVIPs] {
+		for p, path := range mgr.AppliedPaths(GroupVIPs) {
 			paths[p.String()] = path
 		}
-		sp.rec.mu.Unlock()
 		return len(paths) == 1
 	})
 	p := paths["10.200.0.5/32"]
@@ -55,15 +58,11 @@ func TestVIPControllerAnnouncesAndWithdraws(t *testing.T) {
 		if !strings.Contains(ev, "192.0.2.1") {
 			t.Fatalf("event %q", ev)
 		}
-	default:
+	case <-time.After(5 * time.Second):
 		t.Fatal("no event for the LB IP outside the range")
 	}
 	if err := kube.CoreV1().Services("default").Delete(ctx, "lb", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "withdrawn", func() bool {
-		sp.rec.mu.Lock()
-		defer sp.rec.mu.Unlock()
-		return len(sp.rec.paths[GroupVIPs]) == 0
-	})
+	eventually(t, "withdrawn", func() bool { return len(mgr.AppliedPaths(GroupVIPs)) == 0 })
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"canopy.io/canopy/cni/hint"
 )
 
 func TestNotifyAgent(t *testing.T) {
@@ -15,7 +17,7 @@ func TestNotifyAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	got := make(chan AgentHint, 4)
+	got := make(chan hint.Hint, 4)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -23,13 +25,13 @@ func TestNotifyAgent(t *testing.T) {
 				return
 			}
 			line, _ := bufio.NewReader(c).ReadBytes('\n')
-			var h AgentHint
+			var h hint.Hint
 			_ = json.Unmarshal(line, &h)
 			got <- h
 			if h.Name == "slow" {
 				time.Sleep(time.Second) // never answers in time
 			} else {
-				_ = json.NewEncoder(c).Encode(AgentReply{Programmed: true})
+				_ = json.NewEncoder(c).Encode(hint.Reply{Programmed: true})
 			}
 			c.Close()
 		}
@@ -38,7 +40,7 @@ func TestNotifyAgent(t *testing.T) {
 	if !notifyAgent(sock, args, "10.244.1.10", time.Second) {
 		t.Error("programmed answer not seen")
 	}
-	if h := <-got; h != (AgentHint{Namespace: "x", Name: "a", IP: "10.244.1.10"}) {
+	if h := <-got; h != (hint.Hint{Namespace: "x", Name: "a", IP: "10.244.1.10"}) {
 		t.Errorf("hint %+v", h)
 	}
 	if notifyAgent(sock, "K8S_POD_NAMESPACE=x;K8S_POD_NAME=slow", "10.244.1.11", 200*time.Millisecond) {

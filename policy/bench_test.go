@@ -126,7 +126,11 @@ func benchPolicy(b *testing.B, flavour ipt.Flavour) {
 				b.Fatal(err)
 			}
 		}
-		do(func() (err error) { fw, err = NewHost(flavour, slog.New(slog.DiscardHandler)); return err })
+		do(func() error {
+			h, err := ipt.OpenFlavour(flavour)
+			fw = NewHost(h, slog.New(slog.DiscardHandler))
+			return err
+		})
 		do(func() error {
 			return fw.Start(Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}})
 		})

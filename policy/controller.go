@@ -20,9 +20,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/util/workqueue"
 
-	"canopy.io/canopy/internal/batchq"
+	"canopy.io/canopy/internal/controller"
 	"canopy.io/canopy/internal/model"
 )
 
@@ -40,27 +39,24 @@ type Controller struct {
 	nodeName string
 	opts     Options
 	log      *slog.Logger
-	repair   time.Duration
 
 	podInf   cache.SharedIndexInformer
 	pods     cache.Store // of *PodInfo
 	nss      corelisters.NamespaceLister
 	pols     netlisters.NetworkPolicyLister
 	nodes    corelisters.NodeLister
-	synced   []cache.InformerSynced
-	queue    workqueue.TypedRateLimitingInterface[string]
+	ctrl     *controller.Controller
 	onSynced func()
 
-	mu     sync.Mutex
-	last   Stats
-	policy int
+	mu       sync.Mutex
+	last     Stats
+	policy   int
+	podCIDRs []netip.Prefix // the Node's, last known: kept if the Node object disappears
 
 	hmu     sync.Mutex
 	hints   map[string]hint // namespace/name -> address the CNI plugin reported
 	waiters []waiter
 }
-
-const syncKey = "policy"
 
 // NewController registers its Namespace, NetworkPolicy and Node informers on factory (call it before the
 // factory starts) and makes its own Pod informer on kube, which keeps PodInfos (not Pods: the shared factory's
@@ -73,14 +69,21 @@ func NewController(factory informers.SharedInformerFactory, kube kubernetes.Inte
 	polInf := factory.Networking().V1().NetworkPolicies()
 	nodeInf := factory.Core().V1().Nodes()
 	c := &Controller{
-		fw: fw, nodeName: nodeName, opts: opts, log: log, repair: repair,
+		fw: fw, nodeName: nodeName, opts: opts, log: log,
 		podInf: podInf, pods: podInf.GetStore(), nss: nsInf.Lister(), pols: polInf.Lister(), nodes: nodeInf.Lister(),
-		synced: []cache.InformerSynced{podInf.HasSynced, nsInf.Informer().HasSynced,
-			polInf.Informer().HasSynced, nodeInf.Informer().HasSynced},
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
-			workqueue.TypedRateLimitingQueueConfig[string]{Name: "networkpolicy"}),
 	}
-	enqueue := func(any) { c.queue.Add(syncKey) }
+	ccfg := controller.Config{Name: "policy", Full: func(context.Context) error { return c.sync() }, Repair: repair, Log: log,
+		Synced: []cache.InformerSynced{podInf.HasSynced, nsInf.Informer().HasSynced, polInf.Informer().HasSynced, nodeInf.Informer().HasSynced},
+		OnFirstSync: func() {
+			if c.onSynced != nil {
+				c.onSynced()
+			}
+		}}
+	if r, ok := fw.(interface{ Invalidate() }); ok {
+		ccfg.BeforeRepair = r.Invalidate // the repair rewrites everything
+	}
+	c.ctrl = controller.New(ccfg)
+	enqueue := func(any) { c.ctrl.EnqueueFull() }
 	_, _ = podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: enqueue, DeleteFunc: enqueue,
 		UpdateFunc: func(o, n any) {
@@ -96,17 +99,7 @@ func NewController(factory informers.SharedInformerFactory, kube kubernetes.Inte
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, DeleteFunc: enqueue,
 			UpdateFunc: func(o, n any) { enqueue(n) }})
 	}
-	_, _ = nodeInf.Informer().AddEventHandler(cache.FilteringResourceEventHandler{
-		FilterFunc: func(obj any) bool {
-			n, ok := obj.(*corev1.Node)
-			return ok && n.Name == nodeName
-		},
-		Handler: cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(o, n any) {
-			if !slices.Equal(o.(*corev1.Node).Spec.PodCIDRs, n.(*corev1.Node).Spec.PodCIDRs) {
-				enqueue(n)
-			}
-		}},
-	})
+	_, _ = nodeInf.Informer().AddEventHandler(model.NodeHandler(model.NamedNode(nodeName), func(*corev1.Node, bool) { enqueue(nil) }))
 	return c
 }
 
@@ -143,53 +136,22 @@ func ToPodInfo(obj any) (any, error) {
 	return info, nil
 }
 
-// Run starts the firewall (fixed chains, unready pods dropped), programs everything once the caches have
-// synced, then follows changes until ctx ends.
+// Run programs everything once the caches have synced, then follows changes until ctx ends.
 func (c *Controller) Run(ctx context.Context) {
-	defer c.queue.ShutDown()
 	go c.podInf.Run(ctx.Done())
-	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
-		return
-	}
-	go func() {
-		<-ctx.Done()
-		c.queue.ShutDown()
-	}()
-	if c.repair > 0 {
-		go func() {
-			t := time.NewTicker(c.repair)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-					if r, ok := c.fw.(interface{ Invalidate() }); ok {
-						r.Invalidate()
-					}
-					c.queue.Add(syncKey)
-				}
-			}
-		}()
-	}
-	c.queue.Add(syncKey)
-	first := true
-	batchq.Run(c.queue, 1, func([]string) error {
-		err := c.sync()
-		if err == nil && first {
-			first = false
-			if c.onSynced != nil {
-				c.onSynced()
-			}
-		}
-		return err
-	})
+	c.ctrl.Run(ctx)
 }
+
+// Controller is the policy controller's loop (for health and readiness).
+func (c *Controller) Controller() *controller.Controller { return c.ctrl }
 
 // Start starts the firewall with the Node's pod CIDRs as known now (before the caches sync).
 func (c *Controller) Start(node *corev1.Node) error {
 	o := c.opts
 	o.PodCIDRs = model.PodCIDRs(node)
+	c.mu.Lock()
+	c.podCIDRs = o.PodCIDRs
+	c.mu.Unlock()
 	return c.fw.Start(o)
 }
 
@@ -201,12 +163,15 @@ func (c *Controller) Desired() (*State, int, error) {
 
 // desired also returns the local pods whose address the API has (their hints are no longer needed).
 func (c *Controller) desired() (*State, int, map[string]bool, error) {
-	node, err := c.nodes.Get(c.nodeName)
-	if err != nil {
-		node = nil // no Node: no pod CIDR, nothing local to police
-	}
 	o := c.opts
-	o.PodCIDRs = model.PodCIDRs(node)
+	c.mu.Lock()
+	if node, err := c.nodes.Get(c.nodeName); err == nil && len(model.PodCIDRs(node)) > 0 {
+		c.podCIDRs = model.PodCIDRs(node)
+	}
+	// No Node (deleted, or not created yet): the last known pod CIDRs stay policed, so the pods still running
+	// here keep their rules.
+	o.PodCIDRs = c.podCIDRs
+	c.mu.Unlock()
 	pols, err := c.pols.List(labels.Everything())
 	if err != nil {
 		return nil, 0, nil, err

@@ -16,11 +16,8 @@ import (
 	"canopy.io/canopy/internal/ipt"
 )
 
-// Restorer feeds iptables-restore --noflush and reads iptables-save (ipt.Restorer on a host).
-type Restorer interface {
-	Restore(table string, data []byte) error
-	Save(table string) ([]byte, error)
-}
+// Restorer feeds iptables-restore --noflush and reads iptables-save (an ipt.Host on a node).
+type Restorer = ipt.RestoreSaver
 
 // IPSets is the ipset tool: a batch of commands, set names, one set's members, destroying one set.
 type IPSets interface {
@@ -34,19 +31,20 @@ type IPSets interface {
 	Destroy(name string) error
 }
 
-// IPTables is the part of go-iptables used for the jumps from the built-in chains.
+// IPTables is the part of go-iptables used for the jumps from the built-in chains and the deny counters.
 type IPTables interface {
-	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
-	DeleteIfExists(table, chain string, rulespec ...string) error
+	ipt.RuleEditor
 	ListWithCounters(table, chain string) ([]string, error)
 }
 
 // jumps hook the policy chains into the built-in ones, first in line (a denied packet must not be accepted by
 // a rule before ours).
-var jumps = []struct{ chain, target string }{{"FORWARD", ChainForward}, {"OUTPUT", ChainOutput}}
+var jumps = []ipt.Jump{
+	{Table: "filter", Chain: "FORWARD", Rule: jumpRule(ChainForward)},
+	{Table: "filter", Chain: "OUTPUT", Rule: jumpRule(ChainOutput)},
+}
 
-func jumpSpec(target string) []string {
+func jumpRule(target string) []string {
 	return []string{"-m", "comment", "--comment", "canopy network policy", "-j", target}
 }
 
@@ -76,14 +74,8 @@ func New(r Restorer, sets IPSets, it IPTables, log *slog.Logger) *Firewall {
 	return f
 }
 
-// NewHost returns a Firewall on this network namespace's iptables (flavour f) and ipset.
-func NewHost(f ipt.Flavour, log *slog.Logger) (*Firewall, error) {
-	it, err := ipt.New(f)
-	if err != nil {
-		return nil, err
-	}
-	return New(ipt.NewRestorer(f), ExecIPSets{}, it, log), nil
-}
+// NewHost returns a Firewall on this network namespace's iptables and ipset.
+func NewHost(h *ipt.Host, log *slog.Logger) *Firewall { return New(h, ExecIPSets{}, h, log) }
 
 // Start makes sure the fixed sets, the fixed chains and the jumps to them exist. Chains left by a previous
 // run keep enforcing until the first Sync; on a node without them it writes the fixed chains of Build(nil,
@@ -119,43 +111,28 @@ func (f *Firewall) start(o Options) error {
 	if err != nil {
 		return fmt.Errorf("iptables-save: %w", err)
 	}
-	have := savedChains(out)
-	var rb restoreBuf
+	have := ipt.SavedChainSet(out)
+	var tx ipt.Tx
 	for _, c := range append(slices.Clone(staticChains), ChainIngress, ChainEgress) {
 		if !have[c] {
-			rb.declare(c)
+			tx.Declare(c)
 		}
 	}
 	// A missing chain gets its content; existing ones are a previous run's and stay until the first Sync.
 	for _, c := range staticChains {
 		if !have[c] {
-			rb.write(c, st.Chains[c])
+			tx.Rules(c, st.Chains[c])
 		}
 	}
-	if !rb.empty() {
-		if err := f.r.Restore("filter", rb.bytes()); err != nil {
+	if !tx.Empty() {
+		if err := f.r.Restore("filter", tx.Bytes("filter")); err != nil {
 			return err
 		}
 	}
-	if err := f.ensureJumps(); err != nil {
+	if err := ipt.EnsureJumps(f.ipt, jumps...); err != nil {
 		return err
 	}
 	f.started = true
-	return nil
-}
-
-func (f *Firewall) ensureJumps() error {
-	for _, j := range jumps {
-		ok, err := f.ipt.Exists("filter", j.chain, jumpSpec(j.target)...)
-		if err != nil {
-			return fmt.Errorf("filter %s: %w", j.chain, err)
-		}
-		if !ok {
-			if err := f.ipt.Insert("filter", j.chain, 1, jumpSpec(j.target)...); err != nil {
-				return fmt.Errorf("jump from filter %s: %w", j.chain, err)
-			}
-		}
-	}
 	return nil
 }
 
@@ -265,7 +242,7 @@ func (f *Firewall) sync(st *State) (Stats, error) {
 		if err != nil {
 			return stats, fmt.Errorf("iptables-save: %w", err)
 		}
-		saved = savedChains(out)
+		saved = ipt.SavedChainSet(out)
 	}
 	var rule, pod, fixed []string
 	for _, name := range sortedKeys(st.Chains) {
@@ -281,20 +258,17 @@ func (f *Firewall) sync(st *State) (Stats, error) {
 			fixed = append(fixed, name)
 		}
 	}
-	var chunks []*restoreBuf
-	cur := &restoreBuf{}
+	batch := ipt.NewBatch("filter", f.maxChains)
 	for _, name := range append(rule, pod...) {
-		if f.maxChains > 0 && cur.chains >= f.maxChains {
-			chunks = append(chunks, cur)
-			cur = &restoreBuf{}
-		}
-		cur.declare(name)
-		cur.write(name, st.Chains[name])
+		tx := batch.Chunk(1)
+		tx.Declare(name)
+		tx.Rules(name, st.Chains[name])
 		stats.Chains++
 	}
+	last := batch.Last()
 	for _, name := range fixed {
-		cur.declare(name)
-		cur.write(name, st.Chains[name])
+		last.Declare(name)
+		last.Rules(name, st.Chains[name])
 		stats.Chains++
 	}
 	for _, d := range []struct {
@@ -302,22 +276,22 @@ func (f *Firewall) sync(st *State) (Stats, error) {
 		old, cur    map[netip.Addr]string
 	}{{ChainIngress, "-d", old.Ingress, st.Ingress}, {ChainEgress, "-s", old.Egress, st.Egress}} {
 		if full {
-			cur.declare(d.chain)
+			last.Declare(d.chain)
 			for _, a := range sortedAddrs(d.cur) {
-				cur.line(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
+				last.Rule(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
 				stats.DispatchLines++
 			}
 			continue
 		}
 		for _, a := range sortedAddrs(d.old) {
 			if c, ok := d.cur[a]; !ok || c != d.old[a] {
-				fmt.Fprintf(&cur.rules, "-D %s %s %s/32 -j %s\n", d.chain, d.flag, a, d.old[a])
+				last.Raw(fmt.Sprintf("-D %s %s %s/32 -j %s\n", d.chain, d.flag, a, d.old[a]))
 				stats.DispatchLines++
 			}
 		}
 		for _, a := range sortedAddrs(d.cur) {
 			if c, ok := d.old[a]; !ok || c != d.cur[a] {
-				cur.line(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
+				last.Rule(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
 				stats.DispatchLines++
 			}
 		}
@@ -338,17 +312,11 @@ func (f *Firewall) sync(st *State) (Stats, error) {
 	}
 	sort.Strings(gone)
 	for _, name := range gone {
-		cur.remove(name)
+		last.Remove(name)
 		stats.DeletedChains++
 	}
-	chunks = append(chunks, cur)
-	for _, c := range chunks {
-		if c.empty() {
-			continue
-		}
-		if err := f.r.Restore("filter", c.bytes()); err != nil {
-			return stats, err
-		}
+	if _, _, err := batch.Commit(f.r); err != nil {
+		return stats, err
 	}
 
 	// 3. Addresses whose rules now exist join Ready; sets nobody uses go.
@@ -404,28 +372,26 @@ func (f *Firewall) Cleanup() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var errs []error
-	for _, j := range jumps {
-		if err := f.ipt.DeleteIfExists("filter", j.chain, jumpSpec(j.target)...); err != nil {
-			errs = append(errs, err)
-		}
+	if err := ipt.DeleteJumps(f.ipt, jumps...); err != nil {
+		errs = append(errs, err)
 	}
 	out, err := f.r.Save("filter")
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
-	var rb restoreBuf
+	var tx ipt.Tx
 	var names []string
-	for name := range savedChains(out) {
+	for name := range ipt.SavedChainSet(out) {
 		if strings.HasPrefix(name, "CANOPY-POL-") || ours(name) {
 			names = append(names, name)
 		}
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		rb.remove(n)
+		tx.Remove(n)
 	}
-	if !rb.empty() {
-		if err := f.r.Restore("filter", rb.bytes()); err != nil {
+	if !tx.Empty() {
+		if err := f.r.Restore("filter", tx.Bytes("filter")); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -481,62 +447,6 @@ func (f *Firewall) Invalidate() {
 	f.mu.Lock()
 	f.applied = nil
 	f.mu.Unlock()
-}
-
-// restoreBuf is one iptables-restore input for the filter table.
-type restoreBuf struct {
-	decl, rules, del bytes.Buffer
-	declared         map[string]bool
-	chains           int
-}
-
-func (b *restoreBuf) declare(name string) {
-	if b.declared == nil {
-		b.declared = map[string]bool{}
-	}
-	if !b.declared[name] {
-		b.declared[name] = true
-		b.chains++
-		b.decl.WriteString(":" + name + " - [0:0]\n")
-	}
-}
-
-func (b *restoreBuf) line(chain, spec string) { b.rules.WriteString("-A " + chain + " " + spec + "\n") }
-
-func (b *restoreBuf) write(chain string, specs []string) {
-	for _, s := range specs {
-		b.line(chain, s)
-	}
-}
-
-func (b *restoreBuf) remove(name string) {
-	b.declare(name) // flushes it, dropping its references to other chains
-	b.del.WriteString("-X " + name + "\n")
-}
-
-func (b *restoreBuf) empty() bool { return b.decl.Len() == 0 && b.rules.Len() == 0 && b.del.Len() == 0 }
-
-func (b *restoreBuf) bytes() []byte {
-	var out bytes.Buffer
-	out.WriteString("*filter\n")
-	out.Write(b.decl.Bytes())
-	out.Write(b.rules.Bytes())
-	out.Write(b.del.Bytes())
-	out.WriteString("COMMIT\n")
-	return out.Bytes()
-}
-
-// savedChains returns the user chains declared in iptables-save output.
-func savedChains(out []byte) map[string]bool {
-	r := map[string]bool{}
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(l, ":") {
-			if name, _, ok := strings.Cut(l[1:], " "); ok {
-				r[name] = true
-			}
-		}
-	}
-	return r
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -1,12 +1,9 @@
 package policy
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -15,6 +12,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	cnihint "canopy.io/canopy/cni/hint"
 )
 
 // Hints from the CNI plugin: right after ADD the plugin tells the agent which address a pod got, before the
@@ -58,7 +57,7 @@ func (c *Controller) Hint(namespace, name string, ip netip.Addr) (<-chan struct{
 	c.waiters = append(c.waiters, waiter{ip: ip, ch: ch, at: time.Now()})
 	c.hmu.Unlock()
 	hintsReceived.Inc()
-	c.queue.Add(syncKey)
+	c.ctrl.EnqueueFull()
 	return ch, nil
 }
 
@@ -137,21 +136,11 @@ func (c *Controller) ServeHints(ctx context.Context, path string, wait time.Dura
 func (c *Controller) serveHint(conn net.Conn, wait time.Duration, log *slog.Logger) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(wait + time.Second))
-	reply := func(programmed bool, err error) {
-		r := map[string]any{"programmed": programmed}
-		if err != nil {
-			r["error"] = err.Error()
-		}
-		_ = json.NewEncoder(conn).Encode(r)
-	}
-	line, err := bufio.NewReader(io.LimitReader(conn, 4096)).ReadBytes('\n')
+	reply := func(programmed bool, err error) { _ = cnihint.Write(conn, programmed, err) }
+	h, err := cnihint.Read(conn)
 	if err != nil {
-		return
-	}
-	var h struct{ Namespace, Name, IP string }
-	if err := json.Unmarshal(line, &h); err != nil {
 		hintsRefused.Inc()
-		reply(false, fmt.Errorf("bad hint: %w", err))
+		reply(false, err)
 		return
 	}
 	ip, err := netip.ParseAddr(h.IP)

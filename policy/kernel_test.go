@@ -125,7 +125,7 @@ func (l *netLab) check(t *testing.T, what string, probes ...probe) {
 
 func (l *netLab) firewall(t *testing.T, f ipt.Flavour) *Firewall {
 	var fw *Firewall
-	if err := l.node.Do(func() (err error) { fw, err = NewHost(f, slog.Default()); return err }); err != nil {
+	if err := l.node.Do(func() error { h, err := ipt.OpenFlavour(f); fw = NewHost(h, slog.Default()); return err }); err != nil {
 		t.Fatal(err)
 	}
 	return fw

@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/record"
 
 	"canopy.io/canopy/internal/model"
 )
@@ -28,7 +27,11 @@ type recordingBackend struct {
 	have  map[string]*model.ServicePort
 }
 
-func (r *recordingBackend) Name() string { return "recording" }
+func (r *recordingBackend) Name() string         { return "recording" }
+func (r *recordingBackend) Start() error         { return nil }
+func (r *recordingBackend) PruneStale() error    { return nil }
+func (r *recordingBackend) Cleanup() error       { return nil }
+func (r *recordingBackend) Schedulers() []string { return []string{"random"} }
 func (r *recordingBackend) Sync(desired map[string]*model.ServicePort, changed []string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -94,8 +97,11 @@ func TestControllerIsIncremental(t *testing.T) {
 	}
 	be := &recordingBackend{}
 	factory := informers.NewSharedInformerFactory(kube, 0)
-	c := NewController(factory, be, model.Options{NodeName: "n1", Schedulers: []string{"random"}}, record.NewFakeRecorder(10), 0, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, nil, log)
+	c := NewController(tracker, be, nil, 0, log)
 	factory.Start(ctx.Done())
+	go tracker.Run(ctx)
 	go c.Run(ctx)
 	wait := func(what string, f func() bool) {
 		t.Helper()

@@ -145,10 +145,36 @@ func (m *Manager) Remove(dst netip.Prefix) error {
 	return err
 }
 
-// Sweep deletes the stale candidates never confirmed by Set. Call it once BGP has sent End-of-RIB from all peers
-// (or after a timeout). From then on, Resync also deletes any route of ours that is not desired. A stale route
-// whose delete fails is retried by Resync.
+// Sweep deletes every stale candidate never confirmed by Set. From then on, Resync also deletes any route of ours
+// that is not desired. A stale route whose delete fails is retried by Resync.
 func (m *Manager) Sweep() (removed int, err error) {
+	removed, _, err = m.SweepStale(func(netip.Prefix, []netip.Addr) bool { return true })
+	return removed, err
+}
+
+// MarkStale makes every route applied now a stale candidate that nothing desires (the BGP speaker restarted and
+// its new RIB must confirm them again): they stay in the kernel until Set confirms them or SweepStale removes
+// them, and Resync leaves them alone meanwhile.
+func (m *Manager) MarkStale() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for dst, e := range m.routes {
+		m.swap(&e.desired, nil)
+		e.stale = e.applied != nil
+		if e.stale {
+			n++
+		}
+		m.store(dst, e)
+	}
+	m.swept = false
+	m.log.Info("routes: every route is a stale candidate until confirmed", "routes", n)
+}
+
+// SweepStale deletes the stale candidates for which remove(dst, next hops in the kernel) says yes, and returns
+// how many it deleted and how many stale candidates are left. Once none is left, Resync also deletes any route of
+// ours that is not desired.
+func (m *Manager) SweepStale(remove func(dst netip.Prefix, nextHops []netip.Addr) bool) (removed, left int, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs errCollector
@@ -156,17 +182,30 @@ func (m *Manager) Sweep() (removed int, err error) {
 		if !e.stale || e.desired != nil {
 			continue
 		}
+		var hops []netip.Addr
+		if e.applied != nil {
+			hops = e.applied.addrs
+		}
+		if !remove(dst, hops) {
+			left++
+			continue
+		}
 		if err := m.delete(dst, &e); err != nil {
 			errs.add(err)
+			left++
 			continue
 		}
 		removed++
 		m.store(dst, e)
 	}
-	m.swept = true
+	if left == 0 {
+		m.swept = true
+	}
 	staleRemovedTotal.Add(float64(removed))
-	m.log.Info("routes: swept stale routes", "removed", removed, "errors", errs.n)
-	return removed, errs.err("sweep")
+	if removed > 0 || errs.n > 0 {
+		m.log.Info("routes: swept stale routes", "removed", removed, "left", left, "errors", errs.n)
+	}
+	return removed, left, errs.err("sweep")
 }
 
 // Resync repairs drift: it lists the kernel, re-applies desired routes that are missing or different, and deletes

@@ -139,9 +139,10 @@ func writeKubeconfig(path, server string, caPEM []byte, user, token string) erro
 	return os.Chmod(path, 0o600)
 }
 
-// startControlPlane starts etcd, kube-apiserver and kube-controller-manager together in the control-plane
-// namespace (the apiserver retries etcd, the controller-manager waits for the apiserver), which is faster than
-// waiting for each in turn.
+// startControlPlane starts etcd and kube-apiserver together in the control-plane namespace (the apiserver
+// retries etcd), which is faster than waiting for each in turn. kube-controller-manager starts once the
+// apiserver is ready (startControllerManager): it gives up after 10 s without a healthy apiserver, which a busy
+// machine can take.
 func (l *Lab) startControlPlane() error {
 	c := l.cfg
 	dir := filepath.Join(l.WorkDir, "cp")
@@ -192,15 +193,22 @@ func (l *Lab) startControlPlane() error {
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
 	}
+	l.kcmArgv = kcm
 	for _, p := range []struct {
 		name string
 		argv []string
-	}{{"etcd", etcd}, {"kube-apiserver", apiserver}, {"kube-controller-manager", kcm}} {
+	}{{"etcd", etcd}, {"kube-apiserver", apiserver}} {
 		if _, err := l.startProc(p.name, ns, filepath.Join(dir, p.name+".log"), p.argv); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// startControllerManager starts kube-controller-manager (the apiserver is ready).
+func (l *Lab) startControllerManager() error {
+	_, err := l.startProc("kube-controller-manager", l.CP.NS, filepath.Join(l.WorkDir, "cp", "kube-controller-manager.log"), l.kcmArgv)
+	return err
 }
 
 // restConfig is an admin rest.Config whose connections are made inside the control-plane namespace.

@@ -42,6 +42,7 @@ type Lab struct {
 	mu            sync.Mutex
 	namespaces    []string
 	procs         []*Proc
+	kcmArgv       []string // kube-controller-manager, started once the apiserver is ready
 	pods          []*Pod
 	fabricHosts   int
 	removeWorkDir bool
@@ -142,6 +143,10 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	frr := make(chan error, 1)
 	go func() { frr <- l.startFRR(ctx) }()
 	if err := step("kube-apiserver ready", func() error { return l.waitAPIServer(ctx) }); err != nil {
+		<-frr
+		return nil, err
+	}
+	if err := l.startControllerManager(); err != nil {
 		<-frr
 		return nil, err
 	}

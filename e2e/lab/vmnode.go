@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"canopy.io/canopy/e2e/vmguest/wire"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"canopy.io/canopy/internal/testsupport/vmtest"
@@ -162,29 +164,10 @@ func (n *Node) StartVM(ctx context.Context, o VMOptions) (_ *VM, err error) {
 // Stop kills the VM (the agent in it dies like a crashed machine).
 func (v *VM) Stop() error { return v.Proc.Kill() }
 
-type guestRequest struct {
-	Op        string   `json:"op"`
-	NS        string   `json:"ns,omitempty"`
-	Argv      []string `json:"argv,omitempty"`
-	Env       []string `json:"env,omitempty"`
-	Stdin     string   `json:"stdin,omitempty"`
-	TimeoutMS int      `json:"timeoutMs,omitempty"`
-	Name      string   `json:"name,omitempty"`
-	Network   string   `json:"network,omitempty"`
-	Addr      string   `json:"addr,omitempty"`
-}
-
-type guestResponse struct {
-	Out  string `json:"out,omitempty"`
-	Code int    `json:"code"`
-	Err  string `json:"err,omitempty"`
-	PID  int    `json:"pid,omitempty"`
-}
-
 // send opens a connection to vmguest from the ToR's namespace, sends req and reads the answer line. The
 // connection stays open for Dial.
-func (v *VM) send(ctx context.Context, req guestRequest) (net.Conn, *bufio.Reader, guestResponse, error) {
-	var resp guestResponse
+func (v *VM) send(ctx context.Context, req wire.Request) (net.Conn, *bufio.Reader, wire.Response, error) {
+	var resp wire.Response
 	c, err := v.Node.lab.ToR.Dial(ctx, "tcp", v.addr)
 	if err != nil {
 		return nil, nil, resp, err
@@ -208,7 +191,7 @@ func (v *VM) send(ctx context.Context, req guestRequest) (net.Conn, *bufio.Reade
 	return c, r, resp, nil
 }
 
-func (v *VM) run(ctx context.Context, req guestRequest) (string, error) {
+func (v *VM) run(ctx context.Context, req wire.Request) (string, error) {
 	if d, ok := ctx.Deadline(); ok {
 		req.TimeoutMS = int(time.Until(d).Milliseconds())
 	}
@@ -225,25 +208,25 @@ func (v *VM) run(ctx context.Context, req guestRequest) (string, error) {
 
 // Exec runs cmd in the VM and returns its combined output; the error includes the output.
 func (v *VM) Exec(ctx context.Context, cmd ...string) (string, error) {
-	return v.run(ctx, guestRequest{Op: "exec", Argv: cmd})
+	return v.run(ctx, wire.Request{Op: "exec", Argv: cmd})
 }
 
 // ExecIn runs cmd in network namespace ns of the VM ("" = the VM's own).
 func (v *VM) ExecIn(ctx context.Context, ns string, cmd ...string) (string, error) {
-	return v.run(ctx, guestRequest{Op: "exec", NS: ns, Argv: cmd})
+	return v.run(ctx, wire.Request{Op: "exec", NS: ns, Argv: cmd})
 }
 
 // Start runs cmd in the background in namespace ns of the VM; its output goes to /run/vmguest/<ns>-<name>.log in
 // the guest. It dies with its namespace (DeletePod) or the VM.
 func (v *VM) Start(ctx context.Context, ns, name string, cmd ...string) error {
-	_, err := v.run(ctx, guestRequest{Op: "start", NS: ns, Name: name, Argv: cmd})
+	_, err := v.run(ctx, wire.Request{Op: "start", NS: ns, Name: name, Argv: cmd})
 	return err
 }
 
 // Dial connects from inside namespace ns of the VM ("" = the VM's own); vmguest relays the bytes (for UDP, each
 // Write is one datagram).
 func (v *VM) Dial(ctx context.Context, ns, network, addr string) (net.Conn, error) {
-	c, r, resp, err := v.send(ctx, guestRequest{Op: "dial", NS: ns, Network: network, Addr: addr})
+	c, r, resp, err := v.send(ctx, wire.Request{Op: "dial", NS: ns, Network: network, Addr: addr})
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +324,7 @@ func (v *VM) cni(ctx context.Context, command string, p *VMPod, conf []byte) (st
 		ctx, cancel = context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 	}
-	return v.run(ctx, guestRequest{Op: "exec", Argv: []string{filepath.Join(n.cniDir("bin"), "canopy-cni")}, Stdin: string(conf),
+	return v.run(ctx, wire.Request{Op: "exec", Argv: []string{filepath.Join(n.cniDir("bin"), "canopy-cni")}, Stdin: string(conf),
 		Env: []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=" + p.NS, "CNI_NETNS=" + netnsPath(p.NS), "CNI_IFNAME=eth0",
 			"CNI_PATH=" + n.cniDir("bin"), "CNI_ARGS=" + p.pod.cniArgs()}})
 }

@@ -35,27 +35,10 @@ import (
 	"syscall"
 	"time"
 
+	"canopy.io/canopy/e2e/vmguest/wire"
+
 	"github.com/vishvananda/netns"
 )
-
-type request struct {
-	Op        string   `json:"op"`
-	NS        string   `json:"ns,omitempty"`
-	Argv      []string `json:"argv,omitempty"`
-	Env       []string `json:"env,omitempty"`
-	Stdin     string   `json:"stdin,omitempty"`
-	TimeoutMS int      `json:"timeoutMs,omitempty"`
-	Name      string   `json:"name,omitempty"`
-	Network   string   `json:"network,omitempty"`
-	Addr      string   `json:"addr,omitempty"`
-}
-
-type response struct {
-	Out  string `json:"out,omitempty"`
-	Code int    `json:"code"`
-	Err  string `json:"err,omitempty"`
-	PID  int    `json:"pid,omitempty"`
-}
 
 func main() {
 	listen := flag.String("listen", "", "address to serve the lab on (the node's fabric address)")
@@ -112,9 +95,9 @@ func (g *guest) serve(c net.Conn) {
 	if err != nil {
 		return
 	}
-	var req request
+	var req wire.Request
 	if err := json.Unmarshal(line, &req); err != nil {
-		reply(c, response{Code: -1, Err: "bad request: " + err.Error()})
+		reply(c, wire.Response{Code: -1, Err: "bad request: " + err.Error()})
 		return
 	}
 	switch req.Op {
@@ -125,16 +108,16 @@ func (g *guest) serve(c net.Conn) {
 	case "dial":
 		g.dial(c, r, req)
 	default:
-		reply(c, response{Code: -1, Err: "unknown op " + req.Op})
+		reply(c, wire.Response{Code: -1, Err: "unknown op " + req.Op})
 	}
 }
 
-func reply(c net.Conn, resp response) {
+func reply(c net.Conn, resp wire.Response) {
 	b, _ := json.Marshal(resp)
 	_, _ = c.Write(append(b, '\n'))
 }
 
-func command(ctx context.Context, req request) (*exec.Cmd, error) {
+func command(ctx context.Context, req wire.Request) (*exec.Cmd, error) {
 	argv := req.Argv
 	if len(argv) == 0 {
 		return nil, errors.New("no command")
@@ -152,7 +135,7 @@ func command(ctx context.Context, req request) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-func (g *guest) exec(req request) response {
+func (g *guest) exec(req wire.Request) wire.Response {
 	timeout := 30 * time.Second
 	if req.TimeoutMS > 0 {
 		timeout = time.Duration(req.TimeoutMS) * time.Millisecond
@@ -161,14 +144,14 @@ func (g *guest) exec(req request) response {
 	defer cancel()
 	cmd, err := command(ctx, req)
 	if err != nil {
-		return response{Code: -1, Err: err.Error()}
+		return wire.Response{Code: -1, Err: err.Error()}
 	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.Stdin = strings.NewReader(req.Stdin)
 	cmd.WaitDelay = time.Second // a background child holding the output open must not hang the answer
 	err = cmd.Run()
-	resp := response{Out: out.String()}
+	resp := wire.Response{Out: out.String()}
 	var ee *exec.ExitError
 	switch {
 	case errors.As(err, &ee):
@@ -181,24 +164,24 @@ func (g *guest) exec(req request) response {
 	return resp
 }
 
-func (g *guest) start(req request) response {
+func (g *guest) start(req wire.Request) wire.Response {
 	cmd, err := command(nil, req)
 	if err != nil {
-		return response{Code: -1, Err: err.Error()}
+		return wire.Response{Code: -1, Err: err.Error()}
 	}
 	name := strings.NewReplacer("/", "_", " ", "_").Replace(req.NS + "-" + req.Name)
 	f, err := os.OpenFile(filepath.Join(g.logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return response{Code: -1, Err: err.Error()}
+		return wire.Response{Code: -1, Err: err.Error()}
 	}
 	defer f.Close()
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return response{Code: -1, Err: err.Error()}
+		return wire.Response{Code: -1, Err: err.Error()}
 	}
 	go func() { _ = cmd.Wait() }() // reaped; killed with its namespace (ip netns pids) or the VM
-	return response{PID: cmd.Process.Pid}
+	return wire.Response{PID: cmd.Process.Pid}
 }
 
 // dialIn makes the connection inside network namespace ns on a locked thread, which goes back to the VM's own
@@ -240,14 +223,14 @@ func dialIn(ns, network, addr string) (net.Conn, error) {
 	return r.c, r.err
 }
 
-func (g *guest) dial(c net.Conn, r *bufio.Reader, req request) {
+func (g *guest) dial(c net.Conn, r *bufio.Reader, req wire.Request) {
 	conn, err := dialIn(req.NS, req.Network, req.Addr)
 	if err != nil {
-		reply(c, response{Code: -1, Err: err.Error()})
+		reply(c, wire.Response{Code: -1, Err: err.Error()})
 		return
 	}
 	defer conn.Close()
-	reply(c, response{})
+	reply(c, wire.Response{})
 	done := make(chan struct{}, 2)
 	go func() {
 		buf := make([]byte, 64<<10)

@@ -11,6 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"canopy.io/canopy/loadbalancer"
+
+	"canopy.io/canopy/bgp"
 )
 
 // Raw is the configuration as the flags give it: strings and lists, not yet checked.
@@ -53,12 +57,14 @@ type Raw struct {
 	ProxyMode         string
 	MasqueradeAll     bool
 	NodePortAddresses []string
+	ProxyRepair       time.Duration
 
 	RunFirewall    bool
 	PolicyReject   bool
 	PolicyLog      string
 	PolicyLogGroup int
 	CNIAgentSocket string
+	PolicyRepair   time.Duration
 
 	AdvertiseClusterIP      bool
 	AdvertiseExternalIP     bool
@@ -69,14 +75,6 @@ type Raw struct {
 	LoadBalancerIPRanges    []string
 	RunLoadBalancer         bool
 	LeaseNamespace          string
-}
-
-// Peer is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
-type Peer struct {
-	Address     netip.Addr
-	ASN         uint32
-	Password    string
-	MultihopTTL uint8
 }
 
 // Config is the validated configuration.
@@ -92,7 +90,7 @@ type Config struct {
 	NodesFullMesh   bool
 	ClusterCIDRs    []netip.Prefix
 	ImportAllow     []netip.Prefix
-	Peers           []Peer
+	Peers           []bgp.PeerConfig
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -116,12 +114,14 @@ type Config struct {
 	ProxyMode         string // "ipvs" or "iptables"
 	MasqueradeAll     bool
 	NodePortAddresses []netip.Prefix
+	ProxyRepair       time.Duration // full rewrite of the proxy's rules that often (0 = never)
 
 	RunFirewall    bool
 	PolicyReject   bool
 	PolicyLog      string // "", "log" or "nflog"
 	PolicyLogGroup int
-	CNIAgentSocket string // "" = none
+	CNIAgentSocket string        // "" = none
+	PolicyRepair   time.Duration // full rewrite of the policy chains and sets that often (0 = never)
 
 	AdvertiseClusterIP      bool
 	AdvertiseExternalIP     bool
@@ -129,8 +129,8 @@ type Config struct {
 	AdvertiseServiceCIDR    bool
 	AdvertiseVIPsToNodes    bool
 	ExternalIPRanges        []netip.Prefix
-	LoadBalancerIPRanges    []string // CIDRs or a-b ranges (the allocator parses them)
-	LoadBalancerIPPrefixes  []netip.Prefix
+	LoadBalancerIPRanges    []loadbalancer.Range // allocated from (with RunLoadBalancer)
+	LoadBalancerIPPrefixes  []netip.Prefix       // the same addresses as CIDRs: announced only inside
 	RunLoadBalancer         bool
 	LeaseNamespace          string
 }
@@ -172,13 +172,14 @@ func (r Raw) Validate() (*Config, error) {
 		PolicyLog:       strings.ToLower(r.PolicyLog),
 		PolicyLogGroup:  r.PolicyLogGroup,
 		CNIAgentSocket:  r.CNIAgentSocket,
+		ProxyRepair:     r.ProxyRepair,
+		PolicyRepair:    r.PolicyRepair,
 
 		AdvertiseClusterIP:      r.AdvertiseClusterIP,
 		AdvertiseExternalIP:     r.AdvertiseExternalIP,
 		AdvertiseLoadBalancerIP: r.AdvertiseLoadBalancerIP,
 		AdvertiseServiceCIDR:    r.AdvertiseServiceCIDR,
 		AdvertiseVIPsToNodes:    r.AdvertiseVIPsToNodes,
-		LoadBalancerIPRanges:    r.LoadBalancerIPRanges,
 		RunLoadBalancer:         r.RunLoadBalancer,
 		LeaseNamespace:          r.LeaseNamespace,
 	}
@@ -190,7 +191,7 @@ func (r Raw) Validate() (*Config, error) {
 	if c.NodeName == "" {
 		bad("node-name", "empty, and neither NODE_NAME nor the hostname gives one")
 	}
-	if asn, err := ParseASN(strconv.FormatUint(uint64(r.ClusterASN), 10)); err != nil {
+	if asn, err := bgp.ParseASN(strconv.FormatUint(uint64(r.ClusterASN), 10)); err != nil {
 		bad("cluster-asn", "%v", err)
 	} else {
 		c.ClusterASN = asn
@@ -229,9 +230,10 @@ func (r Raw) Validate() (*Config, error) {
 	if c.ExternalIPRanges, err = parsePrefixes(r.ExternalIPRanges); err != nil {
 		bad("service-external-ip-range", "%v", err)
 	}
-	if c.LoadBalancerIPPrefixes, err = parseRanges(r.LoadBalancerIPRanges); err != nil {
+	if c.LoadBalancerIPRanges, err = loadbalancer.ParseRanges(r.LoadBalancerIPRanges); err != nil {
 		bad("loadbalancer-ip-range", "%v", err)
 	}
+	c.LoadBalancerIPPrefixes = loadbalancer.Prefixes(c.LoadBalancerIPRanges)
 	if r.RunLoadBalancer && len(c.LoadBalancerIPPrefixes) == 0 {
 		bad("loadbalancer-ip-range", "empty: --run-loadbalancer needs addresses to hand out")
 	}
@@ -296,6 +298,12 @@ func (r Raw) Validate() (*Config, error) {
 	if r.ResyncInterval < 0 {
 		bad("resync-interval", "must not be negative")
 	}
+	if r.ProxyRepair < 0 {
+		bad("proxy-repair-interval", "must not be negative")
+	}
+	if r.PolicyRepair < 0 {
+		bad("policy-repair-interval", "must not be negative")
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -307,7 +315,7 @@ func (r Raw) Validate() (*Config, error) {
 	return c, nil
 }
 
-func (r Raw) peers() ([]Peer, error) {
+func (r Raw) peers() ([]bgp.PeerConfig, error) {
 	var errs []error
 	if len(r.PeerIPs) == 0 {
 		if len(r.PeerASNs) > 0 {
@@ -335,7 +343,7 @@ func (r Raw) peers() ([]Peer, error) {
 			}
 		}
 	}
-	var out []Peer
+	var out []bgp.PeerConfig
 	seen := map[netip.Addr]bool{}
 	for i, s := range r.PeerIPs {
 		a, err := netip.ParseAddr(strings.TrimSpace(s))
@@ -352,12 +360,12 @@ func (r Raw) peers() ([]Peer, error) {
 		if len(r.PeerASNs) > 1 {
 			asnStr = r.PeerASNs[i]
 		}
-		asn, err := ParseASN(asnStr)
+		asn, err := bgp.ParseASN(asnStr)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("--peer-router-asns: peer %s: %v", a, err))
 			continue
 		}
-		p := Peer{Address: a, ASN: asn, MultihopTTL: uint8(r.PeerTTL)}
+		p := bgp.PeerConfig{Address: a, ASN: asn, MultihopTTL: uint8(r.PeerTTL)}
 		if len(passwords) == 1 {
 			p.Password = passwords[0]
 		} else if len(passwords) == len(r.PeerIPs) {
@@ -366,82 +374,6 @@ func (r Raw) peers() ([]Peer, error) {
 		out = append(out, p)
 	}
 	return out, errors.Join(errs...)
-}
-
-// ParseASN parses a 4-byte AS number in plain or asdot notation (e.g. "64512", "1.10"); 0, 23456 (AS_TRANS)
-// and 65535/4294967295 (reserved) are refused.
-func ParseASN(s string) (uint32, error) {
-	s = strings.TrimSpace(s)
-	var v uint64
-	if hi, lo, ok := strings.Cut(s, "."); ok {
-		h, err1 := strconv.ParseUint(hi, 10, 16)
-		l, err2 := strconv.ParseUint(lo, 10, 16)
-		if err1 != nil || err2 != nil {
-			return 0, fmt.Errorf("%q is not an AS number", s)
-		}
-		v = h<<16 | l
-	} else {
-		n, err := strconv.ParseUint(s, 10, 32)
-		if err != nil {
-			return 0, fmt.Errorf("%q is not an AS number (1..4294967294)", s)
-		}
-		v = n
-	}
-	switch v {
-	case 0, 23456, 65535, 4294967295:
-		return 0, fmt.Errorf("AS number %d is reserved", v)
-	}
-	return uint32(v), nil
-}
-
-// parseRanges reads CIDRs and first-last ranges ("10.0.0.5-10.0.0.9") as the prefixes that cover them exactly.
-func parseRanges(in []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	var errs []error
-	for _, s := range in {
-		for _, part := range strings.Split(s, ",") {
-			part = strings.TrimSpace(part)
-			if part == "" {
-				continue
-			}
-			lo, hi, isRange := strings.Cut(part, "-")
-			if !isRange {
-				p, err := parsePrefixes([]string{part})
-				if err != nil {
-					errs = append(errs, err)
-				}
-				out = append(out, p...)
-				continue
-			}
-			a, err1 := netip.ParseAddr(strings.TrimSpace(lo))
-			b, err2 := netip.ParseAddr(strings.TrimSpace(hi))
-			if err1 != nil || err2 != nil || !a.Is4() || !b.Is4() || b.Less(a) {
-				errs = append(errs, fmt.Errorf("%q is not an IPv4 range first-last", part))
-				continue
-			}
-			for a.Compare(b) <= 0 && a.IsValid() {
-				bits := 32
-				for bits > 0 {
-					p := netip.PrefixFrom(a, bits-1).Masked()
-					if p.Addr() != a || lastAddr(p).Compare(b) > 0 {
-						break
-					}
-					bits--
-				}
-				p := netip.PrefixFrom(a, bits)
-				out = append(out, p)
-				a = lastAddr(p).Next()
-			}
-		}
-	}
-	return out, errors.Join(errs...)
-}
-
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().As4()
-	n := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	n |= (1 << (32 - p.Bits())) - 1
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
 func parsePrefixes(in []string) ([]netip.Prefix, error) {

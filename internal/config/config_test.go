@@ -96,38 +96,3 @@ func TestPasswordsFile(t *testing.T) {
 		t.Fatalf("want a line-count error, got %v", err)
 	}
 }
-
-func TestParseASN(t *testing.T) {
-	for in, want := range map[string]uint32{"64512": 64512, "1.10": 65546, "4200000000": 4200000000} {
-		got, err := ParseASN(in)
-		if err != nil || got != want {
-			t.Errorf("ParseASN(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "x", "-1", "4294967296", "0", "65535", "1.", "70000.1"} {
-		if _, err := ParseASN(in); err == nil {
-			t.Errorf("ParseASN(%q) succeeded", in)
-		}
-	}
-}
-
-func TestParseRanges(t *testing.T) {
-	got, err := parseRanges([]string{"10.200.0.0/30", "10.200.1.5-10.200.1.9"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"10.200.0.0/30", "10.200.1.5/32", "10.200.1.6/31", "10.200.1.8/31"}
-	if len(got) != len(want) {
-		t.Fatalf("%v", got)
-	}
-	for i := range want {
-		if got[i].String() != want[i] {
-			t.Errorf("%d: %s, want %s", i, got[i], want[i])
-		}
-	}
-	for _, bad := range []string{"10.0.0.9-10.0.0.1", "x-y", "10.0.0.1/33"} {
-		if _, err := parseRanges([]string{bad}); err == nil {
-			t.Errorf("parseRanges(%q) succeeded", bad)
-		}
-	}
-}

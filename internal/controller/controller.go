@@ -120,7 +120,7 @@ func (c *Controller) Run(ctx context.Context) {
 		<-ctx.Done()
 		c.queue.ShutDown()
 	}()
-	if !cache.WaitForNamedCacheSync(c.cfg.Name, ctx.Done(), c.cfg.Synced...) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.cfg.Synced...) {
 		return
 	}
 	c.queue.Add(fullKey)

@@ -35,15 +35,15 @@ func TestRules(t *testing.T) {
 	}
 }
 
-// counting wraps go-iptables to count chain rewrites.
+// counting wraps the host's iptables to count restores (chain rewrites).
 type counting struct {
 	IPTables
-	clears int
+	restores int
 }
 
-func (c *counting) ClearChain(table, chain string) error {
-	c.clears++
-	return c.IPTables.ClearChain(table, chain)
+func (c *counting) Restore(table string, data []byte) error {
+	c.restores++
+	return c.IPTables.Restore(table, data)
 }
 
 // TestMasqueradeInNamespace programs the chain in a test namespace playing the node, with a pod namespace
@@ -65,7 +65,7 @@ func TestMasqueradeInNamespace(t *testing.T) {
 	keep := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.96.0.0/16")}
 	var c *counting
 	err := node.Do(func() error {
-		it, err := ipt.New(ipt.Detect())
+		it, err := ipt.Open()
 		if err != nil {
 			return err
 		}
@@ -78,8 +78,8 @@ func TestMasqueradeInNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.clears != 1 {
-		t.Errorf("the chain was rewritten %d times for two identical applies, want 1", c.clears)
+	if c.restores != 1 {
+		t.Errorf("the chain was rewritten %d times for two identical applies, want 1", c.restores)
 	}
 	saved := node.MustRun(t, "iptables-save", "-t", "nat")
 	if !strings.Contains(saved, "-A POSTROUTING -m comment --comment \"canopy: pod egress masquerade\" -j CANOPY-POSTROUTING") {
@@ -171,7 +171,7 @@ func TestForwardAcceptWithDropPolicy(t *testing.T) {
 	}
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	if err := node.Do(func() error {
-		it, err := ipt.New(f)
+		it, err := ipt.OpenFlavour(f)
 		if err != nil {
 			return err
 		}

@@ -123,3 +123,24 @@ func (e *Restorer) SaveCounters(table string) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// Host is this network namespace's iptables, its flavour detected once: the flavour's restore and save binaries
+// (whole chains, atomically) and go-iptables on the flavour's binary (single rules: the jumps from the built-in
+// chains). The agent opens one and hands it to every data path.
+type Host struct {
+	Flavour Flavour
+	*Restorer
+	*iptables.IPTables
+}
+
+// Open detects the flavour and opens it.
+func Open() (*Host, error) { return OpenFlavour(Detect()) }
+
+// OpenFlavour opens flavour f.
+func OpenFlavour(f Flavour) (*Host, error) {
+	it, err := New(f)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{Flavour: f, Restorer: NewRestorer(f), IPTables: it}, nil
+}

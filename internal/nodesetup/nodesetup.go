@@ -14,11 +14,14 @@ import (
 	"strings"
 	"sync"
 
-	"canopy.io/canopy/cni/conflist"
-	"canopy.io/canopy/internal/egress"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+
+	"canopy.io/canopy/cni/conflist"
+	"canopy.io/canopy/internal/controller"
+	"canopy.io/canopy/internal/egress"
+	"canopy.io/canopy/internal/model"
 )
 
 // Config says what to set up.
@@ -37,7 +40,6 @@ type Config struct {
 	// (hosts whose FORWARD policy is DROP). None: no such chain.
 	ClusterCIDRs []netip.Prefix
 	SysctlRoot   string // "" = /proc/sys
-	PodCIDRFunc  func(*corev1.Node) []netip.Prefix
 }
 
 // Setup applies Config for the node.
@@ -45,6 +47,8 @@ type Setup struct {
 	cfg Config
 	ipt egress.IPTables // nil when PodEgress is off and nothing is to be removed
 	log *slog.Logger
+
+	ctrl *controller.Controller
 
 	mu      sync.Mutex
 	applied []netip.Prefix
@@ -58,8 +62,10 @@ func New(cfg Config, ipt egress.IPTables, log *slog.Logger) *Setup {
 	return &Setup{cfg: cfg, ipt: ipt, log: log}
 }
 
-// Start does what needs no pod CIDR (forwarding, the plugin binary) and watches the node for the rest.
-func (s *Setup) Start(ctx context.Context, factory informers.SharedInformerFactory) error {
+// Start does what needs no pod CIDR (forwarding, the plugin binary, the FORWARD accept chain) and registers a
+// handler for this node on factory; Run applies the rest whenever the node's pod CIDRs change (retrying
+// failures).
+func (s *Setup) Start(factory informers.SharedInformerFactory) error {
 	if err := s.forwarding(); err != nil {
 		return err
 	}
@@ -80,20 +86,25 @@ func (s *Setup) Start(ctx context.Context, factory informers.SharedInformerFacto
 			s.log.Warn("removing the pod egress chain", "err", err)
 		}
 	}
-	handle := func(obj any) {
-		n, ok := obj.(*corev1.Node)
-		if !ok || n.Name != s.cfg.NodeName {
-			return
-		}
-		if err := s.Apply(s.cfg.PodCIDRFunc(n)); err != nil {
-			s.log.Error("node data path setup", "err", err)
-		}
-	}
-	_, err := factory.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: handle, UpdateFunc: func(_, n any) { handle(n) },
-	})
+	inf := factory.Core().V1().Nodes()
+	nodes := inf.Lister()
+	s.ctrl = controller.New(controller.Config{Name: "nodesetup", Synced: []cache.InformerSynced{inf.Informer().HasSynced}, Log: s.log,
+		Full: func(context.Context) error {
+			n, err := nodes.Get(s.cfg.NodeName)
+			if err != nil {
+				return nil // no Node (yet, or any more): what is set up stays
+			}
+			return s.Apply(model.PodCIDRs(n))
+		}})
+	_, err := inf.Informer().AddEventHandler(model.NodeHandler(model.NamedNode(s.cfg.NodeName), func(*corev1.Node, bool) { s.ctrl.EnqueueFull() }))
 	return err
 }
+
+// Run applies the node's data path setup until ctx ends.
+func (s *Setup) Run(ctx context.Context) { s.ctrl.Run(ctx) }
+
+// Controller is the setup's loop (for health and readiness).
+func (s *Setup) Controller() *controller.Controller { return s.ctrl }
 
 // forwarding turns on IPv4 forwarding: pods' traffic crosses the node.
 func (s *Setup) forwarding() error {

@@ -44,20 +44,11 @@ type Config struct {
 	NodePortAddresses []netip.Prefix
 }
 
-// Restorer feeds iptables-restore and reads iptables-save (a recorder in unit tests).
-type Restorer interface {
-	// Restore runs `iptables-restore --noflush` on data (which holds "*table ... COMMIT").
-	Restore(table string, data []byte) error
-	// Save returns `iptables-save -t table`.
-	Save(table string) ([]byte, error)
-}
+// Restorer feeds iptables-restore and reads iptables-save (an ipt.Host on a node, a recorder in unit tests).
+type Restorer = ipt.RestoreSaver
 
 // IPTables is the part of go-iptables used for the jumps from the built-in chains.
-type IPTables interface {
-	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
-	DeleteIfExists(table, chain string, rulespec ...string) error
-}
+type IPTables = ipt.RuleEditor
 
 // Flow selects conntrack entries: protocol UDP, original destination OrigDst:OrigDstPort (each optional),
 // reply source ReplySrc (optional: the endpoint the flow was NATed to).
@@ -72,18 +63,13 @@ type Conntrack interface {
 	DeleteUDP(flows []Flow) error
 }
 
-type jump struct {
-	table, chain string
-	rule         []string
-}
-
-var jumps = []jump{
-	{"nat", "PREROUTING", []string{"-m", "comment", "--comment", "canopy service portals", "-j", ChainServices}},
-	{"nat", "OUTPUT", []string{"-m", "comment", "--comment", "canopy service portals", "-j", ChainServices}},
-	{"nat", "POSTROUTING", []string{"-m", "comment", "--comment", "canopy service traffic requiring SNAT", "-j", ChainPostrouting}},
-	{"filter", "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "canopy service portals", "-j", ChainFilter}},
-	{"filter", "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "canopy service portals", "-j", ChainFilter}},
-	{"filter", "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "canopy service portals", "-j", ChainFilter}},
+var jumps = []ipt.Jump{
+	{Table: "nat", Chain: "PREROUTING", Rule: []string{"-m", "comment", "--comment", "canopy service portals", "-j", ChainServices}},
+	{Table: "nat", Chain: "OUTPUT", Rule: []string{"-m", "comment", "--comment", "canopy service portals", "-j", ChainServices}},
+	{Table: "nat", Chain: "POSTROUTING", Rule: []string{"-m", "comment", "--comment", "canopy service traffic requiring SNAT", "-j", ChainPostrouting}},
+	{Table: "filter", Chain: "INPUT", Rule: []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "canopy service portals", "-j", ChainFilter}},
+	{Table: "filter", Chain: "FORWARD", Rule: []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "canopy service portals", "-j", ChainFilter}},
+	{Table: "filter", Chain: "OUTPUT", Rule: []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", "canopy service portals", "-j", ChainFilter}},
 }
 
 // applied is what the kernel holds for one service port: its chains (by the hash of their rules) and its
@@ -142,15 +128,27 @@ func NewHost(cfg Config, log *slog.Logger) (*Proxier, error) {
 
 // NewFlavour is NewHost with a given flavour.
 func NewFlavour(cfg Config, f ipt.Flavour, log *slog.Logger) (*Proxier, error) {
-	it, err := ipt.New(f)
+	h, err := ipt.OpenFlavour(f)
 	if err != nil {
 		return nil, err
 	}
-	return New(cfg, NewRestorer(f), it, netlinkConntrack{}, log), nil
+	return NewOn(cfg, h, log), nil
+}
+
+// NewOn returns a proxier on an opened host iptables, with netlink conntrack cleanup.
+func NewOn(cfg Config, h *ipt.Host, log *slog.Logger) *Proxier {
+	return New(cfg, h, h, netlinkConntrack{}, log)
 }
 
 // Name implements proxy.Backend.
 func (p *Proxier) Name() string { return "iptables" }
+
+// Schedulers implements proxy.Backend: endpoints are picked at random (statistic match).
+func (p *Proxier) Schedulers() []string { return []string{"random"} }
+
+// PruneStale implements proxy.Backend. The first full Sync already deleted the chains of a previous run that no
+// service port produces (the dispatch chains it rewrote no longer jump to them), so there is nothing left.
+func (p *Proxier) PruneStale() error { return nil }
 
 // Start reads the chains a previous run left (the first full Sync deletes those no service port produces),
 // creates the shared chains that are missing (empty: existing ones keep serving until the first Sync) and
@@ -174,20 +172,20 @@ func (p *Proxier) start() error {
 		if err != nil {
 			return fmt.Errorf("iptables-save %s: %w", t.table, err)
 		}
-		have := savedChains(out)
-		var b restoreBuf
+		have := ipt.SavedChainSet(out)
+		var tx ipt.Tx
 		for _, c := range t.static {
-			if !slices.Contains(have, c) {
-				b.declare(c)
+			if !have[c] {
+				tx.Declare(c)
 			}
 		}
-		if !b.empty() {
-			if err := p.r.Restore(t.table, b.bytes(t.table)); err != nil {
+		if !tx.Empty() {
+			if err := p.r.Restore(t.table, tx.Bytes(t.table)); err != nil {
 				return fmt.Errorf("%s: %w", t.table, err)
 			}
 		}
 		if t.table == "nat" {
-			for _, c := range have {
+			for c := range have {
 				if perServiceChain.MatchString(c) {
 					stale[c] = true
 				}
@@ -195,7 +193,7 @@ func (p *Proxier) start() error {
 		}
 	}
 	// Jumps now, while a fresh node's tables are small: with legacy each check reads the whole table.
-	if err := p.ensureJumps(); err != nil {
+	if err := ipt.EnsureJumps(p.ipt, jumps...); err != nil {
 		return err
 	}
 	if len(stale) > 0 {
@@ -205,57 +203,10 @@ func (p *Proxier) start() error {
 	return nil
 }
 
-// savedChains lists the user chains declared in iptables-save output.
-func savedChains(out []byte) []string {
-	var chains []string
-	for _, l := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(l, ":") {
-			if name, _, ok := strings.Cut(l[1:], " "); ok {
-				chains = append(chains, name)
-			}
-		}
-	}
-	return chains
-}
-
 func hashRules(s string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(s))
 	return h.Sum64()
-}
-
-// restoreBuf is one table's iptables-restore input: declarations, rules, deletions.
-type restoreBuf struct {
-	decl, rules, del bytes.Buffer
-	declared         map[string]bool
-}
-
-func (b *restoreBuf) declare(name string) {
-	if b.declared == nil {
-		b.declared = map[string]bool{}
-	}
-	if !b.declared[name] {
-		b.declared[name] = true
-		b.decl.WriteString(":" + name + " - [0:0]\n")
-	}
-}
-
-func (b *restoreBuf) remove(name string) {
-	b.declare(name) // flushes it, dropping its references to other chains
-	b.del.WriteString("-X " + name + "\n")
-}
-
-func (b *restoreBuf) empty() bool { return b.decl.Len() == 0 && b.rules.Len() == 0 && b.del.Len() == 0 }
-
-func (b *restoreBuf) bytes(table string) []byte {
-	var out bytes.Buffer
-	out.Grow(b.decl.Len() + b.rules.Len() + b.del.Len() + 32)
-	out.WriteString("*" + table + "\n")
-	out.Write(b.decl.Bytes())
-	out.Write(b.rules.Bytes())
-	out.Write(b.del.Bytes())
-	out.WriteString("COMMIT\n")
-	return out.Bytes()
 }
 
 // Sync implements proxy.Backend: it programs desired[key] for every key in changed (deleting keys absent
@@ -292,9 +243,8 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 	if c, ok := p.r.(interface{ MaxChains() int }); ok {
 		maxChains = c.MaxChains()
 	}
-	chunks := []*restoreBuf{{}}
-	inChunk := 0
-	var filter restoreBuf
+	nat := ipt.NewBatch("nat", maxChains)
+	var filter ipt.Tx
 	plans := make(map[string]*plan, len(keys))
 	produced := map[string]bool{}
 	var removed []string
@@ -302,32 +252,29 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 	if full {
 		// CANOPY-SERVICES and CANOPY-NODEPORTS go with the last chunk (emptied here, they would stop all
 		// services until it is written).
+		first := nat.Chunk(0)
 		for _, c := range []string{ChainMarkMasq, ChainPostrouting} {
-			chunks[0].declare(c)
+			first.Declare(c)
 		}
 		if len(p.podCIDRs) > 1 {
-			chunks[0].declare(ChainMasqNonPod)
+			first.Declare(ChainMasqNonPod)
 		}
 		var w ruleWriter
 		p.staticNAT(&w)
-		chunks[0].rules.WriteString(w.String())
+		first.Raw(w.String())
 		for _, c := range filterStatic {
-			filter.declare(c)
+			filter.Declare(c)
 		}
 		w.Reset()
 		staticFilter(&w)
-		filter.rules.WriteString(w.String())
+		filter.Raw(w.String())
 	}
 	for _, k := range keys {
 		pl := p.build(desired[k])
 		plans[k] = pl
 		old := p.applied[k]
 		if pl != nil {
-			if maxChains > 0 && inChunk > 0 && inChunk+len(pl.chains) > maxChains {
-				chunks = append(chunks, &restoreBuf{})
-				inChunk = 0
-			}
-			cur := chunks[len(chunks)-1]
+			var write []chain
 			for _, c := range pl.chains {
 				produced[c.name] = true
 				if !full && old != nil {
@@ -335,9 +282,14 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 						continue // unchanged
 					}
 				}
-				cur.declare(c.name)
-				cur.rules.WriteString(c.rules)
-				inChunk++
+				write = append(write, c)
+			}
+			if len(write) > 0 {
+				cur := nat.Chunk(len(write))
+				for _, c := range write {
+					cur.Declare(c.name)
+					cur.Raw(c.rules)
+				}
 			}
 		}
 		if old != nil {
@@ -377,27 +329,27 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 			newKeys = slices.Insert(newKeys, i, k)
 		}
 	}
-	last := chunks[len(chunks)-1]
+	last := nat.Last()
 	if rewriteTop {
-		last.declare(ChainServices)
-		last.declare(ChainNodePorts)
-		filter.declare(ChainFilter)
+		last.Declare(ChainServices)
+		last.Declare(ChainNodePorts)
+		filter.Declare(ChainFilter)
 		var np bytes.Buffer
 		for _, k := range newKeys {
 			a := plans[k]
 			if a == nil {
 				a = &p.applied[k].plan
 			}
-			last.rules.WriteString(a.services)
+			last.Raw(a.services)
 			np.WriteString(a.nodePorts)
-			filter.rules.WriteString(a.filter)
+			filter.Raw(a.filter)
 		}
 		var w ruleWriter
 		for _, dst := range p.nodePortDst {
 			w.add(ChainServices, comment("canopy service nodeports; must be the last rule of this chain"), dst, "-j", ChainNodePorts)
 		}
-		last.rules.WriteString(w.String())
-		last.rules.Write(np.Bytes())
+		last.Raw(w.String())
+		last.Raw(np.String())
 	} else {
 		for _, k := range keys {
 			var o, n plan
@@ -407,42 +359,36 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 			if pl := plans[k]; pl != nil {
 				n = *pl
 			}
-			editLines(&last.rules, o.services, n.services, "-I "+ChainServices+" 1")
-			editLines(&last.rules, o.nodePorts, n.nodePorts, "")
-			editLines(&filter.rules, o.filter, n.filter, "")
+			editLines(last.RawBuffer(), o.services, n.services, "-I "+ChainServices+" 1")
+			editLines(last.RawBuffer(), o.nodePorts, n.nodePorts, "")
+			editLines(filter.RawBuffer(), o.filter, n.filter, "")
 		}
 	}
 	for _, name := range removed {
-		last.remove(name)
+		last.Remove(name)
 	}
 
-	natBytes, filterBytes := 0, 0
+	filterBytes := 0
 	fail := func(err error) error {
 		p.pending = keys
 		p.forceTop = true
 		return err
 	}
-	for i, c := range chunks {
-		if c.empty() {
-			continue
-		}
-		data := c.bytes("nat")
-		natBytes += len(data)
-		if err := p.r.Restore("nat", data); err != nil {
-			// Chains of the chunks written so far that nothing records: deleted by the next full sync if
-			// no service port produces them then.
-			for _, d := range chunks[:i] {
-				for name := range d.declared {
-					if perServiceChain.MatchString(name) {
-						if p.stale == nil {
-							p.stale = map[string]bool{}
-						}
-						p.stale[name] = true
+	written, natBytes, err := nat.Commit(p.r)
+	if err != nil {
+		// Chains of the chunks written so far that nothing records: deleted by the next full sync if no
+		// service port produces them then.
+		for _, d := range nat.Chunks()[:written] {
+			for _, name := range d.DeclaredChains() {
+				if perServiceChain.MatchString(name) {
+					if p.stale == nil {
+						p.stale = map[string]bool{}
 					}
+					p.stale[name] = true
 				}
 			}
-			return fail(fmt.Errorf("nat: %w", err))
 		}
+		return fail(fmt.Errorf("nat: %w", err))
 	}
 	// nat is in: record it.
 	for _, k := range keys {
@@ -462,8 +408,8 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 	if full {
 		p.stale = nil
 	}
-	if !filter.empty() {
-		data := filter.bytes("filter")
+	if !filter.Empty() {
+		data := filter.Bytes("filter")
 		filterBytes = len(data)
 		if err := p.r.Restore("filter", data); err != nil {
 			return fail(fmt.Errorf("filter: %w", err))
@@ -478,7 +424,7 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 			p.log.Warn("deleting stale UDP conntrack entries", "err", err)
 		}
 	}
-	p.log.Debug("iptables synced", "keys", len(keys), "full", full, "nat_restores", len(chunks), "nat_bytes", natBytes, "filter_bytes", filterBytes)
+	p.log.Debug("iptables synced", "keys", len(keys), "full", full, "nat_restores", len(nat.Chunks()), "nat_bytes", natBytes, "filter_bytes", filterBytes)
 	return nil
 }
 
@@ -535,24 +481,6 @@ func staleFlows(old, cur ctInfo, skipVIPs bool) []Flow {
 	return out
 }
 
-func (p *Proxier) ensureJumps() error {
-	if p.ipt == nil {
-		return nil
-	}
-	for _, j := range jumps {
-		ok, err := p.ipt.Exists(j.table, j.chain, j.rule...)
-		if err != nil {
-			return fmt.Errorf("%s %s: %w", j.table, j.chain, err)
-		}
-		if !ok {
-			if err := p.ipt.Insert(j.table, j.chain, 1, j.rule...); err != nil {
-				return fmt.Errorf("jump from %s %s: %w", j.table, j.chain, err)
-			}
-		}
-	}
-	return nil
-}
-
 // Cleanup removes every Canopy service chain and the jumps to them (the proxier turned off or replaced by
 // another back end), including chains of previous runs. The proxier may Sync again afterwards (a full one).
 func (p *Proxier) Cleanup() error {
@@ -560,10 +488,8 @@ func (p *Proxier) Cleanup() error {
 	defer p.mu.Unlock()
 	var errs []error
 	if p.ipt != nil {
-		for _, j := range jumps {
-			if err := p.ipt.DeleteIfExists(j.table, j.chain, j.rule...); err != nil {
-				errs = append(errs, fmt.Errorf("jump from %s %s: %w", j.table, j.chain, err))
-			}
+		if err := ipt.DeleteJumps(p.ipt, jumps...); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, t := range []struct {
@@ -575,14 +501,14 @@ func (p *Proxier) Cleanup() error {
 			errs = append(errs, err)
 			continue
 		}
-		var b restoreBuf
-		for _, c := range savedChains(out) {
+		var tx ipt.Tx
+		for _, c := range ipt.SavedChains(out) {
 			if perServiceChain.MatchString(c) || slices.Contains(t.static, c) {
-				b.remove(c)
+				tx.Remove(c)
 			}
 		}
-		if !b.empty() {
-			if err := p.r.Restore(t.table, b.bytes(t.table)); err != nil {
+		if !tx.Empty() {
+			if err := p.r.Restore(t.table, tx.Bytes(t.table)); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", t.table, err))
 			}
 		}

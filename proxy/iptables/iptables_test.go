@@ -65,6 +65,9 @@ func (f *fakeIPT) Insert(table, chain string, pos int, rule ...string) error {
 	f.rules[f.k(table, chain, rule)] = true
 	return nil
 }
+func (f *fakeIPT) Append(table, chain string, rule ...string) error {
+	return f.Insert(table, chain, 0, rule...)
+}
 func (f *fakeIPT) DeleteIfExists(table, chain string, rule ...string) error {
 	delete(f.rules, f.k(table, chain, rule))
 	return nil

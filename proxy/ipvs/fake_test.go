@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	mobyipvs "github.com/moby/ipvs"
+
+	"canopy.io/canopy/internal/ipt"
 )
 
 // fakeHandle is an in-memory IPVS that counts calls.
@@ -208,68 +210,13 @@ func (f *fakeAddrs) Ensure() ([]netip.Addr, error) {
 func (f *fakeAddrs) Add(a netip.Addr) error { f.adds++; f.addrs[a] = true; return nil }
 func (f *fakeAddrs) Del(a netip.Addr) error { f.dels++; delete(f.addrs, a); return nil }
 
-// fakeIPT keeps rules as `iptables -S` would print them (one space-joined spec per rule).
-type fakeIPT struct {
-	chains map[string][]string // "table/chain" -> rules
-	writes int
-}
+// fakeIPT is the in-memory iptables of the ipt package, counting writes.
+type fakeIPT struct{ *ipt.Fake }
 
-func newFakeIPT() *fakeIPT {
-	return &fakeIPT{chains: map[string][]string{"nat/POSTROUTING": nil}}
-}
+func newFakeIPT() *fakeIPT { return &fakeIPT{ipt.NewFake()} }
 
-func (f *fakeIPT) ChainExists(table, chain string) (bool, error) {
-	_, ok := f.chains[table+"/"+chain]
-	return ok, nil
-}
-func (f *fakeIPT) NewChain(table, chain string) error {
-	f.writes++
-	f.chains[table+"/"+chain] = nil
-	return nil
-}
-func (f *fakeIPT) ClearChain(table, chain string) error {
-	f.writes++
-	f.chains[table+"/"+chain] = nil
-	return nil
-}
-func (f *fakeIPT) List(table, chain string) ([]string, error) {
-	out := []string{"-N " + chain}
-	for _, r := range f.chains[table+"/"+chain] {
-		out = append(out, "-A "+chain+" "+r)
-	}
-	return out, nil
-}
-func spec(rs []string) string {
-	var q []string
-	for _, r := range rs {
-		if strings.Contains(r, " ") {
-			r = `"` + r + `"`
-		}
-		q = append(q, r)
-	}
-	return strings.Join(q, " ")
-}
-func (f *fakeIPT) Exists(table, chain string, rs ...string) (bool, error) {
-	return slices.Contains(f.chains[table+"/"+chain], spec(rs)), nil
-}
-func (f *fakeIPT) Insert(table, chain string, pos int, rs ...string) error {
-	f.writes++
-	c := f.chains[table+"/"+chain]
-	f.chains[table+"/"+chain] = slices.Insert(c, pos-1, spec(rs))
-	return nil
-}
-func (f *fakeIPT) Append(table, chain string, rs ...string) error {
-	f.writes++
-	f.chains[table+"/"+chain] = append(f.chains[table+"/"+chain], spec(rs))
-	return nil
-}
-func (f *fakeIPT) Delete(table, chain string, rs ...string) error {
-	f.writes++
-	c := f.chains[table+"/"+chain]
-	i := slices.Index(c, spec(rs))
-	if i < 0 {
-		return fmt.Errorf("no such rule")
-	}
-	f.chains[table+"/"+chain] = slices.Delete(c, i, i+1)
-	return nil
-}
+func (f *fakeIPT) chain(name string) []string { return f.Rules("nat", name) }
+func (f *fakeIPT) writes() int                { return f.Restores + f.Edits }
+func (f *fakeIPT) resetWrites()               { f.Restores, f.Edits = 0, 0 }
+
+func spec(rs []string) string { return ipt.Spec(rs) }

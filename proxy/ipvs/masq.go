@@ -1,13 +1,14 @@
 package ipvs
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+
+	"canopy.io/canopy/internal/ipt"
 )
 
 // Chain is the nat chain, jumped to from POSTROUTING, that masquerades IPVS traffic from outside the pod
@@ -23,17 +24,15 @@ const (
 	hairpinComment = "canopy-ipvs hairpin "
 )
 
-// IPTables is the part of go-iptables the chain needs (it must act in the namespace being programmed).
+// IPTables is what the chain is written through (it must act in the namespace being programmed): whole
+// changes in one restore, the jump as a single rule (an ipt.Host on a node).
 type IPTables interface {
-	ChainExists(table, chain string) (bool, error)
-	NewChain(table, chain string) error
-	ClearChain(table, chain string) error
-	List(table, chain string) ([]string, error)
-	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
-	Append(table, chain string, rulespec ...string) error
-	Delete(table, chain string, rulespec ...string) error
+	ipt.RuleEditor
+	ipt.ChainLister
+	ipt.RestoreSaver
 }
+
+var masqJump = ipt.Jump{Table: "nat", Chain: "POSTROUTING", Rule: []string{"-m", "comment", "--comment", jumpComment, "-j", Chain}, Append: true}
 
 type masq struct {
 	ipt      IPTables
@@ -80,31 +79,12 @@ func parseHairpin(line string) (netip.Addr, bool) {
 	return a, err == nil
 }
 
-// newMasq makes sure the chain, its jump and its static rules exist (rewriting the chain only when its static
-// rules differ) and reads back the Local exceptions it holds.
-func newMasq(ipt IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, error) {
-	m := &masq{ipt: ipt, log: log, have: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
-	ok, err := ipt.ChainExists("nat", Chain)
-	if err != nil {
-		return nil, fmt.Errorf("nat %s: %w", Chain, err)
-	}
-	if !ok {
-		if err := ipt.NewChain("nat", Chain); err != nil {
-			return nil, fmt.Errorf("create nat %s: %w", Chain, err)
-		}
-	}
-	jump := []string{"-m", "comment", "--comment", jumpComment, "-j", Chain}
-	if ok, err := ipt.Exists("nat", "POSTROUTING", jump...); err != nil {
-		return nil, err
-	} else if !ok {
-		if err := ipt.Append("nat", "POSTROUTING", jump...); err != nil {
-			return nil, fmt.Errorf("jump from POSTROUTING: %w", err)
-		}
-	}
-	lines, err := ipt.List("nat", Chain)
-	if err != nil {
-		return nil, err
-	}
+// newMasq makes sure the chain, its jump and its static rules exist (rewriting the chain, in one restore, only
+// when its static rules differ) and reads back the Local exceptions and hairpin rules it holds.
+func newMasq(it IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, error) {
+	m := &masq{ipt: it, log: log, have: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
+	lines, err := it.List("nat", Chain)
+	exists := err == nil
 	var static []string
 	for _, l := range lines {
 		if !strings.HasPrefix(l, "-A ") {
@@ -124,29 +104,36 @@ func newMasq(ipt IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, er
 	for _, r := range StaticRules(podCIDRs) {
 		want = append(want, normalize(strings.Join(r, " ")))
 	}
-	if slices.Equal(static, want) {
-		return m, nil
+	if !exists || !slices.Equal(static, want) {
+		var tx ipt.Tx
+		tx.Declare(Chain)
+		for _, a := range sortedAddrs(m.hairpins) {
+			tx.Rule(Chain, ipt.Spec(hairpinRule(a)))
+		}
+		for _, k := range sortedKeys(m.have) {
+			tx.Rule(Chain, ipt.Spec(localRule(k)))
+		}
+		for _, r := range StaticRules(podCIDRs) {
+			tx.Rule(Chain, ipt.Spec(r))
+		}
+		if err := it.Restore("nat", tx.Bytes("nat")); err != nil {
+			return nil, fmt.Errorf("nat %s: %w", Chain, err)
+		}
+		log.Info("IPVS masquerade chain programmed", "chain", Chain, "pod_cidrs", podCIDRs)
 	}
-	if err := ipt.ClearChain("nat", Chain); err != nil {
+	if err := ipt.EnsureJumps(it, masqJump); err != nil {
 		return nil, err
 	}
-	for _, r := range StaticRules(podCIDRs) {
-		if err := ipt.Append("nat", Chain, r...); err != nil {
-			return nil, fmt.Errorf("nat %s %s: %w", Chain, strings.Join(r, " "), err)
-		}
-	}
-	for k := range m.have {
-		if err := ipt.Insert("nat", Chain, 1, localRule(k)...); err != nil {
-			return nil, err
-		}
-	}
-	for a := range m.hairpins {
-		if err := ipt.Insert("nat", Chain, 1, hairpinRule(a)...); err != nil {
-			return nil, err
-		}
-	}
-	log.Info("IPVS masquerade chain programmed", "chain", Chain, "pod_cidrs", podCIDRs)
 	return m, nil
+}
+
+func sortedAddrs(m map[netip.Addr]bool) []netip.Addr {
+	out := make([]netip.Addr, 0, len(m))
+	for a := range m {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }
 
 // parseLocal finds the virtual service of a Local exception in an `iptables -S` line by its comment.
@@ -176,52 +163,65 @@ func parseLocal(line string) (vsKey, bool) {
 	return vsKey{p, addrPort.Addr(), addrPort.Port()}, true
 }
 
-// update adds the exceptions in want missing from the chain and removes those in old that want lacks.
+// update adds the exceptions in want missing from the chain and removes those in old that want lacks, in one
+// restore.
 func (m *masq) update(old, want map[vsKey]bool) error {
-	var errs []error
+	var tx ipt.Tx
+	var add, del []vsKey
 	for _, k := range sortedKeys(want) {
-		if m.have[k] {
-			continue
+		if !m.have[k] {
+			tx.Raw("-I " + Chain + " 1 " + ipt.Spec(localRule(k)) + "\n")
+			add = append(add, k)
 		}
-		if err := m.ipt.Insert("nat", Chain, 1, localRule(k)...); err != nil {
-			errs = append(errs, fmt.Errorf("nat %s: Local exception for %v: %w", Chain, k, err))
-			continue
-		}
-		m.have[k] = true
 	}
 	for _, k := range sortedKeys(old) {
-		if want[k] || !m.have[k] {
-			continue
+		if !want[k] && m.have[k] {
+			tx.Raw("-D " + Chain + " " + ipt.Spec(localRule(k)) + "\n")
+			del = append(del, k)
 		}
-		if err := m.ipt.Delete("nat", Chain, localRule(k)...); err != nil {
-			errs = append(errs, fmt.Errorf("nat %s: remove Local exception for %v: %w", Chain, k, err))
-			continue
-		}
+	}
+	if tx.Empty() {
+		return nil
+	}
+	if err := m.ipt.Restore("nat", tx.Bytes("nat")); err != nil {
+		return fmt.Errorf("nat %s: Local exceptions (+%d -%d): %w", Chain, len(add), len(del), err)
+	}
+	for _, k := range add {
+		m.have[k] = true
+	}
+	for _, k := range del {
 		delete(m.have, k)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
-// hairpin makes the chain hold a hairpin rule for each of addrs exactly when users[addr] > 0.
+// hairpin makes the chain hold a hairpin rule for each of addrs exactly when users[addr] > 0, in one restore.
 func (m *masq) hairpin(addrs map[netip.Addr]bool, users map[netip.Addr]int) error {
-	var errs []error
-	for a := range addrs {
+	var tx ipt.Tx
+	var add, del []netip.Addr
+	for _, a := range sortedAddrs(addrs) {
 		switch want := users[a] > 0; {
 		case want && !m.hairpins[a]:
-			if err := m.ipt.Insert("nat", Chain, 1, hairpinRule(a)...); err != nil {
-				errs = append(errs, fmt.Errorf("nat %s: hairpin rule for %s: %w", Chain, a, err))
-				continue
-			}
-			m.hairpins[a] = true
+			tx.Raw("-I " + Chain + " 1 " + ipt.Spec(hairpinRule(a)) + "\n")
+			add = append(add, a)
 		case !want && m.hairpins[a]:
-			if err := m.ipt.Delete("nat", Chain, hairpinRule(a)...); err != nil {
-				errs = append(errs, fmt.Errorf("nat %s: remove hairpin rule for %s: %w", Chain, a, err))
-				continue
-			}
-			delete(m.hairpins, a)
+			tx.Raw("-D " + Chain + " " + ipt.Spec(hairpinRule(a)) + "\n")
+			del = append(del, a)
 		}
 	}
-	return errors.Join(errs...)
+	if tx.Empty() {
+		return nil
+	}
+	if err := m.ipt.Restore("nat", tx.Bytes("nat")); err != nil {
+		return fmt.Errorf("nat %s: hairpin rules (+%d -%d): %w", Chain, len(add), len(del), err)
+	}
+	for _, a := range add {
+		m.hairpins[a] = true
+	}
+	for _, a := range del {
+		delete(m.hairpins, a)
+	}
+	return nil
 }
 
 // prune removes exceptions no key claims.

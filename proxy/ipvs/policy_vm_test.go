@@ -22,10 +22,12 @@ func TestVMNetworkPolicyOnIPVSTraffic(t *testing.T) {
 		t.Fatalf("answered by %s", name)
 	}
 	var fw *policy.Firewall
-	if err := n.node.Do(func() (err error) {
-		if fw, err = policy.NewHost(ipt.Detect(), slog.Default()); err != nil {
+	if err := n.node.Do(func() error {
+		h, err := ipt.Open()
+		if err != nil {
 			return err
 		}
+		fw = policy.NewHost(h, slog.Default())
 		return fw.Start(policy.Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}})
 	}); err != nil {
 		t.Fatal(err)

@@ -147,7 +147,7 @@ func TestSyncProgramsEveryFrontEndAndNoOpWritesNothing(t *testing.T) {
 	if !slices.Equal(gotAddrs, wantAddrs) {
 		t.Errorf("bound %v, want %v", gotAddrs, wantAddrs)
 	}
-	rules := strings.Join(r.ipt.chains["nat/"+Chain], "\n")
+	rules := strings.Join(r.ipt.chain(Chain), "\n")
 	for _, k := range []string{"tcp/192.168.0.1:30080", "tcp/203.0.113.7:80", "tcp/198.51.100.9:80"} {
 		if !strings.Contains(rules, localComment+k) {
 			t.Errorf("no Local exception for %s in\n%s", k, rules)
@@ -159,10 +159,11 @@ func TestSyncProgramsEveryFrontEndAndNoOpWritesNothing(t *testing.T) {
 
 	// The same desired state again: not one write anywhere.
 	r.h.reset()
-	r.a.adds, r.a.dels, r.ipt.writes = 0, 0, 0
+	r.a.adds, r.a.dels = 0, 0
+	r.ipt.resetWrites()
 	r.sync(t, d, sp.Key)
-	if r.h.writes() != 0 || r.a.adds+r.a.dels != 0 || r.ipt.writes != 0 {
-		t.Errorf("no-op Sync wrote: ipvs %v, addresses +%d -%d, iptables %d", r.h.calls, r.a.adds, r.a.dels, r.ipt.writes)
+	if r.h.writes() != 0 || r.a.adds+r.a.dels != 0 || r.ipt.writes() != 0 {
+		t.Errorf("no-op Sync wrote: ipvs %v, addresses +%d -%d, iptables %d", r.h.calls, r.a.adds, r.a.dels, r.ipt.writes())
 	}
 
 	// Deleting the key removes everything it made.
@@ -170,7 +171,7 @@ func TestSyncProgramsEveryFrontEndAndNoOpWritesNothing(t *testing.T) {
 	if len(r.h.svcs) != 0 || len(r.a.addrs) != 0 {
 		t.Errorf("left behind: services %v, addresses %v", slices.Collect(maps.Keys(r.h.svcs)), r.a.addrs)
 	}
-	if rules := r.ipt.chains["nat/"+Chain]; len(rules) != 2 {
+	if rules := r.ipt.chain(Chain); len(rules) != 2 {
 		t.Errorf("chain after delete: %q, want only the static rules", rules)
 	}
 }
@@ -296,10 +297,11 @@ func TestRestartRestoreAndPrune(t *testing.T) {
 	r.open(t) // restart; b was deleted while the agent was down
 	delete(d, b.Key)
 	r.h.reset()
-	r.a.adds, r.a.dels, r.ipt.writes = 0, 0, 0
+	r.a.adds, r.a.dels = 0, 0
+	r.ipt.resetWrites()
 	r.sync(t, d, all(d)...)
-	if r.h.writes() != 0 || r.a.adds+r.a.dels != 0 || r.ipt.writes != 0 {
-		t.Errorf("re-sync after restart wrote: %v, addresses +%d -%d, iptables %d", r.h.calls, r.a.adds, r.a.dels, r.ipt.writes)
+	if r.h.writes() != 0 || r.a.adds+r.a.dels != 0 || r.ipt.writes() != 0 {
+		t.Errorf("re-sync after restart wrote: %v, addresses +%d -%d, iptables %d", r.h.calls, r.a.adds, r.a.dels, r.ipt.writes())
 	}
 	if err := r.b.Prune(); err != nil {
 		t.Fatal(err)
@@ -337,7 +339,7 @@ func TestHairpinRules(t *testing.T) {
 	d := map[string]*model.ServicePort{a.Key: a, b.Key: b}
 	r.sync(t, d, all(d)...)
 	rule := spec(hairpinRule(local.IP))
-	chain := r.ipt.chains["nat/"+Chain]
+	chain := r.ipt.chain(Chain)
 	if i := slices.Index(chain, rule); i < 0 || count(chain, rule) != 1 || i > slices.IndexFunc(chain, func(s string) bool { return strings.Contains(s, "RETURN") }) {
 		t.Fatalf("want one hairpin rule for %s before the RETURN rules:\n%s", local.IP, strings.Join(chain, "\n"))
 	}
@@ -349,22 +351,22 @@ func TestHairpinRules(t *testing.T) {
 	}
 	delete(d, a.Key)
 	r.sync(t, d, a.Key)
-	if !slices.Contains(r.ipt.chains["nat/"+Chain], rule) {
+	if !slices.Contains(r.ipt.chain(Chain), rule) {
 		t.Fatal("the hairpin rule went while service 2 still has the endpoint")
 	}
 	r.open(t) // restart: the rule is read back, not added twice
-	r.ipt.writes = 0
+	r.ipt.resetWrites()
 	r.sync(t, d, all(d)...)
-	if r.ipt.writes != 0 || count(r.ipt.chains["nat/"+Chain], rule) != 1 {
-		t.Errorf("re-sync after restart: %d iptables writes, chain:\n%s", r.ipt.writes, strings.Join(r.ipt.chains["nat/"+Chain], "\n"))
+	if r.ipt.writes() != 0 || count(r.ipt.chain(Chain), rule) != 1 {
+		t.Errorf("re-sync after restart: %d iptables writes, chain:\n%s", r.ipt.writes(), strings.Join(r.ipt.chain(Chain), "\n"))
 	}
 	r.open(t) // restart after service 2 was deleted: Prune removes the unclaimed rule
 	r.sync(t, map[string]*model.ServicePort{}, b.Key)
 	if err := r.b.Prune(); err != nil {
 		t.Fatal(err)
 	}
-	if slices.Contains(r.ipt.chains["nat/"+Chain], rule) {
-		t.Errorf("Prune left the unclaimed hairpin rule:\n%s", strings.Join(r.ipt.chains["nat/"+Chain], "\n"))
+	if slices.Contains(r.ipt.chain(Chain), rule) {
+		t.Errorf("Prune left the unclaimed hairpin rule:\n%s", strings.Join(r.ipt.chain(Chain), "\n"))
 	}
 }
 

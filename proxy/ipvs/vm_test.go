@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coreos/go-iptables/iptables"
 	mobyipvs "github.com/moby/ipvs"
 
 	"canopy.io/canopy/internal/ipt"
@@ -119,8 +118,8 @@ func (n *node) open() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var it *iptables.IPTables
-	if err := n.node.Do(func() (err error) { it, err = ipt.New(ipt.Detect()); return err }); err != nil {
+	var it *ipt.Host
+	if err := n.node.Do(func() (err error) { it, err = ipt.Open(); return err }); err != nil {
 		t.Fatal(err)
 	}
 	n.h, n.a = &countingHandle{Handle: h}, &countingAddrs{Addresses: la}
@@ -504,22 +503,12 @@ type countingAddrs struct {
 func (c *countingAddrs) Add(a netip.Addr) error { c.writes++; return c.Addresses.Add(a) }
 func (c *countingAddrs) Del(a netip.Addr) error { c.writes++; return c.Addresses.Del(a) }
 
-// nsIPT runs go-iptables inside a namespace (its commands inherit the calling thread's namespace).
+// nsIPT runs the host's iptables inside a namespace (its commands inherit the calling thread's namespace).
 type nsIPT struct {
 	ns  *testns.NS
-	ipt *iptables.IPTables
+	ipt *ipt.Host
 }
 
-func (n *nsIPT) ChainExists(table, chain string) (ok bool, err error) {
-	err = n.ns.Do(func() (e error) { ok, e = n.ipt.ChainExists(table, chain); return e })
-	return ok, err
-}
-func (n *nsIPT) NewChain(table, chain string) error {
-	return n.ns.Do(func() error { return n.ipt.NewChain(table, chain) })
-}
-func (n *nsIPT) ClearChain(table, chain string) error {
-	return n.ns.Do(func() error { return n.ipt.ClearChain(table, chain) })
-}
 func (n *nsIPT) List(table, chain string) (out []string, err error) {
 	err = n.ns.Do(func() (e error) { out, e = n.ipt.List(table, chain); return e })
 	return out, err
@@ -534,8 +523,15 @@ func (n *nsIPT) Insert(table, chain string, pos int, rs ...string) error {
 func (n *nsIPT) Append(table, chain string, rs ...string) error {
 	return n.ns.Do(func() error { return n.ipt.Append(table, chain, rs...) })
 }
-func (n *nsIPT) Delete(table, chain string, rs ...string) error {
-	return n.ns.Do(func() error { return n.ipt.Delete(table, chain, rs...) })
+func (n *nsIPT) DeleteIfExists(table, chain string, rs ...string) error {
+	return n.ns.Do(func() error { return n.ipt.DeleteIfExists(table, chain, rs...) })
+}
+func (n *nsIPT) Restore(table string, data []byte) error {
+	return n.ns.Do(func() error { return n.ipt.Restore(table, data) })
+}
+func (n *nsIPT) Save(table string) (out []byte, err error) {
+	err = n.ns.Do(func() (e error) { out, e = n.ipt.Save(table); return e })
+	return out, err
 }
 
 // Available tells the truth on both kernels: the test VM's has IPVS; on the host this only looks (it loads no
@@ -552,5 +548,46 @@ func TestAvailable(t *testing.T) {
 	ok, err := Available()
 	if err != nil || !ok {
 		t.Errorf("Available() = %v, %v in the test VM, want true", ok, err)
+	}
+}
+
+// Cleanup (the proxy mode switched to iptables, or the proxy turned off) removes every virtual service of ours,
+// the dummy interface and the masquerade chain with its jump — and leaves a virtual service of someone else's
+// alone.
+func TestVMCleanupRemovesEverythingOurs(t *testing.T) {
+	n := newNode(t)
+	n.sync(n.service(n.ready(0), n.ready(1)))
+	foreign := &mobyipvs.Service{AddressFamily: 2, Protocol: 6, Address: net.ParseIP("192.168.0.77"), Port: 9, SchedName: "rr"}
+	h, err := mobyipvs.New("/run/netns/" + n.node.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.NewService(foreign); err != nil {
+		t.Fatal(err)
+	}
+	var it *ipt.Host
+	if err := n.node.Do(func() (err error) { it, err = ipt.Open(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := Cleanup("/run/netns/"+n.node.Name, []netip.Addr{netip.MustParseAddr("192.168.0.1")}, &nsIPT{ns: n.node, ipt: it}); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := h.GetServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs) != 1 || !svcs[0].Address.Equal(foreign.Address) {
+		var got []string
+		for _, s := range svcs {
+			got = append(got, fmt.Sprintf("%s:%d", s.Address, s.Port))
+		}
+		t.Errorf("virtual services after Cleanup: %v, want only the foreign one", got)
+	}
+	if out := n.node.MustRun(t, "ip", "link"); strings.Contains(out, Interface) {
+		t.Errorf("%s still exists:\n%s", Interface, out)
+	}
+	if out := n.node.MustRun(t, "iptables-save", "-t", "nat"); strings.Contains(out, Chain) {
+		t.Errorf("%s still in nat:\n%s", Chain, out)
 	}
 }

@@ -1,8 +1,8 @@
-// Package lballoc gives type LoadBalancer Services an external IP from configured ranges, so a bare-metal
+// Package loadbalancer gives type LoadBalancer Services an external IP from configured ranges, so a bare-metal
 // cluster needs no other load balancer controller. It writes status.loadBalancer.ingress[].ip of the Services
 // of its class (spec.loadBalancerClass unset, or equal to Config.Class), only through the status subresource.
 // One node allocates at a time: the holder of a coordination.k8s.io Lease.
-package lballoc
+package loadbalancer
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package lballoc
+package loadbalancer
 
 import (
 	"errors"
@@ -31,7 +31,7 @@ func TestParseRanges(t *testing.T) {
 		{in: []string{" 10.200.0.5 - 10.200.0.6 "}, want: "10.200.0.5-10.200.0.6", size: 2},
 		{in: []string{"10.200.0.9"}, want: "10.200.0.9", size: 1},
 		{in: []string{"10.201.0.0/30, 10.200.0.0-10.200.0.1", "10.202.0.1"}, want: "10.200.0.0-10.200.0.1,10.201.0.1-10.201.0.2,10.202.0.1", size: 5},
-		{in: []string{"0.0.0.0/0"}, want: "0.0.0.1-255.255.255.254", size: 1<<32 - 2},
+		{in: []string{"0.0.0.0/0"}, wantErr: "a range of every address"},
 		{in: []string{"", " , "}, want: "", size: 0},
 		{in: []string{"10.200.0.0/33"}, wantErr: `"10.200.0.0/33"`},
 		{in: []string{"10.200.0.1/24"}, wantErr: "did you mean 10.200.0.0/24"},
@@ -228,5 +228,27 @@ func TestPoolLargeRange(t *testing.T) {
 	}
 	if p.InUse() != n {
 		t.Fatalf("in use %d want %d", p.InUse(), n)
+	}
+}
+
+func TestPrefixes(t *testing.T) {
+	ranges, err := ParseRanges([]string{"10.200.0.0/30", "10.200.1.5-10.200.1.9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := Prefixes(ranges)
+	want := []string{"10.200.0.1/32", "10.200.0.2/32", "10.200.1.5/32", "10.200.1.6/31", "10.200.1.8/31"}
+	if len(got) != len(want) {
+		t.Fatalf("%v", got)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Errorf("%d: %s, want %s", i, got[i], want[i])
+		}
+	}
+	for _, bad := range []string{"10.0.0.9-10.0.0.1", "x-y", "10.0.0.1/33", "0.0.0.0/0"} {
+		if _, err := ParseRanges([]string{bad}); err == nil {
+			t.Errorf("ParseRanges(%q) succeeded", bad)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package lballoc
+package loadbalancer
 
 import "github.com/prometheus/client_golang/prometheus"
 

@@ -1,4 +1,4 @@
-package lballoc
+package loadbalancer
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package lballoc
+package loadbalancer
 
 import (
 	"errors"
@@ -35,6 +35,36 @@ func (r Range) Contains(ip netip.Addr) bool {
 func (r Range) Size() uint64 {
 	f, l := r.First.As4(), r.Last.As4()
 	return uint64(be32(l)) - uint64(be32(f)) + 1
+}
+
+// Prefixes returns the CIDRs that cover exactly the addresses of ranges (what may be announced).
+func Prefixes(ranges []Range) []netip.Prefix {
+	var out []netip.Prefix
+	for _, r := range ranges {
+		a := r.First
+		for a.IsValid() && a.Compare(r.Last) <= 0 {
+			bits := 32
+			for bits > 0 {
+				p := netip.PrefixFrom(a, bits-1).Masked()
+				if p.Addr() != a || lastAddr(p).Compare(r.Last) > 0 {
+					break
+				}
+				bits--
+			}
+			p := netip.PrefixFrom(a, bits)
+			out = append(out, p)
+			a = lastAddr(p).Next()
+		}
+	}
+	return out
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	n := be32(p.Masked().Addr().As4())
+	if p.Bits() < 32 {
+		n |= 1<<(32-p.Bits()) - 1
+	}
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
 }
 
 func be32(b [4]byte) uint32 {
@@ -85,6 +115,9 @@ func parseRange(s string) (Range, error) {
 		}
 		if p.Masked() != p {
 			return Range{}, fmt.Errorf("has host bits set (did you mean %s?)", p.Masked())
+		}
+		if p.Bits() == 0 {
+			return Range{}, errors.New("a range of every address would let any Service take any address (the API server's, a node's): give the addresses set aside for LoadBalancer Services")
 		}
 		first := p.Addr()
 		b := first.As4()

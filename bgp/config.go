@@ -1,0 +1,59 @@
+package bgp
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is what the agent's flags say about BGP: the node's identity defaults, the routers every node peers
+// with, which learned routes are acceptable, and the settings every session shares.
+type Config struct {
+	NodeName      string
+	ClusterASN    uint32
+	RouterID      netip.Addr // invalid: the node's IPv4 InternalIP
+	NodesFullMesh bool
+	Peers         []PeerConfig // external routers of every node (ToR, route reflectors)
+	ClusterCIDRs  []netip.Prefix
+	ImportAllow   []netip.Prefix
+	// StaleTimeout: after a speaker start, how long the sweep of routes an earlier run left waits for every
+	// configured peer's End-of-RIB before it settles for those of the established ones.
+	StaleTimeout time.Duration
+	Global       GlobalConfig // ASN, RouterID and ListenAddresses are set per speaker start
+}
+
+// PeerConfig is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
+type PeerConfig struct {
+	Address     netip.Addr
+	ASN         uint32
+	Password    string
+	MultihopTTL uint8
+}
+
+// ParseASN parses a 4-byte AS number in plain or asdot notation (e.g. "64512", "1.10"); 0, 23456 (AS_TRANS)
+// and 65535/4294967295 (reserved) are refused.
+func ParseASN(s string) (uint32, error) {
+	s = strings.TrimSpace(s)
+	var v uint64
+	if hi, lo, ok := strings.Cut(s, "."); ok {
+		h, err1 := strconv.ParseUint(hi, 10, 16)
+		l, err2 := strconv.ParseUint(lo, 10, 16)
+		if err1 != nil || err2 != nil {
+			return 0, fmt.Errorf("%q is not an AS number", s)
+		}
+		v = h<<16 | l
+	} else {
+		n, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return 0, fmt.Errorf("%q is not an AS number (1..4294967294)", s)
+		}
+		v = n
+	}
+	switch v {
+	case 0, 23456, 65535, 4294967295:
+		return 0, fmt.Errorf("AS number %d is reserved", v)
+	}
+	return uint32(v), nil
+}

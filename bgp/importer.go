@@ -1,0 +1,176 @@
+package bgp
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// RouteSink receives the learned routes that passed the import policy (the kernel route manager).
+type RouteSink interface {
+	Set(dst netip.Prefix, nextHops []netip.Addr) error
+	Remove(dst netip.Prefix) error
+}
+
+// LearnedPath is one best (or equal-cost multipath) path of a destination, as the RIB reports it.
+type LearnedPath struct {
+	Prefix   netip.Prefix
+	NextHop  netip.Addr
+	Peer     netip.Addr // the peer it came from (invalid for our own paths)
+	Withdraw bool
+	Local    bool // originated by this speaker
+}
+
+// Importer turns best-path events into route sink calls, through the import policy. It remembers every
+// destination's current next hops before the policy, so a policy change (a new node address, our pod CIDR
+// arriving) is re-applied to what is already known without asking the RIB again.
+type Importer struct {
+	sink RouteSink
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	policy *ImportPolicy
+	self   map[netip.Addr]bool
+	known  map[netip.Prefix]learned
+	nInst  int // destinations in known with installed set
+}
+
+type learned struct {
+	nextHops  []netip.Addr
+	installed bool
+}
+
+// NewImporter returns an Importer writing to sink. self holds this node's addresses (paths pointing at them are
+// ours).
+func NewImporter(sink RouteSink, policy *ImportPolicy, self []netip.Addr, log *slog.Logger) *Importer {
+	l := &Importer{sink: sink, log: log, policy: policy, known: map[netip.Prefix]learned{}}
+	l.self = map[netip.Addr]bool{}
+	for _, a := range self {
+		l.self[a] = true
+	}
+	return l
+}
+
+// BestPaths takes one best-path event (see Watcher).
+func (l *Importer) BestPaths(paths []LearnedPath) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sets := map[netip.Prefix][]netip.Addr{}
+	var order []netip.Prefix
+	for _, p := range paths {
+		pfx := p.Prefix.Masked()
+		if _, seen := sets[pfx]; !seen {
+			sets[pfx] = nil
+			order = append(order, pfx)
+		}
+		if p.Withdraw || p.Local || !p.NextHop.IsValid() || l.self[p.NextHop] {
+			continue
+		}
+		sets[pfx] = append(sets[pfx], p.NextHop)
+	}
+	for _, pfx := range order {
+		nhs := sets[pfx]
+		slices.SortFunc(nhs, func(a, b netip.Addr) int { return a.Compare(b) })
+		nhs = slices.Compact(nhs)
+		if len(nhs) == 0 {
+			l.forget(pfx)
+			continue
+		}
+		l.learn(pfx, nhs, true)
+	}
+	learnedRoutes.Set(float64(l.nInst))
+}
+
+// SetPolicy replaces the import policy and re-applies it to every known destination.
+func (l *Importer) SetPolicy(p *ImportPolicy, self []netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.policy = p
+	l.self = map[netip.Addr]bool{}
+	for _, a := range self {
+		l.self[a] = true
+	}
+	for pfx, k := range l.known {
+		l.learn(pfx, k.nextHops, false)
+	}
+	learnedRoutes.Set(float64(l.nInst))
+}
+
+// record stores a destination's state, keeping the installed count.
+func (l *Importer) record(pfx netip.Prefix, e learned) {
+	if old, ok := l.known[pfx]; ok && old.installed {
+		l.nInst--
+	}
+	if e.installed {
+		l.nInst++
+	}
+	l.known[pfx] = e
+}
+
+func (l *Importer) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
+	old, had := l.known[pfx]
+	var kept []netip.Addr
+	for _, nh := range nhs {
+		if nh.Is4() != pfx.Addr().Is4() || l.self[nh] {
+			continue
+		}
+		kept = append(kept, nh)
+	}
+	ok, reason := l.policy.Check(pfx)
+	if ok && len(kept) == 0 {
+		ok, reason = false, RejectBadNextHop
+	}
+	if !ok {
+		if fresh {
+			rejectedRoutes.WithLabelValues(reason).Inc()
+			l.log.Debug("learned route refused by import policy", "prefix", pfx, "next_hops", nhs, "reason", reason)
+		}
+		if had && old.installed {
+			if err := l.sink.Remove(pfx); err != nil {
+				sinkErrors.Inc()
+				l.log.Error("remove route", "prefix", pfx, "err", err)
+			}
+		}
+		l.record(pfx, learned{nextHops: nhs})
+		return
+	}
+	if err := l.sink.Set(pfx, kept); err != nil {
+		sinkErrors.Inc()
+		l.log.Error("install route", "prefix", pfx, "next_hops", kept, "err", err)
+		l.record(pfx, learned{nextHops: nhs})
+		return
+	}
+	l.record(pfx, learned{nextHops: nhs, installed: true})
+}
+
+func (l *Importer) forget(pfx netip.Prefix) {
+	old, had := l.known[pfx]
+	if !had {
+		return
+	}
+	delete(l.known, pfx)
+	if old.installed {
+		l.nInst--
+		if err := l.sink.Remove(pfx); err != nil {
+			sinkErrors.Inc()
+			l.log.Error("remove route", "prefix", pfx, "err", err)
+		}
+	}
+}
+
+// Reset forgets every destination without touching the sink: the speaker was restarted and its RIB is new. The
+// routes stay in the kernel (traffic keeps flowing) until the new RIB confirms them or the sweep removes them.
+func (l *Importer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.known = map[netip.Prefix]learned{}
+	l.nInst = 0
+	learnedRoutes.Set(0)
+}
+
+// EndOfRIB implements Watcher (the session tracker keeps them).
+func (l *Importer) EndOfRIB(netip.Addr) {}
+
+// PeerState implements Watcher (the session tracker keeps them).
+func (l *Importer) PeerState(netip.Addr, uint32, SessionState) {}

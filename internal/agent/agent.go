@@ -1,0 +1,324 @@
+// Package agent assembles Canopy's node agent from one validated configuration: it makes each subsystem (kernel
+// routes, the BGP speaker and its controllers, the shared Service model, the service proxy, NetworkPolicy, the
+// node's data path setup, the LoadBalancer IP allocator), hands each its own options, and runs them all with the
+// same shape: a component's Run(ctx) follows its inputs until ctx ends. It holds no logic of its own.
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+
+	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/internal/config"
+	"canopy.io/canopy/internal/controller"
+	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/model"
+	"canopy.io/canopy/internal/nodesetup"
+	"canopy.io/canopy/loadbalancer"
+	"canopy.io/canopy/policy"
+	"canopy.io/canopy/proxy"
+	"canopy.io/canopy/proxy/backends"
+	"canopy.io/canopy/routes"
+)
+
+// component is what the agent runs: every controller has this shape.
+type component interface {
+	Run(ctx context.Context)
+}
+
+// agent is what Run assembles.
+type agent struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	kube     kubernetes.Interface
+	self     *corev1.Node
+	factory  informers.SharedInformerFactory
+	recorder record.EventRecorder
+	reg      *prometheus.Registry
+	ipt      *ipt.Host // this node's iptables, its flavour detected once
+	health   *health
+	run      []component
+	lastly   []func() // at shutdown, in order
+}
+
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	log.Info("canopy starting", "node", cfg.NodeName, "cluster_asn", cfg.ClusterASN, "cluster_cidrs", cfg.ClusterCIDRs, "peers", len(cfg.Peers))
+	a := &agent{cfg: cfg, log: log, reg: prometheus.NewRegistry(), health: &health{}}
+	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reg.MustRegister(controller.Collectors()...)
+	a.reg.MustRegister(model.Collectors()...)
+	// Health first: the liveness probe must find the agent alive while it waits for the API or its Node.
+	if err := a.health.serve(ctx, cfg.MetricsAddr, a.reg, log); err != nil {
+		return err
+	}
+	err := a.connect(ctx)
+	if err != nil {
+		return err
+	}
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.kube.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "canopy", Host: cfg.NodeName})
+	a.factory = informers.NewSharedInformerFactory(a.kube, 0)
+	if a.ipt, err = ipt.Open(); err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	log.Info("iptables", "flavour", a.ipt.Flavour)
+
+	warn := &model.ServiceEvents{Recorder: a.recorder, Nodes: a.factory.Core().V1().Nodes().Lister(), Self: cfg.NodeName,
+		Log: log.With("component", "services")}
+	// The firewall starts before the CNI config is written: a pod made from then on is dropped until its rules exist.
+	hintSocket, err := a.firewall(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.nodeSetup(hintSocket); err != nil {
+		return err
+	}
+	var schedulers []string
+	var backend proxy.Backend
+	if cfg.RunServiceProxy {
+		if backend, err = a.proxyBackend(); err != nil {
+			return err
+		}
+		schedulers = backend.Schedulers()
+	} else if err := backends.CleanupAll(a.proxyConfig()); err != nil {
+		log.Warn("removing the service proxy's rules (the proxy is off)", "err", err)
+	}
+	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers}, warn,
+		log.With("component", "services"))
+	a.add(tracker, tracker.Controller())
+	if backend != nil {
+		a.proxy(ctx, tracker, backend)
+	}
+	if err := a.bgp(tracker, warn); err != nil {
+		return err
+	}
+	if cfg.RunLoadBalancer {
+		if err := a.loadBalancer(); err != nil {
+			return err
+		}
+	}
+
+	a.factory.Start(ctx.Done())
+	var wg sync.WaitGroup
+	for _, c := range a.run {
+		wg.Go(func() { c.Run(ctx) })
+	}
+	<-ctx.Done()
+	log.Info("shutting down (BGP sessions are left to graceful restart)")
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select { // let the components finish (the allocator releases its Lease, so another node takes over at once)
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	for _, f := range a.lastly {
+		f()
+	}
+	a.factory.Shutdown()
+	return nil
+}
+
+// add registers a component to run, and its controllers for /healthz and /readyz.
+func (a *agent) add(c component, ctrls ...*controller.Controller) {
+	a.run = append(a.run, c)
+	a.health.add(ctrls...)
+}
+
+// connect makes the API client and waits until this node's Node exists, logging clearly while it does not.
+func (a *agent) connect(ctx context.Context) error {
+	var rc *rest.Config
+	var err error
+	if a.cfg.Kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", a.cfg.Kubeconfig)
+	}
+	if err != nil {
+		return fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "canopy/" + a.cfg.NodeName
+	if a.kube, err = kubernetes.NewForConfig(rc); err != nil {
+		return err
+	}
+	last := time.Time{}
+	for {
+		n, err := a.kube.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+		if err == nil {
+			a.log.Info("found this node", "node", n.Name, "ip", model.NodeIP(n), "pod_cidrs", model.PodCIDRs(n))
+			a.self = n
+			return nil
+		}
+		if time.Since(last) > 10*time.Second {
+			a.log.Info("waiting for this node's Node object", "node", a.cfg.NodeName, "err", err)
+			last = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// bgp makes the speaker and what feeds it: kernel routes, the importer, the session tracker and the stale-route
+// sweep, the manager, and the node and VIP controllers.
+func (a *agent) bgp(tracker *model.ServiceTracker, warn model.Warner) error {
+	cfg := a.cfg.BGP()
+	log := a.log
+	a.reg.MustRegister(bgp.Collectors()...)
+	a.reg.MustRegister(routes.Collectors()...)
+	for _, p := range cfg.Peers {
+		if p.Password != "" {
+			if ok, err := bgp.KernelSupportsMD5(); !ok {
+				log.Error("peers have TCP MD5 passwords but this kernel cannot sign TCP segments (CONFIG_TCP_MD5SIG): those sessions will not come up", "err", err)
+			}
+			break
+		}
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("netlink: %w", err)
+	}
+	a.lastly = append(a.lastly, h.Close)
+	rt := routes.NewManager(routes.NewNetlinkTable(h, a.cfg.RouteProtocol, a.cfg.RouteTable), log.With("component", "routes"))
+	if err := rt.Start(); err != nil {
+		return fmt.Errorf("read kernel routes: %w", err)
+	}
+	importer := bgp.NewImporter(rt, bgp.NewImportPolicy(cfg.ClusterCIDRs, nil, nil), nil, log.With("component", "importer"))
+	sessions := bgp.NewSessions(log.With("component", "bgp"))
+	var mgr *bgp.Manager
+	sweeper := bgp.NewSweeper(rt, sessions, func() []netip.Addr { return mgr.Peers() }, cfg.StaleTimeout, log.With("component", "routes"))
+	start := func(ctx context.Context, g bgp.GlobalConfig) (bgp.Router, error) {
+		return bgp.StartGoBGP(ctx, g, log.With("component", "bgp"))
+	}
+	mgr = bgp.NewManager(cfg.Global, start, bgp.Watchers(importer, sessions), log.With("component", "bgp"),
+		importer.Reset, sessions.Reset, sweeper.Restart)
+	a.lastly = append(a.lastly, func() { mgr.Shutdown(false) })
+	nodes := bgp.NewNodeController(cfg, a.factory, mgr, importer, a.recorder, log.With("component", "nodes"))
+	vips := bgp.NewVIPController(a.cfg.NodeName, a.cfg.VIPs(), a.factory, tracker, mgr, warn, a.recorder, log.With("component", "vips"))
+	resync := controller.New(controller.Config{Name: "routes", Repair: a.cfg.ResyncInterval, Log: log.With("component", "routes"),
+		Full: func(context.Context) error { return rt.Resync() }})
+	a.add(mgr, mgr.Controller())
+	a.add(nodes, nodes.Controller())
+	a.add(vips, vips.Controller())
+	a.add(sweeper)
+	a.add(resync, resync)
+	a.health.addCheck("bgp speaker", func() error {
+		if _, ok := mgr.Running(); !ok {
+			return fmt.Errorf("not running")
+		}
+		return nil
+	})
+	return nil
+}
+
+func (a *agent) proxyConfig() backends.Config {
+	c := a.cfg.Proxy()
+	if ip := model.NodeIP(a.self); ip.IsValid() {
+		c.NodeIPs = []netip.Addr{ip}
+	}
+	c.IPT = a.ipt
+	c.Log = a.log.With("component", "proxy")
+	return c
+}
+
+// proxyBackend picks and starts the service proxy's back end.
+func (a *agent) proxyBackend() (proxy.Backend, error) {
+	be, err := backends.New(a.proxyConfig())
+	if err != nil {
+		return nil, err
+	}
+	a.log.Info("service proxy", "backend", be.Name())
+	return be, nil
+}
+
+// proxy runs the service proxy over the Service model, with the health check node ports.
+func (a *agent) proxy(ctx context.Context, tracker *model.ServiceTracker, be proxy.Backend) {
+	a.reg.MustRegister(proxy.Collectors()...)
+	hcHost := ""
+	if ip := model.NodeIP(a.self); ip.IsValid() {
+		hcHost = ip.String()
+	}
+	hc := proxy.NewHealthChecks(hcHost, a.log.With("component", "proxy-healthcheck"))
+	context.AfterFunc(ctx, func() { hc.Close(context.Background()) })
+	c := proxy.NewController(tracker, be, hc, a.cfg.ProxyRepair, a.log.With("component", "proxy"))
+	a.add(c, c.Controller())
+}
+
+// firewall starts the NetworkPolicy controller and the socket the CNI plugin reports new pods on (its path is
+// returned, "" if none), or with --run-firewall=false removes what an earlier run programmed.
+func (a *agent) firewall(ctx context.Context) (string, error) {
+	log := a.log.With("component", "policy")
+	fw := policy.NewHost(a.ipt, log)
+	if !a.cfg.RunFirewall {
+		if err := fw.Cleanup(); err != nil {
+			log.Debug("removing network policy chains (firewall off)", "err", err)
+		}
+		return "", nil
+	}
+	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables.
+	const brnf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+	if err := os.WriteFile(brnf, []byte("1"), 0o644); err != nil {
+		_ = exec.Command("modprobe", "br_netfilter").Run()
+		if err := os.WriteFile(brnf, []byte("1"), 0o644); err != nil {
+			log.Error("cannot enable br_netfilter: traffic between pods of this node is not policed", "err", err)
+		}
+	}
+	ctrl := policy.NewController(a.factory, a.kube, fw, a.cfg.NodeName, a.cfg.Policy(), a.cfg.PolicyRepair, log)
+	if err := ctrl.Start(a.self); err != nil {
+		return "", fmt.Errorf("network policy firewall: %w", err)
+	}
+	a.reg.MustRegister(policy.Collectors(fw.Counters)...)
+	socket := a.cfg.CNIAgentSocket
+	if socket != "" {
+		if err := ctrl.ServeHints(ctx, socket, 2500*time.Millisecond, log); err != nil {
+			log.Error("CNI hint socket: new pods wait for the kubelet to report their address", "path", socket, "err", err)
+			socket = ""
+		}
+	}
+	a.add(ctrl, ctrl.Controller())
+	return socket, nil
+}
+
+// nodeSetup prepares the node's data path: forwarding, the CNI plugin and conflist, pod egress masquerade.
+func (a *agent) nodeSetup(hintSocket string) error {
+	setup := nodesetup.New(a.cfg.NodeSetup(hintSocket), a.ipt, a.log.With("component", "nodesetup"))
+	if err := setup.Start(a.factory); err != nil {
+		return err
+	}
+	a.add(setup, setup.Controller())
+	return nil
+}
+
+// loadBalancer runs the LoadBalancer IP allocator (one node at a time holds its Lease).
+func (a *agent) loadBalancer() error {
+	alloc, err := loadbalancer.New(a.cfg.LoadBalancer(), a.kube, a.factory, a.recorder, a.log.With("component", "loadbalancer"))
+	if err != nil {
+		return fmt.Errorf("LoadBalancer IP allocator: %w", err)
+	}
+	a.reg.MustRegister(loadbalancer.Collectors()...)
+	a.add(alloc)
+	return nil
+}

@@ -1,0 +1,63 @@
+package config
+
+import (
+	"slices"
+
+	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/bgp/services"
+	"canopy.io/canopy/internal/nodesetup"
+	"canopy.io/canopy/loadbalancer"
+	"canopy.io/canopy/policy"
+	"canopy.io/canopy/proxy/backends"
+)
+
+// Each subsystem gets its own options from the one validated Config: nothing below cmd/ reads a flag.
+
+// BGP returns the speaker's configuration.
+func (c *Config) BGP() bgp.Config {
+	return bgp.Config{
+		NodeName: c.NodeName, ClusterASN: c.ClusterASN, RouterID: c.RouterID, NodesFullMesh: c.NodesFullMesh,
+		Peers: slices.Clone(c.Peers), ClusterCIDRs: slices.Clone(c.ClusterCIDRs), ImportAllow: slices.Clone(c.ImportAllow),
+		StaleTimeout: c.StaleTimeout,
+		Global: bgp.GlobalConfig{
+			ListenPort: c.BGPPort, GRPCAddr: c.GRPCAddr, HoldTime: c.HoldTime, Keepalive: c.Keepalive,
+			ConnectRetry: c.ConnectRetry, GracefulRestart: c.GracefulRestart, GRRestartTime: c.GRRestartTime,
+			VIPsToNodes: c.AdvertiseVIPsToNodes,
+		},
+	}
+}
+
+// VIPs returns what the VIP announcer may announce.
+func (c *Config) VIPs() services.Options {
+	return services.Options{
+		AdvertiseClusterIP: c.AdvertiseClusterIP, AdvertiseExternalIP: c.AdvertiseExternalIP,
+		AdvertiseLoadBalancerIP: c.AdvertiseLoadBalancerIP, AdvertiseServiceCIDR: c.AdvertiseServiceCIDR,
+		ExternalIPRanges: slices.Clone(c.ExternalIPRanges), LoadBalancerIPRanges: slices.Clone(c.LoadBalancerIPPrefixes),
+		ServiceCIDRs: slices.Clone(c.ServiceCIDRs),
+	}
+}
+
+// Proxy returns the service proxy back end's configuration.
+func (c *Config) Proxy() backends.Config {
+	return backends.Config{Mode: c.ProxyMode, ClusterCIDRs: slices.Clone(c.ClusterCIDRs), MasqueradeAll: c.MasqueradeAll,
+		NodePortAddresses: slices.Clone(c.NodePortAddresses)}
+}
+
+// NodeSetup returns what the node's data path setup writes; hintSocket is the CNI hint socket ("" = none).
+func (c *Config) NodeSetup(hintSocket string) nodesetup.Config {
+	return nodesetup.Config{
+		NodeName: c.NodeName, CNIConfDir: c.CNIConfDir, CNIBinDir: c.CNIBinDir, CNIPlugin: c.CNIPlugin,
+		CNIDataDir: c.CNIDataDir, CNIMTU: c.CNIMTU, PodEgress: c.PodEgress, CNIAgentSocket: hintSocket,
+		NoMasqTo: append(slices.Clone(c.ClusterCIDRs), c.ServiceCIDRs...), ClusterCIDRs: slices.Clone(c.ClusterCIDRs),
+	}
+}
+
+// Policy returns the NetworkPolicy firewall's options.
+func (c *Config) Policy() policy.Options {
+	return policy.Options{Reject: c.PolicyReject, Log: c.PolicyLog, NFLOGGroup: c.PolicyLogGroup}
+}
+
+// LoadBalancer returns the LoadBalancer IP allocator's configuration.
+func (c *Config) LoadBalancer() loadbalancer.Config {
+	return loadbalancer.Config{Ranges: slices.Clone(c.LoadBalancerIPRanges), LeaseNamespace: c.LeaseNamespace, Identity: c.NodeName}
+}

@@ -1,0 +1,65 @@
+package backends
+
+import (
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"canopy.io/canopy/internal/ipt"
+	"canopy.io/canopy/internal/model"
+	"canopy.io/canopy/internal/testsupport/testns"
+	ipvsproxy "canopy.io/canopy/proxy/ipvs"
+)
+
+// Starting the iptables back end removes what the IPVS back end left (its masquerade chain and jump), and with
+// the proxy turned off CleanupAll leaves no chain of either back end; rules that are not ours stay. (The IPVS
+// side of a switch — virtual services, the dummy interface — is tested in the VM: proxy/ipvs.)
+func TestModeSwitchLeavesNothingBehind(t *testing.T) {
+	testns.Require(t, "iptables-save", "iptables-restore")
+	ns := testns.New(t, "be")
+	ns.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "MASQUERADE") // not ours
+	ns.MustRun(t, "iptables", "-t", "nat", "-N", ipvsproxy.Chain)
+	ns.MustRun(t, "iptables", "-t", "nat", "-A", ipvsproxy.Chain, "-s", "10.244.0.0/16", "-j", "RETURN")
+	ns.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "canopy: IPVS masquerade", "-j", ipvsproxy.Chain)
+	cfg := Config{Mode: IPTables, NodeIPs: []netip.Addr{netip.MustParseAddr("10.99.0.11")},
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Log: slog.New(slog.DiscardHandler)}
+	sp := &model.ServicePort{Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Port: 80,
+		ClusterEndpoints: []model.Endpoint{{IP: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true}}}
+	sp.ExternalEndpoints = sp.ClusterEndpoints
+	err := ns.Do(func() error {
+		h, err := ipt.Open()
+		if err != nil {
+			return err
+		}
+		cfg.IPT = h
+		be, err := New(cfg)
+		if err != nil {
+			return err
+		}
+		return be.Sync(map[string]*model.ServicePort{sp.Key: sp}, []string{sp.Key})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nat := ns.MustRun(t, "iptables-save", "-t", "nat")
+	if strings.Contains(nat, ipvsproxy.Chain) {
+		t.Errorf("the IPVS back end's chain survived the switch to iptables:\n%s", nat)
+	}
+	if !strings.Contains(nat, "CANOPY-SVC-") || !strings.Contains(nat, "-s 192.0.2.0/24 -j MASQUERADE") {
+		t.Errorf("want the iptables back end's chains and the foreign rule:\n%s", nat)
+	}
+	if err := ns.Do(func() error { return CleanupAll(cfg) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"nat", "filter"} {
+		out := ns.MustRun(t, "iptables-save", "-t", table)
+		if strings.Contains(out, "CANOPY") {
+			t.Errorf("%s after CleanupAll still has Canopy's rules:\n%s", table, out)
+		}
+	}
+	if out := ns.MustRun(t, "iptables-save", "-t", "nat"); !strings.Contains(out, "-s 192.0.2.0/24 -j MASQUERADE") {
+		t.Errorf("CleanupAll removed a rule that is not ours:\n%s", out)
+	}
+}
