@@ -88,7 +88,15 @@ func (n *Node) AgentArgs(extra ...string) []string {
 
 // StartAgent starts Config.AgentBin in the node's namespace with AgentArgs(extra...). Up starts every agent
 // without extra arguments; restart one with other flags by StopAgent then StartAgent(flags...).
-func (n *Node) StartAgent(extra ...string) error {
+func (n *Node) StartAgent(extra ...string) error { return n.startAgent(nil, extra) }
+
+// StartAgentUnder is StartAgent with wrapper run in front of the agent, e.g. setpriv with a capability
+// bounding set, to run the agent with only the capabilities its DaemonSet grants.
+func (n *Node) StartAgentUnder(wrapper []string, extra ...string) error {
+	return n.startAgent(wrapper, extra)
+}
+
+func (n *Node) startAgent(wrapper, extra []string) error {
 	l := n.lab
 	if l.cfg.AgentBin == "" {
 		return errors.New("lab: no agent (Config.AgentBin is empty)")
@@ -107,7 +115,8 @@ func (n *Node) StartAgent(extra ...string) error {
 	if err := os.MkdirAll(filepath.Dir(n.LogPath), 0o755); err != nil {
 		return err
 	}
-	p, err := l.startProc("agent-"+n.Name, n.NS, n.LogPath, append([]string{l.cfg.AgentBin}, n.AgentArgs(extra...)...))
+	argv := append(append(append([]string(nil), wrapper...), l.cfg.AgentBin), n.AgentArgs(extra...)...)
+	p, err := l.startProc("agent-"+n.Name, n.NS, n.LogPath, argv)
 	if err != nil {
 		return err
 	}
