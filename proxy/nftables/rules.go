@@ -44,6 +44,9 @@ const (
 	prefixSEP = "sep-"
 	prefixAff = "aff-"
 
+	// maxCascade is the most endpoints a service port spreads over with one rule each (more: a numgen vmap).
+	maxCascade = 16
+
 	// maxNameLen bounds chain and set names (the kernel's NFT_NAME_MAXLEN is 256 with the NUL).
 	maxNameLen = 255
 )
@@ -228,15 +231,21 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 	timeout = timeout.Truncate(time.Second)
 	sep := func(e model.Endpoint) string { return SEPChain(sp.Key, e.IP, e.Port) }
 	aff := func(e model.Endpoint) string { return AffinitySet(sp.Key, e.IP, e.Port, timeout) }
-	// balance spreads new connections over eps at random, after the ClientIP affinity checks.
+	// balance spreads new connections over eps at random, after the ClientIP affinity checks: up to
+	// maxCascade endpoints as the iptables back end does (endpoint i of n is taken with probability
+	// 1/(n-i) if the ones before were not), more through one numgen vmap (O(1) per packet, but an anonymous
+	// set: the kernel names those in time linear in the sets of the table, so 10,000 of them cost seconds).
 	balance := func(rules []string, eps []model.Endpoint) []string {
 		if sp.AffinityClientIP {
 			for _, e := range eps {
 				rules = append(rules, ipx+" saddr @"+aff(e)+" goto "+sep(e))
 			}
 		}
-		if len(eps) == 1 {
-			return append(rules, "goto "+sep(eps[0]))
+		if len(eps) <= maxCascade {
+			for i, e := range eps[:len(eps)-1] {
+				rules = append(rules, fmt.Sprintf("numgen random mod %d == 0 goto %s", len(eps)-i, sep(e)))
+			}
+			return append(rules, "goto "+sep(eps[len(eps)-1]))
 		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "numgen random mod %d vmap { ", len(eps))
