@@ -1,0 +1,170 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"slices"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/knftables"
+
+	"canopy.io/canopy/internal/model"
+	"canopy.io/canopy/internal/testsupport/testns"
+	"canopy.io/canopy/proxy"
+	iptproxy "canopy.io/canopy/proxy/iptables"
+)
+
+// benchServices are n service ports x 2 endpoints, the shape of proxy/iptables' BenchmarkSync (its helpers
+// live in its _test files, so they are repeated here).
+func benchServices(n int) (map[string]*model.ServicePort, []string) {
+	desired := make(map[string]*model.ServicePort, n)
+	keys := make([]string, 0, n)
+	for i := range n {
+		sp := benchService(i)
+		desired[sp.Key] = sp
+		keys = append(keys, sp.Key)
+	}
+	return desired, keys
+}
+
+func benchService(i int) *model.ServicePort {
+	ep := func(net int) model.Endpoint {
+		return model.Endpoint{IP: netip.AddrFrom4([4]byte{10, byte(244 + net), byte(i / 250), byte(i%250 + 1)}), Port: 8080, Ready: true, Serving: true}
+	}
+	eps := []model.Endpoint{ep(0), ep(1)}
+	return &model.ServicePort{
+		Key: fmt.Sprintf("ns%d/svc%d:http/TCP", i/100, i), Namespace: fmt.Sprintf("ns%d", i/100), Name: fmt.Sprintf("svc%d", i),
+		PortName: "http", Protocol: model.TCP, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i / 250), byte(i%250 + 1)})},
+		Port: 80, ClusterEndpoints: eps, ExternalEndpoints: eps,
+	}
+}
+
+// countingNFT counts the operations of the transactions run.
+type countingNFT struct {
+	knftables.Interface
+	ops int
+}
+
+func (c *countingNFT) Run(ctx context.Context, tx *knftables.Transaction) error {
+	c.ops += tx.NumOperations()
+	return c.Interface.Run(ctx, tx)
+}
+
+// heapInUse is the live heap after a collection.
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// BenchmarkSync programs 10,000 service ports x 2 endpoints from empty into a test namespace with the real nft
+// binary, then one more service port, one endpoint change and one removal on top of them, then a full resync
+// (the periodic repair: it reads the table, writes nothing when nothing drifted), then a restart (a new
+// proxier adopting the table: Start, the first full sync rewriting every chain, PruneStale). The same
+// sequence runs through the iptables back end (its detected flavour, nft in a fresh namespace) in another
+// namespace; the ratios iptables/nftables are reported.
+//
+//	go test -run '^$' -bench BenchmarkSync -benchtime 1x ./proxy/nftables/
+func BenchmarkSync(b *testing.B) {
+	requireNft(b)
+	testns.Require(b, "iptables-nft-restore")
+	const n = 10000
+	metrics := map[string]time.Duration{}
+	var memPerService float64
+	ops := map[string]int{}
+	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/14")}}
+	for b.Loop() {
+		b.StopTimer()
+		timed := func(name string, ns *testns.NS, f func() error) {
+			start := time.Now()
+			if err := ns.Do(f); err != nil {
+				b.Fatalf("%s: %v", name, err)
+			}
+			metrics[name] += time.Since(start)
+		}
+		run := func(prefix string, newBackend func() (proxy.Backend, error), count func(string)) {
+			ns := testns.New(b, "nft-bench"+prefix)
+			var be proxy.Backend
+			if err := ns.Do(func() (err error) { be, err = newBackend(); return err }); err != nil {
+				b.Fatal(err)
+			}
+			d, keys := benchServices(n)
+			heapBefore := heapInUse()
+			timed(prefix+"-10k-ms", ns, func() error { return be.Sync(d, keys) })
+			if prefix == "nft" {
+				memPerService = float64(heapInUse()-heapBefore) / n
+			}
+			count("10k")
+
+			add := benchService(n)
+			d[add.Key] = add
+			timed(prefix+"-add1-ms", ns, func() error { return be.Sync(d, []string{add.Key}) })
+			count("add1")
+
+			chg := d[keys[5000]]
+			chg.ClusterEndpoints = []model.Endpoint{chg.ClusterEndpoints[0], {IP: netip.MustParseAddr("10.250.0.1"), Port: 8080, Ready: true}}
+			chg.ExternalEndpoints = chg.ClusterEndpoints
+			timed(prefix+"-epchange-ms", ns, func() error { return be.Sync(d, []string{chg.Key}) })
+			count("epchange")
+
+			delete(d, keys[42])
+			timed(prefix+"-del1-ms", ns, func() error { return be.Sync(d, []string{keys[42]}) })
+			count("del1")
+
+			all := append(slices.Clone(keys), add.Key)
+			timed(prefix+"-fullresync-ms", ns, func() error { return be.Sync(d, all) })
+			count("fullresync")
+
+			// Restart: a new back end on the table, its first full sync, PruneStale.
+			if err := ns.Do(func() (err error) { be, err = newBackend(); return err }); err != nil {
+				b.Fatal(err)
+			}
+			timed(prefix+"-restart-ms", ns, func() error {
+				if err := be.Start(); err != nil {
+					return err
+				}
+				if err := be.Sync(d, all); err != nil {
+					return err
+				}
+				return be.PruneStale()
+			})
+			count("restart")
+			timed(prefix+"-cleanup-ms", ns, be.Cleanup)
+		}
+
+		cn := &countingNFT{}
+		run("nft", func() (proxy.Backend, error) {
+			nft, err := knftables.New(ipv4.nft, TableName)
+			cn.Interface = nft
+			return New(cfg, cn, netlinkConntrack{}, nil), err
+		}, func(step string) {
+			ops[step], cn.ops = cn.ops, 0
+		})
+		run("ipt", func() (proxy.Backend, error) {
+			return iptproxy.NewHost(iptproxy.Config{ClusterCIDRs: cfg.ClusterCIDRs}, nil)
+		}, func(string) {})
+		b.StartTimer()
+	}
+	nb := time.Duration(b.N)
+	for name, d := range metrics {
+		b.ReportMetric(float64(d/nb)/1e6, name)
+	}
+	b.ReportMetric(memPerService, "proxier-heap-B/service")
+	for _, step := range []string{"add1", "epchange", "fullresync"} {
+		b.ReportMetric(float64(ops[step]), "nft-"+step+"-ops")
+	}
+	ratio := func(step string) float64 { return float64(metrics["ipt-"+step]) / float64(metrics["nft-"+step]) }
+	for _, step := range []string{"10k-ms", "add1-ms", "epchange-ms", "fullresync-ms"} {
+		b.ReportMetric(ratio(step), "ipt/nft-"+step[:len(step)-3])
+	}
+	b.Logf("10,000 service ports x 2 endpoints, nftables: from empty %v, +1 %v, endpoint change %v, removal %v, full resync %v, restart %v, cleanup %v",
+		metrics["nft-10k-ms"]/nb, metrics["nft-add1-ms"]/nb, metrics["nft-epchange-ms"]/nb, metrics["nft-del1-ms"]/nb,
+		metrics["nft-fullresync-ms"]/nb, metrics["nft-restart-ms"]/nb, metrics["nft-cleanup-ms"]/nb)
+	b.Logf("iptables (same run): from empty %v, +1 %v, endpoint change %v, removal %v, full resync %v, restart %v, cleanup %v",
+		metrics["ipt-10k-ms"]/nb, metrics["ipt-add1-ms"]/nb, metrics["ipt-epchange-ms"]/nb, metrics["ipt-del1-ms"]/nb,
+		metrics["ipt-fullresync-ms"]/nb, metrics["ipt-restart-ms"]/nb, metrics["ipt-cleanup-ms"]/nb)
+}
