@@ -50,8 +50,10 @@ func newLab(t testing.TB) *lab {
 	return l
 }
 
-func serveTCP(t testing.TB, ns *testns.NS, name string) {
-	ln, err := ns.Listen("tcp4", ":8080")
+func serveTCP(t testing.TB, ns *testns.NS, name string) { serveTCPOn(t, ns, name, 8080) }
+
+func serveTCPOn(t testing.TB, ns *testns.NS, name string, port int) {
+	ln, err := ns.Listen("tcp4", fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,5 +406,38 @@ func TestKernelRestart(t *testing.T) {
 	}
 	if names, _ := askN(t, l.client, "10.96.0.20:80", 2); names["be1"] != 2 {
 		t.Errorf("after the repair: %v", names)
+	}
+}
+
+// TestKernelManyEndpoints: more endpoints than maxCascade are spread by one numgen vmap.
+func TestKernelManyEndpoints(t *testing.T) {
+	requireNft(t)
+	l := newLab(t)
+	sp := &model.ServicePort{Key: "default/many:/TCP", Protocol: model.TCP, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.30")}, Port: 80}
+	for port := 8080; len(sp.ClusterEndpoints) <= maxCascade; port++ {
+		for i := range l.be {
+			if port != 8080 {
+				serveTCPOn(t, l.be[i], fmt.Sprintf("be%d", i+1), port)
+			}
+			sp.ClusterEndpoints = append(sp.ClusterEndpoints, l.ep(i, uint16(port)))
+		}
+	}
+	sp.ExternalEndpoints = sp.ClusterEndpoints
+	err := l.node.Do(func() error {
+		p, err := NewHost(Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}, nil)
+		if err != nil {
+			return err
+		}
+		return p.Sync(map[string]*model.ServicePort{sp.Key: sp}, []string{sp.Key})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := l.node.MustRun(t, "nft", "list", "chain", "ip", TableName, SVCChain(sp.Key)); !strings.Contains(s, fmt.Sprintf("numgen random mod %d vmap", len(sp.ClusterEndpoints))) {
+		t.Fatalf("%d endpoints without a vmap:\n%s", len(sp.ClusterEndpoints), s)
+	}
+	// 40 connections: both backends unless 40 draws of 18 all land on one backend's 9 (2^-39).
+	if names, _ := askN(t, l.client, "10.96.0.30:80", 40); names["be1"] == 0 || names["be2"] == 0 {
+		t.Errorf("answers %v, want both backends", names)
 	}
 }
