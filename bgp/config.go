@@ -11,17 +11,29 @@ import (
 // Config is what the agent's flags say about BGP: the node's identity defaults, the routers every node peers
 // with, which learned routes are acceptable, and the settings every session shares.
 type Config struct {
-	NodeName      string
-	ClusterASN    uint32
-	RouterID      netip.Addr // invalid: the node's IPv4 InternalIP
-	NodesFullMesh bool
-	Peers         []PeerConfig // external routers of every node (ToR, route reflectors)
-	ClusterCIDRs  []netip.Prefix
-	ImportAllow   []netip.Prefix
+	NodeName   string
+	ClusterASN uint32
+	RouterID   netip.Addr // invalid: the node's IPv4 InternalIP
+	Mesh       MeshOptions
+	Peers      []PeerConfig // external routers of every node (ToR, route reflectors)
+	// MaxPrefixes is the default limit of prefixes a peer may send (0: none); past it the session is torn down.
+	MaxPrefixes  uint32
+	ClusterCIDRs []netip.Prefix
+	ServiceCIDRs []netip.Prefix
+	ImportAllow  []netip.Prefix
 	// StaleTimeout: after a speaker start, how long the sweep of routes an earlier run left waits for every
 	// configured peer's End-of-RIB before it settles for those of the established ones.
 	StaleTimeout time.Duration
 	Global       GlobalConfig // ASN, RouterID and ListenAddresses are set per speaker start
+}
+
+// MeshOptions are the settings of the node-to-node sessions.
+type MeshOptions struct {
+	FullMesh bool   // peer with every other node
+	Password string // TCP MD5 password of every node-to-node session ("" = none)
+	// TTLSecurity: node-to-node sessions send TTL 255 and accept only TTL 255 (GTSM, RFC 5082), so nothing more
+	// than one hop away (a pod, masqueraded to its node's address) can speak on them.
+	TTLSecurity bool
 }
 
 // PeerConfig is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
@@ -30,6 +42,8 @@ type PeerConfig struct {
 	ASN         uint32
 	Password    string
 	MultihopTTL uint8
+	TTLSecurity bool   // GTSM: the router must send TTL 255 too (FRR: neighbor X ttl-security hops 1)
+	MaxPrefixes uint32 // 0: Config.MaxPrefixes
 }
 
 // ParseASN parses a 4-byte AS number in plain or asdot notation (e.g. "64512", "1.10"); 0, 23456 (AS_TRANS)

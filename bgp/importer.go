@@ -29,12 +29,18 @@ type Importer struct {
 	sink RouteSink
 	log  *slog.Logger
 
-	mu     sync.Mutex
-	policy *ImportPolicy
-	self   map[netip.Addr]bool
-	known  map[netip.Prefix]learned
-	nInst  int // destinations in known with installed set
+	mu       sync.Mutex
+	policy   *ImportPolicy
+	self     map[netip.Addr]bool
+	known    map[netip.Prefix]learned
+	nInst    int // destinations in known with installed set
+	nRefused int // destinations in known refused (kept for a policy change to accept them), at most maxRefused
 }
+
+// maxRefused bounds the refused destinations the importer remembers (a refusal a new Node can lift: its pod CIDR
+// arriving before its Node object). Past it refused paths are only counted, so a peer flooding prefixes costs
+// counters, not memory; the per-peer prefix limit bounds the rest.
+const maxRefused = 4096
 
 type learned struct {
 	nextHops  []netip.Addr
@@ -99,27 +105,46 @@ func (l *Importer) SetPolicy(p *ImportPolicy, self []netip.Addr) {
 
 // record stores a destination's state, keeping the installed count.
 func (l *Importer) record(pfx netip.Prefix, e learned) {
-	if old, ok := l.known[pfx]; ok && old.installed {
-		l.nInst--
+	if old, ok := l.known[pfx]; ok {
+		if old.installed {
+			l.nInst--
+		} else {
+			l.nRefused--
+		}
 	}
 	if e.installed {
 		l.nInst++
+	} else {
+		l.nRefused++
 	}
 	l.known[pfx] = e
+}
+
+// drop forgets a destination without touching the sink.
+func (l *Importer) drop(pfx netip.Prefix) {
+	if old, ok := l.known[pfx]; ok {
+		if old.installed {
+			l.nInst--
+		} else {
+			l.nRefused--
+		}
+		delete(l.known, pfx)
+	}
 }
 
 func (l *Importer) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
 	old, had := l.known[pfx]
 	var kept []netip.Addr
 	for _, nh := range nhs {
-		if nh.Is4() != pfx.Addr().Is4() || l.self[nh] {
-			continue
+		if !l.self[nh] {
+			kept = append(kept, nh)
 		}
-		kept = append(kept, nh)
 	}
 	ok, reason := l.policy.Check(pfx)
-	if ok && len(kept) == 0 {
-		ok, reason = false, RejectBadNextHop
+	if ok {
+		if kept, reason = l.policy.NextHops(pfx, kept); len(kept) == 0 {
+			ok = false
+		}
 	}
 	if !ok {
 		if fresh {
@@ -132,12 +157,20 @@ func (l *Importer) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
 				l.log.Error("remove route", "prefix", pfx, "err", err)
 			}
 		}
+		// Remember it only if a policy change could accept it (a new Node, its address), and only so many.
+		if reason == RejectDefault || reason == RejectOutside || (!had && l.nRefused >= maxRefused) {
+			l.drop(pfx)
+			return
+		}
 		l.record(pfx, learned{nextHops: nhs})
 		return
 	}
 	if err := l.sink.Set(pfx, kept); err != nil {
 		sinkErrors.Inc()
 		l.log.Error("install route", "prefix", pfx, "next_hops", kept, "err", err)
+		if had && old.installed {
+			l.drop(pfx) // the kernel may still hold the old next hops: re-learned, it is Set again
+		}
 		l.record(pfx, learned{nextHops: nhs})
 		return
 	}
@@ -149,9 +182,8 @@ func (l *Importer) forget(pfx netip.Prefix) {
 	if !had {
 		return
 	}
-	delete(l.known, pfx)
+	l.drop(pfx)
 	if old.installed {
-		l.nInst--
 		if err := l.sink.Remove(pfx); err != nil {
 			sinkErrors.Inc()
 			l.log.Error("remove route", "prefix", pfx, "err", err)
@@ -165,7 +197,7 @@ func (l *Importer) Reset() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.known = map[netip.Prefix]learned{}
-	l.nInst = 0
+	l.nInst, l.nRefused = 0, 0
 	learnedRoutes.Set(0)
 }
 

@@ -332,7 +332,8 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 			peerChanges.WithLabelValues("add").Inc()
 		case old == p:
 			continue
-		case old.ASN != p.ASN || old.Password != p.Password || old.MultihopTTL != p.MultihopTTL || old.Port != p.Port || old.Passive != p.Passive:
+		case old.ASN != p.ASN || old.Password != p.Password || old.MultihopTTL != p.MultihopTTL || old.Port != p.Port ||
+			old.Passive != p.Passive || old.TTLSecurity != p.TTLSecurity:
 			// A session's identity changed: GoBGP cannot change these in place, so this one peer is re-created.
 			if err := inst.r.DeletePeer(ctx, p.Address); err != nil {
 				errs = append(errs, fmt.Errorf("re-create peer %s: %w", p.Address, err))
@@ -345,6 +346,14 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 			}
 			log.Info("BGP peer re-created", "peer", p.Address, "asn", p.ASN, "old_asn", old.ASN, "kind", p.Kind, "name", p.Name)
 			peerChanges.WithLabelValues("recreate").Inc()
+		case old.MaxPrefixes != p.MaxPrefixes:
+			// GoBGP changes a prefix limit in place: the session stays.
+			if err := inst.r.UpdatePeer(ctx, p); err != nil {
+				errs = append(errs, fmt.Errorf("update peer %s: %w", p.Address, err))
+				continue
+			}
+			log.Info("BGP peer updated", "peer", p.Address, "max_prefixes", p.MaxPrefixes, "old_max_prefixes", old.MaxPrefixes)
+			peerChanges.WithLabelValues("update").Inc()
 		default:
 			// Only descriptive fields (kind, name) changed: nothing to tell the router.
 		}

@@ -8,7 +8,8 @@ import (
 )
 
 // KernelSupportsMD5 reports whether this kernel can sign TCP segments with MD5 (RFC 2385, CONFIG_TCP_MD5SIG),
-// which BGP peer passwords need. Without it a session with a password never comes up.
+// which BGP peer passwords need, on a listener made as GoBGP makes it. Without it a session with a password never
+// comes up. (A Multipath TCP listener, Go's default since 1.24, refuses the option: the agent turns MPTCP off.)
 func KernelSupportsMD5() (bool, error) {
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {

@@ -24,6 +24,9 @@ var (
 	sinkErrors = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "canopy_bgp_route_sink_errors_total", Help: "Accepted routes the kernel route manager failed to apply.",
 	})
+	prefixLimitTeardowns = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "canopy_bgp_prefix_limit_teardowns_total", Help: "Sessions torn down because the peer sent more prefixes than its limit (--max-prefixes), by peer.",
+	}, []string{"peer"})
 	speakerStarts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "canopy_bgp_speaker_starts_total", Help: "BGP speaker (re)starts: the first start, identity changes, retried starts.",
 	})
@@ -34,7 +37,7 @@ var (
 
 // Collectors returns the package's metrics.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput, speakerStarts}
+	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput, speakerStarts, adminRefused, prefixLimitTeardowns}
 }
 
 // CountInvalidInput counts a refused input from source (e.g. "node_annotation").

@@ -153,10 +153,6 @@ func (c *NodeController) sync(context.Context) error {
 		rid = selfIP
 	}
 
-	// The import policy first, so that routes are judged with the current node addresses and pod CIDRs.
-	allowed := append(slices.Clone(c.cfg.ClusterCIDRs), c.cfg.ImportAllow...)
-	c.importer.SetPolicy(NewImportPolicy(allowed, ownCIDRs, ips), []netip.Addr{selfIP})
-
 	// Peers from the annotation: a bad value keeps the last good list and the sessions it made.
 	if v := self.Annotations[AnnotationPeers]; v != c.badPeersValue {
 		peers, perr := ParsePeersAnnotation(v)
@@ -168,6 +164,22 @@ func (c *NodeController) sync(context.Context) error {
 			c.goodPeers, c.badPeersValue = peers, ""
 		}
 	}
+	// The import policy before the peers, so that routes are judged with the current nodes and routers.
+	in := PolicyInput{ClusterCIDRs: c.cfg.ClusterCIDRs, ImportAllow: c.cfg.ImportAllow, ServiceCIDRs: c.cfg.ServiceCIDRs,
+		Own: ownCIDRs, NodeIPs: ips, Owners: map[netip.Prefix]netip.Addr{}}
+	for _, n := range infos {
+		if n.Name == self.Name {
+			continue
+		}
+		for _, p := range n.PodCIDRs {
+			in.Owners[p] = n.IP
+		}
+	}
+	for _, p := range append(slices.Clone(c.cfg.Peers), c.goodPeers...) {
+		in.Routers = append(in.Routers, p.Address)
+	}
+	c.importer.SetPolicy(NewImportPolicy(in), []netip.Addr{selfIP})
+
 	if len(ownCIDRs) == 0 && !c.reportedNoCIDR {
 		c.log.Info("waiting for this node to get a pod CIDR (spec.podCIDRs)", "node", self.Name)
 		c.reportedNoCIDR = true
@@ -184,6 +196,6 @@ func (c *NodeController) sync(context.Context) error {
 	}
 	c.mgr.SetIdentity(Identity{ASN: asn, RouterID: rid, NodeIP: selfIP})
 	c.mgr.SetPaths(GroupPodCIDRs, paths)
-	c.mgr.SetPeers(DesiredPeers(selfInfo, c.cfg.ClusterASN, infos, c.cfg.NodesFullMesh, c.cfg.Peers, c.goodPeers))
+	c.mgr.SetPeers(DesiredPeers(selfInfo, c.cfg.ClusterASN, infos, c.cfg.Mesh, c.cfg.MaxPrefixes, c.cfg.Peers, c.goodPeers))
 	return nil
 }

@@ -127,9 +127,9 @@ func startNodeController(t *testing.T, objs ...*corev1.Node) *nodeHarness {
 	}
 	h.mgr, h.starts = startManager(t, nil)
 	h.sink = &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	cfg := Config{NodeName: "n1", ClusterASN: 64512, NodesFullMesh: true, ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")},
+	cfg := Config{NodeName: "n1", ClusterASN: 64512, Mesh: MeshOptions{FullMesh: true}, ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")},
 		Peers: []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500}}}
-	importer := NewImporter(h.sink, NewImportPolicy(cfg.ClusterCIDRs, nil, nil), nil, quiet)
+	importer := NewImporter(h.sink, NewImportPolicy(PolicyInput{ClusterCIDRs: cfg.ClusterCIDRs}), nil, quiet)
 	factory := informers.NewSharedInformerFactory(h.kube, 0)
 	c := NewNodeController(cfg, factory, h.mgr, importer, h.recorder, quiet)
 	ctx, cancel := context.WithCancel(context.Background())

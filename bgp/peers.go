@@ -13,7 +13,8 @@ import (
 
 // Node annotations read by the speaker.
 const (
-	// AnnotationPeers is a YAML or JSON list of {ip, asn, password?, multihopTTL?}: extra BGP peers for this node.
+	// AnnotationPeers is a YAML or JSON list of {ip, asn, password?, multihopTTL?, ttlSecurity?, maxPrefixes?}:
+	// extra BGP peers for this node.
 	AnnotationPeers = "canopy.io/peers"
 	// AnnotationNodeASN overrides --cluster-asn for this node (eBGP-per-rack designs).
 	AnnotationNodeASN = "canopy.io/node-asn"
@@ -36,9 +37,11 @@ type PeerSpec struct {
 	Port        uint16 // 0 = 179
 	// Passive: wait for the peer to connect. Between two nodes exactly one side dials (the lower address), so
 	// a restarted agent is not caught in a loop of both sides refusing each other's connections while idle.
-	Passive bool
-	Kind    PeerKind
-	Name    string // node name for mesh peers, "flag" or "annotation" for external ones
+	Passive     bool
+	TTLSecurity bool   // GTSM (RFC 5082): TTL 255 sent, and only TTL 255 accepted
+	MaxPrefixes uint32 // past it the session is torn down (0: no limit)
+	Kind        PeerKind
+	Name        string // node name for mesh peers, "flag" or "annotation" for external ones
 }
 
 // NodeInfo is what the speaker needs from a Kubernetes Node.
@@ -55,6 +58,8 @@ type annotationPeer struct {
 	ASN         json.RawMessage `json:"asn"`
 	Password    string          `json:"password,omitempty"`
 	MultihopTTL int             `json:"multihopTTL,omitempty"`
+	TTLSecurity bool            `json:"ttlSecurity,omitempty"`
+	MaxPrefixes int64           `json:"maxPrefixes,omitempty"`
 }
 
 // ParsePeersAnnotation parses canopy.io/peers. Unknown fields, bad addresses, bad AS numbers and duplicates are
@@ -94,7 +99,16 @@ func ParsePeersAnnotation(value string) ([]PeerConfig, error) {
 			errs = append(errs, fmt.Errorf("%s[%d].multihopTTL: %d is outside 0..255", AnnotationPeers, i, r.MultihopTTL))
 			continue
 		}
-		out = append(out, PeerConfig{Address: a, ASN: asn, Password: r.Password, MultihopTTL: uint8(r.MultihopTTL)})
+		if r.MaxPrefixes < 0 || r.MaxPrefixes > 1<<24 {
+			errs = append(errs, fmt.Errorf("%s[%d].maxPrefixes: %d is outside 0..%d", AnnotationPeers, i, r.MaxPrefixes, 1<<24))
+			continue
+		}
+		if r.TTLSecurity && r.MultihopTTL > 1 {
+			errs = append(errs, fmt.Errorf("%s[%d]: ttlSecurity is for directly connected peers, not with multihopTTL %d", AnnotationPeers, i, r.MultihopTTL))
+			continue
+		}
+		out = append(out, PeerConfig{Address: a, ASN: asn, Password: r.Password, MultihopTTL: uint8(r.MultihopTTL),
+			TTLSecurity: r.TTLSecurity, MaxPrefixes: uint32(r.MaxPrefixes)})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -138,7 +152,7 @@ func ParseNodeASN(value string) (uint32, error) {
 // so nodes in other racks become eBGP peers), the routers from flags and those from the node's annotation.
 // An address is peered once: annotation peers win over flag peers, which win over mesh peers. The result is
 // sorted by address.
-func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh bool, flagPeers, annotationPeers []PeerConfig) []PeerSpec {
+func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, mesh MeshOptions, maxPrefixes uint32, flagPeers, annotationPeers []PeerConfig) []PeerSpec {
 	byAddr := map[netip.Addr]PeerSpec{}
 	add := func(p PeerSpec) {
 		if !p.Address.IsValid() || p.Address == self.IP {
@@ -146,7 +160,7 @@ func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh b
 		}
 		byAddr[p.Address] = p
 	}
-	if fullMesh {
+	if mesh.FullMesh {
 		for _, n := range nodes {
 			if n.Name == self.Name {
 				continue
@@ -155,14 +169,23 @@ func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, fullMesh b
 			if asn == 0 {
 				asn = clusterASN
 			}
-			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0})
+			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0,
+				Password: mesh.Password, TTLSecurity: mesh.TTLSecurity, MaxPrefixes: maxPrefixes})
 		}
 	}
+	external := func(p PeerConfig, name string) {
+		limit := p.MaxPrefixes
+		if limit == 0 {
+			limit = maxPrefixes
+		}
+		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, TTLSecurity: p.TTLSecurity,
+			MaxPrefixes: limit, Kind: PeerKindExternal, Name: name})
+	}
 	for _, p := range flagPeers {
-		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, Kind: PeerKindExternal, Name: "flag"})
+		external(p, "flag")
 	}
 	for _, p := range annotationPeers {
-		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, Kind: PeerKindExternal, Name: "annotation"})
+		external(p, "annotation")
 	}
 	out := make([]PeerSpec, 0, len(byAddr))
 	for _, p := range byAddr {

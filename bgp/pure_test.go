@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -72,13 +73,15 @@ func TestDesiredPeers(t *testing.T) {
 		{Name: "n3", IP: addr("10.99.0.13"), ASN: 65003},
 		{Name: "n4"}, // no address yet: skipped
 	}
-	flagPeers := []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500}}
-	annPeers := []PeerConfig{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x"}} // overrides mesh peer n2
-	got := DesiredPeers(self, 64512, nodes, true, flagPeers, annPeers)
+	flagPeers := []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500, TTLSecurity: true}}
+	annPeers := []PeerConfig{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", MaxPrefixes: 10}} // overrides mesh peer n2
+	mesh := MeshOptions{FullMesh: true, Password: "mesh", TTLSecurity: true}
+	got := DesiredPeers(self, 64512, nodes, mesh, 1000, flagPeers, annPeers)
 	want := []PeerSpec{
-		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag"},
-		{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", Kind: PeerKindExternal, Name: "annotation"},
-		{Address: addr("10.99.0.13"), ASN: 65003, Kind: PeerKindNode, Name: "n3"}, // higher address: we dial it
+		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag", TTLSecurity: true, MaxPrefixes: 1000},
+		{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", Kind: PeerKindExternal, Name: "annotation", MaxPrefixes: 10},
+		// higher address: we dial it; node sessions take the mesh's password and GTSM
+		{Address: addr("10.99.0.13"), ASN: 65003, Kind: PeerKindNode, Name: "n3", Password: "mesh", TTLSecurity: true, MaxPrefixes: 1000},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v", got)
@@ -89,28 +92,31 @@ func TestDesiredPeers(t *testing.T) {
 		}
 	}
 	// The node with the higher address waits for the lower one to dial.
-	if p := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, 64512, nodes, true, nil, nil); len(p) != 2 || !p[0].Passive || !p[1].Passive {
+	if p := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, 64512, nodes, mesh, 0, nil, nil); len(p) != 2 || !p[0].Passive || !p[1].Passive {
 		t.Fatalf("from n3 every mesh peer is lower, so passive: %+v", p)
 	}
-	noMesh := DesiredPeers(self, 64512, nodes, false, flagPeers, nil)
+	noMesh := DesiredPeers(self, 64512, nodes, MeshOptions{}, 0, flagPeers, nil)
 	if len(noMesh) != 1 || noMesh[0].Address != addr("10.99.0.1") {
 		t.Fatalf("without mesh: %+v", noMesh)
 	}
 	// A peer pointing at ourselves is dropped.
-	if p := DesiredPeers(self, 64512, nil, true, []PeerConfig{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
+	if p := DesiredPeers(self, 64512, nil, mesh, 0, []PeerConfig{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
 		t.Fatalf("self peer kept: %+v", p)
 	}
 }
 
 func TestImportPolicy(t *testing.T) {
-	p := NewImportPolicy(
-		[]netip.Prefix{pfx("10.244.0.0/16"), pfx("192.0.2.0/24")},
-		[]netip.Prefix{pfx("10.244.1.0/24")},
-		[]netip.Addr{addr("10.99.0.13"), addr("10.99.0.11"), addr("10.244.200.5")},
-	)
+	p := NewImportPolicy(PolicyInput{
+		ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")},
+		ImportAllow:  []netip.Prefix{pfx("192.0.2.0/24")},
+		ServiceCIDRs: []netip.Prefix{pfx("10.96.0.0/16")},
+		Own:          []netip.Prefix{pfx("10.244.1.0/24")},
+		NodeIPs:      []netip.Addr{addr("10.99.0.13"), addr("10.99.0.11"), addr("10.244.200.5")},
+		Owners:       map[netip.Prefix]netip.Addr{pfx("10.244.2.0/24"): addr("10.99.0.12"), pfx("10.244.3.0/24"): addr("10.99.0.13")},
+		Routers:      []netip.Addr{addr("10.99.0.1")},
+	})
 	cases := map[string]string{
 		"10.244.2.0/24":    "",
-		"10.244.2.7/32":    "",
 		"192.0.2.0/25":     "",
 		"0.0.0.0/0":        RejectDefault,
 		"10.0.0.0/8":       RejectOutside, // covers the cluster CIDR: not inside it
@@ -121,12 +127,44 @@ func TestImportPolicy(t *testing.T) {
 		"10.244.0.0/16":    RejectOwnPodCIDR, // covers ours
 		"10.244.200.0/24":  RejectCoversNode,
 		"10.244.200.5/32":  RejectCoversNode,
-		"10.244.200.16/28": "",
+		"10.244.2.0/25":    RejectNotNodeCIDR, // half of node 10.99.0.12's pods
+		"10.244.2.7/32":    RejectNotNodeCIDR,
+		"10.244.9.0/24":    RejectNotNodeCIDR, // unallocated
+		"10.244.200.16/28": RejectNotNodeCIDR,
 	}
 	for in, want := range cases {
 		ok, reason := p.Check(pfx(in))
 		if ok != (want == "") || reason != want {
 			t.Errorf("Check(%s) = %v %q, want %q", in, ok, reason, want)
+		}
+	}
+	hops := func(s ...string) []netip.Addr {
+		var out []netip.Addr
+		for _, a := range s {
+			out = append(out, addr(a))
+		}
+		return out
+	}
+	for _, c := range []struct {
+		prefix string
+		nhs    []netip.Addr
+		want   []netip.Addr
+		reason string
+	}{
+		{"10.244.2.0/24", hops("10.99.0.12"), hops("10.99.0.12"), ""},
+		{"10.244.2.0/24", hops("10.99.0.1", "10.99.0.12"), hops("10.99.0.1", "10.99.0.12"), ""}, // a router setting next hop self
+		{"10.244.2.0/24", hops("10.99.0.13"), nil, RejectNotOwner},                              // another node's pods via the wrong node
+		{"10.244.2.0/24", hops("10.99.0.77", "10.99.0.12"), hops("10.99.0.12"), ""},
+		{"192.0.2.0/25", hops("10.99.0.77"), hops("10.99.0.77"), ""},
+		{"192.0.2.0/25", hops("127.0.0.1"), nil, RejectBadNextHop},
+		{"192.0.2.0/25", hops("169.254.0.1", "0.0.0.0", "224.0.0.5"), nil, RejectBadNextHop},
+		{"192.0.2.0/25", hops("10.244.7.7"), nil, RejectBadNextHop}, // inside the pod network
+		{"192.0.2.0/25", hops("10.96.0.1"), nil, RejectBadNextHop},  // inside the service network
+		{"192.0.2.0/25", hops("fd00::1"), nil, RejectBadNextHop},
+	} {
+		got, reason := p.NextHops(pfx(c.prefix), c.nhs)
+		if !slices.Equal(got, c.want) || reason != c.reason {
+			t.Errorf("NextHops(%s, %v) = %v %q, want %v %q", c.prefix, c.nhs, got, reason, c.want, c.reason)
 		}
 	}
 }

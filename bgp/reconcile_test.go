@@ -161,7 +161,9 @@ func (s *fakeSink) Remove(dst netip.Prefix) error { delete(s.routes, dst); retur
 func TestImporterAppliesPolicyAndMultipath(t *testing.T) {
 	sink := &fakeSink{routes: map[netip.Prefix][]netip.Addr{}}
 	self := addr("10.99.0.11")
-	pol := NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, nil, []netip.Addr{self, addr("10.99.0.12")})
+	pol := NewImportPolicy(PolicyInput{ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, NodeIPs: []netip.Addr{self, addr("10.99.0.12")},
+		Owners:  map[netip.Prefix]netip.Addr{pfx("10.244.2.0/24"): addr("10.99.0.13"), pfx("10.244.5.0/24"): addr("10.99.0.13")},
+		Routers: []netip.Addr{addr("10.99.0.12")}})
 	l := NewImporter(sink, pol, []netip.Addr{self}, quiet)
 	l.BestPaths([]LearnedPath{
 		{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13")},
@@ -182,7 +184,8 @@ func TestImporterAppliesPolicyAndMultipath(t *testing.T) {
 	}
 	// Our own pod CIDR arrives in the policy: a learned route overlapping it is removed.
 	l.BestPaths([]LearnedPath{{Prefix: pfx("10.244.5.0/24"), NextHop: addr("10.99.0.13")}})
-	l.SetPolicy(NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, []netip.Prefix{pfx("10.244.5.0/24")}, nil), []netip.Addr{self})
+	l.SetPolicy(NewImportPolicy(PolicyInput{ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, Own: []netip.Prefix{pfx("10.244.5.0/24")},
+		Owners: map[netip.Prefix]netip.Addr{pfx("10.244.2.0/24"): addr("10.99.0.13")}, Routers: []netip.Addr{addr("10.99.0.12")}}), []netip.Addr{self})
 	if _, ok := sink.routes[pfx("10.244.5.0/24")]; ok {
 		t.Fatal("route overlapping our pod CIDR still installed")
 	}

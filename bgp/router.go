@@ -116,12 +116,15 @@ type GlobalConfig struct {
 	ListenAddresses []netip.Addr
 	ListenPort      int
 	GRPCAddr        string // "" = no admin API
+	GRPCAllowWrites bool   // the admin API may change BGP state (default: read-only)
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
 	GracefulRestart bool
 	GRRestartTime   time.Duration
 	VIPsToNodes     bool // also announce Service VIPs to the other nodes
+	// OnPrefixLimit, if set, hears of each session torn down because its peer sent more than MaxPrefixes.
+	OnPrefixLimit func(peer netip.Addr)
 }
 
 // ExportPolicyName is the GoBGP policy that keeps a node from being transit: it exports only the paths it
@@ -146,9 +149,9 @@ type GoBGP struct {
 
 // StartGoBGP starts an embedded GoBGP server with the global config, multipath on, and the local-only export policy.
 func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP, error) {
-	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("lib", "gobgp")})}
+	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("lib", "gobgp"), onPrefixLimit: cfg.OnPrefixLimit})}
 	if cfg.GRPCAddr != "" {
-		opts = append(opts, server.GrpcListenAddress(cfg.GRPCAddr))
+		opts = append(opts, server.GrpcListenAddress(cfg.GRPCAddr), server.GrpcOption(adminAPIOptions(cfg.GRPCAllowWrites)))
 	}
 	s := server.NewBgpServer(opts...)
 	go s.Serve()
@@ -243,6 +246,11 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 	}
 	if p.MultihopTTL > 1 {
 		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.MultihopTTL)}
+	} else if p.TTLSecurity {
+		ap.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: 255}
+	}
+	if p.MaxPrefixes > 0 {
+		ap.AfiSafis[0].PrefixLimits = &api.PrefixLimit{Family: fam, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80}
 	}
 	return ap
 }
@@ -432,10 +440,22 @@ func FromAPIPath(p *api.Path) (LearnedPath, error) {
 	return lp, nil
 }
 
-// slogAdapter sends GoBGP's log lines to slog.
-type slogAdapter struct{ l *slog.Logger }
+// slogAdapter sends GoBGP's log lines to slog, and tells of prefix-limit teardowns (GoBGP reports them only in
+// its log).
+type slogAdapter struct {
+	l             *slog.Logger
+	onPrefixLimit func(netip.Addr)
+}
 
 func (a *slogAdapter) log(level slog.Level, msg string, fields gobgplog.Fields) {
+	if msg == "prefix limit reached" && fields["Pct"] == nil { // the limit itself, not the early warning
+		if peer, err := netip.ParseAddr(fmt.Sprint(fields["Key"])); err == nil {
+			prefixLimitTeardowns.WithLabelValues(peer.String()).Inc()
+			if a.onPrefixLimit != nil {
+				a.onPrefixLimit(peer)
+			}
+		}
+	}
 	if !a.l.Enabled(context.Background(), level) {
 		return
 	}

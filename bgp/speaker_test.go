@@ -1,7 +1,11 @@
+// Plain TCP listeners, as the agent's binary has (cmd/canopy): an MPTCP listener refuses TCP_MD5SIG.
+//
+//go:debug multipathtcp=0
 package bgp
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -9,8 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"canopy.io/canopy/internal/testsupport"
+
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 )
 
 func freePort(t *testing.T, ip string) int {
@@ -128,7 +138,12 @@ func startSpeaker(t *testing.T, nodeIP string, own ...netip.Prefix) (*Manager, *
 	t.Helper()
 	port := freePort(t, nodeIP)
 	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
-	importer := NewImporter(sink, NewImportPolicy([]netip.Prefix{pfx("10.244.0.0/16")}, own, []netip.Addr{addr(nodeIP)}), []netip.Addr{addr(nodeIP)}, quiet)
+	// The in-process peers are routers (127.0.0.2-6) that may announce 10.244.2.0/24, a node's pod CIDR.
+	policy := NewImportPolicy(PolicyInput{ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, Own: own,
+		NodeIPs: []netip.Addr{addr(nodeIP)}, Owners: map[netip.Prefix]netip.Addr{pfx("10.244.2.0/24"): addr("10.99.0.12")},
+		Routers: []netip.Addr{addr("127.0.0.2"), addr("127.0.0.3"), addr("127.0.0.4"), addr("127.0.0.5"), addr("127.0.0.6")}})
+	policy.loopbackHops = true
+	importer := NewImporter(sink, policy, []netip.Addr{addr(nodeIP)}, quiet)
 	sessions := NewSessions(quiet)
 	start := func(ctx context.Context, cfg GlobalConfig) (Router, error) { return StartGoBGP(ctx, cfg, quiet) }
 	m := NewManager(GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second},
@@ -191,7 +206,7 @@ func TestSpeakerMD5(t *testing.T) {
 		if err != nil {
 			why = err.Error()
 		}
-		t.Skipf("this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG), so peer passwords cannot be tested here: %s", why)
+		testsupport.Unavailable(t, "this kernel cannot sign TCP with MD5 (CONFIG_TCP_MD5SIG): %s", why)
 	}
 	const nodeIP, tor = "127.0.0.1", "127.0.0.4"
 	m, sessions, _, port := startSpeaker(t, nodeIP)
@@ -264,4 +279,108 @@ func TestSpeakerVIPsGoToExternalPeersOnly(t *testing.T) {
 	}
 	m.SetPaths(GroupVIPs, nil)
 	eventually(t, "the VIP withdrawn at the ToR", func() bool { _, ok := a.received()["10.96.0.10/32"]; return !ok })
+}
+
+// The admin API answers the gobgp CLI's reads with every password stripped, and refuses writes unless the agent
+// allows them.
+func TestAdminAPIReadOnly(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		port := freePort(t, "127.0.0.1")
+		grpcPort := freePort(t, "127.0.0.1")
+		cfg := GlobalConfig{ASN: 64512, RouterID: addr("127.0.0.1"), ListenAddresses: []netip.Addr{addr("127.0.0.1")}, ListenPort: port,
+			GRPCAddr: fmt.Sprintf("127.0.0.1:%d", grpcPort), GRPCAllowWrites: allow, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second}
+		g, err := StartGoBGP(context.Background(), cfg, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		if err := g.AddPeer(ctx, PeerSpec{Address: addr("127.0.0.9"), ASN: 64500, Password: "s3cret", Kind: PeerKindExternal}); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := grpc.NewClient(cfg.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		client := api.NewGobgpApiClient(conn)
+		var stream api.GobgpApi_ListPeerClient
+		eventually(t, "the admin API answers", func() bool {
+			stream, err = client.ListPeer(ctx, &api.ListPeerRequest{})
+			return err == nil
+		})
+		n := 0
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				break
+			}
+			n++
+			if pw := r.GetPeer().GetConf().GetAuthPassword(); pw != "" {
+				t.Errorf("ListPeer returned the password %q", pw)
+			}
+		}
+		if n != 1 {
+			t.Errorf("ListPeer returned %d peers, want 1", n)
+		}
+		path, _ := apiPath(Path{Prefix: pfx("198.18.7.0/24"), NextHop: addr("127.0.0.1")}, 0)
+		_, err = client.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path})
+		if allow && err != nil {
+			t.Errorf("writes allowed: AddPath: %v", err)
+		}
+		if !allow && status.Code(err) != codes.PermissionDenied {
+			t.Errorf("read-only: AddPath answered %v, want PermissionDenied", err)
+		}
+		_, err = client.StopBgp(ctx, &api.StopBgpRequest{})
+		if !allow && status.Code(err) != codes.PermissionDenied {
+			t.Errorf("read-only: StopBgp answered %v, want PermissionDenied", err)
+		}
+		conn.Close()
+		g.Stop(context.Background())
+	}
+}
+
+// A peer that sends more prefixes than its limit has its session torn down, and the speaker says so; other
+// sessions stay up.
+func TestSpeakerPrefixLimit(t *testing.T) {
+	const nodeIP, flood, calm = "127.0.0.1", "127.0.0.7", "127.0.0.8"
+	port := freePort(t, nodeIP)
+	sink := &syncSink{routes: map[netip.Prefix][]netip.Addr{}}
+	policy := NewImportPolicy(PolicyInput{ImportAllow: []netip.Prefix{pfx("100.64.0.0/10")}})
+	policy.loopbackHops = true
+	importer := NewImporter(sink, policy, []netip.Addr{addr(nodeIP)}, quiet)
+	sessions := NewSessions(quiet)
+	hit := make(chan netip.Addr, 10)
+	gc := GlobalConfig{ListenPort: port, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second,
+		OnPrefixLimit: func(p netip.Addr) { hit <- p }}
+	m := NewManager(gc, func(ctx context.Context, cfg GlobalConfig) (Router, error) { return StartGoBGP(ctx, cfg, quiet) },
+		Watchers(importer, sessions), quiet, importer.Reset, sessions.Reset)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go m.Run(ctx)
+	defer m.Shutdown(true)
+	m.SetIdentity(Identity{ASN: 64512, RouterID: addr(nodeIP), NodeIP: addr(nodeIP)})
+	a := startTestPeer(t, flood, 64500, nodeIP, port, 64512, "")
+	b := startTestPeer(t, calm, 64501, nodeIP, port, 64512, "")
+	m.SetPeers([]PeerSpec{
+		{Address: addr(flood), ASN: 64500, Port: uint16(a.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "flood"},
+		{Address: addr(calm), ASN: 64501, Port: uint16(b.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "calm"},
+	})
+	eventually(t, "both sessions up", func() bool {
+		return sessions.State(addr(flood)) == StateEstablished && sessions.State(addr(calm)) == StateEstablished
+	})
+	b.announce(t, "100.64.1.0/24", calm)
+	for i := range 20 {
+		a.announce(t, fmt.Sprintf("100.65.%d.0/24", i), flood)
+	}
+	select {
+	case p := <-hit:
+		if p != addr(flood) {
+			t.Fatalf("prefix limit reported for %s", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no prefix-limit report")
+	}
+	eventually(t, "the flooding session is down, the other up with its route", func() bool {
+		return sessions.State(addr(flood)) != StateEstablished && sessions.State(addr(calm)) == StateEstablished &&
+			len(sink.get("100.64.1.0/24")) == 1
+	})
 }

@@ -25,7 +25,7 @@ func TestVIPControllerAnnouncesAndWithdraws(t *testing.T) {
 	factory := informers.NewSharedInformerFactory(kube, 0)
 	rec := record.NewFakeRecorder(10)
 	warn := &model.ServiceEvents{Recorder: rec, Log: quiet}
-	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1"}, warn, quiet)
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1"}, model.Admission{}, warn, quiet)
 	c := NewVIPController("n1", services.Options{AdvertiseExternalIP: true, AdvertiseLoadBalancerIP: true,
 		LoadBalancerIPRanges: []netip.Prefix{pfx("10.200.0.0/24")}}, factory, tracker, mgr, warn, rec, quiet)
 	ctx, cancel := context.WithCancel(context.Background())

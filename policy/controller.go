@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -318,4 +319,47 @@ func (d *denyCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedIngress), "ingress")
 	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedEgress), "egress")
 	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.Unready), "unready")
+}
+
+// CounterCache reads the deny counters in the background, so a /metrics scrape never runs iptables (a scraper
+// hammering the endpoint cannot make the agent fork).
+type CounterCache struct {
+	read  func() (Counters, error)
+	every time.Duration
+
+	mu   sync.Mutex
+	last Counters
+	err  error
+}
+
+// NewCounterCache reads with read every period (Run).
+func NewCounterCache(read func() (Counters, error), every time.Duration) *CounterCache {
+	return &CounterCache{read: read, every: every, err: errors.New("not read yet")}
+}
+
+// Run refreshes the counters until ctx ends.
+func (c *CounterCache) Run(ctx context.Context) {
+	t := time.NewTicker(c.every)
+	defer t.Stop()
+	for {
+		v, err := c.read()
+		c.mu.Lock()
+		if err == nil {
+			c.last = v
+		}
+		c.err = err
+		c.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Get returns the last counters read.
+func (c *CounterCache) Get() (Counters, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last, c.err
 }

@@ -98,7 +98,7 @@ func TestControllerIsIncremental(t *testing.T) {
 	be := &recordingBackend{}
 	factory := informers.NewSharedInformerFactory(kube, 0)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, nil, log)
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
 	c := NewController(tracker, be, nil, 0, log)
 	factory.Start(ctx.Done())
 	go tracker.Run(ctx)

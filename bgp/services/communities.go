@@ -70,6 +70,41 @@ func Union(a, b Communities) Communities {
 	})
 }
 
+// Intersect returns the communities in both a and b (normalized).
+func Intersect(a, b Communities) Communities {
+	var out Communities
+	for _, v := range a.Standard {
+		if slices.Contains(b.Standard, v) {
+			out.Standard = append(out.Standard, v)
+		}
+	}
+	for _, v := range a.Large {
+		if slices.Contains(b.Large, v) {
+			out.Large = append(out.Large, v)
+		}
+	}
+	return normalize(out)
+}
+
+// Split returns the communities of c that are in allowed, and the others.
+func Split(c, allowed Communities) (in, out Communities) {
+	for _, v := range c.Standard {
+		if slices.Contains(allowed.Standard, v) {
+			in.Standard = append(in.Standard, v)
+		} else {
+			out.Standard = append(out.Standard, v)
+		}
+	}
+	for _, v := range c.Large {
+		if slices.Contains(allowed.Large, v) {
+			in.Large = append(in.Large, v)
+		} else {
+			out.Large = append(out.Large, v)
+		}
+	}
+	return normalize(in), normalize(out)
+}
+
 // normalize sorts and deduplicates c in place, making empty lists nil.
 func normalize(c Communities) Communities {
 	slices.Sort(c.Standard)

@@ -63,8 +63,6 @@ type Options struct {
 	// Which VIP kinds are announced for a Service without a canopy.io/advertise annotation
 	// (flag defaults: false, true, true).
 	AdvertiseClusterIP, AdvertiseExternalIP, AdvertiseLoadBalancerIP bool
-	// --service-external-ip-range: ExternalIPs outside these are not announced (empty = none is).
-	ExternalIPRanges []netip.Prefix
 	// --loadbalancer-ip-range: LoadBalancer ingress IPs outside these are not announced (empty = none is).
 	LoadBalancerIPRanges []netip.Prefix
 	// --advertise-service-cidr: announce the IPv4 ServiceCIDRs as aggregates (ServiceCIDRAdvertisements) instead
@@ -74,6 +72,9 @@ type Options struct {
 	// From the Node's canopy.io/communities and canopy.io/as-path-prepend (ParseCommunities, ParsePrepend).
 	NodeCommunities Communities
 	NodePrepend     uint8
+	// --service-communities-allowed: the communities a Service's canopy.io/communities may ask for (others are
+	// refused with a warning; empty = none).
+	AllowedCommunities Communities
 }
 
 // Advertisement is one prefix to announce.
@@ -103,8 +104,9 @@ type kinds struct{ clusterIP, externalIP, loadBalancerIP bool }
 //     ClusterIPs of an internalTrafficPolicy Local service, from the nodes with a local endpoint (the more
 //     specific route wins at the ToR, as Calico does), and ClusterIPs outside every opt.ServiceCIDRs (e.g.
 //     from a ServiceCIDR object the flag does not list).
-//   - ExternalIPs: those inside opt.ExternalIPRanges; each one outside gives a warning. With
-//     externalTrafficPolicy Local only from a node with a ready or serving local endpoint in the
+//   - ExternalIPs: those the Service model admitted (internal/model.Admission: inside
+//     --service-external-ip-range, not a node's or the API server's, claimed first; the model warns about the
+//     others). With externalTrafficPolicy Local only from a node with a ready or serving local endpoint in the
 //     ExternalEndpoints of some port.
 //   - LoadBalancer ingress IPs (type LoadBalancer only; ingress points with ipMode Proxy are skipped by the
 //     proxy): as ExternalIPs, within opt.LoadBalancerIPRanges.
@@ -133,23 +135,35 @@ func Build(svc *corev1.Service, ports []*model.ServicePort, opt Options) (ads []
 		warnings = append(warnings, "service "+name+": "+fmt.Sprintf(format, args...))
 	}
 
-	want := kinds{
+	allowed := kinds{
 		clusterIP:      opt.AdvertiseClusterIP || opt.AdvertiseServiceCIDR,
 		externalIP:     opt.AdvertiseExternalIP,
 		loadBalancerIP: opt.AdvertiseLoadBalancerIP,
 	}
+	want := allowed
 	if v := strings.TrimSpace(svc.Annotations[AnnotationAdvertise]); v != "" {
 		if k, err := parseAdvertise(v); err != nil {
 			warnf("annotation %s %q: %v; using the node's defaults", AnnotationAdvertise, v, err)
 		} else {
-			want = k
+			// The annotation narrows what the flags allow; it never widens it.
+			want = kinds{clusterIP: k.clusterIP && allowed.clusterIP, externalIP: k.externalIP && allowed.externalIP,
+				loadBalancerIP: k.loadBalancerIP && allowed.loadBalancerIP}
+			if want != k {
+				warnf("annotation %s %q asks for kinds the operator does not announce (--advertise-cluster-ip, --advertise-external-ip, --advertise-loadbalancer-ip); only the allowed ones are announced", AnnotationAdvertise, v)
+			}
 		}
 	}
 	var svcComms Communities
 	if v, ok := svc.Annotations[AnnotationCommunities]; ok {
-		var err error
-		if svcComms, err = ParseCommunities(v); err != nil {
+		parsed, err := ParseCommunities(v)
+		if err != nil {
 			warnf("annotation %s %q: %v; ignored", AnnotationCommunities, v, err)
+		} else {
+			var refused Communities
+			svcComms, refused = Split(parsed, opt.AllowedCommunities)
+			if !refused.IsZero() {
+				warnf("annotation %s: %s not in --service-communities-allowed; ignored", AnnotationCommunities, refused)
+			}
 		}
 	}
 	comms := Union(opt.NodeCommunities, svcComms)
@@ -194,10 +208,6 @@ func Build(svc *corev1.Service, ports []*model.ServicePort, opt Options) (ads []
 		for _, ip := range sp.ExternalIPs {
 			ip = ip.Unmap()
 			if !ip.Is4() {
-				continue
-			}
-			if !inRanges(ip, opt.ExternalIPRanges) {
-				warnf("external IP %s is outside --service-external-ip-range (%s); not announced", ip, formatRanges(opt.ExternalIPRanges))
 				continue
 			}
 			if external {
@@ -325,8 +335,10 @@ func ServiceCIDRAdvertisements(opt Options) []Advertisement {
 }
 
 // Merge combines the advertisements of all services (Build's results, and ServiceCIDRAdvertisements) into one
-// per prefix, sorted by prefix: communities united, the largest prepend, the services united and sorted, and
-// the kind of the lowest rank (cluster-ip, external-ip, loadbalancer-ip, service-cidr) when they differ.
+// per prefix, sorted by prefix. When several Services announce one prefix, one Service's attributes never leak
+// onto the others': only the communities every one of them asks for (the node's always are), and the smallest
+// prepend. The services are united and sorted, and the kind is the lowest rank (cluster-ip, external-ip,
+// loadbalancer-ip, service-cidr) when they differ.
 // Invalid prefixes are dropped. The result does not depend on the order of the input and shares no memory
 // with it. O(n log n) in the number of advertisements.
 func Merge(perService [][]Advertisement) []Advertisement {
@@ -360,32 +372,24 @@ func Merge(perService [][]Advertisement) []Advertisement {
 
 // mergeGroup merges advertisements of one prefix.
 func mergeGroup(g []*Advertisement) Advertisement {
-	m := Advertisement{Prefix: g[0].Prefix, Kind: g[0].Kind}
-	var nstd, nlarge, nsvc int
+	m := Advertisement{Prefix: g[0].Prefix, Kind: g[0].Kind, Prepend: g[0].Prepend}
+	nsvc := 0
 	for _, a := range g {
-		nstd += len(a.Communities.Standard)
-		nlarge += len(a.Communities.Large)
 		nsvc += len(a.Services)
-	}
-	if nstd > 0 {
-		m.Communities.Standard = make([]uint32, 0, nstd)
-	}
-	if nlarge > 0 {
-		m.Communities.Large = make([][3]uint32, 0, nlarge)
 	}
 	if nsvc > 0 {
 		m.Services = make([]string, 0, nsvc)
 	}
+	comms := normalize(Communities{Standard: slices.Clone(g[0].Communities.Standard), Large: slices.Clone(g[0].Communities.Large)})
 	for _, a := range g {
 		if compareKinds(a.Kind, m.Kind) < 0 {
 			m.Kind = a.Kind
 		}
-		m.Communities.Standard = append(m.Communities.Standard, a.Communities.Standard...)
-		m.Communities.Large = append(m.Communities.Large, a.Communities.Large...)
-		m.Prepend = max(m.Prepend, a.Prepend)
+		comms = Intersect(comms, a.Communities)
+		m.Prepend = min(m.Prepend, a.Prepend)
 		m.Services = append(m.Services, a.Services...)
 	}
-	m.Communities = normalize(m.Communities)
+	m.Communities = comms
 	slices.Sort(m.Services)
 	m.Services = slices.Clip(slices.Compact(m.Services))
 	return m

@@ -128,10 +128,18 @@ func defaultOptions() Options {
 	return Options{
 		AdvertiseExternalIP:     true,
 		AdvertiseLoadBalancerIP: true,
-		ExternalIPRanges:        []netip.Prefix{pfx("203.0.113.0/24")},
 		LoadBalancerIPRanges:    []netip.Prefix{pfx("198.51.100.0/24"), pfx("192.0.2.0/25")},
 		ServiceCIDRs:            []netip.Prefix{pfx("10.96.0.0/16")},
+		AllowedCommunities:      mustCommunities("64512:7,64512:100,no-export,large:64512:1:2,large:1:2:3"),
 	}
+}
+
+func mustCommunities(s string) Communities {
+	c, err := ParseCommunities(s)
+	if err != nil {
+		panic(err)
+	}
+	return c
 }
 
 // build runs the proxy semantics for this node, then Build.
@@ -185,7 +193,7 @@ func TestBuild(t *testing.T) {
 	clusterOn := func(o *Options) { o.AdvertiseClusterIP = true }
 	aggregate := func(o *Options) { o.AdvertiseServiceCIDR = true }
 	allOff := func(o *Options) {
-		*o = Options{ExternalIPRanges: o.ExternalIPRanges, LoadBalancerIPRanges: o.LoadBalancerIPRanges}
+		*o = Options{LoadBalancerIPRanges: o.LoadBalancerIPRanges}
 	}
 	lb := loadBalancer("198.51.100.7")
 	cases := []tc{
@@ -226,18 +234,11 @@ func TestBuild(t *testing.T) {
 		// ExternalIPs
 		{name: "external IP inside the range", svc: service(withExternalIPs("203.0.113.9")),
 			want: []string{"203.0.113.9/32 external-ip"}},
-		{name: "external IP outside the range", svc: service(withExternalIPs("203.0.113.9", "192.0.2.200")),
-			want: []string{"203.0.113.9/32 external-ip"},
-			warn: []string{"service shop/web: external IP 192.0.2.200 is outside --service-external-ip-range (203.0.113.0/24); not announced"}},
-		{name: "external IP with no range configured", svc: service(withExternalIPs("203.0.113.9")), opt: func(o *Options) { o.ExternalIPRanges = nil },
-			warn: []string{"service shop/web: external IP 203.0.113.9 is outside --service-external-ip-range (none set); not announced"}},
 		{name: "external IP flag off: neither announced nor range-checked", svc: service(withExternalIPs("203.0.113.9", "192.0.2.200")),
 			opt: func(o *Options) { o.AdvertiseExternalIP = false }},
 		{name: "external IP, ETP Local, local endpoint", svc: service(etpLocal, withExternalIPs("203.0.113.9")), slices: sl(localReady),
 			want: []string{"203.0.113.9/32 external-ip"}},
 		{name: "external IP, ETP Local, no local endpoint", svc: service(etpLocal, withExternalIPs("203.0.113.9")), slices: sl(remoteOnly)},
-		{name: "external IP, ETP Local, out of range warns without a local endpoint too", svc: service(etpLocal, withExternalIPs("192.0.2.200")),
-			slices: sl(remoteOnly), warn: []string{"external IP 192.0.2.200 is outside"}},
 		{name: "external IP, ETP Cluster, no endpoints", svc: service(withExternalIPs("203.0.113.9")),
 			want: []string{"203.0.113.9/32 external-ip"}},
 		{name: "external IP, ETP Local, local endpoint, ITP Local without: cluster IP withheld", svc: service(etpLocal, itpLocal, withExternalIPs("203.0.113.9")),
@@ -274,7 +275,6 @@ func TestBuild(t *testing.T) {
 		{name: "everything", svc: service(loadBalancer("198.51.100.7", "198.51.100.8"), withExternalIPs("203.0.113.9", "203.0.113.1")), opt: clusterOn,
 			want: []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip", "198.51.100.8/32 loadbalancer-ip", "203.0.113.1/32 external-ip", "203.0.113.9/32 external-ip"}},
 		{name: "one IP both external and LB: announced once", svc: service(loadBalancer("198.51.100.7"), withExternalIPs("198.51.100.7")),
-			opt:  func(o *Options) { o.ExternalIPRanges = []netip.Prefix{pfx("198.51.100.0/24")} },
 			want: []string{"198.51.100.7/32 external-ip"}},
 
 		// nothing to announce
@@ -286,17 +286,23 @@ func TestBuild(t *testing.T) {
 		{name: "annotation none", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "none")), opt: clusterOn},
 		{name: "annotation none (case, spaces)", svc: service(lb, annotate(AnnotationAdvertise, " None ")), opt: clusterOn},
 		{name: "annotation none skips the range checks", svc: service(loadBalancer("192.0.2.200"), annotate(AnnotationAdvertise, "none"))},
-		{name: "annotation opts in to cluster-ip", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "cluster-ip")),
-			want: []string{"10.96.0.10/32 cluster-ip"}},
+		{name: "annotation cannot opt in to cluster-ip when the flag is off", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "cluster-ip")),
+			warn: []string{`annotation canopy.io/advertise "cluster-ip" asks for kinds the operator does not announce`}},
+		{name: "annotation opts in to cluster-ip when the flag allows it", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "cluster-ip")),
+			opt: clusterOn, want: []string{"10.96.0.10/32 cluster-ip"}},
 		{name: "annotation subset", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "loadbalancer-ip, Cluster-IP,")),
-			want: []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip"}},
-		{name: "annotation overrides flags that are all off", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "cluster-ip,external-ip,loadbalancer-ip")),
+			opt: clusterOn, want: []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip"}},
+		{name: "annotation never widens what the flags allow", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "cluster-ip,external-ip,loadbalancer-ip")),
 			opt:  allOff,
-			want: []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip", "203.0.113.9/32 external-ip"}},
-		{name: "annotation opt-in is still range-checked", svc: service(withExternalIPs("192.0.2.200"), annotate(AnnotationAdvertise, "external-ip")),
-			opt: allOff, warn: []string{"external IP 192.0.2.200 is outside --service-external-ip-range"}},
+			warn: []string{`annotation canopy.io/advertise "cluster-ip,external-ip,loadbalancer-ip" asks for kinds the operator does not announce`}},
+		{name: "annotation narrows to an allowed kind", svc: service(lb, withExternalIPs("203.0.113.9"), annotate(AnnotationAdvertise, "cluster-ip,loadbalancer-ip")),
+			want: []string{"198.51.100.7/32 loadbalancer-ip"},
+			warn: []string{"asks for kinds the operator does not announce"}},
 		{name: "annotation opt-in still follows ETP Local", svc: service(lb, etpLocal, annotate(AnnotationAdvertise, "loadbalancer-ip")),
-			slices: sl(remoteOnly), opt: allOff},
+			slices: sl(remoteOnly)},
+		{name: "a service community not allowed", svc: service(lb, annotate(AnnotationCommunities, "64512:100,64999:1")),
+			want: []string{"198.51.100.7/32 loadbalancer-ip c=64512:100"},
+			warn: []string{"annotation canopy.io/communities: 64999:1 not in --service-communities-allowed; ignored"}},
 		{name: "annotation with an unknown kind: flags apply", svc: service(lb, annotate(AnnotationAdvertise, "cluster-ip,node-ip")),
 			want: []string{"198.51.100.7/32 loadbalancer-ip"},
 			warn: []string{`service shop/web: annotation canopy.io/advertise "cluster-ip,node-ip": unknown kind "node-ip"`}},
@@ -376,17 +382,6 @@ func TestBuild(t *testing.T) {
 
 func sl(s ...*discoveryv1.EndpointSlice) []*discoveryv1.EndpointSlice { return s }
 
-// The brief's example warning, verbatim.
-func TestBuildRangeWarningText(t *testing.T) {
-	opt := defaultOptions()
-	opt.ExternalIPRanges = []netip.Prefix{pfx("10.200.0.0/24")}
-	_, warns := build(t, service(named("ns", "name"), withExternalIPs("203.0.113.9")), nil, opt)
-	want := []string{"service ns/name: external IP 203.0.113.9 is outside --service-external-ip-range (10.200.0.0/24); not announced"}
-	if !reflect.DeepEqual(warns, want) {
-		t.Fatalf("got %q\nwant %q", warns, want)
-	}
-}
-
 func TestBuildEdgeInputs(t *testing.T) {
 	if ads, w := Build(nil, nil, defaultOptions()); ads != nil || w != nil {
 		t.Fatal(ads, w)
@@ -459,11 +454,13 @@ func TestMergeSharedVIP(t *testing.T) {
 	adsB, _ := build(t, b, nil, opt)
 	opt.AdvertiseServiceCIDR = true
 	got := Merge([][]Advertisement{adsB, ServiceCIDRAdvertisements(opt), adsA})
+	// The shared VIP gets only what both Services ask for (the node's community and 64512:100) and the smaller
+	// prepend: neither Service's own attributes leak onto the other's traffic.
 	want := []string{
 		"10.96.0.0/16 service-cidr c=64512:1 p=1 s=",
 		"10.96.0.10/32 cluster-ip c=64512:1,64512:100,large:1:2:3 p=3",
 		"10.96.0.20/32 cluster-ip c=64512:1,64512:100,no-export p=1 s=blog/api",
-		"198.51.100.7/32 loadbalancer-ip c=64512:1,64512:100,no-export,large:1:2:3 p=3 s=blog/api,shop/web",
+		"198.51.100.7/32 loadbalancer-ip c=64512:1,64512:100 p=1 s=blog/api,shop/web",
 	}
 	if !reflect.DeepEqual(adStrings(got), want) {
 		t.Fatalf("got\n%s\nwant\n%s", strings.Join(adStrings(got), "\n"), strings.Join(want, "\n"))
@@ -478,11 +475,11 @@ func TestMerge(t *testing.T) {
 		{ad("203.0.113.9/32", KindExternalIP, 0, []uint32{5}, "b/b"), ad("10.96.0.10/32", KindClusterIP, 0, nil, "b/b")},
 		nil,
 		{ad("203.0.113.9/32", KindLoadBalancerIP, 2, []uint32{5, 1}, "a/a"), {}}, // zero prefix: dropped
-		{ad("203.0.113.9/32", KindClusterIP, 1, nil, "c/c", "a/a")},
+		{ad("203.0.113.9/32", KindClusterIP, 1, []uint32{5}, "c/c", "a/a")},
 	}
 	want := []string{
 		"10.96.0.10/32 cluster-ip s=b/b",
-		"203.0.113.9/32 cluster-ip c=0:1,0:5 p=2 s=a/a,b/b,c/c",
+		"203.0.113.9/32 cluster-ip c=0:5 s=a/a,b/b,c/c",
 	}
 	orig := fmt.Sprintf("%+v", in)
 	got := Merge(in)
@@ -543,7 +540,6 @@ func manyServices(n int) [][]Advertisement {
 	opt := defaultOptions()
 	opt.AdvertiseClusterIP = true
 	opt.ServiceCIDRs = []netip.Prefix{pfx("10.96.0.0/12")}
-	opt.ExternalIPRanges = []netip.Prefix{pfx("100.64.0.0/10")}
 	opt.NodeCommunities = Communities{Standard: []uint32{CommunityNoExport}}
 	per := make([][]Advertisement, n)
 	for i := range n {

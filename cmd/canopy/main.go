@@ -1,5 +1,10 @@
 // Command canopy is the Canopy node agent: flags → one validated configuration → the agent's components
 // (internal/agent). See README.md for the flags.
+//
+// Listeners are plain TCP, not Multipath TCP (Go's default since 1.24): an MPTCP socket refuses TCP_MD5SIG, so
+// BGP sessions with a password could never be accepted, and it takes no IP_MINTTL (TTL security).
+//
+//go:debug multipathtcp=0
 package main
 
 import (

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -105,7 +107,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	} else if err := backends.CleanupAll(a.proxyConfig()); err != nil {
 		log.Warn("removing the service proxy's rules (the proxy is off)", "err", err)
 	}
-	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers}, warn,
+	for _, p := range cfg.ExternalIPRanges {
+		if p.Bits() == 0 {
+			log.Warn("--service-external-ip-range allows every address: any Service may take any ExternalIP that is not a node's, the API server's, or in the pod or service networks", "range", p)
+		}
+	}
+	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers}, cfg.Admission(), warn,
 		log.With("component", "services"))
 	a.add(tracker, tracker.Controller())
 	if backend != nil {
@@ -206,10 +213,18 @@ func (a *agent) bgp(tracker *model.ServiceTracker, warn model.Warner) error {
 	if err := rt.Start(); err != nil {
 		return fmt.Errorf("read kernel routes: %w", err)
 	}
-	importer := bgp.NewImporter(rt, bgp.NewImportPolicy(cfg.ClusterCIDRs, nil, nil), nil, log.With("component", "importer"))
+	// Until the node controller knows the nodes, nothing is accepted from the pod network (every pod CIDR must
+	// be a known node's) and --import-allow is.
+	importer := bgp.NewImporter(rt, bgp.NewImportPolicy(bgp.PolicyInput{ClusterCIDRs: cfg.ClusterCIDRs, ImportAllow: cfg.ImportAllow,
+		ServiceCIDRs: cfg.ServiceCIDRs}), nil, log.With("component", "importer"))
 	sessions := bgp.NewSessions(log.With("component", "bgp"))
 	var mgr *bgp.Manager
 	sweeper := bgp.NewSweeper(rt, sessions, func() []netip.Addr { return mgr.Peers() }, cfg.StaleTimeout, log.With("component", "routes"))
+	self := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
+	cfg.Global.OnPrefixLimit = func(peer netip.Addr) {
+		a.recorder.Eventf(self, corev1.EventTypeWarning, "BGPPrefixLimit",
+			"BGP peer %s sent more prefixes than its limit (--max-prefixes, or maxPrefixes in canopy.io/peers): its session was torn down (other sessions are unaffected)", peer)
+	}
 	start := func(ctx context.Context, g bgp.GlobalConfig) (bgp.Router, error) {
 		return bgp.StartGoBGP(ctx, g, log.With("component", "bgp"))
 	}
@@ -278,10 +293,13 @@ func (a *agent) firewall(ctx context.Context) (string, error) {
 		}
 		return "", nil
 	}
-	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables.
+	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables. Written only when not set
+	// already (the DaemonSet's init container sets it; the agent's /proc/sys is read-only there).
 	const brnf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-	if err := os.WriteFile(brnf, []byte("1"), 0o644); err != nil {
-		_ = exec.Command("modprobe", "br_netfilter").Run()
+	if b, err := os.ReadFile(brnf); err != nil || strings.TrimSpace(string(b)) != "1" {
+		if err != nil {
+			_ = exec.Command("modprobe", "br_netfilter").Run()
+		}
 		if err := os.WriteFile(brnf, []byte("1"), 0o644); err != nil {
 			log.Error("cannot enable br_netfilter: traffic between pods of this node is not policed", "err", err)
 		}
@@ -290,7 +308,9 @@ func (a *agent) firewall(ctx context.Context) (string, error) {
 	if err := ctrl.Start(a.self); err != nil {
 		return "", fmt.Errorf("network policy firewall: %w", err)
 	}
-	a.reg.MustRegister(policy.Collectors(fw.Counters)...)
+	counters := policy.NewCounterCache(fw.Counters, 15*time.Second)
+	a.reg.MustRegister(policy.Collectors(counters.Get)...)
+	a.add(counters)
 	socket := a.cfg.CNIAgentSocket
 	if socket != "" {
 		if err := ctrl.ServeHints(ctx, socket, 2500*time.Millisecond, log); err != nil {
@@ -312,8 +332,10 @@ func (a *agent) nodeSetup(hintSocket string) error {
 	return nil
 }
 
-// loadBalancer runs the LoadBalancer IP allocator (one node at a time holds its Lease).
+// loadBalancer runs the LoadBalancer IP allocator (one node at a time holds its Lease). Deprecated in the agent:
+// canopy-controller runs it, and the agents' RBAC no longer grants what it needs.
 func (a *agent) loadBalancer() error {
+	a.log.Warn("--run-loadbalancer in the node agent is deprecated: run canopy-controller (manifests/controller.yaml); the agent needs services/status and Lease rights that manifests/rbac.yaml no longer grants nodes")
 	alloc, err := loadbalancer.New(a.cfg.LoadBalancer(), a.kube, a.factory, a.recorder, a.log.With("component", "loadbalancer"))
 	if err != nil {
 		return fmt.Errorf("LoadBalancer IP allocator: %w", err)

@@ -5,12 +5,15 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"canopy.io/canopy/bgp/services"
 
 	"canopy.io/canopy/loadbalancer"
 
@@ -26,6 +29,7 @@ type Raw struct {
 	RouterID        string
 	BGPPort         int
 	GRPCAddr        string
+	GRPCAllowWrites bool
 	MetricsAddr     string
 	NodesFullMesh   bool
 	ClusterCIDRs    []string
@@ -34,6 +38,10 @@ type Raw struct {
 	PeerASNs        []string
 	PeerTTL         uint
 	PeerPasswords   string // path of a file: one password per line, in the order of PeerIPs (or one for all)
+	PeerTTLSecurity bool
+	MeshPassword    string // path of a file holding the node-to-node sessions' password
+	MeshTTLSecurity bool
+	MaxPrefixes     int
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -73,6 +81,7 @@ type Raw struct {
 	AdvertiseVIPsToNodes    bool
 	ExternalIPRanges        []string
 	LoadBalancerIPRanges    []string
+	AllowedCommunities      string
 	RunLoadBalancer         bool
 	LeaseNamespace          string
 }
@@ -86,11 +95,15 @@ type Config struct {
 	RouterID        netip.Addr // invalid = take the node's IPv4 InternalIP
 	BGPPort         int
 	GRPCAddr        string
+	GRPCAllowWrites bool
 	MetricsAddr     string
 	NodesFullMesh   bool
 	ClusterCIDRs    []netip.Prefix
 	ImportAllow     []netip.Prefix
 	Peers           []bgp.PeerConfig
+	MeshPassword    string
+	MeshTTLSecurity bool
+	MaxPrefixes     uint32
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -131,6 +144,7 @@ type Config struct {
 	ExternalIPRanges        []netip.Prefix
 	LoadBalancerIPRanges    []loadbalancer.Range // allocated from (with RunLoadBalancer)
 	LoadBalancerIPPrefixes  []netip.Prefix       // the same addresses as CIDRs: announced only inside
+	AllowedCommunities      services.Communities // what a Service's canopy.io/communities may ask for
 	RunLoadBalancer         bool
 	LeaseNamespace          string
 }
@@ -146,8 +160,10 @@ func (r Raw) Validate() (*Config, error) {
 		NodeName:        r.NodeName,
 		BGPPort:         r.BGPPort,
 		GRPCAddr:        r.GRPCAddr,
+		GRPCAllowWrites: r.GRPCAllowWrites,
 		MetricsAddr:     r.MetricsAddr,
 		NodesFullMesh:   r.NodesFullMesh,
+		MeshTTLSecurity: r.MeshTTLSecurity,
 		HoldTime:        r.HoldTime,
 		Keepalive:       r.Keepalive,
 		ConnectRetry:    r.ConnectRetry,
@@ -204,6 +220,13 @@ func (r Raw) Validate() (*Config, error) {
 			c.RouterID = a
 		}
 	}
+	for _, a := range []struct{ flag, v string }{{"grpc-addr", r.GRPCAddr}, {"metrics-addr", r.MetricsAddr}} {
+		if a.v != "" {
+			if err := checkListenAddr(a.v); err != nil {
+				bad(a.flag, "%v", err)
+			}
+		}
+	}
 	if r.BGPPort < 1 || r.BGPPort > 65535 {
 		bad("bgp-port", "%d is not a TCP port", r.BGPPort)
 	}
@@ -234,6 +257,9 @@ func (r Raw) Validate() (*Config, error) {
 		bad("loadbalancer-ip-range", "%v", err)
 	}
 	c.LoadBalancerIPPrefixes = loadbalancer.Prefixes(c.LoadBalancerIPRanges)
+	if c.AllowedCommunities, err = services.ParseCommunities(r.AllowedCommunities); err != nil {
+		bad("service-communities-allowed", "%v", err)
+	}
 	if r.RunLoadBalancer && len(c.LoadBalancerIPPrefixes) == 0 {
 		bad("loadbalancer-ip-range", "empty: --run-loadbalancer needs addresses to hand out")
 	}
@@ -272,6 +298,24 @@ func (r Raw) Validate() (*Config, error) {
 		errs = append(errs, perr)
 	}
 	c.Peers = peers
+	if r.MeshPassword != "" {
+		b, err := os.ReadFile(r.MeshPassword)
+		switch pw := strings.TrimRight(string(b), "\r\n"); {
+		case err != nil:
+			bad("node-mesh-password-file", "%v", err)
+		case pw == "" || strings.ContainsAny(pw, "\n"):
+			bad("node-mesh-password-file", "%s: want one non-empty line", r.MeshPassword)
+		case len(pw) > 80:
+			bad("node-mesh-password-file", "%s: the password is longer than TCP MD5's 80 bytes", r.MeshPassword)
+		default:
+			c.MeshPassword = pw
+		}
+	}
+	if r.MaxPrefixes < 0 || r.MaxPrefixes > 1<<24 {
+		bad("max-prefixes", "%d is outside 0..%d (0 = no limit)", r.MaxPrefixes, 1<<24)
+	} else {
+		c.MaxPrefixes = uint32(r.MaxPrefixes)
+	}
 	if r.HoldTime != 0 && r.HoldTime < 3*time.Second {
 		bad("hold-time", "%s is below the BGP minimum of 3s (0 = use the default)", r.HoldTime)
 	}
@@ -329,6 +373,9 @@ func (r Raw) peers() ([]bgp.PeerConfig, error) {
 	if r.PeerTTL > 255 {
 		errs = append(errs, fmt.Errorf("--peer-router-multihop-ttl: %d is above 255", r.PeerTTL))
 	}
+	if r.PeerTTLSecurity && r.PeerTTL > 1 {
+		errs = append(errs, fmt.Errorf("--peer-router-ttl-security: TTL security is for directly connected peers, not with --peer-router-multihop-ttl %d", r.PeerTTL))
+	}
 	var passwords []string
 	if r.PeerPasswords != "" {
 		b, err := os.ReadFile(r.PeerPasswords)
@@ -365,7 +412,7 @@ func (r Raw) peers() ([]bgp.PeerConfig, error) {
 			errs = append(errs, fmt.Errorf("--peer-router-asns: peer %s: %v", a, err))
 			continue
 		}
-		p := bgp.PeerConfig{Address: a, ASN: asn, MultihopTTL: uint8(r.PeerTTL)}
+		p := bgp.PeerConfig{Address: a, ASN: asn, MultihopTTL: uint8(r.PeerTTL), TTLSecurity: r.PeerTTLSecurity}
 		if len(passwords) == 1 {
 			p.Password = passwords[0]
 		} else if len(passwords) == len(r.PeerIPs) {
@@ -374,6 +421,24 @@ func (r Raw) peers() ([]bgp.PeerConfig, error) {
 		out = append(out, p)
 	}
 	return out, errors.Join(errs...)
+}
+
+// checkListenAddr checks a host:port to listen on: the host empty (every address) or an IP address, the port a
+// number in 1..65535.
+func checkListenAddr(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %v", v, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not in 1..65535", v, port)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%q: %q is not an IP address (names are not resolved)", v, host)
+		}
+	}
+	return nil
 }
 
 func parsePrefixes(in []string) ([]netip.Prefix, error) {

@@ -5,6 +5,7 @@ import (
 
 	"canopy.io/canopy/bgp"
 	"canopy.io/canopy/bgp/services"
+	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/nodesetup"
 	"canopy.io/canopy/loadbalancer"
 	"canopy.io/canopy/policy"
@@ -16,11 +17,13 @@ import (
 // BGP returns the speaker's configuration.
 func (c *Config) BGP() bgp.Config {
 	return bgp.Config{
-		NodeName: c.NodeName, ClusterASN: c.ClusterASN, RouterID: c.RouterID, NodesFullMesh: c.NodesFullMesh,
-		Peers: slices.Clone(c.Peers), ClusterCIDRs: slices.Clone(c.ClusterCIDRs), ImportAllow: slices.Clone(c.ImportAllow),
+		NodeName: c.NodeName, ClusterASN: c.ClusterASN, RouterID: c.RouterID,
+		Mesh:  bgp.MeshOptions{FullMesh: c.NodesFullMesh, Password: c.MeshPassword, TTLSecurity: c.MeshTTLSecurity},
+		Peers: slices.Clone(c.Peers), MaxPrefixes: c.MaxPrefixes,
+		ClusterCIDRs: slices.Clone(c.ClusterCIDRs), ServiceCIDRs: slices.Clone(c.ServiceCIDRs), ImportAllow: slices.Clone(c.ImportAllow),
 		StaleTimeout: c.StaleTimeout,
 		Global: bgp.GlobalConfig{
-			ListenPort: c.BGPPort, GRPCAddr: c.GRPCAddr, HoldTime: c.HoldTime, Keepalive: c.Keepalive,
+			ListenPort: c.BGPPort, GRPCAddr: c.GRPCAddr, GRPCAllowWrites: c.GRPCAllowWrites, HoldTime: c.HoldTime, Keepalive: c.Keepalive,
 			ConnectRetry: c.ConnectRetry, GracefulRestart: c.GracefulRestart, GRRestartTime: c.GRRestartTime,
 			VIPsToNodes: c.AdvertiseVIPsToNodes,
 		},
@@ -32,9 +35,16 @@ func (c *Config) VIPs() services.Options {
 	return services.Options{
 		AdvertiseClusterIP: c.AdvertiseClusterIP, AdvertiseExternalIP: c.AdvertiseExternalIP,
 		AdvertiseLoadBalancerIP: c.AdvertiseLoadBalancerIP, AdvertiseServiceCIDR: c.AdvertiseServiceCIDR,
-		ExternalIPRanges: slices.Clone(c.ExternalIPRanges), LoadBalancerIPRanges: slices.Clone(c.LoadBalancerIPPrefixes),
-		ServiceCIDRs: slices.Clone(c.ServiceCIDRs),
+		LoadBalancerIPRanges: slices.Clone(c.LoadBalancerIPPrefixes),
+		ServiceCIDRs:         slices.Clone(c.ServiceCIDRs), AllowedCommunities: c.AllowedCommunities,
 	}
+}
+
+// Admission returns which ExternalIPs and LoadBalancer IPs Services may use: ExternalIPs inside
+// --service-external-ip-range only, never inside the pod or service networks.
+func (c *Config) Admission() model.Admission {
+	return model.Admission{ExternalIPRanges: slices.Clone(c.ExternalIPRanges),
+		Reserved: append(slices.Clone(c.ClusterCIDRs), c.ServiceCIDRs...)}
 }
 
 // Proxy returns the service proxy back end's configuration.

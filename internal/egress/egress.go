@@ -101,3 +101,40 @@ func RemoveForward(it IPTables) error {
 	}
 	return ipt.RemoveChain(it, "filter", ForwardChain)
 }
+
+// GuardChain drops pod traffic to TCP port 179 (BGP), jumped to first from INPUT and FORWARD: a pod, masqueraded
+// to its node's address, could otherwise open BGP sessions to this node, the other nodes and the ToR and race
+// its node's own sessions.
+const GuardChain = "CANOPY-BGP-GUARD"
+
+var guardJumps = []ipt.Jump{
+	{Table: "filter", Chain: "INPUT", Rule: []string{"-p", "tcp", "--dport", "179", "-m", "comment", "--comment", "canopy: pods may not speak BGP", "-j", GuardChain}},
+	{Table: "filter", Chain: "FORWARD", Rule: []string{"-p", "tcp", "--dport", "179", "-m", "comment", "--comment", "canopy: pods may not speak BGP", "-j", GuardChain}},
+}
+
+// GuardRules is GuardChain's content: drop TCP/179 from the cluster's IPv4 pod networks.
+func GuardRules(clusterCIDRs []netip.Prefix) [][]string {
+	var out [][]string
+	for _, c := range clusterCIDRs {
+		if c.Addr().Is4() {
+			out = append(out, []string{"-s", c.String(), "-p", "tcp", "--dport", "179", "-j", "DROP"})
+		}
+	}
+	return out
+}
+
+// ApplyBGPGuard makes GuardChain hold GuardRules(clusterCIDRs) and INPUT and FORWARD jump to it first.
+func ApplyBGPGuard(it IPTables, clusterCIDRs []netip.Prefix) error {
+	if _, err := ipt.SyncChain(it, it, "filter", GuardChain, GuardRules(clusterCIDRs)); err != nil {
+		return err
+	}
+	return ipt.EnsureJumps(it, guardJumps...)
+}
+
+// RemoveBGPGuard deletes GuardChain and its jumps.
+func RemoveBGPGuard(it IPTables) error {
+	if err := ipt.DeleteJumps(it, guardJumps...); err != nil {
+		return err
+	}
+	return ipt.RemoveChain(it, "filter", GuardChain)
+}

@@ -190,3 +190,76 @@ func TestForwardAcceptWithDropPolicy(t *testing.T) {
 		t.Errorf("want one jump and the accept rules:\n%s", saved)
 	}
 }
+
+// A pod cannot open TCP to port 179 through or on its node once the guard is in; other ports still work.
+func TestBGPGuardDropsPodsBGP(t *testing.T) {
+	testns.Require(t, "iptables")
+	node, pod, out := testns.New(t, "gd-node"), testns.New(t, "gd-pod"), testns.New(t, "gd-out")
+	testns.Link(t, node, "pod0", "10.244.1.1/24", pod, "eth0", "10.244.1.10/24")
+	testns.Link(t, node, "up0", "192.0.2.2/24", out, "eth0", "192.0.2.1/24")
+	pod.MustRun(t, "ip", "route", "add", "default", "via", "10.244.1.1")
+	out.MustRun(t, "ip", "route", "add", "10.244.1.0/24", "via", "192.0.2.2")
+	node.MustRun(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+	listen := func(ns *testns.NS, addr string) {
+		l, err := ns.Listen("tcp4", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	listen(out, "192.0.2.1:179")
+	listen(out, "192.0.2.1:180")
+	listen(node, "10.244.1.1:179")
+	dial := func(addr string) error {
+		return pod.Do(func() error {
+			c, err := net.DialTimeout("tcp4", addr, 500*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	for _, a := range []string{"192.0.2.1:179", "10.244.1.1:179", "192.0.2.1:180"} {
+		if err := dial(a); err != nil {
+			t.Fatalf("before the guard, %s: %v (the test proves nothing)", a, err)
+		}
+	}
+	if err := node.Do(func() error {
+		it, err := ipt.Open()
+		if err != nil {
+			return err
+		}
+		return ApplyBGPGuard(it, []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"192.0.2.1:179", "10.244.1.1:179"} {
+		if err := dial(a); err == nil {
+			t.Errorf("a pod reached %s (BGP) through the guard", a)
+		}
+	}
+	if err := dial("192.0.2.1:180"); err != nil {
+		t.Errorf("the guard blocked another port: %v", err)
+	}
+	if err := node.Do(func() error {
+		it, err := ipt.Open()
+		if err != nil {
+			return err
+		}
+		return RemoveBGPGuard(it)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if out := node.MustRun(t, "iptables-save", "-t", "filter"); strings.Contains(out, GuardChain) {
+		t.Errorf("the guard survived its removal:\n%s", out)
+	}
+}

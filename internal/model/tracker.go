@@ -3,6 +3,8 @@ package model
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -37,8 +39,10 @@ type Warner interface {
 // ports with Ports and never list Services or EndpointSlices themselves.
 type ServiceTracker struct {
 	opts     Options
+	adm      Admission
 	services corelisters.ServiceLister
 	slices   cache.Indexer
+	nodes    corelisters.NodeLister
 	ctrl     *controller.Controller
 	warn     Warner
 	log      *slog.Logger
@@ -47,11 +51,22 @@ type ServiceTracker struct {
 	ports  map[string][]*ServicePort // by service key
 	warned map[string]string         // service key -> last reported warnings
 	subs   []func(keys []string)
+
+	// only the sync goroutine uses these
+	book      *addressBook
+	addressed map[string]bool // Services with ExternalIPs or LoadBalancer IPs (re-checked when the cluster's addresses change)
 }
 
-// NewServiceTracker registers its handlers on factory (call it before the factory starts). warn may be nil.
-func NewServiceTracker(factory informers.SharedInformerFactory, opts Options, warn Warner, log *slog.Logger) *ServiceTracker {
-	si, ei := factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices()
+// kubernetesSlices is the key of the API server's own Service, whose endpoints are the control plane's addresses.
+const kubernetesService = "default/kubernetes"
+
+// addressesKey in the queue means "the nodes' or the API server's addresses changed".
+const addressesKey = "\x00addresses"
+
+// NewServiceTracker registers its handlers on factory (call it before the factory starts). adm decides which
+// ExternalIPs and LoadBalancer IPs are admitted; warn (may be nil) reports what is refused.
+func NewServiceTracker(factory informers.SharedInformerFactory, opts Options, adm Admission, warn Warner, log *slog.Logger) *ServiceTracker {
+	si, ei, ni := factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), factory.Core().V1().Nodes()
 	_ = ei.Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
 		s, ok := obj.(*discoveryv1.EndpointSlice)
 		if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
@@ -59,12 +74,15 @@ func NewServiceTracker(factory informers.SharedInformerFactory, opts Options, wa
 		}
 		return []string{s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]}, nil
 	}})
-	t := &ServiceTracker{opts: opts, services: si.Lister(), slices: ei.Informer().GetIndexer(), warn: warn, log: log,
-		ports: map[string][]*ServicePort{}, warned: map[string]string{}}
+	t := &ServiceTracker{opts: opts, adm: adm, services: si.Lister(), slices: ei.Informer().GetIndexer(), nodes: ni.Lister(),
+		warn: warn, log: log, ports: map[string][]*ServicePort{}, warned: map[string]string{},
+		book: newAddressBook(), addressed: map[string]bool{}}
 	t.ctrl = controller.New(controller.Config{
-		Name: "service-model", Synced: []cache.InformerSynced{si.Informer().HasSynced, ei.Informer().HasSynced},
-		Full: t.full, Sync: t.sync, Log: log,
+		Name:   "service-model",
+		Synced: []cache.InformerSynced{si.Informer().HasSynced, ei.Informer().HasSynced, ni.Informer().HasSynced},
+		Full:   t.full, Sync: t.sync, Log: log,
 	})
+	_, _ = ni.Informer().AddEventHandler(NodeHandler(nil, func(*corev1.Node, bool) { t.ctrl.Enqueue(addressesKey) }))
 	enqueue := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 			t.ctrl.Enqueue(key)
@@ -83,7 +101,11 @@ func NewServiceTracker(factory informers.SharedInformerFactory, opts Options, wa
 			obj = d.Obj
 		}
 		if s, ok := obj.(*discoveryv1.EndpointSlice); ok && s.Labels[discoveryv1.LabelServiceName] != "" {
-			t.ctrl.Enqueue(s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName])
+			key := s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]
+			t.ctrl.Enqueue(key)
+			if key == kubernetesService {
+				t.ctrl.Enqueue(addressesKey)
+			}
 		}
 	}
 	_, _ = ei.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: slice, DeleteFunc: slice,
@@ -123,6 +145,7 @@ func (t *ServiceTracker) Keys() []string {
 }
 
 func (t *ServiceTracker) full(ctx context.Context) error {
+	t.updateAddresses()
 	svcs, err := t.services.List(labels.Everything())
 	if err != nil {
 		return err
@@ -142,9 +165,32 @@ func (t *ServiceTracker) full(ctx context.Context) error {
 
 func (t *ServiceTracker) sync(_ context.Context, keys []string) error {
 	start := time.Now()
+	keys = slices.Clone(keys) // the caller's batch stays as it is
+	if slices.Contains(keys, addressesKey) {
+		keys = slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return k == addressesKey })
+		if t.updateAddresses() {
+			for k := range t.addressed {
+				keys = append(keys, k)
+			}
+			slices.Sort(keys)
+			keys = slices.Compact(keys)
+		}
+	}
 	var changed []string
-	for _, key := range keys {
-		ports := t.build(key)
+	pending := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		pending[k] = true
+	}
+	for i := 0; i < len(keys); i++ {
+		key := keys[i]
+		delete(pending, key)
+		ports, affected := t.build(key)
+		for _, a := range affected { // another Service's claim on an address changed with this one: re-admit it
+			if !pending[a] {
+				pending[a] = true
+				keys = append(keys, a)
+			}
+		}
 		t.mu.Lock()
 		old, had := t.ports[key]
 		if len(ports) == 0 {
@@ -166,13 +212,45 @@ func (t *ServiceTracker) sync(_ context.Context, keys []string) error {
 	return nil
 }
 
-// build computes one Service's ports and reports its warnings once per distinct text.
-func (t *ServiceTracker) build(key string) []*ServicePort {
+// updateAddresses re-reads the nodes' and the API server's addresses; it reports whether they changed.
+func (t *ServiceTracker) updateAddresses() bool {
+	nodes := map[netip.Addr]string{}
+	if all, err := t.nodes.List(labels.Everything()); err == nil {
+		for _, n := range all {
+			for _, a := range NodeAddresses(n) {
+				nodes[a] = n.Name
+			}
+		}
+	}
+	cp := map[netip.Addr]bool{}
+	objs, _ := t.slices.ByIndex(sliceIndex, kubernetesService)
+	for _, o := range objs {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			for _, e := range s.Endpoints {
+				for _, a := range e.Addresses {
+					if ip, ok := parseIP(a); ok {
+						cp[ip] = true
+					}
+				}
+			}
+		}
+	}
+	if maps.Equal(nodes, t.book.nodes) && maps.Equal(cp, t.book.controlPlane) {
+		return false
+	}
+	t.book.nodes, t.book.controlPlane = nodes, cp
+	return true
+}
+
+// build computes one Service's ports, admits its addresses, and reports its warnings once per distinct text. It
+// returns the other Services whose claim on an ExternalIP is affected by this one's change.
+func (t *ServiceTracker) build(key string) (ports []*ServicePort, affected []string) {
 	ns, name, _ := strings.Cut(key, "/")
 	svc, err := t.services.Services(ns).Get(name)
 	if err != nil {
 		delete(t.warned, key)
-		return nil
+		delete(t.addressed, key)
+		return nil, t.book.setClaims(key, time.Time{}, nil)
 	}
 	objs, _ := t.slices.ByIndex(sliceIndex, key)
 	sl := make([]*discoveryv1.EndpointSlice, 0, len(objs))
@@ -182,13 +260,30 @@ func (t *ServiceTracker) build(key string) []*ServicePort {
 		}
 	}
 	ports, warns := BuildServicePorts(svc, sl, t.opts)
-	if text := strings.Join(warns, "; "); text != t.warned[key] {
+	var refused []string
+	if len(ports) > 0 {
+		p := ports[0]
+		if len(p.ExternalIPs)+len(p.LoadBalancerIPs) > 0 {
+			t.addressed[key] = true
+		} else {
+			delete(t.addressed, key)
+		}
+		affected = t.book.setClaims(key, svc.CreationTimestamp.Time, t.adm.inRangeExternalIPs(p.ExternalIPs))
+		refused = t.adm.admit(t.book, key, ports)
+	} else {
+		delete(t.addressed, key)
+		affected = t.book.setClaims(key, time.Time{}, nil)
+	}
+	if text := strings.Join(append(slices.Clone(warns), refused...), "; "); text != t.warned[key] {
 		t.warned[key] = text
-		for _, w := range warns {
-			if t.warn != nil {
+		if t.warn != nil {
+			for _, w := range warns {
 				t.warn.Warn(svc, ReasonInvalidService, w)
+			}
+			for _, w := range refused {
+				t.warn.Warn(svc, ReasonExternalIPRefused, w)
 			}
 		}
 	}
-	return ports
+	return ports, affected
 }

@@ -80,6 +80,9 @@ func (s *Setup) Start(factory informers.SharedInformerFactory) error {
 		if err := egress.ApplyForward(s.ipt, s.cfg.ClusterCIDRs); err != nil {
 			return fmt.Errorf("FORWARD accept for pod traffic: %w", err)
 		}
+		if err := egress.ApplyBGPGuard(s.ipt, s.cfg.ClusterCIDRs); err != nil {
+			return fmt.Errorf("dropping pod traffic to BGP's port: %w", err)
+		}
 	}
 	if !s.cfg.PodEgress && s.ipt != nil {
 		if err := egress.Remove(s.ipt); err != nil {

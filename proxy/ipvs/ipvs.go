@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -723,6 +724,9 @@ func setSysctls(nsPath string) error {
 			"conntrack": "1", "expire_nodest_conn": "1", "expire_quiescent_template": "1",
 		} {
 			p := filepath.Join("/proc/sys/net/ipv4/vs", name)
+			if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == v {
+				continue // set already (by the DaemonSet's init container: the agent's /proc/sys is read-only there)
+			}
 			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
 				return fmt.Errorf("sysctl net.ipv4.vs.%s: %w", name, err)
 			}

@@ -125,6 +125,20 @@ func (l *linkAddresses) Add(a netip.Addr) error {
 	if err != nil {
 		return err
 	}
+	// Never take an address the node has on another interface: bound here too, the node would answer for it on
+	// every port through IPVS's interface (the Service model refuses node addresses already; this is the last
+	// line).
+	family := netlink.FAMILY_V4
+	if !a.Is4() {
+		family = netlink.FAMILY_V6
+	}
+	if all, err := l.h.AddrList(nil, family); err == nil {
+		for _, x := range all {
+			if ip, ok := netip.AddrFromSlice(x.IP); ok && ip.Unmap() == a && x.LinkIndex != link.Attrs().Index {
+				return fmt.Errorf("%s is an address of another interface (index %d) of this node: not binding it to %s", a, x.LinkIndex, Interface)
+			}
+		}
+	}
 	if err := l.h.AddrAdd(link, hostAddr(a)); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return err
 	}
