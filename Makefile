@@ -15,6 +15,7 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy ./cmd/canopy
 	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy-cni ./cmd/canopy-cni
+	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy-controller ./cmd/canopy-controller
 
 # Debian packages the tests and the lab use (iproute2, iptables, ipset, frr, gobgpd, etcd, ...).
 deps:
@@ -28,10 +29,10 @@ k8s:
 # IPVS back end's tests on a stock Debian kernel in a qemu VM (this machine's kernel has no IPVS).
 test: deps k8s build vm
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_E2E_VM_NODE=later \
-	  CANOPY_CNI_BIN=$(BIN)/canopy-cni $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
+	  CANOPY_CNI_BIN=$(BIN)/canopy-cni CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller $(GO) test -count=1 -timeout 40m $(GO_TEST_FLAGS) ./...
 	# The lab with a qemu VM node (IPVS end to end) runs alone: an emulated VM starved of CPU soft-locks.
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_E2E_VM_NODE=only \
-	  CANOPY_CNI_BIN=$(BIN)/canopy-cni $(GO) test -count=1 -timeout 15m -run '^TestIPVS$$' $(GO_TEST_FLAGS) ./e2e/
+	  CANOPY_CNI_BIN=$(BIN)/canopy-cni CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller $(GO) test -count=1 -timeout 15m -run '^TestIPVS$$' $(GO_TEST_FLAGS) ./e2e/
 	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec $(GO_TEST_FLAGS) ./proxy/ipvs
 
 # Only the IPVS tests, in the VM.
@@ -60,7 +61,7 @@ lab-status:
 
 # Benchmarks: speed targets live here, never in timed tests.
 bench: deps k8s build
-	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) \
+	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller \
 	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
 
 lint:

@@ -100,7 +100,7 @@ func BenchmarkLearnedRouteInstall(b *testing.B) {
 		_ = n.StartAgent()
 		waitConverged(b, l)
 	})
-	annotatePeers(b, l, n, fmt.Sprintf(`[{"ip":"%s","asn":65099}]`, inj.host.IP))
+	annotatePeers(b, l, n, fmt.Sprintf(`[{"ip":"%s","asn":65099,"maxPrefixes":200000}]`, inj.host.IP))
 	eventually(b, 30*time.Second, "node1 peers with the injector", func(ctx context.Context) error {
 		st, err := neighbors(ctx, n)
 		if err != nil {
@@ -140,7 +140,7 @@ type gobgpInjector struct {
 
 // injector starts gobgpd (Debian's) on a new fabric host, peered with node1, and connects to its gRPC API
 // through the host's namespace.
-func injector(b *testing.B, l *lab.Lab) *gobgpInjector {
+func injector(b testing.TB, l *lab.Lab) *gobgpInjector {
 	b.Helper()
 	ctx := context.Background()
 	h, err := l.AddFabricHost(ctx, "inj")
@@ -187,7 +187,13 @@ func injector(b *testing.B, l *lab.Lab) *gobgpInjector {
 var v4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 
 // announce streams count /32s from 100.64.0.0 on, next hop the injector.
-func (g *gobgpInjector) announce(b *testing.B, count int) {
+func (g *gobgpInjector) announce(b testing.TB, count int) {
+	b.Helper()
+	g.announceFrom(b, netip.MustParseAddr("100.64.0.0"), count)
+}
+
+// announceFrom streams count /32s from a on, next hop the injector.
+func (g *gobgpInjector) announceFrom(b testing.TB, a netip.Addr, count int) {
 	b.Helper()
 	stream, err := g.client.AddPathStream(context.Background())
 	if err != nil {
@@ -195,7 +201,6 @@ func (g *gobgpInjector) announce(b *testing.B, count int) {
 	}
 	origin, _ := apb.New(&api.OriginAttribute{Origin: 0})
 	nh, _ := apb.New(&api.NextHopAttribute{NextHop: g.host.IP.String()})
-	a := netip.MustParseAddr("100.64.0.0")
 	var batch []*api.Path
 	flush := func() {
 		if err := stream.Send(&api.AddPathStreamRequest{TableType: api.TableType_GLOBAL, Paths: batch}); err != nil {
@@ -219,7 +224,7 @@ func (g *gobgpInjector) announce(b *testing.B, count int) {
 	}
 }
 
-func (g *gobgpInjector) withdrawAll(b *testing.B) {
+func (g *gobgpInjector) withdrawAll(b testing.TB) {
 	b.Helper()
 	if _, err := g.client.DeletePath(context.Background(), &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: v4}); err != nil {
 		b.Fatal(err)
@@ -227,7 +232,7 @@ func (g *gobgpInjector) withdrawAll(b *testing.B) {
 }
 
 // installed is the agent's count of installed kernel routes (its metric).
-func installed(b *testing.B, n *lab.Node) int {
+func installed(b testing.TB, n *lab.Node) int {
 	b.Helper()
 	m, err := metrics(context.Background(), n)
 	if err != nil {
@@ -236,7 +241,7 @@ func installed(b *testing.B, n *lab.Node) int {
 	return int(m["canopy_routes_installed_routes"])
 }
 
-func waitInstalled(b *testing.B, n *lab.Node, want int) {
+func waitInstalled(b testing.TB, n *lab.Node, want int) {
 	b.Helper()
 	eventually(b, 5*time.Minute, fmt.Sprintf("%s has %d routes", n.Name, want), func(ctx context.Context) error {
 		m, err := metrics(ctx, n)
@@ -286,7 +291,7 @@ func netlinkBaseline(b *testing.B, l *lab.Lab, count int) time.Duration {
 	return time.Since(t0)
 }
 
-func annotatePeers(b *testing.B, l *lab.Lab, n *lab.Node, v string) {
+func annotatePeers(b testing.TB, l *lab.Lab, n *lab.Node, v string) {
 	b.Helper()
 	patch := fmt.Sprintf(`{"metadata":{"annotations":{"canopy.io/peers":%q}}}`, v)
 	if _, err := l.Kube.CoreV1().Nodes().Patch(context.Background(), n.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {

@@ -57,7 +57,10 @@ func TestMain(m *testing.M) {
 		}
 		// The agents run with only the rights manifests/rbac.yaml grants (bound to their group below).
 		cfg := lab.Config{Nodes: 3, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: []string{"--import-allow=" + benchPrefixes,
-			"--service-external-ip-range=" + extRange, "--loadbalancer-ip-range=" + lbRange, "--run-loadbalancer"},
+			// The fabric is in the ExternalIP range too, so the attack tests prove that the cluster's own addresses
+			// (nodes, the API server) are refused by rule, not only by the range.
+			"--service-external-ip-range=" + extRange + ",10.99.0.0/24", "--loadbalancer-ip-range=" + lbRange,
+			"--service-communities-allowed=" + allowedCommunities},
 			AgentGroups: []string{agentGroup}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()
@@ -76,6 +79,13 @@ func TestMain(m *testing.M) {
 		shared = l
 		if err := applyAgentRBAC(ctx, l); err != nil {
 			fmt.Fprintln(os.Stderr, "agent RBAC:", err)
+			_ = l.Down()
+			return 1
+		}
+		// LoadBalancer IPs come from canopy-controller, under its own ServiceAccount and the rights of
+		// manifests/rbac-controller.yaml, as in a cluster: the agents may not allocate.
+		if err := startSharedController(ctx, l); err != nil {
+			fmt.Fprintln(os.Stderr, "canopy-controller:", err)
 			_ = l.Down()
 			return 1
 		}

@@ -20,6 +20,8 @@ import (
 const (
 	lbRange  = "10.200.0.0/22"
 	extRange = "10.201.0.0/22"
+	// the communities Services may ask for (--service-communities-allowed)
+	allowedCommunities = "64512:300,large:64512:7:8"
 )
 
 // torNextHops returns the ToR's selected next hops for prefix (BGP) and its kernel's (FIB).

@@ -64,8 +64,8 @@ func (h *Host) Start(name string, cmd ...string) (*Proc, error) {
 // Config.NoDefaultAgentArgs), Config.AgentArgs, Config.PerNodeArgs[Index], then extra.
 //
 //	--kubeconfig=<KubeconfigPath> --node-name=<Name> --cluster-cidr=<ClusterCIDR>
-//	--peer-router-ips=<ToR IP> --peer-router-asns=<ToR ASN> --hold-time=9s --keepalive-interval=3s
-//	--connect-retry=2s --log-level=debug
+//	--peer-router-ips=<ToR IP> --peer-router-asns=<ToR ASN> --peer-router-ttl-security --hold-time=9s
+//	--keepalive-interval=3s --connect-retry=2s --log-level=debug
 func (n *Node) AgentArgs(extra ...string) []string {
 	c := n.lab.cfg
 	var args []string
@@ -76,6 +76,7 @@ func (n *Node) AgentArgs(extra ...string) []string {
 			"--cluster-cidr=" + c.ClusterCIDR.String(),
 			"--peer-router-ips=" + n.lab.ToR.IP.String(),
 			fmt.Sprintf("--peer-router-asns=%d", n.lab.ToR.ASN),
+			"--peer-router-ttl-security", // the ToR has ttl-security hops 1 (GTSM both ways)
 			"--hold-time=9s", "--keepalive-interval=3s", "--connect-retry=2s",
 			"--log-level=debug",
 		}

@@ -40,6 +40,7 @@ router bgp %[2]d
  timers bgp 3 9
  neighbor %[4]s peer-group
  neighbor %[4]s remote-as external
+ neighbor %[4]s ttl-security hops 1
  bgp listen range %[5]s peer-group %[4]s
  address-family ipv4 unicast
   neighbor %[4]s activate
