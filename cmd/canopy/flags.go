@@ -67,7 +67,7 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.IntVar(&r.CNIMTU, "cni-mtu", 0, "pod interface MTU written into the conflist (0 = the plugin detects the uplink's)")
 	fs.BoolVar(&r.PodEgress, "enable-pod-egress", true, "masquerade pod traffic leaving the cluster's pod and service networks to the node IP")
 	fs.BoolVar(&r.RunServiceProxy, "run-service-proxy", true, "proxy Services (replaces kube-proxy): ClusterIP, NodePort, ExternalIPs, LoadBalancer IPs")
-	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, or iptables (used anyway when the kernel has no IPVS)")
+	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, iptables or nftables (iptables is used when ipvs is asked for and the kernel has no IPVS)")
 	fs.BoolVar(&r.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to service IPs, also from pods")
 	fs.BoolVar(&r.RunFirewall, "run-firewall", true, "enforce NetworkPolicy on this node's pods (iptables + ipset, CANOPY-POL-* chains); false removes those chains")
 	fs.BoolVar(&r.PolicyReject, "policy-reject", false, "reject packets a NetworkPolicy denies (TCP reset, else ICMP port unreachable) instead of dropping them")

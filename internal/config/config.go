@@ -280,9 +280,9 @@ func (r Raw) Validate() (*Config, error) {
 		bad("policy-log-group", "%d is outside 0..65535", r.PolicyLogGroup)
 	}
 	switch c.ProxyMode {
-	case "ipvs", "iptables":
+	case "ipvs", "iptables", "nftables":
 	default:
-		bad("proxy-mode", "%q is not ipvs or iptables", r.ProxyMode)
+		bad("proxy-mode", "%q is not ipvs, iptables or nftables", r.ProxyMode)
 	}
 	if r.CNIMTU != 0 && (r.CNIMTU < 576 || r.CNIMTU > 65535) {
 		bad("cni-mtu", "%d is outside 576..65535 (0 = detect)", r.CNIMTU)

@@ -8,17 +8,20 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/proxy"
 	iptproxy "canopy.io/canopy/proxy/iptables"
 	ipvsproxy "canopy.io/canopy/proxy/ipvs"
+	nftproxy "canopy.io/canopy/proxy/nftables"
 )
 
 // Modes.
 const (
 	IPVS     = "ipvs"
 	IPTables = "iptables"
+	NFTables = "nftables"
 )
 
 // Config is what the back ends need to know about the node and the cluster.
@@ -46,15 +49,14 @@ func New(cfg Config) (proxy.Backend, error) {
 	var err error
 	switch mode {
 	case IPVS:
-		if err := cleanupIPTables(cfg); err != nil {
-			cfg.Log.Warn("removing the iptables proxy's rules (the proxy mode is ipvs now)", "err", err)
-		}
+		cleanupOthers(cfg, mode)
 		be, err = ipvsproxy.New(ipvsproxy.Config{NodeIPs: cfg.NodeIPs, PodCIDRs: cfg.ClusterCIDRs, IPT: cfg.IPT, Log: cfg.Log.With("component", "proxy-ipvs")})
 	case IPTables:
-		if err := ipvsproxy.Cleanup("", cfg.NodeIPs, cfg.IPT); err != nil {
-			cfg.Log.Warn("removing the IPVS proxy's services and rules (the proxy mode is iptables now)", "err", err)
-		}
+		cleanupOthers(cfg, mode)
 		be = iptproxy.NewOn(iptables(cfg), cfg.IPT, cfg.Log.With("component", "proxy-iptables"))
+	case NFTables:
+		cleanupOthers(cfg, mode)
+		be, err = nftproxy.NewHost(nftables(cfg), cfg.Log.With("component", "proxy-nftables"))
 	default:
 		return nil, fmt.Errorf("unknown proxy mode %q", mode)
 	}
@@ -69,11 +71,43 @@ func New(cfg Config) (proxy.Backend, error) {
 
 // CleanupAll removes what every mode left (the proxy is turned off).
 func CleanupAll(cfg Config) error {
-	return errors.Join(cleanupIPTables(cfg), ipvsproxy.Cleanup("", cfg.NodeIPs, cfg.IPT))
+	return errors.Join(cleanup(cfg, IPTables), cleanup(cfg, IPVS), cleanup(cfg, NFTables))
 }
 
-func cleanupIPTables(cfg Config) error {
-	return iptproxy.NewOn(iptables(cfg), cfg.IPT, cfg.Log).Cleanup()
+// cleanupOthers removes what the modes other than mode left, logging what fails.
+func cleanupOthers(cfg Config, mode string) {
+	for _, m := range []string{IPVS, IPTables, NFTables} {
+		if m == mode {
+			continue
+		}
+		if err := cleanup(cfg, m); err != nil {
+			cfg.Log.Warn("removing what another proxy mode left", "mode", m, "now", mode, "err", err)
+		}
+	}
+}
+
+func cleanup(cfg Config, mode string) error {
+	switch mode {
+	case IPTables:
+		return iptproxy.NewOn(iptables(cfg), cfg.IPT, cfg.Log).Cleanup()
+	case IPVS:
+		return ipvsproxy.Cleanup("", cfg.NodeIPs, cfg.IPT)
+	case NFTables:
+		if _, err := exec.LookPath("nft"); err != nil {
+			return nil // no nft on this host: no table of ours either
+		}
+		p, err := nftproxy.NewHost(nftables(cfg), cfg.Log)
+		if err != nil {
+			return err
+		}
+		return p.Cleanup()
+	}
+	return nil
+}
+
+func nftables(cfg Config) nftproxy.Config {
+	return nftproxy.Config{ClusterCIDRs: cfg.ClusterCIDRs, MasqueradeAll: cfg.MasqueradeAll, NodeIPs: cfg.NodeIPs,
+		NodePortAddresses: cfg.NodePortAddresses}
 }
 
 func iptables(cfg Config) iptproxy.Config {

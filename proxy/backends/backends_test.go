@@ -12,16 +12,19 @@ import (
 	ipvsproxy "canopy.io/canopy/proxy/ipvs"
 )
 
-// Starting the iptables back end removes what the IPVS back end left (its masquerade chain and jump), and with
+// Starting the iptables back end removes what the IPVS and nftables back ends left (the masquerade chain and jump,
+// the table canopy), and with
 // the proxy turned off CleanupAll leaves no chain of either back end; rules that are not ours stay. (The IPVS
 // side of a switch — virtual services, the dummy interface — is tested in the VM: proxy/ipvs.)
 func TestModeSwitchLeavesNothingBehind(t *testing.T) {
-	testns.Require(t, "iptables-save", "iptables-restore")
+	testns.Require(t, "iptables-save", "iptables-restore", "nft")
 	ns := testns.New(t, "be")
 	ns.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.0/24", "-j", "MASQUERADE") // not ours
 	ns.MustRun(t, "iptables", "-t", "nat", "-N", ipvsproxy.Chain)
 	ns.MustRun(t, "iptables", "-t", "nat", "-A", ipvsproxy.Chain, "-s", "10.244.0.0/16", "-j", "RETURN")
 	ns.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "canopy: IPVS masquerade", "-j", ipvsproxy.Chain)
+	ns.MustRun(t, "nft", "add", "table", "ip", "canopy") // what the nftables back end left
+	ns.MustRun(t, "nft", "add", "table", "ip", "theirs")
 	cfg := Config{Mode: IPTables, NodeIPs: []netip.Addr{netip.MustParseAddr("10.99.0.11")},
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Log: slog.New(slog.DiscardHandler)}
 	sp := &model.ServicePort{Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
@@ -42,6 +45,9 @@ func TestModeSwitchLeavesNothingBehind(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if out := ns.MustRun(t, "nft", "list", "tables"); strings.Contains(out, "canopy") || !strings.Contains(out, "theirs") {
+		t.Errorf("after the switch to iptables, nft tables: %s (want theirs, not canopy)", out)
 	}
 	nat := ns.MustRun(t, "iptables-save", "-t", "nat")
 	if strings.Contains(nat, ipvsproxy.Chain) {
