@@ -24,7 +24,17 @@ type Config struct {
 	// StaleTimeout: after a speaker start, how long the sweep of routes an earlier run left waits for every
 	// configured peer's End-of-RIB before it settles for those of the established ones.
 	StaleTimeout time.Duration
-	Global       GlobalConfig // ASN, RouterID and ListenAddresses are set per speaker start
+	// BFD runs a BFD session (RFC 5880/5881) with each external peer (unless its own setting says otherwise):
+	// when it goes down, that peer's BGP session is reset at once. The mesh's is MeshOptions.BFD.
+	BFD       bool
+	BFDTimers BFDTimers
+	Global    GlobalConfig // ASN, RouterID and ListenAddresses are set per speaker start
+}
+
+// BFDTimers are the BFD intervals Canopy offers: failure detection in about Multiplier × max(MinRx, the peer's TX).
+type BFDTimers struct {
+	MinRx, MinTx time.Duration
+	Multiplier   uint8
 }
 
 // MeshOptions are the settings of the node-to-node sessions.
@@ -34,6 +44,7 @@ type MeshOptions struct {
 	// TTLSecurity: node-to-node sessions send TTL 255 and accept only TTL 255 (GTSM, RFC 5082), so nothing more
 	// than one hop away (a pod, masqueraded to its node's address) can speak on them.
 	TTLSecurity bool
+	BFD         bool // BFD on node-to-node sessions (every node must run it)
 }
 
 // PeerConfig is one external BGP peer (a ToR, a route reflector) from flags or a Node annotation.
@@ -44,6 +55,7 @@ type PeerConfig struct {
 	MultihopTTL uint8
 	TTLSecurity bool   // GTSM: the router must send TTL 255 too (FRR: neighbor X ttl-security hops 1)
 	MaxPrefixes uint32 // 0: Config.MaxPrefixes
+	BFD         *bool  // nil: Config.BFD
 }
 
 // ParseASN parses a 4-byte AS number in plain or asdot notation (e.g. "64512", "1.10"); 0, 23456 (AS_TRANS)

@@ -47,6 +47,7 @@ type Manager struct {
 	inst     *instance
 	mu       sync.Mutex
 	desired  desiredState
+	bounce   map[netip.Addr]bool // sessions to reset (BFD saw the peer go, or come back)
 	shutdown bool
 }
 
@@ -125,6 +126,19 @@ func (m *Manager) set(f func(*desiredState)) {
 	m.ctrl.EnqueueFull()
 }
 
+// Bounce resets the BGP session with peer at once: the peer is removed from the running speaker (its learned
+// routes are withdrawn now, not kept for graceful restart or the hold time) and added again by the next
+// reconcile, with a fresh state machine (no idle hold before it connects).
+func (m *Manager) Bounce(peer netip.Addr) {
+	m.mu.Lock()
+	if m.bounce == nil {
+		m.bounce = map[netip.Addr]bool{}
+	}
+	m.bounce[peer] = true
+	m.mu.Unlock()
+	m.ctrl.EnqueueFull()
+}
+
 // Peers returns the addresses of the desired peers.
 func (m *Manager) Peers() []netip.Addr {
 	m.mu.Lock()
@@ -184,6 +198,22 @@ func (m *Manager) reconcile(ctx context.Context) error {
 		if err := m.startInstance(ctx, d.id); err != nil {
 			return err
 		}
+	}
+	m.mu.Lock()
+	bounce := m.bounce
+	m.bounce = nil
+	m.mu.Unlock()
+	for peer := range bounce {
+		if _, ok := m.inst.peers[peer]; !ok {
+			continue
+		}
+		if err := m.inst.r.DeletePeer(ctx, peer); err != nil {
+			m.log.Error("resetting a BGP session", "peer", peer, "err", err)
+			continue
+		}
+		delete(m.inst.peers, peer)
+		peerResets.Inc()
+		m.log.Info("BGP session reset", "peer", peer)
 	}
 	var errs []error
 	for _, r := range reconcilers {

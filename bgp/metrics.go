@@ -27,6 +27,9 @@ var (
 	prefixLimitTeardowns = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "canopy_bgp_prefix_limit_teardowns_total", Help: "Sessions torn down because the peer sent more prefixes than its limit (--max-prefixes), by peer.",
 	}, []string{"peer"})
+	peerResets = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "canopy_bgp_session_resets_total", Help: "BGP sessions reset at once because their BFD session went down (or came back while BGP was not up).",
+	})
 	speakerStarts = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "canopy_bgp_speaker_starts_total", Help: "BGP speaker (re)starts: the first start, identity changes, retried starts.",
 	})
@@ -37,7 +40,7 @@ var (
 
 // Collectors returns the package's metrics.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput, speakerStarts, adminRefused, prefixLimitTeardowns}
+	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput, speakerStarts, adminRefused, prefixLimitTeardowns, peerResets}
 }
 
 // CountInvalidInput counts a refused input from source (e.g. "node_annotation").

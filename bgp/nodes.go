@@ -30,6 +30,7 @@ const (
 type NodeController struct {
 	cfg      Config
 	mgr      *Manager
+	bfd      *BFDLink // nil: no BFD
 	importer *Importer
 	lister   corelisters.NodeLister
 	recorder record.EventRecorder
@@ -61,6 +62,9 @@ func NewNodeController(cfg Config, factory informers.SharedInformerFactory, mgr 
 
 // Run follows the Nodes until ctx ends.
 func (c *NodeController) Run(ctx context.Context) { c.ctrl.Run(ctx) }
+
+// SetBFD makes the controller keep link's BFD sessions with the peers that want one. Call it before Run.
+func (c *NodeController) SetBFD(link *BFDLink) { c.bfd = link }
 
 // Controller is the node controller's loop (for health and readiness).
 func (c *NodeController) Controller() *controller.Controller { return c.ctrl }
@@ -196,6 +200,10 @@ func (c *NodeController) sync(context.Context) error {
 	}
 	c.mgr.SetIdentity(Identity{ASN: asn, RouterID: rid, NodeIP: selfIP})
 	c.mgr.SetPaths(GroupPodCIDRs, paths)
-	c.mgr.SetPeers(DesiredPeers(selfInfo, c.cfg.ClusterASN, infos, c.cfg.Mesh, c.cfg.MaxPrefixes, c.cfg.Peers, c.goodPeers))
+	peers := DesiredPeers(selfInfo, c.cfg.ClusterASN, infos, c.cfg.Mesh, c.cfg.MaxPrefixes, c.cfg.BFD, c.cfg.Peers, c.goodPeers)
+	c.mgr.SetPeers(peers)
+	if c.bfd != nil {
+		c.bfd.SetPeers(selfIP, peers)
+	}
 	return nil
 }

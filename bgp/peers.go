@@ -13,7 +13,7 @@ import (
 
 // Node annotations read by the speaker.
 const (
-	// AnnotationPeers is a YAML or JSON list of {ip, asn, password?, multihopTTL?, ttlSecurity?, maxPrefixes?}:
+	// AnnotationPeers is a YAML or JSON list of {ip, asn, password?, multihopTTL?, ttlSecurity?, maxPrefixes?, bfd?}:
 	// extra BGP peers for this node.
 	AnnotationPeers = "canopy.io/peers"
 	// AnnotationNodeASN overrides --cluster-asn for this node (eBGP-per-rack designs).
@@ -40,6 +40,7 @@ type PeerSpec struct {
 	Passive     bool
 	TTLSecurity bool   // GTSM (RFC 5082): TTL 255 sent, and only TTL 255 accepted
 	MaxPrefixes uint32 // past it the session is torn down (0: no limit)
+	BFD         bool   // a BFD session watches this peer: when it goes down, the BGP session is reset
 	Kind        PeerKind
 	Name        string // node name for mesh peers, "flag" or "annotation" for external ones
 }
@@ -60,6 +61,7 @@ type annotationPeer struct {
 	MultihopTTL int             `json:"multihopTTL,omitempty"`
 	TTLSecurity bool            `json:"ttlSecurity,omitempty"`
 	MaxPrefixes int64           `json:"maxPrefixes,omitempty"`
+	BFD         *bool           `json:"bfd,omitempty"`
 }
 
 // ParsePeersAnnotation parses canopy.io/peers. Unknown fields, bad addresses, bad AS numbers and duplicates are
@@ -108,7 +110,7 @@ func ParsePeersAnnotation(value string) ([]PeerConfig, error) {
 			continue
 		}
 		out = append(out, PeerConfig{Address: a, ASN: asn, Password: r.Password, MultihopTTL: uint8(r.MultihopTTL),
-			TTLSecurity: r.TTLSecurity, MaxPrefixes: uint32(r.MaxPrefixes)})
+			TTLSecurity: r.TTLSecurity, MaxPrefixes: uint32(r.MaxPrefixes), BFD: r.BFD})
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -152,7 +154,7 @@ func ParseNodeASN(value string) (uint32, error) {
 // so nodes in other racks become eBGP peers), the routers from flags and those from the node's annotation.
 // An address is peered once: annotation peers win over flag peers, which win over mesh peers. The result is
 // sorted by address.
-func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, mesh MeshOptions, maxPrefixes uint32, flagPeers, annotationPeers []PeerConfig) []PeerSpec {
+func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, mesh MeshOptions, maxPrefixes uint32, bfdDefault bool, flagPeers, annotationPeers []PeerConfig) []PeerSpec {
 	byAddr := map[netip.Addr]PeerSpec{}
 	add := func(p PeerSpec) {
 		if !p.Address.IsValid() || p.Address == self.IP {
@@ -170,7 +172,7 @@ func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, mesh MeshO
 				asn = clusterASN
 			}
 			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0,
-				Password: mesh.Password, TTLSecurity: mesh.TTLSecurity, MaxPrefixes: maxPrefixes})
+				Password: mesh.Password, TTLSecurity: mesh.TTLSecurity, MaxPrefixes: maxPrefixes, BFD: mesh.BFD})
 		}
 	}
 	external := func(p PeerConfig, name string) {
@@ -178,8 +180,12 @@ func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, mesh MeshO
 		if limit == 0 {
 			limit = maxPrefixes
 		}
+		bfd := bfdDefault
+		if p.BFD != nil {
+			bfd = *p.BFD
+		}
 		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, TTLSecurity: p.TTLSecurity,
-			MaxPrefixes: limit, Kind: PeerKindExternal, Name: name})
+			MaxPrefixes: limit, BFD: bfd && p.MultihopTTL <= 1, Kind: PeerKindExternal, Name: name})
 	}
 	for _, p := range flagPeers {
 		external(p, "flag")

@@ -76,7 +76,7 @@ func TestDesiredPeers(t *testing.T) {
 	flagPeers := []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500, TTLSecurity: true}}
 	annPeers := []PeerConfig{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", MaxPrefixes: 10}} // overrides mesh peer n2
 	mesh := MeshOptions{FullMesh: true, Password: "mesh", TTLSecurity: true}
-	got := DesiredPeers(self, 64512, nodes, mesh, 1000, flagPeers, annPeers)
+	got := DesiredPeers(self, 64512, nodes, mesh, 1000, false, flagPeers, annPeers)
 	want := []PeerSpec{
 		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag", TTLSecurity: true, MaxPrefixes: 1000},
 		{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", Kind: PeerKindExternal, Name: "annotation", MaxPrefixes: 10},
@@ -92,15 +92,15 @@ func TestDesiredPeers(t *testing.T) {
 		}
 	}
 	// The node with the higher address waits for the lower one to dial.
-	if p := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, 64512, nodes, mesh, 0, nil, nil); len(p) != 2 || !p[0].Passive || !p[1].Passive {
+	if p := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, 64512, nodes, mesh, 0, false, nil, nil); len(p) != 2 || !p[0].Passive || !p[1].Passive {
 		t.Fatalf("from n3 every mesh peer is lower, so passive: %+v", p)
 	}
-	noMesh := DesiredPeers(self, 64512, nodes, MeshOptions{}, 0, flagPeers, nil)
+	noMesh := DesiredPeers(self, 64512, nodes, MeshOptions{}, 0, false, flagPeers, nil)
 	if len(noMesh) != 1 || noMesh[0].Address != addr("10.99.0.1") {
 		t.Fatalf("without mesh: %+v", noMesh)
 	}
 	// A peer pointing at ourselves is dropped.
-	if p := DesiredPeers(self, 64512, nil, mesh, 0, []PeerConfig{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
+	if p := DesiredPeers(self, 64512, nil, mesh, 0, false, []PeerConfig{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
 		t.Fatalf("self peer kept: %+v", p)
 	}
 }

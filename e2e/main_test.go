@@ -60,7 +60,8 @@ func TestMain(m *testing.M) {
 			// The fabric is in the ExternalIP range too, so the attack tests prove that the cluster's own addresses
 			// (nodes, the API server) are refused by rule, not only by the range.
 			"--service-external-ip-range=" + extRange + ",10.99.0.0/24", "--loadbalancer-ip-range=" + lbRange,
-			"--service-communities-allowed=" + allowedCommunities},
+			"--service-communities-allowed=" + allowedCommunities,
+			"--bfd", "--bfd-node-mesh"}, // BFD with the ToR (FRR bfdd) and between the nodes
 			AgentGroups: []string{agentGroup}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()

@@ -186,6 +186,7 @@ func Preflight(cfg Config) error {
 	look("etcd (hack/install-deps.sh)", c.EtcdBin)
 	look("FRR zebra (hack/install-deps.sh)", filepath.Join(c.FRRDir, "zebra"))
 	look("FRR bgpd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bgpd"))
+	look("FRR bfdd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bfdd"))
 	look("FRR vtysh (hack/install-deps.sh)", "vtysh")
 	for _, b := range []string{"kube-apiserver", "kube-controller-manager"} {
 		look(b+" (hack/build-k8s.sh)", filepath.Join(c.K8sBinDir, b))

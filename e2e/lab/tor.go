@@ -24,6 +24,8 @@ type ToR struct {
 	// Dir is FRR's directory: configs, pid files and the vty sockets (`vtysh --vty_socket <Dir>`). Its logs are
 	// <WorkDir>/tor/zebra.log and bgpd.log.
 	Dir string
+
+	bfdd []string // bfdd's command line, for RestartBFDD
 }
 
 const peerGroup = "NODES"
@@ -41,6 +43,7 @@ router bgp %[2]d
  neighbor %[4]s peer-group
  neighbor %[4]s remote-as external
  neighbor %[4]s ttl-security hops 1
+ neighbor %[4]s bfd profile canopy
  bgp listen range %[5]s peer-group %[4]s
  address-family ipv4 unicast
   neighbor %[4]s activate
@@ -67,6 +70,8 @@ func (l *Lab) startFRR(ctx context.Context) error {
 	files := map[string]string{
 		"zebra.conf": fmt.Sprintf("hostname %s\nlog timestamp precision 3\nip forwarding\n", t.NS),
 		"bgpd.conf":  t.bgpdConf(l.cfg),
+		// BFD for the node sessions (neighbor NODES bfd profile canopy): 300 ms × 3, as the agents' defaults.
+		"bfdd.conf": fmt.Sprintf("hostname %s\nlog timestamp precision 3\nbfd\n profile canopy\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n exit\nexit\n", t.NS),
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(t.Dir, name), []byte(body), 0o644); err != nil {
@@ -102,6 +107,10 @@ func (l *Lab) startFRR(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	t.bfdd = append(daemon("bfdd"), "--bfdctl", filepath.Join(t.Dir, "bfdd.sock"))
+	if _, err := l.startProc("bfdd", t.NS, filepath.Join(logs, "bfdd.log"), t.bfdd); err != nil {
+		return err
+	}
 	if _, err := l.startProc("bgpd", t.NS, filepath.Join(logs, "bgpd.log"), daemon("bgpd")); err != nil {
 		return err
 	}
@@ -110,6 +119,31 @@ func (l *Lab) startFRR(ctx context.Context) error {
 		if err == nil && !strings.Contains(out, "No BGP neighbors") && !strings.Contains(out, "BGP router identifier") {
 			err = fmt.Errorf("unexpected answer: %s", out)
 		}
+		return err
+	})
+}
+
+// ToRDaemon returns the ToR's running FRR daemon name ("zebra", "bfdd", "bgpd"), nil if none runs.
+func (l *Lab) ToRDaemon(name string) *Proc {
+	procs := l.Procs()
+	for i := len(procs) - 1; i >= 0; i-- {
+		if p := procs[i]; p.Name == name && p.NS == l.ToR.NS {
+			if exited, _ := p.Exited(); !exited {
+				return p
+			}
+		}
+	}
+	return nil
+}
+
+// RestartBFDD starts the ToR's bfdd again (after a test killed it) and waits until it answers vtysh.
+func (l *Lab) RestartBFDD(ctx context.Context) error {
+	t := l.ToR
+	if _, err := l.startProc("bfdd", t.NS, filepath.Join(l.WorkDir, "tor", "bfdd.log"), t.bfdd); err != nil {
+		return err
+	}
+	return l.waitFor(ctx, "bfdd to answer vtysh", "bfdd", func() error {
+		_, err := t.Vtysh(ctx, "show bfd peers")
 		return err
 	})
 }

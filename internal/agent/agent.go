@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/bgp/bfd"
 	"canopy.io/canopy/internal/config"
 	"canopy.io/canopy/internal/controller"
 	"canopy.io/canopy/internal/ipt"
@@ -235,6 +236,17 @@ func (a *agent) bgp(tracker *model.ServiceTracker, warn model.Warner) error {
 	vips := bgp.NewVIPController(a.cfg.NodeName, a.cfg.VIPs(), a.factory, tracker, mgr, warn, a.recorder, log.With("component", "vips"))
 	resync := controller.New(controller.Config{Name: "routes", Repair: a.cfg.ResyncInterval, Log: log.With("component", "routes"),
 		Full: func(context.Context) error { return rt.Resync() }})
+	if a.cfg.BFD || a.cfg.BFDNodeMesh {
+		ip := model.NodeIP(a.self)
+		srv, err := bfd.New(bfd.Config{LocalAddrs: []netip.Addr{ip}, Log: log.With("component", "bfd")})
+		if err != nil {
+			return fmt.Errorf("BFD on %s: %w", ip, err)
+		}
+		a.reg.MustRegister(bfd.Collectors()...)
+		link := bgp.NewBFDLink(srv, mgr, sessions, cfg.BFDTimers, log.With("component", "bfd"))
+		nodes.SetBFD(link)
+		a.add(link)
+	}
 	a.add(mgr, mgr.Controller())
 	a.add(nodes, nodes.Controller())
 	a.add(vips, vips.Controller())

@@ -42,6 +42,11 @@ type Raw struct {
 	MeshPassword    string // path of a file holding the node-to-node sessions' password
 	MeshTTLSecurity bool
 	MaxPrefixes     int
+	BFD             bool
+	BFDNodeMesh     bool
+	BFDMinRx        time.Duration
+	BFDMinTx        time.Duration
+	BFDMultiplier   int
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -104,6 +109,9 @@ type Config struct {
 	MeshPassword    string
 	MeshTTLSecurity bool
 	MaxPrefixes     uint32
+	BFD             bool // BFD with the external peers (their own setting may say otherwise)
+	BFDNodeMesh     bool // BFD on node-to-node sessions
+	BFDTimers       bgp.BFDTimers
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -164,6 +172,8 @@ func (r Raw) Validate() (*Config, error) {
 		MetricsAddr:     r.MetricsAddr,
 		NodesFullMesh:   r.NodesFullMesh,
 		MeshTTLSecurity: r.MeshTTLSecurity,
+		BFD:             r.BFD,
+		BFDNodeMesh:     r.BFDNodeMesh,
 		HoldTime:        r.HoldTime,
 		Keepalive:       r.Keepalive,
 		ConnectRetry:    r.ConnectRetry,
@@ -316,6 +326,19 @@ func (r Raw) Validate() (*Config, error) {
 	} else {
 		c.MaxPrefixes = uint32(r.MaxPrefixes)
 	}
+	// BFD timers: 0 means the default (300 ms × 3).
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"bfd-min-rx", r.BFDMinRx}, {"bfd-min-tx", r.BFDMinTx}} {
+		if d.v != 0 && (d.v < 10*time.Millisecond || d.v > time.Hour) {
+			bad(d.flag, "%s is outside 10ms..1h", d.v)
+		}
+	}
+	if r.BFDMultiplier < 0 || r.BFDMultiplier > 255 {
+		bad("bfd-multiplier", "%d is outside 1..255", r.BFDMultiplier)
+	}
+	c.BFDTimers = bgp.BFDTimers{MinRx: r.BFDMinRx, MinTx: r.BFDMinTx, Multiplier: uint8(max(0, min(255, r.BFDMultiplier)))}
 	if r.HoldTime != 0 && r.HoldTime < 3*time.Second {
 		bad("hold-time", "%s is below the BGP minimum of 3s (0 = use the default)", r.HoldTime)
 	}

@@ -18,7 +18,8 @@ import (
 func (c *Config) BGP() bgp.Config {
 	return bgp.Config{
 		NodeName: c.NodeName, ClusterASN: c.ClusterASN, RouterID: c.RouterID,
-		Mesh:  bgp.MeshOptions{FullMesh: c.NodesFullMesh, Password: c.MeshPassword, TTLSecurity: c.MeshTTLSecurity},
+		Mesh: bgp.MeshOptions{FullMesh: c.NodesFullMesh, Password: c.MeshPassword, TTLSecurity: c.MeshTTLSecurity, BFD: c.BFDNodeMesh},
+		BFD:  c.BFD, BFDTimers: c.BFDTimers,
 		Peers: slices.Clone(c.Peers), MaxPrefixes: c.MaxPrefixes,
 		ClusterCIDRs: slices.Clone(c.ClusterCIDRs), ServiceCIDRs: slices.Clone(c.ServiceCIDRs), ImportAllow: slices.Clone(c.ImportAllow),
 		StaleTimeout: c.StaleTimeout,
