@@ -109,7 +109,7 @@ func TestTrackerAdmitsExternalIPs(t *testing.T) {
 		"10.244.1.5 is refused (not programmed, not announced): it is inside 10.244.0.0/16",
 		"load balancer IP 10.99.0.11 is refused",
 		"service t/b: external IP 10.201.0.5 is refused (not programmed, not announced): it is already claimed by Service t/a"} {
-		if !w.has(ReasonExternalIPRefused + ": ") || !w.has(want) {
+		if !w.has(ReasonExternalIPRefused+": ") || !w.has(want) {
 			t.Errorf("no warning %q in %q", want, w.msgs)
 		}
 	}
