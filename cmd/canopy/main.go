@@ -23,6 +23,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" { // `canopy cleanup [flags]`: see cleanup.go
+		os.Exit(runCleanup(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	var raw config.Raw
 	fs := pflag.NewFlagSet("canopy", pflag.ContinueOnError)
 	fs.SortFlags = false
