@@ -104,6 +104,8 @@ func (r *Report) WriteText(w io.Writer) error {
 		switch {
 		case s.Skipped != "":
 			fmt.Fprintf(&b, "%s: skipped: %s\n", title, s.Skipped)
+		case len(s.Removed) == 0 && len(s.Failed) == 0 && len(s.Kept) > 0:
+			fmt.Fprintf(&b, "%s: nothing removed\n", title)
 		case len(s.Removed) == 0 && len(s.Failed) == 0:
 			fmt.Fprintf(&b, "%s: nothing of ours\n", title)
 		default:

@@ -36,7 +36,7 @@ ip6tables (legacy): skipped: ip6tables-legacy-save not found: its chains could n
 ipsets: removed 1, FAILED 1
   - CANOPY-S-A
   ! CANOPY-S-B: Set cannot be destroyed: it is in use by a kernel component
-links (pod network): nothing of ours
+links (pod network): nothing removed
   kept: 2 link(s) of the pod network: running pods would lose their network
 warning: something to know
 not touched: sysctls
