@@ -75,3 +75,12 @@ func (b *BFDLink) event(ev bfd.Event) {
 		b.mgr.Bounce(ev.Peer)
 	}
 }
+
+// States returns the state of each BFD session, by peer ("Up", "Down", ...).
+func (b *BFDLink) States() map[netip.Addr]string {
+	out := map[netip.Addr]string{}
+	for _, s := range b.srv.Sessions() {
+		out[s.Peer] = s.State.String()
+	}
+	return out
+}

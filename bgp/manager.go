@@ -65,6 +65,8 @@ type instance struct {
 	cancel context.CancelFunc
 	peers  map[netip.Addr]PeerSpec
 	paths  map[string]map[netip.Prefix]Path
+	// peerErrs holds the last reconcile's error for each peer it could not configure (for status).
+	peerErrs map[netip.Addr]string
 }
 
 // reconciler brings one part of an instance to the desired state, issuing only the calls a difference needs.
@@ -330,10 +332,17 @@ func sortedPrefixes(m map[netip.Prefix]Path) []netip.Prefix {
 	return out
 }
 
+// peerFailed records err as peer's last error and returns it.
+func (inst *instance) peerFailed(peer netip.Addr, err error) error {
+	inst.peerErrs[peer] = err.Error()
+	return err
+}
+
 // reconcilePeers makes the instance's sessions equal to the desired ones: a change to one peer never resets
 // another session. A failed call leaves that peer as it was applied, so the next reconcile retries it.
 func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *slog.Logger) error {
 	var errs []error
+	inst.peerErrs = map[netip.Addr]string{}
 	want := make(map[netip.Addr]PeerSpec, len(d.peers))
 	for _, p := range d.peers {
 		want[p.Address] = p
@@ -343,7 +352,7 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 			continue
 		}
 		if err := inst.r.DeletePeer(ctx, addr); err != nil {
-			errs = append(errs, fmt.Errorf("delete peer %s: %w", addr, err))
+			errs = append(errs, inst.peerFailed(addr, fmt.Errorf("delete peer %s: %w", addr, err)))
 			continue
 		}
 		delete(inst.peers, addr)
@@ -355,7 +364,7 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 		switch {
 		case !ok:
 			if err := inst.r.AddPeer(ctx, p); err != nil {
-				errs = append(errs, fmt.Errorf("add peer %s (AS %d): %w", p.Address, p.ASN, err))
+				errs = append(errs, inst.peerFailed(p.Address, fmt.Errorf("add peer %s (AS %d): %w", p.Address, p.ASN, err)))
 				continue
 			}
 			log.Info("BGP peer added", "peer", p.Address, "asn", p.ASN, "kind", p.Kind, "name", p.Name)
@@ -366,12 +375,12 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 			old.Passive != p.Passive || old.TTLSecurity != p.TTLSecurity:
 			// A session's identity changed: GoBGP cannot change these in place, so this one peer is re-created.
 			if err := inst.r.DeletePeer(ctx, p.Address); err != nil {
-				errs = append(errs, fmt.Errorf("re-create peer %s: %w", p.Address, err))
+				errs = append(errs, inst.peerFailed(p.Address, fmt.Errorf("re-create peer %s: %w", p.Address, err)))
 				continue
 			}
 			delete(inst.peers, p.Address)
 			if err := inst.r.AddPeer(ctx, p); err != nil {
-				errs = append(errs, fmt.Errorf("re-create peer %s (AS %d): %w", p.Address, p.ASN, err))
+				errs = append(errs, inst.peerFailed(p.Address, fmt.Errorf("re-create peer %s (AS %d): %w", p.Address, p.ASN, err)))
 				continue
 			}
 			log.Info("BGP peer re-created", "peer", p.Address, "asn", p.ASN, "old_asn", old.ASN, "kind", p.Kind, "name", p.Name)
@@ -379,7 +388,7 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 		case old.MaxPrefixes != p.MaxPrefixes:
 			// GoBGP changes a prefix limit in place: the session stays.
 			if err := inst.r.UpdatePeer(ctx, p); err != nil {
-				errs = append(errs, fmt.Errorf("update peer %s: %w", p.Address, err))
+				errs = append(errs, inst.peerFailed(p.Address, fmt.Errorf("update peer %s: %w", p.Address, err)))
 				continue
 			}
 			log.Info("BGP peer updated", "peer", p.Address, "max_prefixes", p.MaxPrefixes, "old_max_prefixes", old.MaxPrefixes)

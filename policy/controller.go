@@ -52,6 +52,7 @@ type Controller struct {
 	mu       sync.Mutex
 	last     Stats
 	policy   int
+	summary  Summary
 	podCIDRs []netip.Prefix // the Node's, last known: kept if the Node object disappears
 
 	hmu     sync.Mutex
@@ -270,8 +271,16 @@ func (c *Controller) sync() error {
 	if len(st.Conflict) > 0 {
 		c.log.Warn("several local pods claim the same address; it stays unready (dropped) until resolved", "addresses", st.Conflict)
 	}
+	isolatedPods := map[netip.Addr]bool{}
+	for a := range st.Ingress {
+		isolatedPods[a] = true
+	}
+	for a := range st.Egress {
+		isolatedPods[a] = true
+	}
 	c.mu.Lock()
 	c.last, c.policy = stats, npol
+	c.summary = Summary{Policies: npol, Pods: len(st.Ready), Isolated: len(isolatedPods), Chains: len(st.Chains), Sets: len(st.Sets)}
 	c.mu.Unlock()
 	lvl := slog.LevelDebug
 	if stats.Full {
@@ -319,6 +328,22 @@ func (d *denyCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedIngress), "ingress")
 	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedEgress), "egress")
 	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.Unready), "unready")
+}
+
+// Summary is the firewall's state for a status command.
+type Summary struct {
+	Policies int `json:"policies"`
+	Pods     int `json:"pods"`
+	Isolated int `json:"isolatedPods"`
+	Chains   int `json:"chains"`
+	Sets     int `json:"ipsets"`
+}
+
+// Summary returns what the last successful sync programmed.
+func (c *Controller) Summary() Summary {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.summary
 }
 
 // CounterCache reads the deny counters in the background, so a /metrics scrape never runs iptables (a scraper

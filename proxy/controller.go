@@ -129,3 +129,13 @@ func (c *Controller) apply(keys []string, force bool) error {
 	}
 	return nil
 }
+
+// Ports returns how many service ports the back end programs.
+func (c *Controller) Ports() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.desired)
+}
+
+// Backend is the back end's name.
+func (c *Controller) Backend() string { return c.backend.Name() }

@@ -420,3 +420,18 @@ func (c *errCollector) err(what string) error {
 	}
 	return fmt.Errorf("routes: %s: %d operations failed (first %d follow): %w", what, c.n, len(c.first), errors.Join(c.first...))
 }
+
+// Counts returns how many routes of ours are in the kernel, and how many of those are stale candidates.
+func (m *Manager) Counts() (installed, stale int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, e := range m.routes {
+		if e.applied != nil {
+			installed++
+			if e.stale {
+				stale++
+			}
+		}
+	}
+	return installed, stale
+}

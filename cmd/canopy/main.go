@@ -23,8 +23,13 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "cleanup" { // `canopy cleanup [flags]`: see cleanup.go
-		os.Exit(runCleanup(os.Args[2:], os.Stdout, os.Stderr))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "cleanup": // `canopy cleanup [flags]`: see cleanup.go
+			os.Exit(runCleanup(os.Args[2:], os.Stdout, os.Stderr))
+		case "status": // `canopy status [flags]`: see status.go
+			os.Exit(runStatus(os.Args[2:], os.Stdout, os.Stderr))
+		}
 	}
 	var raw config.Raw
 	fs := pflag.NewFlagSet("canopy", pflag.ContinueOnError)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -61,6 +62,14 @@ type agent struct {
 	health   *health
 	run      []component
 	lastly   []func() // at shutdown, in order
+
+	// what /status reads, set as the components are made
+	smu       sync.Mutex
+	mgr       *bgp.Manager
+	bfd       *bgp.BFDLink
+	rt        *routes.Manager
+	proxyCtrl *proxy.Controller
+	polCtrl   *policy.Controller
 }
 
 // Run runs the agent until ctx ends.
@@ -71,7 +80,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	a.reg.MustRegister(controller.Collectors()...)
 	a.reg.MustRegister(model.Collectors()...)
 	// Health first: the liveness probe must find the agent alive while it waits for the API or its Node.
-	if err := a.health.serve(ctx, cfg.MetricsAddr, a.reg, log); err != nil {
+	extra := map[string]http.Handler{"/status": a.statusHandler(a.status)}
+	if err := a.health.serve(ctx, cfg.MetricsAddr, a.reg, log, extra); err != nil {
 		return err
 	}
 	err := a.connect(ctx)
@@ -146,6 +156,28 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	a.factory.Shutdown()
 	return nil
+}
+
+// status gathers the agent's Status.
+func (a *agent) status(ctx context.Context) Status {
+	st := Status{Node: a.cfg.NodeName, Time: time.Now(), Health: Health{Live: word(a.health.live()), Ready: word(a.health.ready())}}
+	a.smu.Lock()
+	mgr, link, rt, pc, pol := a.mgr, a.bfd, a.rt, a.proxyCtrl, a.polCtrl
+	a.smu.Unlock()
+	if mgr != nil {
+		st.BGP = mgr.Status(ctx, bfdStates(link))
+	}
+	if rt != nil {
+		st.Routes.Installed, st.Routes.Stale = rt.Counts()
+	}
+	if pc != nil {
+		st.Proxy = &ProxyStatus{Mode: pc.Backend(), ServicePorts: pc.Ports()}
+	}
+	if pol != nil {
+		s := pol.Summary()
+		st.Policy = &s
+	}
+	return st
 }
 
 // add registers a component to run, and its controllers for /healthz and /readyz.
@@ -246,7 +278,13 @@ func (a *agent) bgp(tracker *model.ServiceTracker, warn model.Warner) error {
 		link := bgp.NewBFDLink(srv, mgr, sessions, cfg.BFDTimers, log.With("component", "bfd"))
 		nodes.SetBFD(link)
 		a.add(link)
+		a.smu.Lock()
+		a.bfd = link
+		a.smu.Unlock()
 	}
+	a.smu.Lock()
+	a.mgr, a.rt = mgr, rt
+	a.smu.Unlock()
 	a.add(mgr, mgr.Controller())
 	a.add(nodes, nodes.Controller())
 	a.add(vips, vips.Controller())
@@ -292,6 +330,9 @@ func (a *agent) proxy(ctx context.Context, tracker *model.ServiceTracker, be pro
 	context.AfterFunc(ctx, func() { hc.Close(context.Background()) })
 	c := proxy.NewController(tracker, be, hc, a.cfg.ProxyRepair, a.log.With("component", "proxy"))
 	a.add(c, c.Controller())
+	a.smu.Lock()
+	a.proxyCtrl = c
+	a.smu.Unlock()
 }
 
 // firewall starts the NetworkPolicy controller and the socket the CNI plugin reports new pods on (its path is
@@ -331,6 +372,9 @@ func (a *agent) firewall(ctx context.Context) (string, error) {
 		}
 	}
 	a.add(ctrl, ctrl.Controller())
+	a.smu.Lock()
+	a.polCtrl = ctrl
+	a.smu.Unlock()
 	return socket, nil
 }
 

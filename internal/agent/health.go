@@ -98,7 +98,7 @@ func answer(w http.ResponseWriter, err error) {
 
 // serve listens on addr ("" = not at all) for /metrics, /healthz and /readyz until ctx ends. A listen error is
 // returned at once.
-func (h *health) serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+func (h *health) serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, extra map[string]http.Handler) error {
 	if addr == "" {
 		return nil
 	}
@@ -106,6 +106,9 @@ func (h *health) serve(ctx context.Context, addr string, reg *prometheus.Registr
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { answer(w, h.live()) })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { answer(w, h.ready()) })
+	for path, hd := range extra {
+		mux.Handle(path, hd)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--metrics-addr %s: %w", addr, err)
