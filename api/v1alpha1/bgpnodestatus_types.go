@@ -30,7 +30,7 @@ type BGPNodeStatus struct {
 // NodeBGPState is the BGP state of one node. SetSessions fills the counts and the summary from the sessions.
 //
 // +kubebuilder:validation:XValidation:rule="(has(self.configured) ? self.configured : 0) == (has(self.sessions) ? self.sessions.size() : 0) && (has(self.established) ? self.established : 0) == (has(self.sessions) ? self.sessions.filter(s, s.state == 'Established').size() : 0)",message="configured and established must count the sessions (all of them, and those Established)",reason=FieldValueInvalid
-// +kubebuilder:validation:XValidation:rule="!has(self.summary) || self.summary == string(has(self.established) ? self.established : 0) + '/' + string(has(self.configured) ? self.configured : 0)",message="summary must be established/configured, e.g. 3/3",fieldPath=".summary",reason=FieldValueInvalid
+// +kubebuilder:validation:XValidation:rule="!has(self.summary) || (self.summary.matches('^[0-9]{1,5}/[0-9]{1,5}$') && int(self.summary.split('/')[0]) == (has(self.established) ? self.established : 0) && int(self.summary.split('/')[1]) == (has(self.configured) ? self.configured : 0))",message="summary must be established/configured, e.g. 3/3",fieldPath=".summary",reason=FieldValueInvalid
 type NodeBGPState struct {
 	// sessions are the node's BGP sessions, one per peer address, sorted by address.
 	// +optional
