@@ -105,9 +105,11 @@ func up(ctx context.Context, args []string) error {
 			*cniPlugin = abs
 		}
 	}
+	// The demo's LoadBalancer range (canopy-controller allocates from it, the agents announce it), then the caller's.
+	agentFlags := append([]string{"--loadbalancer-ip-range=" + demoLBRange}, strings.Fields(*agentArgs)...)
 	cfg := lab.Config{
 		CNIPlugin: *cniPlugin,
-		Nodes:     *nodes, AgentBin: *agent, AgentArgs: strings.Fields(*agentArgs),
+		Nodes:     *nodes, AgentBin: *agent, AgentArgs: agentFlags,
 		Prefix: *prefix, WorkRoot: *workroot, StateRoot: *stateRoot, Keep: true,
 		Logf: log.Printf,
 	}
@@ -137,6 +139,22 @@ func up(ctx context.Context, args []string) error {
 	}
 	if cerr != nil {
 		return fmt.Errorf("the lab is up (make lab-down removes it), but: %w", cerr)
+	}
+	controller := filepath.Join(filepath.Dir(*agent), "canopy-controller")
+	if !fileExists(controller) {
+		log.Printf("no %s (make build): skipping the Service and NetworkPolicy demo", controller)
+		return nil
+	}
+	// Like a real node's uplink (and as the e2e tests do), every node reaches the world outside the rack through
+	// the ToR: replies to the external host go that way.
+	for _, n := range l.Nodes {
+		if out, err := n.Exec(ctx, "ip", "route", "replace", l.Config().ExternalCIDR.String(), "via", l.ToR.IP.String()); err != nil {
+			return fmt.Errorf("route to the external network on %s: %v: %s", n.Name, err, out)
+		}
+	}
+	fmt.Println("== Canopy's Services, VIPs and NetworkPolicy, step by step")
+	if err := demo(ctx, l, controller, os.Stdout); err != nil {
+		return fmt.Errorf("the lab is up (make lab-down removes it), but the demo failed: %w", err)
 	}
 	return nil
 }
