@@ -77,6 +77,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	log.Info("canopy starting", "node", cfg.NodeName, "cluster_asn", cfg.ClusterASN, "cluster_cidrs", cfg.ClusterCIDRs, "peers", len(cfg.Peers))
 	a := &agent{cfg: cfg, log: log, reg: prometheus.NewRegistry(), health: &health{}}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reg.MustRegister(buildInfo())
 	a.reg.MustRegister(controller.Collectors()...)
 	a.reg.MustRegister(model.Collectors()...)
 	// Health first: the liveness probe must find the agent alive while it waits for the API or its Node.
