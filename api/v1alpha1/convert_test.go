@@ -182,9 +182,9 @@ func TestCRDManifests(t *testing.T) {
 	type crd struct {
 		Metadata struct{ Name string }
 		Spec     struct {
-			Group string
-			Names struct{ Kind, Plural string }
-			Scope string
+			Group    string
+			Names    struct{ Kind, Plural string }
+			Scope    string
 			Versions []struct {
 				Name                     string
 				Served, Storage          bool
