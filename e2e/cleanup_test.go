@@ -29,6 +29,7 @@ type cleanupReport struct {
 		Skipped string   `json:"skipped"`
 		Kept    []string `json:"kept"`
 	} `json:"sections"`
+	Warnings []string `json:"warnings"`
 }
 
 func (r cleanupReport) removed(kind string) int {
@@ -39,6 +40,16 @@ func (r cleanupReport) removed(kind string) int {
 		}
 	}
 	return n
+}
+
+func (r cleanupReport) failed() []string {
+	var out []string
+	for _, s := range r.Sections {
+		for _, f := range s.Failed {
+			out = append(out, f.Item+": "+f.Error)
+		}
+	}
+	return out
 }
 
 // runCleanupOn runs `canopy cleanup -o json` with the node agent's own CNI and route flags (plus extra) inside
@@ -181,6 +192,16 @@ func TestCleanup(t *testing.T) {
 		hadBridge = true
 	}
 
+	// Run while the agent still runs, cleanup warns that it would re-create everything, and its live hint
+	// socket cannot be removed (exit 1).
+	live, code := runCleanupOn(t, n, "--dry-run")
+	if len(live.Warnings) != 1 || !strings.Contains(live.Warnings[0], "agent answers") {
+		t.Errorf("dry run with the agent running: warnings %q, want one about the running agent", live.Warnings)
+	}
+	if f := live.failed(); code != 1 || len(f) != 1 || !strings.Contains(f[0], "an agent is listening") {
+		t.Errorf("dry run with the agent running: exit %d, failures %q, want 1 and the live socket", code, f)
+	}
+
 	if err := n.StopAgent(); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +217,7 @@ func TestCleanup(t *testing.T) {
 	}
 
 	dry, code := runCleanupOn(t, n, "--dry-run")
-	if code != 0 || !dry.DryRun || dry.removed("routes") == 0 || dry.removed("iptables") == 0 || dry.removed("ipsets") == 0 || dry.removed("files") == 0 {
+	if code != 0 || !dry.DryRun || len(dry.Warnings) != 0 || dry.removed("routes") == 0 || dry.removed("iptables") == 0 || dry.removed("ipsets") == 0 || dry.removed("files") == 0 {
 		t.Errorf("dry run: exit %d, report %+v", code, dry)
 	}
 	if st, err := canopyState(ctx, n); err != nil || st != stateBefore {

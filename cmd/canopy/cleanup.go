@@ -53,7 +53,8 @@ func runCleanup(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.CNIDataDir, "cni-data-dir", "", "the plugin's address records, removed with --remove-pod-network (default: the conflist's dataDir, else /var/lib/cni/canopy)")
 	fs.StringVar(&c.AgentSocket, "cni-agent-socket", c.AgentSocket, "the agent's CNI hint socket (empty = skip)")
 	var nodeIPs stringList
-	fs.Var(&nodeIPs, "node-ip", "the node's addresses, where IPVS NodePort virtual services listen (repeatable; default: every address of this namespace's interfaces)")
+	fs.Var(&nodeIPs, "node-ip", "the node's addresses, where IPVS NodePort virtual services listen (repeatable; default: every address of this namespace's interfaces, so name them if another IPVS user has virtual services on a node address)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "the agent's metrics address: a Canopy agent answering there is still running, and cleanup warns (empty = don't check)")
 	fs.BoolVar(&c.RemovePodNetwork, "remove-pod-network", false, "also remove the bridge, the pods' veths and address records: running pods lose their network")
 	fs.BoolVar(&c.DryRun, "dry-run", false, "print what would be removed; change nothing")
 	output := fs.StringP("output", "o", "text", "report format: text or json")

@@ -59,6 +59,10 @@ type Config struct {
 	// AgentSocket is the agent's CNI hint socket ("" = none; the conflist's agentSocket is removed too).
 	AgentSocket string
 
+	// MetricsAddr is the agent's --metrics-addr: a Canopy agent answering there is still running (a warning:
+	// it re-creates what cleanup removes). "" = do not check.
+	MetricsAddr string
+
 	// NodeIPs are the node's addresses, where the IPVS back end's NodePort virtual services listen; none = every
 	// address of the namespace's interfaces (except loopback, link-local and canopy-ipvs0's).
 	NodeIPs []netip.Addr
@@ -73,7 +77,7 @@ type Config struct {
 // Default is the agent's defaults (what a node running Canopy's DaemonSet has).
 func Default() Config {
 	return Config{RouteProtocol: routes.DefaultProtocol, RouteTable: syscall.RT_TABLE_MAIN, CNIConfDir: "/etc/cni/net.d",
-		CNIBinDir: "/opt/cni/bin", AgentSocket: "/run/canopy/cni.sock"}
+		CNIBinDir: "/opt/cni/bin", AgentSocket: "/run/canopy/cni.sock", MetricsAddr: "127.0.0.1:9469"}
 }
 
 // Validate lists every problem of c, each naming its flag.
@@ -123,6 +127,10 @@ func Run(c Config) *Report {
 	table := c.RouteTable
 	if table == 0 {
 		table = syscall.RT_TABLE_MAIN
+	}
+
+	if c.MetricsAddr != "" && agentMetrics(c.MetricsAddr) {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("a Canopy agent answers on %s: it re-creates what cleanup removes; stop it (delete the DaemonSet) and run cleanup again", c.MetricsAddr))
 	}
 
 	// The conflist first: from here on the runtime hands no new pod to the plugin.

@@ -1,9 +1,11 @@
 package cleanup
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -135,6 +137,22 @@ func agentListening(path string) bool {
 	}
 	c.Close()
 	return true
+}
+
+// agentMetrics reports whether a Canopy agent answers on addr's /metrics (a running agent). It dials and
+// talks on the calling goroutine, so it stays in the calling thread's network namespace.
+func agentMetrics(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n", addr); err != nil {
+		return false
+	}
+	b, _ := io.ReadAll(io.LimitReader(c, 4<<20))
+	return bytes.Contains(b, []byte("\ncanopy_"))
 }
 
 // removeSocket removes the agent's CNI hint socket a stopped (or killed) agent left, and its directory if that

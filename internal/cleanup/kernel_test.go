@@ -7,6 +7,7 @@ package cleanup
 // foreign state.
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -471,10 +472,40 @@ func TestKernelCleanupFreshNode(t *testing.T) {
 	foreign(t, node)
 	before := snapshot(t, node)
 	d := newNodeDirs(t)
-	r := runCleanup(t, node, Config{RouteProtocol: routes.DefaultProtocol, CNIConfDir: d.conf, CNIBinDir: d.bin,
-		CNIDataDir: d.data, AgentSocket: d.socket, RemovePodNetwork: true})
-	if r.Failures() != 0 || r.Removed() != 0 {
-		t.Errorf("%d removed, %d failures on a node Canopy never ran on", r.Removed(), r.Failures())
+	cfg := Config{RouteProtocol: routes.DefaultProtocol, CNIConfDir: d.conf, CNIBinDir: d.bin,
+		CNIDataDir: d.data, AgentSocket: d.socket, RemovePodNetwork: true, MetricsAddr: "127.0.0.1:9469"}
+	r := runCleanup(t, node, cfg)
+	if r.Failures() != 0 || r.Removed() != 0 || len(r.Warnings) != 0 {
+		t.Errorf("%d removed, %d failures, warnings %q on a node Canopy never ran on", r.Removed(), r.Failures(), r.Warnings)
 	}
 	diff(t, "after cleanup", before, snapshot(t, node))
+
+	// Something answers on the agent's metrics address inside the namespace: not Canopy, then Canopy.
+	for _, tc := range []struct {
+		body string
+		warn bool
+	}{{"# HELP node_load1 x\nnode_load1 0.5\n", false}, {"# HELP canopy_bgp_established_peers x\ncanopy_bgp_established_peers 2\n", true}} {
+		ln, err := node.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				br := bufio.NewReader(c)
+				for l, err := br.ReadString('\n'); err == nil && l != "\r\n"; l, err = br.ReadString('\n') {
+				}
+				fmt.Fprintf(c, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s", tc.body)
+				c.Close()
+			}
+		}()
+		r := runCleanup(t, node, cfg)
+		ln.Close()
+		if got := len(r.Warnings) == 1 && strings.Contains(r.Warnings[0], "agent answers on 127.0.0.1:9469"); got != tc.warn {
+			t.Errorf("metrics %q: warnings %q", tc.body, r.Warnings)
+		}
+	}
 }
