@@ -319,6 +319,12 @@ func crdBadObjects(t *testing.T, dyn dynamic.Interface) {
 			s["nodeSelector"] = map[string]any{"matchLabels": map[string]any{"rack": "r1"}}
 			s["nodeNames"] = []any{"node1"}
 		}), []string{"spec.nodeNames", "nodeSelector and nodeNames are mutually exclusive"}},
+		{"a selector operator that does not exist", peer("bad-selector-op", set("nodeSelector", map[string]any{
+			"matchExpressions": []any{map[string]any{"key": "rack", "operator": "Near", "values": []any{"r1"}}}})),
+			[]string{"spec.nodeSelector", "the operator must be In, NotIn, Exists or DoesNotExist"}},
+		{"In without values", peer("bad-selector-in", set("nodeSelector", map[string]any{
+			"matchExpressions": []any{map[string]any{"key": "rack", "operator": "In"}}})),
+			[]string{"spec.nodeSelector", "In and NotIn need values"}},
 		{"empty nodeNames", peer("bad-empty-names", set("nodeNames", []any{})), []string{"spec.nodeNames", "at least 1 item"}},
 		{"ttlSecurity with multihopTTL 3", peer("bad-gtsm-multihop", func(s map[string]any) {
 			s["ttlSecurity"], s["multihopTTL"] = true, int64(3)

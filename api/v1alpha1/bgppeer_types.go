@@ -55,6 +55,8 @@ type BGPPeerSpec struct {
 	// nodeSelector selects, by their labels, the nodes that peer with this router (e.g. the rack's nodes for
 	// its ToR). Not together with nodeNames; neither selects every node, and so does an empty selector ({}).
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="nodeSelector.matchExpressions: the operator must be In, NotIn, Exists or DoesNotExist",reason=FieldValueInvalid
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, (e.operator in ['In', 'NotIn']) == (has(e.values) && e.values.size() > 0))",message="nodeSelector.matchExpressions: In and NotIn need values, Exists and DoesNotExist take none",reason=FieldValueInvalid
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 
 	// nodeNames lists the nodes that peer with this router. Not together with nodeSelector; leave both out
