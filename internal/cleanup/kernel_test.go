@@ -509,3 +509,52 @@ func TestKernelCleanupFreshNode(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelCleanupMissingTools runs cleanup with only iptables-nft on PATH: the IPv4 nft chains go, every
+// other part says it was skipped and why, and nothing counts as a failure.
+func TestKernelCleanupMissingTools(t *testing.T) {
+	testns.Require(t, kernelTools...)
+	node := testns.New(t, "clean-tools")
+	node.MustRun(t, "ipset", "create", "CANOPY-S-LEFT", "hash:ip")
+	err := node.Do(func() error {
+		h, err := ipt.OpenFlavour(ipt.NFT)
+		if err != nil {
+			return err
+		}
+		return egress.ApplyBGPGuard(h, []netip.Prefix{clusterCIDR})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := t.TempDir()
+	for _, tool := range []string{"iptables-nft-save", "iptables-nft-restore"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(p, filepath.Join(bin, tool)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := os.Getenv("PATH")
+	t.Setenv("PATH", bin)
+	r := runCleanup(t, node, Config{RouteProtocol: routes.DefaultProtocol})
+	os.Setenv("PATH", path)
+	if r.Failures() != 0 {
+		t.Errorf("%d failures", r.Failures())
+	}
+	if got := r.Section("iptables", "nft").Removed; len(got) != 3 {
+		t.Errorf("iptables (nft) removed %q, want the guard's two jumps and its chain", got)
+	}
+	for _, k := range []struct{ kind, scope, why string }{
+		{"iptables", "legacy", "iptables-legacy-save not found"}, {"ip6tables", "nft", "ip6tables-nft-save not found"},
+		{"ip6tables", "legacy", "ip6tables-legacy-save not found"}, {"ipsets", "", "ipset not found"}, {"nftables", "", "nft not found"},
+	} {
+		if s := r.Section(k.kind, k.scope); s == nil || !strings.Contains(s.Skipped, k.why) {
+			t.Errorf("%s (%s): %+v, want skipped: %s", k.kind, k.scope, s, k.why)
+		}
+	}
+	if out := node.MustRun(t, "ipset", "list", "-n"); !strings.Contains(out, "CANOPY-S-LEFT") {
+		t.Errorf("the set went although ipset was not on PATH: %q", out)
+	}
+}
