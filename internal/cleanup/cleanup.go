@@ -26,8 +26,8 @@
 //
 // Every removal is checked by looking again: the Report lists per kind what was removed, what failed (with
 // why) and what was skipped because a tool is missing. Run acts in the calling thread's network namespace
-// (lock the thread and switch to run it elsewhere) and starts no goroutines. It is safe to run any number of
-// times, with or without an agent ever having run.
+// (lock the thread and switch to run it elsewhere: netnsx.Do): every socket and child process is made on the
+// calling goroutine. It is safe to run any number of times, with or without an agent ever having run.
 package cleanup
 
 import (
@@ -194,7 +194,10 @@ func Run(c Config) *Report {
 	if c.CNIBinDir != "" {
 		attached, err := podVethCount(h)
 		plugin := filepath.Join(c.CNIBinDir, conflist.PluginName)
+		_, statErr := os.Lstat(plugin)
 		switch {
+		case statErr != nil:
+			removeFile(plugin, c.DryRun, files) // not there (nothing to do), or says why it cannot be looked at
 		case err != nil:
 			files.fail(plugin, fmt.Errorf("not removed: whether pods are still attached is unknown: %w", err))
 		case attached > 0 && !c.RemovePodNetwork:
