@@ -41,6 +41,7 @@ func TestCRD(t *testing.T) {
 	t.Run("Bad", func(t *testing.T) { crdBadObjects(t, dyn) })
 	t.Run("NodeStatus", func(t *testing.T) { crdNodeStatus(t, l, dyn, top) })
 	t.Run("Kubectl", func(t *testing.T) { crdKubectl(t, l) })
+	t.Run("DocExamples", func(t *testing.T) { crdDocExamples(t, dyn) })
 }
 
 // crdInstall creates every CRD of manifests/crds, waits until each is Established, and deletes them (with every
@@ -499,4 +500,53 @@ func crdKubectl(t *testing.T, l *lab.Lab) {
 		t.Errorf("kubectl get bgpnodestatuses -o wide: no ROUTER-ID column with %s (%v):\n%s", l.Nodes[0].IP, err, wide)
 	}
 	t.Logf("kubectl get bgpnodestatuses -o wide:\n%s", wide)
+}
+
+// crdDocExamples: every example object in docs/crds.md passes a server-side dry run (an update where the object
+// exists, and for a BGPNodeStatus also of its status).
+func crdDocExamples(t *testing.T, dyn dynamic.Interface) {
+	ctx := context.Background()
+	b, err := os.ReadFile("../docs/crds.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resources := map[string]schema.GroupVersionResource{"BGPPeer": v1alpha1.BGPPeersResource,
+		"BGPConfiguration": v1alpha1.BGPConfigurationsResource, "BGPNodeStatus": v1alpha1.BGPNodeStatusesResource}
+	seen := map[string]int{}
+	blocks := strings.Split(string(b), "```yaml\n")[1:]
+	for _, blk := range blocks {
+		blk = blk[:strings.Index(blk, "```")]
+		for _, doc := range strings.Split(blk, "\n---\n") {
+			j, err := yaml.YAMLToJSON([]byte(doc))
+			if err != nil {
+				t.Fatalf("docs/crds.md: %v\n%s", err, doc)
+			}
+			u := &unstructured.Unstructured{}
+			if err := u.UnmarshalJSON(j); err != nil {
+				t.Fatalf("docs/crds.md: %v\n%s", err, doc)
+			}
+			what := u.GetKind() + " " + u.GetName()
+			ri := dyn.Resource(resources[u.GetKind()])
+			seen[u.GetKind()]++
+			dry := metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: metav1.FieldValidationStrict}
+			cur, err := ri.Get(ctx, u.GetName(), metav1.GetOptions{})
+			switch {
+			case apierrors.IsNotFound(err):
+				_, err = ri.Create(ctx, u, metav1.CreateOptions{DryRun: dry.DryRun, FieldValidation: dry.FieldValidation})
+			case err == nil:
+				_, err = ri.Update(ctx, withVersion(u, cur), dry)
+				if err == nil && u.GetKind() == "BGPNodeStatus" {
+					_, err = ri.UpdateStatus(ctx, withVersion(u, cur), dry)
+				}
+			}
+			if err != nil {
+				t.Errorf("docs/crds.md: %s: %v", what, err)
+				continue
+			}
+			t.Logf("docs/crds.md: %s passes a dry run", what)
+		}
+	}
+	if seen["BGPPeer"] == 0 || seen["BGPConfiguration"] == 0 || seen["BGPNodeStatus"] == 0 {
+		t.Errorf("docs/crds.md: examples of %v; want every kind", seen)
+	}
 }
