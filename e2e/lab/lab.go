@@ -359,18 +359,23 @@ func (l *Lab) startProc(name, ns, logPath string, argv []string) (*Proc, error) 
 	return p, l.save()
 }
 
-// procsFailed returns an error (with the log's tail) if a named process has exited.
+// procsFailed returns an error (with the log's tail) if a named process has exited (the latest of that name: a
+// daemon a test killed and started again counts as running).
 func (l *Lab) procsFailed(names ...string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, p := range l.procs {
-		for _, n := range names {
-			if p.Name != n {
-				continue
+	for _, n := range names {
+		var last *Proc
+		for _, p := range l.procs {
+			if p.Name == n {
+				last = p
 			}
-			if exited, err := p.Exited(); exited {
-				return fmt.Errorf("%s exited: %v\n%s", p.Name, err, tail(p.LogPath, 20))
-			}
+		}
+		if last == nil {
+			continue
+		}
+		if exited, err := last.Exited(); exited {
+			return fmt.Errorf("%s exited: %v\n%s", last.Name, err, tail(last.LogPath, 20))
 		}
 	}
 	return nil

@@ -25,7 +25,7 @@ type ToR struct {
 	// <WorkDir>/tor/zebra.log and bgpd.log.
 	Dir string
 
-	bfdd []string // bfdd's command line, for RestartBFDD
+	argv map[string][]string // each daemon's command line, for RestartDaemon
 }
 
 const peerGroup = "NODES"
@@ -107,11 +107,11 @@ func (l *Lab) startFRR(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	t.bfdd = append(daemon("bfdd"), "--bfdctl", filepath.Join(t.Dir, "bfdd.sock"))
-	if _, err := l.startProc("bfdd", t.NS, filepath.Join(logs, "bfdd.log"), t.bfdd); err != nil {
+	t.argv = map[string][]string{"bfdd": append(daemon("bfdd"), "--bfdctl", filepath.Join(t.Dir, "bfdd.sock")), "bgpd": daemon("bgpd")}
+	if _, err := l.startProc("bfdd", t.NS, filepath.Join(logs, "bfdd.log"), t.argv["bfdd"]); err != nil {
 		return err
 	}
-	if _, err := l.startProc("bgpd", t.NS, filepath.Join(logs, "bgpd.log"), daemon("bgpd")); err != nil {
+	if _, err := l.startProc("bgpd", t.NS, filepath.Join(logs, "bgpd.log"), t.argv["bgpd"]); err != nil {
 		return err
 	}
 	return l.waitFor(ctx, "bgpd to answer vtysh", "bgpd", func() error {
@@ -137,13 +137,21 @@ func (l *Lab) ToRDaemon(name string) *Proc {
 }
 
 // RestartBFDD starts the ToR's bfdd again (after a test killed it) and waits until it answers vtysh.
-func (l *Lab) RestartBFDD(ctx context.Context) error {
+func (l *Lab) RestartBFDD(ctx context.Context) error { return l.RestartDaemon(ctx, "bfdd") }
+
+// RestartDaemon starts the ToR's bfdd or bgpd again (after a test killed it) and waits until it answers vtysh.
+func (l *Lab) RestartDaemon(ctx context.Context, name string) error {
 	t := l.ToR
-	if _, err := l.startProc("bfdd", t.NS, filepath.Join(l.WorkDir, "tor", "bfdd.log"), t.bfdd); err != nil {
+	argv, ok := t.argv[name]
+	if !ok {
+		return fmt.Errorf("lab: no ToR daemon %q to restart", name)
+	}
+	if _, err := l.startProc(name, t.NS, filepath.Join(l.WorkDir, "tor", name+".log"), argv); err != nil {
 		return err
 	}
-	return l.waitFor(ctx, "bfdd to answer vtysh", "bfdd", func() error {
-		_, err := t.Vtysh(ctx, "show bfd peers")
+	cmd := map[string]string{"bfdd": "show bfd peers", "bgpd": "show bgp summary"}[name]
+	return l.waitFor(ctx, name+" to answer vtysh", name, func() error {
+		_, err := t.Vtysh(ctx, cmd)
 		return err
 	})
 }
