@@ -7,7 +7,7 @@ K8S_VERSION ?= v1.35.4
 GO_TEST_FLAGS ?=
 LAB_NODES ?= 3
 
-.PHONY: all build deps k8s vm test test-ipvs unit lab lab-down lab-status bench lint clean
+.PHONY: all build deps k8s vm test test-ipvs unit lab lab-down lab-status bench lint clean generate
 
 all: build
 
@@ -34,10 +34,12 @@ test: deps k8s build vm
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_E2E_VM_NODE=only \
 	  CANOPY_CNI_BIN=$(BIN)/canopy-cni CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller $(GO) test -count=1 -timeout 15m -run '^TestIPVS$$' $(GO_TEST_FLAGS) ./e2e/
 	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec $(GO_TEST_FLAGS) ./proxy/ipvs
+	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec -run '^TestVM' $(GO_TEST_FLAGS) ./internal/cleanup
 
-# Only the IPVS tests, in the VM.
+# Only the IPVS tests (the back end, and cleanup of its state), in the VM.
 test-ipvs: vm
 	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec $(GO_TEST_FLAGS) ./proxy/ipvs
+	$(GO) test -count=1 -timeout 15m -exec $(BIN)/vmexec -run '^TestVM' $(GO_TEST_FLAGS) ./internal/cleanup
 
 # The VM runner: qemu, a Debian kernel and an initramfs, cached in $(CANOPY_CACHE)/vm.
 vm:
@@ -63,6 +65,10 @@ lab-status:
 bench: deps k8s build
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller \
 	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+# The canopy.io CRD types' generated files: api/v1alpha1/zz_generated.deepcopy.go and manifests/crds/*.yaml.
+generate:
+	bash hack/gen-crds.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
