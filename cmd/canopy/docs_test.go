@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/spf13/pflag"
+
+	"canopy.io/canopy/internal/config"
+)
+
+// update rewrites the generated sections of docs/configuration.md: go test ./cmd/canopy -run Docs -update
+var update = flag.Bool("update", false, "rewrite docs/configuration.md's generated flag reference of canopy")
+
+const configDoc = "../../docs/configuration.md"
+
+// dynamicDefaults are the flags whose default depends on where and how the agent runs; the reference says what
+// the default is instead of what it was on the machine that rendered it.
+var dynamicDefaults = map[string]string{
+	"node-name":  "`$NODE_NAME`, else the hostname",
+	"cni-plugin": "`canopy-cni` next to the `canopy` binary",
+}
+
+// TestDocs fails when docs/configuration.md's reference of the agent's flags (and of `canopy status` and
+// `canopy cleanup`) is not what the flag sets say, and rewrites it with -update.
+func TestDocs(t *testing.T) {
+	checkGenerated(t, configDoc, "canopy", renderAgentFlags(t))
+}
+
+// TestDocsAnnotations: every canopy.io/ key (annotation, label, class) in the committed Go code outside the
+// tests, the lab and the API types is named in docs/configuration.md or docs/crds.md. (Committed files only,
+// from git ls-files: work in progress elsewhere in the tree does not fail it.)
+func TestDocsAnnotations(t *testing.T) {
+	var docs []byte
+	for _, p := range []string{configDoc, "../../docs/crds.md"} {
+		b, err := os.ReadFile(p)
+		if err != nil && p == configDoc {
+			t.Fatal(err)
+		}
+		docs = append(docs, b...)
+	}
+	out, err := exec.Command("git", "-C", "../..", "ls-files", "*.go").Output()
+	if err != nil {
+		t.Skipf("git ls-files: %v", err)
+	}
+	re := regexp.MustCompile(`"(canopy\.io/[a-z][a-z-]*)"`)
+	found := map[string]string{}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.HasSuffix(p, "_test.go") || strings.HasPrefix(p, "e2e/") || strings.HasPrefix(p, "hack/") ||
+			strings.HasPrefix(p, "api/") || strings.HasPrefix(p, "internal/testsupport/") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("../..", p))
+		if err != nil {
+			continue // deleted in the work tree
+		}
+		for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+			found[m[1]] = p
+		}
+	}
+	if len(found) == 0 {
+		t.Fatal("no canopy.io/ key found in the code: the scan is broken")
+	}
+	for a, where := range found {
+		if !bytes.Contains(docs, []byte("`"+a+"`")) {
+			t.Errorf("%s (in %s) is documented in neither docs/configuration.md nor docs/crds.md", a, where)
+		}
+	}
+}
+
+// renderAgentFlags is the generated section: the agent's flags from bindFlags (the same FlagSet main uses),
+// then the help of the subcommands status and cleanup as they print it.
+func renderAgentFlags(t *testing.T) string {
+	t.Helper()
+	bind := func(nodeName string) *pflag.FlagSet {
+		t.Setenv("NODE_NAME", nodeName)
+		var raw config.Raw
+		fs := pflag.NewFlagSet("canopy", pflag.ContinueOnError)
+		fs.SortFlags = false
+		bindFlags(fs, &raw)
+		return fs
+	}
+	a, b := bind("docs-node-a"), bind("docs-node-b")
+	checkDynamicDefaults(t, a, b, dynamicDefaults)
+	fs := bind("")
+	var w strings.Builder
+	w.WriteString("### `canopy` (the agent, `kube-system/canopy` DaemonSet)\n\n")
+	w.WriteString("`canopy [flags]`; lists are repeatable or comma-separated (`--cluster-cidr=a,b` = `--cluster-cidr=a --cluster-cidr=b`).\n\n")
+	writeFlagTable(&w, fs, dynamicDefaults)
+	help := func(name string, run func(args []string, stdout, stderr io.Writer) int) {
+		var out bytes.Buffer
+		run([]string{"--help"}, &out, &out)
+		fmt.Fprintf(&w, "\n### `canopy %s`\n\n```text\n%s\n```\n", name, strings.TrimRight(out.String(), "\n"))
+	}
+	help("status", runStatus)
+	help("cleanup", runCleanup)
+	return w.String()
+}
+
+// checkDynamicDefaults fails when a flag's default differs between two bindings made under different
+// environments (or holds this machine's hostname or this binary's folder) and dynamic does not say what it is.
+func checkDynamicDefaults(t *testing.T, a, b *pflag.FlagSet, dynamic map[string]string) {
+	t.Helper()
+	host, _ := os.Hostname()
+	exe, _ := os.Executable()
+	a.VisitAll(func(f *pflag.Flag) {
+		other := b.Lookup(f.Name)
+		local := f.DefValue != other.DefValue || (host != "" && strings.Contains(f.DefValue, host)) ||
+			(exe != "" && strings.Contains(f.DefValue, filepath.Dir(exe)))
+		if _, ok := dynamic[f.Name]; local && !ok {
+			t.Errorf("--%s: its default %q depends on the environment: add it to dynamicDefaults", f.Name, f.DefValue)
+		}
+	})
+	for name := range dynamic {
+		if a.Lookup(name) == nil {
+			t.Errorf("dynamicDefaults names --%s, which does not exist", name)
+		}
+	}
+}
+
+// writeFlagTable writes fs's flags, in the order they are bound, as a markdown table.
+func writeFlagTable(w *strings.Builder, fs *pflag.FlagSet, dynamic map[string]string) {
+	w.WriteString("| flag | type | default | what it does |\n|---|---|---|---|\n")
+	fs.VisitAll(func(f *pflag.Flag) {
+		def := "`" + f.DefValue + "`"
+		switch {
+		case dynamic[f.Name] != "":
+			def = dynamic[f.Name]
+		case f.DefValue == "" || f.DefValue == "[]":
+			def = "none"
+		}
+		name := "`--" + f.Name + "`"
+		if f.Shorthand != "" {
+			name = "`-" + f.Shorthand + "`, " + name
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", name, f.Value.Type(), def, strings.ReplaceAll(f.Usage, "|", `\|`))
+	})
+}
+
+// checkGenerated compares the section of path between the markers of name with want; with -update it writes
+// want there instead. The file is locked while it is read and written: the two cmd packages' tests share it and
+// `go test ./cmd/...` runs them at once.
+func checkGenerated(t *testing.T, path, name, want string) {
+	t.Helper()
+	begin := fmt.Sprintf("<!-- BEGIN GENERATED %s flags: go test ./cmd/%s -run Docs -update -->\n", name, name)
+	end := fmt.Sprintf("<!-- END GENERATED %s flags -->", name)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	i, j := strings.Index(doc, begin), strings.Index(doc, end)
+	if i < 0 || j < i {
+		t.Fatalf("%s has no section between %q and %q", path, strings.TrimSpace(begin), end)
+	}
+	got := doc[i+len(begin) : j]
+	if got == want {
+		return
+	}
+	if !*update {
+		t.Errorf("%s: the %s flag reference is stale (%s); run go test ./cmd/%s -run Docs -update", path, name, firstDiff(got, want), name)
+		return
+	}
+	doc = doc[:i+len(begin)] + want + doc[j:]
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(doc); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: rewrote the %s flag reference", path, name)
+}
+
+// firstDiff names the first line where got and want differ.
+func firstDiff(got, want string) string {
+	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
+	for i := 0; i < len(g) || i < len(w); i++ {
+		var a, b string
+		if i < len(g) {
+			a = g[i]
+		}
+		if i < len(w) {
+			b = w[i]
+		}
+		if a != b {
+			return fmt.Sprintf("line %d: doc has %q, the flags say %q", i+1, a, b)
+		}
+	}
+	return "same lines"
+}
