@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -21,11 +22,18 @@ const listRetries = 5
 // It writes routes as unicast, universe scope, metric 0, marked with its protocol, in its table. Next hops carry
 // no output device: the kernel resolves it from the gateway, which must be reachable on-link. It is safe for
 // concurrent use (the handle serialises requests on its socket).
+//
+// Batch (see Batcher) writes through a NETLINK_ROUTE socket of the table's own, opened on first use in the
+// network namespace of h's route socket (with a nil h, or a handle without sockets: a socket per batch in the
+// calling thread's namespace, as the netlink package does per request). Close closes it.
 type NetlinkTable struct {
 	h        *netlink.Handle
 	protocol netlink.RouteProtocol
 	table    int
 	err      error // set when the configuration is unusable; every method returns it
+
+	bmu sync.Mutex // serialises batches
+	b   nlBatch
 }
 
 // NewNetlinkTable returns a Table over the routes with the given protocol number in the given table, through h.

@@ -25,6 +25,7 @@ const (
 type testNS struct {
 	Name string
 	H    *netlink.Handle
+	NS   *testns.NS
 }
 
 // newTestNS creates a network namespace of the test's own (internal/testsupport/testns: cnp-rt-<random>, removed when the
@@ -62,7 +63,7 @@ func newTestNS(tb testing.TB) *testNS {
 		mustNL(tb, "add address "+l.addr, h.AddrAdd(link, addr))
 		mustNL(tb, "set "+l.name+" up", h.LinkSetUp(link))
 	}
-	return &testNS{Name: name, H: h}
+	return &testNS{Name: name, H: h, NS: tns}
 }
 
 func mustNL(tb testing.TB, what string, err error) {
