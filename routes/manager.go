@@ -13,48 +13,57 @@ import (
 // Manager keeps the kernel in line with the desired routes: it diffs desired against what it applied and issues
 // only the needed calls.
 //
-// For every destination it knows the desired next hops (from BGP, via Set/Remove) and the next hops it believes
-// the kernel has under our protocol (from its own successful calls, and from listing the table in Start and
-// Resync). Set and Remove act on one destination and cost at most one Table call; only Start and Resync list the
-// table.
+// For every destination it knows the desired next hops (from BGP, via Set/Remove/SetMany) and the next hops it
+// believes the kernel has under our protocol (from its own successful calls, and from listing the table in Start
+// and Resync). Set and Remove act on one destination and cost at most one Table call; SetMany acts on many and,
+// when the Table is a Batcher (NetlinkTable is), costs one Batch call per thousand kernel changes, as do the
+// repairs of Resync and the deletes of SweepStale. Only Start and Resync list the table.
 //
 // Routes found in the kernel by Start (left by an earlier run) are stale candidates: they stay, so traffic keeps
 // flowing over an agent restart, until Set confirms them or Sweep deletes the unconfirmed ones.
 //
 // Routes it has not installed are created with the Table's Add when it has one (NetlinkTable does), so a route of
 // another protocol to the same destination (a connected subnet, a static route) makes the install fail with
-// ErrRouteExists instead of being replaced. Routes it has installed are changed with Replace. Call Start before
+// ErrRouteExists instead of being replaced (OpAdd in a batch). Routes it has installed are changed with Replace. Call Start before
 // the first Set, so that our routes from an earlier run are known to be ours.
 //
 // All methods are safe for concurrent use.
 type Manager struct {
-	t   Table
-	add func(Route) error // t's Add, or nil
-	log *slog.Logger
+	t     Table
+	add   func(Route) error  // t's Add, or nil
+	batch func([]Op) []error // t's Batch, or nil
+	log   *slog.Logger
 
 	mu     sync.Mutex
-	routes map[netip.Prefix]entry
-	sets   map[string]*hopSet // interned next-hop sets, by key
+	routes routeMap
+	sets   map[string]uint32 // interned next-hop sets: key -> id in hops
+	hops   []hopSet          // by id; hops[0] is unused (id 0 = no set)
+	free   []uint32          // ids of released sets
 	keyBuf []byte
 	gen    uint32 // listing generation, for entry.seen
 	swept  bool
+
+	// The batch being built (SetMany, Resync, SweepStale), reused from batch to batch.
+	ops  []Op
+	pend []pendingOp
 }
 
-// entry is the state of one destination. It is kept small (24 bytes): next hops are interned.
+// entry is the state of one destination. It is kept small (16 bytes, no pointers, so the garbage collector does
+// not scan the route map): next hops are interned and referred to by id.
 type entry struct {
-	desired *hopSet // nil: not desired
-	applied *hopSet // nil: not in the kernel as ours, as far as we know
-	seen    uint32  // last listing generation that showed the route in the kernel
-	stale   bool    // applied, found in the kernel by a listing before Sweep, not confirmed by Set since
+	desired uint32 // hop set id; 0: not desired
+	applied uint32 // hop set id; 0: not in the kernel as ours, as far as we know
+	seen    uint32 // last listing generation that showed the route in the kernel
+	stale   bool   // applied, found in the kernel by a listing before Sweep, not confirmed by Set since
+	busy    bool   // has an op in the batch being built
 }
 
 // hopSet is an immutable, sorted, unique set of next hops, shared by all routes with the same next hops (commonly
-// a handful of sets for the whole table). Equal sets are the same pointer, so comparing next hops is a pointer
-// comparison.
+// a handful of sets for the whole table). Equal sets have the same id, so comparing next hops is comparing ids.
 type hopSet struct {
 	addrs []netip.Addr
 	key   string
-	refs  int // entry slots (desired, applied) pointing at it
+	refs  int // entry slots (desired, applied) referring to it
 }
 
 // NewManager returns a Manager over t. A nil log discards.
@@ -65,11 +74,15 @@ func NewManager(t Table, log *slog.Logger) *Manager {
 	m := &Manager{
 		t:      t,
 		log:    log,
-		routes: make(map[netip.Prefix]entry),
-		sets:   make(map[string]*hopSet),
+		routes: newRouteMap(),
+		sets:   make(map[string]uint32),
+		hops:   make([]hopSet, 1),
 	}
 	if a, ok := t.(adder); ok {
 		m.add = a.Add
+	}
+	if b, ok := t.(Batcher); ok {
+		m.batch = b.Batch
 	}
 	return m
 }
@@ -85,7 +98,7 @@ func (m *Manager) Start() error {
 	}
 	m.absorb(kernel)
 	stale := 0
-	for _, e := range m.routes {
+	for _, e := range m.routes.all {
 		if e.stale {
 			stale++
 		}
@@ -112,13 +125,13 @@ func (m *Manager) Set(dst netip.Prefix, nextHops []netip.Addr) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e := m.routes[dst]
+	e, _ := m.routes.get(dst)
 	m.swap(&e.desired, m.intern(nextHops))
 	e.stale = false
 	if e.applied != e.desired {
 		err = m.install(dst, &e)
 	}
-	m.routes[dst] = e
+	m.routes.set(dst, e)
 	return err
 }
 
@@ -132,17 +145,93 @@ func (m *Manager) Remove(dst netip.Prefix) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e, ok := m.routes[dst]
+	e, ok := m.routes.get(dst)
 	if !ok {
 		return nil
 	}
-	m.swap(&e.desired, nil)
+	m.swap(&e.desired, 0)
 	e.stale = false
-	if e.applied != nil {
+	if e.applied != 0 {
 		err = m.delete(dst, &e)
 	}
 	m.store(dst, e)
 	return err
+}
+
+// Change is one destination's new desired next hops, for SetMany. No next hops: the destination is removed.
+type Change struct {
+	Dst      netip.Prefix
+	NextHops []netip.Addr
+}
+
+// SetMany applies changes in order, each as Set (or Remove, for a change without next hops) would, with the same
+// outcome, but with far fewer kernel round trips when the Table is a Batcher (NetlinkTable is): the kernel
+// changes of up to maxBatch changes go to the Table in one Batch call. It returns nil when every change
+// succeeded, and otherwise a slice as long as changes with the error of changes[i] at i (nil where it
+// succeeded). As with Set, a failed change stays desired and is retried by the next Set, SetMany or Resync.
+//
+// The Manager is held for one batch at a time, so Set and Remove from elsewhere interleave with a long SetMany.
+func (m *Manager) SetMany(changes []Change) []error {
+	res := batchErrs{n: len(changes)}
+	done := func(p *pendingOp, err error) {
+		if err != nil {
+			res.set(int(p.idx), err)
+		}
+	}
+	for i := 0; i < len(changes); {
+		m.mu.Lock()
+		for ; i < len(changes) && len(m.pend) < maxBatch; i++ {
+			if err := m.change(&changes[i], int32(i), done); err != nil {
+				res.set(i, err)
+			}
+		}
+		m.flush(done)
+		m.mu.Unlock()
+	}
+	return res.errs
+}
+
+// change queues the kernel op of one SetMany change, if it needs one. Called with m.mu held.
+func (m *Manager) change(c *Change, idx int32, done func(*pendingOp, error)) error {
+	remove := len(c.NextHops) == 0
+	dst, err := canonPrefix(c.Dst)
+	hops := c.NextHops
+	if err == nil && !remove {
+		hops, err = canonHops(dst, hops)
+	}
+	if err != nil {
+		if remove {
+			deleteErrors.Inc()
+		} else {
+			installErrors.Inc()
+		}
+		return fmt.Errorf("routes: %w", err)
+	}
+	e, ok := m.routes.get(dst)
+	if e.busy {
+		// An earlier change of this batch is on the same destination: it goes first.
+		m.flush(done)
+		e, ok = m.routes.get(dst)
+	}
+	if remove {
+		if !ok {
+			return nil
+		}
+		m.swap(&e.desired, 0)
+		e.stale = false
+		if e.applied != 0 {
+			m.queue(dst, &e, OpDelete, idx)
+		}
+		m.store(dst, e)
+		return nil
+	}
+	m.swap(&e.desired, m.intern(hops))
+	e.stale = false
+	if e.applied != e.desired {
+		m.queue(dst, &e, m.installKind(&e), idx)
+	}
+	m.routes.set(dst, e)
+	return nil
 }
 
 // Sweep deletes every stale candidate never confirmed by Set. From then on, Resync also deletes any route of ours
@@ -159,9 +248,9 @@ func (m *Manager) MarkStale() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	n := 0
-	for dst, e := range m.routes {
-		m.swap(&e.desired, nil)
-		e.stale = e.applied != nil
+	for dst, e := range m.routes.all {
+		m.swap(&e.desired, 0)
+		e.stale = e.applied != 0
 		if e.stale {
 			n++
 		}
@@ -173,31 +262,34 @@ func (m *Manager) MarkStale() {
 
 // SweepStale deletes the stale candidates for which remove(dst, next hops in the kernel) says yes, and returns
 // how many it deleted and how many stale candidates are left. Once none is left, Resync also deletes any route of
-// ours that is not desired.
+// ours that is not desired. With a Batcher Table the deletes go in batches.
 func (m *Manager) SweepStale(remove func(dst netip.Prefix, nextHops []netip.Addr) bool) (removed, left int, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var errs errCollector
-	for dst, e := range m.routes {
-		if !e.stale || e.desired != nil {
-			continue
-		}
-		var hops []netip.Addr
-		if e.applied != nil {
-			hops = e.applied.addrs
-		}
-		if !remove(dst, hops) {
-			left++
-			continue
-		}
-		if err := m.delete(dst, &e); err != nil {
+	done := func(_ *pendingOp, err error) {
+		if err != nil {
 			errs.add(err)
 			left++
-			continue
+			return
 		}
 		removed++
-		m.store(dst, e)
 	}
+	for dst, e := range m.routes.all {
+		if !e.stale || e.desired != 0 {
+			continue
+		}
+		if !remove(dst, m.addrs(e.applied)) {
+			left++
+			continue
+		}
+		m.queue(dst, &e, OpDelete, -1)
+		m.routes.set(dst, e)
+		if len(m.pend) >= maxBatch {
+			m.flush(done)
+		}
+	}
+	m.flush(done)
 	if left == 0 {
 		m.swept = true
 	}
@@ -210,7 +302,8 @@ func (m *Manager) SweepStale(remove func(dst netip.Prefix, nextHops []netip.Addr
 
 // Resync repairs drift: it lists the kernel, re-applies desired routes that are missing or different, and deletes
 // our routes that are not desired (after Sweep; before it, only routes whose Remove failed). It never touches
-// routes of other protocols or tables. It holds the Manager for the duration: Set and Remove wait.
+// routes of other protocols or tables. It holds the Manager for the duration: Set and Remove wait. With a Batcher
+// Table the repairs go in batches.
 func (m *Manager) Resync() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -221,25 +314,31 @@ func (m *Manager) Resync() error {
 	m.absorb(kernel)
 	var repaired, removed int
 	var errs errCollector
-	for dst, e := range m.routes {
+	done := func(p *pendingOp, err error) {
 		switch {
-		case e.desired != nil && e.applied != e.desired:
-			if err := m.install(dst, &e); err != nil {
-				errs.add(err)
-				continue
-			}
-			repaired++
-		case e.desired == nil && e.applied != nil && (m.swept || !e.stale):
-			if err := m.delete(dst, &e); err != nil {
-				errs.add(err)
-				continue
-			}
+		case err != nil:
+			errs.add(err)
+		case p.kind == OpDelete:
 			removed++
+		default:
+			repaired++
+		}
+	}
+	for dst, e := range m.routes.all {
+		switch {
+		case e.desired != 0 && e.applied != e.desired:
+			m.queue(dst, &e, m.installKind(&e), -1)
+		case e.desired == 0 && e.applied != 0 && (m.swept || !e.stale):
+			m.queue(dst, &e, OpDelete, -1)
 		default:
 			continue
 		}
-		m.store(dst, e)
+		m.routes.set(dst, e)
+		if len(m.pend) >= maxBatch {
+			m.flush(done)
+		}
 	}
+	m.flush(done)
 	level := slog.LevelDebug
 	if repaired+removed+errs.n > 0 {
 		level = slog.LevelInfo
@@ -251,10 +350,10 @@ func (m *Manager) Resync() error {
 // Routes returns the desired routes, sorted by Dst.
 func (m *Manager) Routes() []Route {
 	m.mu.Lock()
-	out := make([]Route, 0, len(m.routes))
-	for dst, e := range m.routes {
-		if e.desired != nil {
-			out = append(out, Route{Dst: dst, NextHops: slices.Clone(e.desired.addrs)})
+	out := make([]Route, 0, m.routes.len())
+	for dst, e := range m.routes.all {
+		if e.desired != 0 {
+			out = append(out, Route{Dst: dst, NextHops: slices.Clone(m.addrs(e.desired))})
 		}
 	}
 	m.mu.Unlock()
@@ -284,48 +383,66 @@ func (m *Manager) absorb(kernel []Route) {
 		if err != nil {
 			hops = nil // something we would not install: differs from anything desired
 		}
-		e, existed := m.routes[dst]
+		e, existed := m.routes.get(dst)
 		m.setApplied(&e, m.intern(hops))
 		e.seen = m.gen
 		if !existed {
 			e.stale = !m.swept
 		}
-		m.routes[dst] = e
+		m.routes.set(dst, e)
 	}
-	for dst, e := range m.routes {
-		if e.seen != m.gen && e.applied != nil {
-			m.setApplied(&e, nil) // gone from the kernel behind our back
+	for dst, e := range m.routes.all {
+		if e.seen != m.gen && e.applied != 0 {
+			m.setApplied(&e, 0) // gone from the kernel behind our back
 			e.stale = false
 			m.store(dst, e)
 		}
 	}
 }
 
-// install applies e.desired to the kernel: Add if we have no route there (so another protocol's route is not
-// replaced), Replace if we have.
+// installKind is how e.desired goes into the kernel: Add if we have no route there (so another protocol's route
+// is not replaced) and the Table can, Replace if we have.
+func (m *Manager) installKind(e *entry) OpKind {
+	if e.applied == 0 && (m.add != nil || m.batch != nil) {
+		return OpAdd
+	}
+	return OpReplace
+}
+
+// install applies e.desired to the kernel with one Table call.
 func (m *Manager) install(dst netip.Prefix, e *entry) error {
-	r := Route{Dst: dst, NextHops: e.desired.addrs}
+	r := Route{Dst: dst, NextHops: m.addrs(e.desired)}
 	var err error
-	if e.applied == nil && m.add != nil {
+	if e.applied == 0 && m.add != nil {
 		err = m.add(r)
 	} else {
 		err = m.t.Replace(r)
 	}
+	return m.installed(dst, e, e.desired, err)
+}
+
+// installed records the outcome of installing hop set id on dst.
+func (m *Manager) installed(dst netip.Prefix, e *entry, id uint32, err error) error {
 	if err != nil {
 		installErrors.Inc()
-		return fmt.Errorf("routes: install %s: %w", r, err)
+		return fmt.Errorf("routes: install %s: %w", Route{Dst: dst, NextHops: m.addrs(id)}, err)
 	}
 	installOps.Inc()
 	if m.log.Enabled(context.Background(), slog.LevelDebug) {
-		m.log.Debug("routes: installed", "dst", dst, "via", r.NextHops)
+		m.log.Debug("routes: installed", "dst", dst, "via", m.addrs(id))
 	}
-	m.setApplied(e, e.desired)
+	m.setApplied(e, id)
 	e.stale = false
 	return nil
 }
 
 func (m *Manager) delete(dst netip.Prefix, e *entry) error {
-	if err := m.t.Delete(dst); err != nil {
+	return m.deleted(dst, e, m.t.Delete(dst))
+}
+
+// deleted records the outcome of deleting dst.
+func (m *Manager) deleted(dst netip.Prefix, e *entry, err error) error {
+	if err != nil {
 		deleteErrors.Inc()
 		return fmt.Errorf("routes: delete %s: %w", dst, err)
 	}
@@ -333,23 +450,121 @@ func (m *Manager) delete(dst netip.Prefix, e *entry) error {
 	if m.log.Enabled(context.Background(), slog.LevelDebug) {
 		m.log.Debug("routes: deleted", "dst", dst)
 	}
-	m.setApplied(e, nil)
+	m.setApplied(e, 0)
 	e.stale = false
 	return nil
 }
 
-// store writes e back, or forgets dst when nothing is desired or applied.
-func (m *Manager) store(dst netip.Prefix, e entry) {
-	if e.desired == nil && e.applied == nil {
-		delete(m.routes, dst)
-		return
-	}
-	m.routes[dst] = e
+// maxBatch is how many kernel ops a Manager hands the Table in one Batch call, at most (and so how many routes
+// it holds itself for, in SetMany).
+const maxBatch = 1024
+
+// pendingOp is an op of the batch being built: what it does to which destination, for which change.
+type pendingOp struct {
+	dst  netip.Prefix
+	hops uint32 // the hop set installed (OpAdd, OpReplace)
+	kind OpKind
+	idx  int32 // SetMany: index of the change; -1 otherwise
 }
 
-// intern returns the shared hopSet for hops (sorted, unique). A new set has no references: the caller must put it
-// in an entry slot with swap or setApplied right away.
-func (m *Manager) intern(hops []netip.Addr) *hopSet {
+// queue adds the op to the batch being built and marks e busy; the caller stores e. Called with m.mu held.
+func (m *Manager) queue(dst netip.Prefix, e *entry, kind OpKind, idx int32) {
+	p := pendingOp{dst: dst, kind: kind, idx: idx}
+	op := Op{Kind: kind, Route: Route{Dst: dst}}
+	if kind != OpDelete {
+		p.hops = e.desired
+		op.Route.NextHops = m.addrs(e.desired)
+	}
+	e.busy = true
+	m.pend = append(m.pend, p)
+	m.ops = append(m.ops, op)
+}
+
+// flush sends the batch being built to the Table (one Batch call, or one call per op for a Table without Batch),
+// records every outcome in its entry like Set and Remove do, and calls done for each op with its error (wrapped
+// as Set's and Remove's). Called with m.mu held.
+func (m *Manager) flush(done func(*pendingOp, error)) {
+	if len(m.pend) == 0 {
+		return
+	}
+	var errs []error
+	if m.batch != nil {
+		errs = m.batch(m.ops)
+	} else {
+		errs = m.single(m.ops)
+	}
+	var nInst, nDel int
+	for k := range m.pend {
+		p := &m.pend[k]
+		var err error
+		if errs != nil {
+			err = errs[k]
+		}
+		e, _ := m.routes.get(p.dst)
+		e.busy = false
+		if p.kind == OpDelete {
+			if err != nil {
+				deleteErrors.Inc()
+				err = fmt.Errorf("routes: delete %s: %w", p.dst, err)
+			} else {
+				nDel++
+				m.setApplied(&e, 0)
+				e.stale = false
+			}
+		} else {
+			if err != nil {
+				installErrors.Inc()
+				err = fmt.Errorf("routes: install %s: %w", Route{Dst: p.dst, NextHops: m.addrs(p.hops)}, err)
+			} else {
+				nInst++
+				m.setApplied(&e, p.hops)
+				e.stale = false
+			}
+		}
+		m.store(p.dst, e)
+		done(p, err)
+	}
+	installOps.Add(float64(nInst))
+	deleteOps.Add(float64(nDel))
+	if m.log.Enabled(context.Background(), slog.LevelDebug) {
+		m.log.Debug("routes: batch applied", "ops", len(m.pend), "installed", nInst, "deleted", nDel, "errors", len(m.pend)-nInst-nDel)
+	}
+	clear(m.ops) // drop the references to next-hop slices
+	m.ops, m.pend = m.ops[:0], m.pend[:0]
+}
+
+// single applies ops with one Table call each (a Table without Batch).
+func (m *Manager) single(ops []Op) []error {
+	res := batchErrs{n: len(ops)}
+	for i := range ops {
+		var err error
+		switch op := &ops[i]; {
+		case op.Kind == OpDelete:
+			err = m.t.Delete(op.Route.Dst)
+		case op.Kind == OpAdd && m.add != nil:
+			err = m.add(op.Route)
+		default:
+			err = m.t.Replace(op.Route)
+		}
+		if err != nil {
+			res.set(i, err)
+		}
+	}
+	return res.errs
+}
+
+// store writes e back, or forgets dst when nothing is desired or applied.
+func (m *Manager) store(dst netip.Prefix, e entry) {
+	if e.desired == 0 && e.applied == 0 && !e.busy {
+		m.routes.del(dst)
+		return
+	}
+	m.routes.set(dst, e)
+}
+
+// intern returns the id of the shared hop set for hops (sorted, unique). A new set has no references: the caller
+// must put it in an entry slot with swap or setApplied right away.
+func (m *Manager) intern(hops []netip.Addr) uint32 {
 	b := m.keyBuf[:0]
 	for _, h := range hops {
 		if h.Is4() {
@@ -363,37 +578,57 @@ func (m *Manager) intern(hops []netip.Addr) *hopSet {
 		}
 	}
 	m.keyBuf = b
-	if hs, ok := m.sets[string(b)]; ok {
-		return hs
+	if id, ok := m.sets[string(b)]; ok {
+		return id
 	}
-	hs := &hopSet{addrs: slices.Clone(hops), key: string(b)}
-	m.sets[hs.key] = hs
-	return hs
+	hs := hopSet{addrs: slices.Clone(hops), key: string(b)}
+	var id uint32
+	if n := len(m.free); n > 0 {
+		id = m.free[n-1]
+		m.free = m.free[:n-1]
+		m.hops[id] = hs
+	} else {
+		id = uint32(len(m.hops))
+		m.hops = append(m.hops, hs)
+	}
+	m.sets[hs.key] = id
+	return id
 }
 
-// swap points *slot at hs, keeping reference counts; a set nobody points at any more is forgotten.
-func (m *Manager) swap(slot **hopSet, hs *hopSet) {
+// addrs returns the next hops of set id (nil for 0). They are shared: never modify them.
+func (m *Manager) addrs(id uint32) []netip.Addr {
+	if id == 0 {
+		return nil
+	}
+	return m.hops[id].addrs
+}
+
+// swap points *slot at set id, keeping reference counts; a set nobody refers to any more is released.
+func (m *Manager) swap(slot *uint32, id uint32) {
 	old := *slot
-	if old == hs {
+	if old == id {
 		return
 	}
-	if hs != nil {
-		hs.refs++
+	if id != 0 {
+		m.hops[id].refs++
 	}
-	*slot = hs
-	if old != nil {
-		old.refs--
-		if old.refs <= 0 {
-			delete(m.sets, old.key)
+	*slot = id
+	if old != 0 {
+		hs := &m.hops[old]
+		hs.refs--
+		if hs.refs <= 0 {
+			delete(m.sets, hs.key)
+			*hs = hopSet{}
+			m.free = append(m.free, old)
 		}
 	}
 }
 
 // setApplied is swap on e.applied, keeping the installed-routes gauge.
-func (m *Manager) setApplied(e *entry, hs *hopSet) {
-	was := e.applied != nil
-	m.swap(&e.applied, hs)
-	switch is := hs != nil; {
+func (m *Manager) setApplied(e *entry, id uint32) {
+	was := e.applied != 0
+	m.swap(&e.applied, id)
+	switch is := id != 0; {
 	case is && !was:
 		installedRoutes.Inc()
 	case !is && was:
@@ -425,8 +660,8 @@ func (c *errCollector) err(what string) error {
 func (m *Manager) Counts() (installed, stale int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, e := range m.routes {
-		if e.applied != nil {
+	for _, e := range m.routes.all {
+		if e.applied != 0 {
 			installed++
 			if e.stale {
 				stale++

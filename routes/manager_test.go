@@ -552,11 +552,11 @@ func TestHopSetsShared(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(m.sets) != 1 || len(m.routes) != 500 {
-		t.Fatalf("%d next-hop sets, %d routes; want 1, 500", len(m.sets), len(m.routes))
+	if len(m.sets) != 1 || m.routes.len() != 500 {
+		t.Fatalf("%d next-hop sets, %d routes; want 1, 500", len(m.sets), m.routes.len())
 	}
-	for _, hs := range m.sets {
-		if hs.refs != 1000 { // desired and applied of 500 routes
+	for _, id := range m.sets {
+		if hs := m.hops[id]; hs.refs != 1000 { // desired and applied of 500 routes
 			t.Fatalf("refs = %d, want 1000", hs.refs)
 		}
 	}

@@ -33,6 +33,10 @@ func (c *countingTable) Delete(dst netip.Prefix) error {
 	c.changes.Add(1)
 	return c.NetlinkTable.Delete(dst)
 }
+func (c *countingTable) Batch(ops []Op) []error {
+	c.changes.Add(int64(len(ops)))
+	return c.NetlinkTable.Batch(ops)
+}
 
 func gateways(r netlink.Route) []string {
 	var out []string

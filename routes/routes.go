@@ -35,6 +35,9 @@ func (r Route) String() string {
 // ErrRouteExists) when any route to r.Dst with the same metric already exists in the table, whatever its protocol.
 // The Manager then uses Add, not Replace, for routes it has not installed itself, so that it never replaces a route
 // of another protocol (the kernel's replace does not look at the protocol). NetlinkTable has Add.
+//
+// A Table may also be a Batcher (Batch(ops []Op) []error): the Manager then sends the kernel changes of SetMany,
+// Resync and SweepStale through it, many per call. NetlinkTable is one.
 type Table interface {
 	Replace(r Route) error         // add or replace (RouteReplace), single next hop or multipath
 	Delete(dst netip.Prefix) error // delete our route to dst; deleting a missing route is not an error
