@@ -38,8 +38,18 @@ func (b *BFDLink) SetPeers(local netip.Addr, peers []PeerSpec) {
 		if !p.BFD || p.MultihopTTL > 1 || p.Address.Is4() != local.Is4() {
 			continue
 		}
-		want = append(want, bfd.PeerConfig{Peer: p.Address, Local: local, DesiredMinTx: b.timers.MinTx,
-			RequiredMinRx: b.timers.MinRx, DetectMultiplier: b.timers.Multiplier})
+		t := b.timers
+		if p.BFDTimers.MinTx > 0 {
+			t.MinTx = p.BFDTimers.MinTx
+		}
+		if p.BFDTimers.MinRx > 0 {
+			t.MinRx = p.BFDTimers.MinRx
+		}
+		if p.BFDTimers.Multiplier > 0 {
+			t.Multiplier = p.BFDTimers.Multiplier
+		}
+		want = append(want, bfd.PeerConfig{Peer: p.Address, Local: local, DesiredMinTx: t.MinTx,
+			RequiredMinRx: t.MinRx, DetectMultiplier: t.Multiplier})
 		set[p.Address] = true
 	}
 	b.mu.Lock()

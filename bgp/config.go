@@ -56,6 +56,27 @@ type PeerConfig struct {
 	TTLSecurity bool   // GTSM: the router must send TTL 255 too (FRR: neighbor X ttl-security hops 1)
 	MaxPrefixes uint32 // 0: Config.MaxPrefixes
 	BFD         *bool  // nil: Config.BFD
+	// What a BGPPeer object may set besides (zero values: the agent's flags).
+	Port       uint16 // 0: 179
+	Timers     PeerTimers
+	GR         GRSetting
+	BFDTimers  BFDTimers
+	NoPodCIDRs bool // do not announce this node's pod CIDRs to the peer
+	NoVIPs     bool // do not announce Service VIPs to the peer
+	// Source names where the peer comes from in status and conflict reports: "flag", "annotation" or
+	// "BGPPeer/<name>" (empty: filled in from where it was given).
+	Source string
+}
+
+// PeerTimers are one session's BGP timers; a zero field means GlobalConfig's.
+type PeerTimers struct {
+	Hold, Keepalive, ConnectRetry time.Duration
+}
+
+// GRSetting is one session's graceful restart (RFC 4724): unless Set, GlobalConfig's.
+type GRSetting struct {
+	Set, Enabled bool
+	RestartTime  time.Duration // 0: GlobalConfig.GRRestartTime
 }
 
 // ParseASN parses a 4-byte AS number in plain or asdot notation (e.g. "64512", "1.10"); 0, 23456 (AS_TRANS)

@@ -371,9 +371,9 @@ func reconcilePeers(ctx context.Context, inst *instance, d *desiredState, log *s
 			peerChanges.WithLabelValues("add").Inc()
 		case old == p:
 			continue
-		case old.ASN != p.ASN || old.Password != p.Password || old.MultihopTTL != p.MultihopTTL || old.Port != p.Port ||
-			old.Passive != p.Passive || old.TTLSecurity != p.TTLSecurity:
-			// A session's identity changed: GoBGP cannot change these in place, so this one peer is re-created.
+		case old.sessionKey() != p.sessionKey():
+			// A session's identity, timers or announcements changed: GoBGP cannot change these in place (timers
+			// are negotiated in OPEN), so this one peer is re-created; no other session is touched.
 			if err := inst.r.DeletePeer(ctx, p.Address); err != nil {
 				errs = append(errs, inst.peerFailed(p.Address, fmt.Errorf("re-create peer %s: %w", p.Address, err)))
 				continue

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -23,6 +25,26 @@ const (
 	ReasonInvalidAnnotation = "InvalidBGPAnnotation"
 	ReasonBGPError          = "BGPReconcileFailed"
 )
+
+// ClusterSettings is what the cluster's BGPConfiguration says about sessions; a nil field keeps the flag.
+type ClusterSettings struct {
+	ClusterASN      *uint32
+	FullMesh        *bool
+	MeshPassword    *string
+	MeshTTLSecurity *bool
+	MaxPrefixes     *uint32
+}
+
+// Objects is what the canopy.io objects (BGPConfiguration, BGPPeers) say, already checked (bgp/objects): the
+// node controller merges it over the flags and annotations.
+type Objects interface {
+	// Cluster returns the BGPConfiguration's session settings.
+	Cluster() ClusterSettings
+	// PeersFor returns the BGPPeers that select node (PeerConfig.Source "BGPPeer/<name>").
+	PeersFor(node *corev1.Node) []PeerConfig
+	// HasSynced reports whether the objects have been read (or are known to be absent).
+	HasSynced() bool
+}
 
 // NodeController follows the Nodes and tells the manager what this node's speaker should be: its identity, its
 // peers and its pod CIDRs; and tells the importer which learned routes are acceptable. A sync is pure computation
@@ -45,6 +67,18 @@ type NodeController struct {
 	selfDeleted    bool
 	lastOwnCIDRs   []netip.Prefix
 	reportedNoCIDR bool
+	objects        Objects // nil: flags and annotations only
+	conflicts      string  // the peer conflicts last reported
+
+	cmu          sync.Mutex
+	conflictList []string // the same, for status
+}
+
+// Conflicts returns the peer addresses more than one source configures, as last reported.
+func (c *NodeController) Conflicts() []string {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	return slices.Clone(c.conflictList)
 }
 
 // NewNodeController registers a Node event handler on factory and returns the controller.
@@ -62,6 +96,16 @@ func NewNodeController(cfg Config, factory informers.SharedInformerFactory, mgr 
 
 // Run follows the Nodes until ctx ends.
 func (c *NodeController) Run(ctx context.Context) { c.ctrl.Run(ctx) }
+
+// SetObjects makes the controller merge what the canopy.io objects say over the flags and annotations (call
+// before Run); call Changed when they change.
+func (c *NodeController) SetObjects(o Objects) {
+	c.objects = o
+	c.ctrl.AddSynced(o.HasSynced)
+}
+
+// Changed makes the controller compute this node's sessions again (the canopy.io objects changed).
+func (c *NodeController) Changed() { c.ctrl.EnqueueFull() }
 
 // SetBFD makes the controller keep link's BFD sessions with the peers that want one. Call it before Run.
 func (c *NodeController) SetBFD(link *BFDLink) { c.bfd = link }
@@ -145,9 +189,30 @@ func (c *NodeController) sync(context.Context) error {
 			selfInfo = in
 		}
 	}
+	clusterASN, mesh, maxPrefixes := c.cfg.ClusterASN, c.cfg.Mesh, c.cfg.MaxPrefixes
+	var objPeers []PeerConfig
+	if c.objects != nil {
+		cs := c.objects.Cluster()
+		if cs.ClusterASN != nil {
+			clusterASN = *cs.ClusterASN
+		}
+		if cs.FullMesh != nil {
+			mesh.FullMesh = *cs.FullMesh
+		}
+		if cs.MeshPassword != nil {
+			mesh.Password = *cs.MeshPassword
+		}
+		if cs.MeshTTLSecurity != nil {
+			mesh.TTLSecurity = *cs.MeshTTLSecurity
+		}
+		if cs.MaxPrefixes != nil {
+			maxPrefixes = *cs.MaxPrefixes
+		}
+		objPeers = c.objects.PeersFor(self)
+	}
 	asn := selfInfo.ASN
 	if asn == 0 {
-		asn = c.cfg.ClusterASN
+		asn = clusterASN
 	}
 	rid := c.cfg.RouterID
 	if !rid.IsValid() {
@@ -179,7 +244,7 @@ func (c *NodeController) sync(context.Context) error {
 			in.Owners[p] = n.IP
 		}
 	}
-	for _, p := range append(slices.Clone(c.cfg.Peers), c.goodPeers...) {
+	for _, p := range slices.Concat(c.cfg.Peers, c.goodPeers, objPeers) {
 		in.Routers = append(in.Routers, p.Address)
 	}
 	c.importer.SetPolicy(NewImportPolicy(in), []netip.Addr{selfIP})
@@ -200,10 +265,34 @@ func (c *NodeController) sync(context.Context) error {
 	}
 	c.mgr.SetIdentity(Identity{ASN: asn, RouterID: rid, NodeIP: selfIP})
 	c.mgr.SetPaths(GroupPodCIDRs, paths)
-	peers := DesiredPeers(selfInfo, c.cfg.ClusterASN, infos, c.cfg.Mesh, c.cfg.MaxPrefixes, c.cfg.BFD, c.cfg.Peers, c.goodPeers)
+	peers, conflicts := DesiredPeers(selfInfo, infos, PeerSources{ClusterASN: clusterASN, Mesh: mesh, MaxPrefixes: maxPrefixes,
+		BFD: c.cfg.BFD, Flag: c.cfg.Peers, Annotation: c.goodPeers, Objects: objPeers})
+	c.reportConflicts(self, conflicts)
 	c.mgr.SetPeers(peers)
 	if c.bfd != nil {
 		c.bfd.SetPeers(selfIP, peers)
 	}
 	return nil
+}
+
+// ReasonPeerConflict is the Event reason for a peer address that more than one source configures.
+const ReasonPeerConflict = "BGPPeerConflict"
+
+// reportConflicts logs and records (on the Node) the peer conflicts when they differ from the last reported.
+func (c *NodeController) reportConflicts(self *corev1.Node, conflicts []PeerConflict) {
+	texts := make([]string, len(conflicts))
+	for i, x := range conflicts {
+		texts[i] = x.String()
+	}
+	all := strings.Join(texts, "; ")
+	if all == c.conflicts {
+		return
+	}
+	c.conflicts = all
+	c.cmu.Lock()
+	c.conflictList = texts
+	c.cmu.Unlock()
+	for _, t := range texts {
+		c.warn(self, ReasonPeerConflict, "node %s: %s", self.Name, t)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -38,11 +39,23 @@ type PeerSpec struct {
 	// Passive: wait for the peer to connect. Between two nodes exactly one side dials (the lower address), so
 	// a restarted agent is not caught in a loop of both sides refusing each other's connections while idle.
 	Passive     bool
-	TTLSecurity bool   // GTSM (RFC 5082): TTL 255 sent, and only TTL 255 accepted
-	MaxPrefixes uint32 // past it the session is torn down (0: no limit)
-	BFD         bool   // a BFD session watches this peer: when it goes down, the BGP session is reset
+	TTLSecurity bool       // GTSM (RFC 5082): TTL 255 sent, and only TTL 255 accepted
+	MaxPrefixes uint32     // past it the session is torn down (0: no limit)
+	BFD         bool       // a BFD session watches this peer: when it goes down, the BGP session is reset
+	BFDTimers   BFDTimers  // zero fields: Config.BFDTimers
+	Timers      PeerTimers // zero fields: GlobalConfig's
+	GR          GRSetting  // unless Set: GlobalConfig's
+	NoPodCIDRs  bool       // this node's pod CIDRs are not announced to the peer
+	NoVIPs      bool       // Service VIPs are not announced to the peer
 	Kind        PeerKind
-	Name        string // node name for mesh peers, "flag" or "annotation" for external ones
+	Name        string // node name for mesh peers; "flag", "annotation" or "BGPPeer/<name>" for external ones
+}
+
+// sessionKey is what a running session cannot change without being re-created: everything but the prefix
+// limit (changed in place), BFD (the BFD speaker's business) and the descriptive fields.
+func (p PeerSpec) sessionKey() PeerSpec {
+	p.MaxPrefixes, p.BFD, p.BFDTimers, p.Kind, p.Name = 0, false, BFDTimers{}, "", ""
+	return p
 }
 
 // NodeInfo is what the speaker needs from a Kubernetes Node.
@@ -150,53 +163,95 @@ func ParseNodeASN(value string) (uint32, error) {
 	return asn, nil
 }
 
+// PeerSources is everything that names this node's peers, from the lowest precedence to the highest: the node
+// mesh, the routers of the flags, those of the node's canopy.io/peers annotation, and the BGPPeer objects that
+// select the node. An address is peered once, as the source with the highest precedence says.
+type PeerSources struct {
+	ClusterASN  uint32
+	Mesh        MeshOptions
+	MaxPrefixes uint32 // default limit (0: none)
+	BFD         bool   // default BFD for external peers
+	Flag        []PeerConfig
+	Annotation  []PeerConfig
+	Objects     []PeerConfig // from BGPPeers (Source "BGPPeer/<name>")
+}
+
+// PeerConflict is an address that more than one source names: Winner's settings are used, Losers' are not.
+type PeerConflict struct {
+	Address netip.Addr
+	Winner  string
+	Losers  []string
+}
+
+func (c PeerConflict) String() string {
+	return fmt.Sprintf("BGP peer %s is configured by %s and by %s: %s wins", c.Address, c.Winner, strings.Join(c.Losers, ", "), c.Winner)
+}
+
 // DesiredPeers computes the sessions this node should have: the other nodes (full mesh, each with its own ASN,
-// so nodes in other racks become eBGP peers), the routers from flags and those from the node's annotation.
-// An address is peered once: annotation peers win over flag peers, which win over mesh peers. The result is
-// sorted by address.
-func DesiredPeers(self NodeInfo, clusterASN uint32, nodes []NodeInfo, mesh MeshOptions, maxPrefixes uint32, bfdDefault bool, flagPeers, annotationPeers []PeerConfig) []PeerSpec {
+// so nodes in other racks become eBGP peers), then the external routers of each source in src. An address is
+// peered once, by the source of highest precedence; every address named by more than one external source (or
+// by one and the mesh) is reported as a conflict. The result is sorted by address.
+func DesiredPeers(self NodeInfo, nodes []NodeInfo, src PeerSources) ([]PeerSpec, []PeerConflict) {
 	byAddr := map[netip.Addr]PeerSpec{}
-	add := func(p PeerSpec) {
+	from := map[netip.Addr][]string{} // the sources that named each address, in precedence order
+	add := func(p PeerSpec, source string) {
 		if !p.Address.IsValid() || p.Address == self.IP {
 			return
 		}
 		byAddr[p.Address] = p
+		from[p.Address] = append(from[p.Address], source)
 	}
-	if mesh.FullMesh {
+	if src.Mesh.FullMesh {
 		for _, n := range nodes {
 			if n.Name == self.Name {
 				continue
 			}
 			asn := n.ASN
 			if asn == 0 {
-				asn = clusterASN
+				asn = src.ClusterASN
 			}
 			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0,
-				Password: mesh.Password, TTLSecurity: mesh.TTLSecurity, MaxPrefixes: maxPrefixes, BFD: mesh.BFD})
+				Password: src.Mesh.Password, TTLSecurity: src.Mesh.TTLSecurity, MaxPrefixes: src.MaxPrefixes, BFD: src.Mesh.BFD},
+				"node mesh ("+n.Name+")")
 		}
 	}
 	external := func(p PeerConfig, name string) {
+		if p.Source != "" {
+			name = p.Source
+		}
 		limit := p.MaxPrefixes
 		if limit == 0 {
-			limit = maxPrefixes
+			limit = src.MaxPrefixes
 		}
-		bfd := bfdDefault
+		bfd := src.BFD
 		if p.BFD != nil {
 			bfd = *p.BFD
 		}
 		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, TTLSecurity: p.TTLSecurity,
-			MaxPrefixes: limit, BFD: bfd && p.MultihopTTL <= 1, Kind: PeerKindExternal, Name: name})
+			Port: p.Port, MaxPrefixes: limit, BFD: bfd && p.MultihopTTL <= 1, BFDTimers: p.BFDTimers, Timers: p.Timers, GR: p.GR,
+			NoPodCIDRs: p.NoPodCIDRs, NoVIPs: p.NoVIPs, Kind: PeerKindExternal, Name: name}, name)
 	}
-	for _, p := range flagPeers {
+	for _, p := range src.Flag {
 		external(p, "flag")
 	}
-	for _, p := range annotationPeers {
+	for _, p := range src.Annotation {
 		external(p, "annotation")
+	}
+	for _, p := range src.Objects {
+		external(p, "BGPPeer")
 	}
 	out := make([]PeerSpec, 0, len(byAddr))
 	for _, p := range byAddr {
 		out = append(out, p)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Address.Less(out[j].Address) })
-	return out
+	var conflicts []PeerConflict
+	for _, p := range out {
+		if names := from[p.Address]; len(names) > 1 {
+			losers := slices.Clone(names[:len(names)-1])
+			slices.Reverse(losers)
+			conflicts = append(conflicts, PeerConflict{Address: p.Address, Winner: names[len(names)-1], Losers: losers})
+		}
+	}
+	return out, conflicts
 }

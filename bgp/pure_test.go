@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 var (
@@ -76,7 +77,7 @@ func TestDesiredPeers(t *testing.T) {
 	flagPeers := []PeerConfig{{Address: addr("10.99.0.1"), ASN: 64500, TTLSecurity: true}}
 	annPeers := []PeerConfig{{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", MaxPrefixes: 10}} // overrides mesh peer n2
 	mesh := MeshOptions{FullMesh: true, Password: "mesh", TTLSecurity: true}
-	got := DesiredPeers(self, 64512, nodes, mesh, 1000, false, flagPeers, annPeers)
+	got, conflicts := DesiredPeers(self, nodes, PeerSources{ClusterASN: 64512, Mesh: mesh, MaxPrefixes: 1000, Flag: flagPeers, Annotation: annPeers})
 	want := []PeerSpec{
 		{Address: addr("10.99.0.1"), ASN: 64500, Kind: PeerKindExternal, Name: "flag", TTLSecurity: true, MaxPrefixes: 1000},
 		{Address: addr("10.99.0.12"), ASN: 65100, Password: "x", Kind: PeerKindExternal, Name: "annotation", MaxPrefixes: 10},
@@ -91,17 +92,47 @@ func TestDesiredPeers(t *testing.T) {
 			t.Errorf("peer %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}
+	if len(conflicts) != 1 || conflicts[0].Address != addr("10.99.0.12") || conflicts[0].Winner != "annotation" ||
+		!slices.Equal(conflicts[0].Losers, []string{"node mesh (n2)"}) {
+		t.Errorf("conflicts = %+v", conflicts)
+	}
 	// The node with the higher address waits for the lower one to dial.
-	if p := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, 64512, nodes, mesh, 0, false, nil, nil); len(p) != 2 || !p[0].Passive || !p[1].Passive {
+	if p, _ := DesiredPeers(NodeInfo{Name: "n3", IP: addr("10.99.0.13")}, nodes, PeerSources{ClusterASN: 64512, Mesh: mesh}); len(p) != 2 || !p[0].Passive || !p[1].Passive {
 		t.Fatalf("from n3 every mesh peer is lower, so passive: %+v", p)
 	}
-	noMesh := DesiredPeers(self, 64512, nodes, MeshOptions{}, 0, false, flagPeers, nil)
+	noMesh, _ := DesiredPeers(self, nodes, PeerSources{ClusterASN: 64512, Flag: flagPeers})
 	if len(noMesh) != 1 || noMesh[0].Address != addr("10.99.0.1") {
 		t.Fatalf("without mesh: %+v", noMesh)
 	}
 	// A peer pointing at ourselves is dropped.
-	if p := DesiredPeers(self, 64512, nil, mesh, 0, false, []PeerConfig{{Address: self.IP, ASN: 1}}, nil); len(p) != 0 {
+	if p, _ := DesiredPeers(self, nil, PeerSources{ClusterASN: 64512, Mesh: mesh, Flag: []PeerConfig{{Address: self.IP, ASN: 1}}}); len(p) != 0 {
 		t.Fatalf("self peer kept: %+v", p)
+	}
+}
+
+// A BGPPeer wins over the annotation and the flag for the same address, and every loser is named.
+func TestDesiredPeersObjectsWin(t *testing.T) {
+	self := NodeInfo{Name: "n1", IP: addr("10.99.0.11")}
+	tor := addr("10.99.0.1")
+	yes := true
+	got, conflicts := DesiredPeers(self, nil, PeerSources{ClusterASN: 64512, MaxPrefixes: 100,
+		Flag:       []PeerConfig{{Address: tor, ASN: 64500}},
+		Annotation: []PeerConfig{{Address: tor, ASN: 64501}},
+		Objects: []PeerConfig{{Address: tor, ASN: 64502, Source: "BGPPeer/tor", Port: 1179, BFD: &yes,
+			Timers: PeerTimers{Hold: 9 * time.Second, Keepalive: 3 * time.Second}, GR: GRSetting{Set: true},
+			BFDTimers: BFDTimers{MinRx: 100 * time.Millisecond}, NoVIPs: true}},
+	})
+	want := PeerSpec{Address: tor, ASN: 64502, Port: 1179, MaxPrefixes: 100, BFD: true, BFDTimers: BFDTimers{MinRx: 100 * time.Millisecond},
+		Timers: PeerTimers{Hold: 9 * time.Second, Keepalive: 3 * time.Second}, GR: GRSetting{Set: true}, NoVIPs: true,
+		Kind: PeerKindExternal, Name: "BGPPeer/tor"}
+	if len(got) != 1 || got[0] != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if len(conflicts) != 1 || conflicts[0].Winner != "BGPPeer/tor" || !slices.Equal(conflicts[0].Losers, []string{"annotation", "flag"}) {
+		t.Fatalf("conflicts = %+v", conflicts)
+	}
+	if s := conflicts[0].String(); !strings.Contains(s, "BGPPeer/tor wins") {
+		t.Fatal(s)
 	}
 }
 

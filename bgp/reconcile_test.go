@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -101,6 +102,21 @@ func TestPeerReconcilerIsADiff(t *testing.T) {
 	if got, want := f.take(), []string{"delete 10.0.0.2", "add 10.0.0.2 65002"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("calls %v, want %v", got, want)
 	}
+	// A BGPPeer's timer edit re-creates only that peer (timers are negotiated in OPEN); its BFD timers need no
+	// BGP call at all.
+	b3 := b2
+	b3.Timers.Hold = 9 * time.Second
+	_ = r.SetPeers(ctx, []PeerSpec{b3, c})
+	if got, want := f.take(), []string{"delete 10.0.0.2", "add 10.0.0.2 65002"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	b2 = b3
+	b3.BFDTimers.MinRx = 100 * time.Millisecond
+	_ = r.SetPeers(ctx, []PeerSpec{b3, c})
+	if got := f.take(); len(got) != 0 {
+		t.Fatalf("BFD timer change issued %v", got)
+	}
+	b2 = b3
 	// A name-only change needs no call.
 	c2 := c
 	c2.Name = "annotation"

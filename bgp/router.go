@@ -134,9 +134,15 @@ const ExportPolicyName = "canopy-export-local-only"
 
 // The defined sets the export policy uses, kept current as VIPs and node peers come and go.
 const (
-	vipPrefixSet    = "canopy-vips"
-	nodeNeighborSet = "canopy-node-peers"
+	vipPrefixSet          = "canopy-vips"
+	podCIDRPrefixSet      = "canopy-pod-cidrs"
+	nodeNeighborSet       = "canopy-node-peers"
+	noPodCIDRsNeighborSet = "canopy-no-pod-cidrs" // peers that get no pod CIDRs (BGPPeer advertise.podCIDRs: false)
+	noVIPsNeighborSet     = "canopy-no-vips"      // peers that get no VIPs (BGPPeer advertise.serviceVIPs: false)
 )
+
+// noNeighbor keeps a neighbor set from being empty (an empty one matches every neighbor).
+var noNeighbor = []string{"0.0.0.0/32", "::/128"}
 
 var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 var familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
@@ -174,7 +180,12 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 	var err error
 	for _, ds := range []*api.DefinedSet{
 		{DefinedType: api.DefinedType_PREFIX, Name: vipPrefixSet},
-		{DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet},
+		{DefinedType: api.DefinedType_PREFIX, Name: podCIDRPrefixSet},
+		// GoBGP matches every neighbor with an empty neighbor set: each starts with an address no peer can
+		// have, so an empty-looking set matches nobody.
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: noNeighbor},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: noPodCIDRsNeighborSet, List: noNeighbor},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: noVIPsNeighborSet, List: noNeighbor},
 	} {
 		if err = s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
 			s.Stop()
@@ -192,6 +203,21 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 			Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
 		})
 	}
+	stmts = append(stmts, &api.Statement{
+		Name: ExportPolicyName + "-no-vips",
+		Conditions: &api.Conditions{
+			PrefixSet:   &api.MatchSet{Name: vipPrefixSet, Type: api.MatchSet_ANY},
+			NeighborSet: &api.MatchSet{Name: noVIPsNeighborSet, Type: api.MatchSet_ANY},
+		},
+		Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
+	}, &api.Statement{
+		Name: ExportPolicyName + "-no-pod-cidrs",
+		Conditions: &api.Conditions{
+			PrefixSet:   &api.MatchSet{Name: podCIDRPrefixSet, Type: api.MatchSet_ANY},
+			NeighborSet: &api.MatchSet{Name: noPodCIDRsNeighborSet, Type: api.MatchSet_ANY},
+		},
+		Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
+	})
 	stmts = append(stmts, &api.Statement{
 		Name:       ExportPolicyName + "-local",
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
@@ -226,17 +252,21 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 			Description:     string(p.Kind) + ":" + p.Name,
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
-			ConnectRetry:      uint64(g.cfg.ConnectRetry.Seconds()),
-			HoldTime:          uint64(g.cfg.HoldTime.Seconds()),
-			KeepaliveInterval: uint64(g.cfg.Keepalive.Seconds()),
+			ConnectRetry:      uint64(or(p.Timers.ConnectRetry, g.cfg.ConnectRetry).Seconds()),
+			HoldTime:          uint64(or(p.Timers.Hold, g.cfg.HoldTime).Seconds()),
+			KeepaliveInterval: uint64(or(p.Timers.Keepalive, g.cfg.Keepalive).Seconds()),
 			// GoBGP waits 30 s by default before it talks to a peer again after a reset, refusing its
 			// connections meanwhile: a restarted agent would wait that long to be re-peered.
-			IdleHoldTimeAfterReset: uint64(max(1, g.cfg.ConnectRetry.Seconds())),
+			IdleHoldTimeAfterReset: uint64(max(1, or(p.Timers.ConnectRetry, g.cfg.ConnectRetry).Seconds())),
 		}},
 		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}},
 	}
-	if g.cfg.GracefulRestart {
-		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(g.cfg.GRRestartTime.Seconds())}
+	gr, restart := g.cfg.GracefulRestart, g.cfg.GRRestartTime
+	if p.GR.Set {
+		gr, restart = p.GR.Enabled, or(p.GR.RestartTime, restart)
+	}
+	if gr {
+		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(restart.Seconds())}
 		ap.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
 	}
 	ap.Transport = &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive}
@@ -255,13 +285,36 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 	return ap
 }
 
-func (g *GoBGP) AddPeer(ctx context.Context, p PeerSpec) error {
+// or returns d unless it is zero, else def.
+func or(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// neighborSets returns the export policy's neighbor sets p belongs in.
+func neighborSets(p PeerSpec) []string {
+	var sets []string
 	if p.Kind == PeerKindNode {
-		// Into the node set first, so the export policy already applies when the session comes up.
+		sets = append(sets, nodeNeighborSet)
+	}
+	if p.NoPodCIDRs {
+		sets = append(sets, noPodCIDRsNeighborSet)
+	}
+	if p.NoVIPs {
+		sets = append(sets, noVIPsNeighborSet)
+	}
+	return sets
+}
+
+func (g *GoBGP) AddPeer(ctx context.Context, p PeerSpec) error {
+	// Into the export policy's sets first, so the policy already applies when the session comes up.
+	for _, set := range neighborSets(p) {
 		if err := g.s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
-			DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: []string{hostPrefix(p.Address)},
+			DefinedType: api.DefinedType_NEIGHBOR, Name: set, List: []string{hostPrefix(p.Address)},
 		}}); err != nil {
-			return fmt.Errorf("node peer set: %w", err)
+			return fmt.Errorf("neighbor set %s: %w", set, err)
 		}
 	}
 	return g.s.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)})
@@ -278,10 +331,12 @@ func (g *GoBGP) DeletePeer(ctx context.Context, addr netip.Addr) error {
 	if err := g.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
 		return err
 	}
-	// Not a node peer, or not in the set: nothing to remove, and no harm.
-	_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
-		DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: []string{hostPrefix(addr)},
-	}})
+	// Out of every neighbor set (not in one: nothing to remove, and no harm).
+	for _, set := range []string{nodeNeighborSet, noPodCIDRsNeighborSet, noVIPsNeighborSet} {
+		_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_NEIGHBOR, Name: set, List: []string{hostPrefix(addr)},
+		}})
+	}
 	return nil
 }
 
@@ -326,8 +381,13 @@ func apiPath(p Path, asn uint32) (*api.Path, error) {
 	return out, nil
 }
 
-func vipSet(p Path) *api.DefinedSet {
-	return &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: vipPrefixSet, Prefixes: []*api.Prefix{{
+// prefixSet is the export policy's prefix set of p: the VIPs' or the pod CIDRs'.
+func prefixSet(p Path) *api.DefinedSet {
+	name := podCIDRPrefixSet
+	if p.VIP {
+		name = vipPrefixSet
+	}
+	return &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name, Prefixes: []*api.Prefix{{
 		IpPrefix: p.Prefix.String(), MaskLengthMin: uint32(p.Prefix.Bits()), MaskLengthMax: uint32(p.Prefix.Bits()),
 	}}}
 }
@@ -337,11 +397,9 @@ func (g *GoBGP) AddPath(ctx context.Context, p Path) error {
 	if err != nil {
 		return err
 	}
-	if p.VIP {
-		// Into the VIP set before the path exists, so no node peer ever receives it.
-		if err := g.s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: vipSet(p)}); err != nil {
-			return fmt.Errorf("VIP prefix set: %w", err)
-		}
+	// Into its prefix set before the path exists, so no peer the policy excludes ever receives it.
+	if err := g.s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: prefixSet(p)}); err != nil {
+		return fmt.Errorf("export prefix set: %w", err)
 	}
 	_, err = g.s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: ap})
 	return err
@@ -355,9 +413,7 @@ func (g *GoBGP) DeletePath(ctx context.Context, p Path) error {
 	if err := g.s.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: ap.Family, Path: ap}); err != nil {
 		return err
 	}
-	if p.VIP {
-		_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: vipSet(p)})
-	}
+	_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: prefixSet(p)})
 	return nil
 }
 

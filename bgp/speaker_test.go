@@ -281,6 +281,37 @@ func TestSpeakerVIPsGoToExternalPeersOnly(t *testing.T) {
 	eventually(t, "the VIP withdrawn at the ToR", func() bool { _, ok := a.received()["10.96.0.10/32"]; return !ok })
 }
 
+// Per-peer announcements (a BGPPeer's advertise): one external peer gets only the VIPs, one only the pod CIDRs,
+// one both — and with no node peer at all (mesh off) the VIP still goes out (an empty neighbor set in GoBGP
+// matches every neighbor, which once kept VIPs from every peer).
+func TestSpeakerPerPeerAdvertise(t *testing.T) {
+	const nodeIP, both, vipsOnly, podsOnly = "127.0.0.1", "127.0.0.7", "127.0.0.8", "127.0.0.9"
+	m, _, _, port := startSpeaker(t, nodeIP)
+	a := startTestPeer(t, both, 64500, nodeIP, port, 64512, "")
+	b := startTestPeer(t, vipsOnly, 64501, nodeIP, port, 64512, "")
+	c := startTestPeer(t, podsOnly, 64502, nodeIP, port, 64512, "")
+	m.SetPeers([]PeerSpec{
+		{Address: addr(both), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "flag"},
+		{Address: addr(vipsOnly), ASN: 64501, Port: uint16(b.port), Kind: PeerKindExternal, Name: "BGPPeer/vips", NoPodCIDRs: true},
+		{Address: addr(podsOnly), ASN: 64502, Port: uint16(c.port), Kind: PeerKindExternal, Name: "BGPPeer/pods", NoVIPs: true},
+	})
+	pod := Path{Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}
+	vip := Path{Prefix: pfx("10.96.0.10/32"), NextHop: addr(nodeIP), VIP: true}
+	m.SetPaths(GroupPodCIDRs, map[netip.Prefix]Path{pod.Prefix: pod})
+	m.SetPaths(GroupVIPs, map[netip.Prefix]Path{vip.Prefix: vip})
+	eventually(t, "each peer has what it asked for", func() bool {
+		ra, rb, rc := a.received(), b.received(), c.received()
+		return ra["10.244.1.0/24"] != "" && ra["10.96.0.10/32"] != "" && rb["10.96.0.10/32"] != "" && rc["10.244.1.0/24"] != ""
+	})
+	time.Sleep(300 * time.Millisecond)
+	if _, ok := b.received()["10.244.1.0/24"]; ok {
+		t.Error("a peer with advertise.podCIDRs false received the pod CIDR")
+	}
+	if _, ok := c.received()["10.96.0.10/32"]; ok {
+		t.Error("a peer with advertise.serviceVIPs false received the VIP")
+	}
+}
+
 // The admin API answers the gobgp CLI's reads with every password stripped, and refuses writes unless the agent
 // allows them.
 func TestAdminAPIReadOnly(t *testing.T) {

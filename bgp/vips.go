@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/informers"
@@ -29,7 +31,8 @@ const ReasonVIPNotAdvertised = "ServiceVIPNotAdvertised"
 type VIPController struct {
 	mgr      *Manager
 	tracker  *model.ServiceTracker
-	opts     services.Options
+	base     services.Options // from the flags
+	opts     services.Options // base, the BGPConfiguration's settings and this node's annotations
 	nodeName string
 	svcs     corelisters.ServiceLister
 	nodes    corelisters.NodeLister
@@ -41,7 +44,32 @@ type VIPController struct {
 	// only the sync goroutine uses these
 	perSvc   map[string][]services.Advertisement
 	warnings map[string]string
-	nodeOpts string // last node annotations applied (communities|prepend)
+	nodeOpts string // last settings applied (cluster generation|communities|prepend)
+
+	mu         sync.Mutex
+	cluster    ClusterVIPSettings
+	clusterGen int
+}
+
+// ClusterVIPSettings is what the cluster's BGPConfiguration says about Service VIPs; a nil field keeps the flag.
+type ClusterVIPSettings struct {
+	AdvertiseClusterIP, AdvertiseExternalIP, AdvertiseLoadBalancerIP, AdvertiseServiceCIDR *bool
+	// Communities go on every VIP of every node (with the Node's own canopy.io/communities).
+	Communities services.Communities
+	// AllowedCommunities replaces --service-communities-allowed.
+	AllowedCommunities *services.Communities
+}
+
+// AddSynced makes the first sync wait for f too (the canopy.io objects). Call before Run.
+func (c *VIPController) AddSynced(f cache.InformerSynced) { c.ctrl.AddSynced(f) }
+
+// SetCluster applies the BGPConfiguration's VIP settings (every Service is rebuilt).
+func (c *VIPController) SetCluster(s ClusterVIPSettings) {
+	c.mu.Lock()
+	c.cluster = s
+	c.clusterGen++
+	c.mu.Unlock()
+	c.ctrl.Enqueue(nodeKey)
 }
 
 // nodeKey is the queue key that means "this node's annotations changed: rebuild every Service".
@@ -52,7 +80,7 @@ const nodeKey = "\x00node"
 func NewVIPController(nodeName string, opts services.Options, factory informers.SharedInformerFactory, tracker *model.ServiceTracker, mgr *Manager, warn model.Warner, recorder record.EventRecorder, log *slog.Logger) *VIPController {
 	si, ni := factory.Core().V1().Services(), factory.Core().V1().Nodes()
 	c := &VIPController{
-		mgr: mgr, tracker: tracker, opts: opts, nodeName: nodeName, svcs: si.Lister(), nodes: ni.Lister(),
+		mgr: mgr, tracker: tracker, base: opts, opts: opts, nodeName: nodeName, svcs: si.Lister(), nodes: ni.Lister(),
 		warn: warn, recorder: recorder, log: log, perSvc: map[string][]services.Advertisement{}, warnings: map[string]string{},
 	}
 	c.ctrl = controller.New(controller.Config{Name: "vips",
@@ -107,30 +135,49 @@ func (c *VIPController) sync(_ context.Context, keys []string) error {
 	return nil
 }
 
-// applyNode reads this node's community and prepend annotations into the options.
+// applyNode computes the options: the flags', then the BGPConfiguration's settings, then this node's community
+// and prepend annotations.
 func (c *VIPController) applyNode() {
 	self, err := c.nodes.Get(c.nodeName)
 	if err != nil {
 		return
 	}
+	c.mu.Lock()
+	cs, gen := c.cluster, c.clusterGen
+	c.mu.Unlock()
 	cv, pv := self.Annotations[services.AnnotationCommunities], self.Annotations[services.AnnotationASPathPrepend]
-	if cv+"|"+pv == c.nodeOpts {
+	key := strconv.Itoa(gen) + "|" + cv + "|" + pv
+	if key == c.nodeOpts {
 		return
 	}
-	c.nodeOpts = cv + "|" + pv
-	c.opts.NodeCommunities, c.opts.NodePrepend = services.Communities{}, 0
+	c.nodeOpts = key
+	opts := c.base
+	for _, o := range []struct {
+		v   *bool
+		dst *bool
+	}{{cs.AdvertiseClusterIP, &opts.AdvertiseClusterIP}, {cs.AdvertiseExternalIP, &opts.AdvertiseExternalIP},
+		{cs.AdvertiseLoadBalancerIP, &opts.AdvertiseLoadBalancerIP}, {cs.AdvertiseServiceCIDR, &opts.AdvertiseServiceCIDR}} {
+		if o.v != nil {
+			*o.dst = *o.v
+		}
+	}
+	if cs.AllowedCommunities != nil {
+		opts.AllowedCommunities = *cs.AllowedCommunities
+	}
+	opts.NodeCommunities, opts.NodePrepend = cs.Communities, 0
 	if comm, err := services.ParseCommunities(cv); err != nil {
 		c.event(self, "node %s: %s: %v (ignored)", self.Name, services.AnnotationCommunities, err)
 	} else {
-		c.opts.NodeCommunities = comm
+		opts.NodeCommunities = services.Union(cs.Communities, comm)
 	}
 	if pv != "" {
 		if p, err := services.ParsePrepend(pv); err != nil {
 			c.event(self, "node %s: %s: %v (ignored)", self.Name, services.AnnotationASPathPrepend, err)
 		} else {
-			c.opts.NodePrepend = p
+			opts.NodePrepend = p
 		}
 	}
+	c.opts = opts
 }
 
 func (c *VIPController) event(obj *corev1.Node, format string, a ...any) {

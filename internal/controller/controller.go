@@ -109,6 +109,9 @@ func (c *Controller) Enqueue(keys ...string) {
 	}
 }
 
+// AddSynced adds a readiness function the first sync waits for (call before Run).
+func (c *Controller) AddSynced(f cache.InformerSynced) { c.cfg.Synced = append(c.cfg.Synced, f) }
+
 // EnqueueFull queues a Full sync.
 func (c *Controller) EnqueueFull() { c.queue.Add(fullKey) }
 
