@@ -8,7 +8,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,71 +43,30 @@ func TestCRD(t *testing.T) {
 	t.Run("DocExamples", func(t *testing.T) { crdDocExamples(t, dyn) })
 }
 
-// crdInstall creates every CRD of manifests/crds, waits until each is Established, and deletes them (with every
-// object of theirs) when the test ends, waiting until they are gone.
+// crdInstall checks that every CRD of manifests/crds is Established: TestMain installed them before the agents
+// started (installCRDs), as an install does, and they stay for the agents (TestBGPObjects).
 func crdInstall(t *testing.T, dyn dynamic.Interface) {
 	t.Helper()
-	ctx := context.Background()
 	files, err := filepath.Glob("../manifests/crds/*.yaml")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("manifests/crds: want 3 CRDs, have %v (%v)", files, err)
 	}
 	var names []string
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		for _, n := range names {
-			if err := dyn.Resource(crdResource).Delete(ctx, n, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				t.Errorf("delete CRD %s: %v", n, err)
-			}
-		}
-		for _, n := range names {
-			for {
-				_, err := dyn.Resource(crdResource).Get(ctx, n, metav1.GetOptions{})
-				if apierrors.IsNotFound(err) {
-					break
-				}
-				if ctx.Err() != nil {
-					t.Errorf("CRD %s still there after a minute: %v", n, err)
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	})
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		j, err := yaml.YAMLToJSON(b)
-		if err != nil {
+		var meta struct {
+			Metadata struct{ Name string }
+		}
+		if err := yaml.Unmarshal(b, &meta); err != nil {
 			t.Fatalf("%s: %v", f, err)
 		}
-		crd := &unstructured.Unstructured{}
-		if err := crd.UnmarshalJSON(j); err != nil {
-			t.Fatalf("%s: %v", f, err)
+		names = append(names, meta.Metadata.Name)
+		if err := crdEstablished(context.Background(), dyn, meta.Metadata.Name); err != nil {
+			t.Errorf("CRD %s (%s): %v", meta.Metadata.Name, filepath.Base(f), err)
 		}
-		if _, err := dyn.Resource(crdResource).Create(ctx, crd, metav1.CreateOptions{FieldValidation: metav1.FieldValidationStrict}); err != nil {
-			t.Fatalf("%s: the API server refuses the CRD: %v", filepath.Base(f), err)
-		}
-		names = append(names, crd.GetName())
-	}
-	for _, n := range names {
-		eventually(t, 30*time.Second, "CRD "+n+" is Established", func(ctx context.Context) error {
-			crd, err := dyn.Resource(crdResource).Get(ctx, n, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
-			for _, c := range conds {
-				m, _ := c.(map[string]any)
-				if m["type"] == "Established" && m["status"] == "True" {
-					return nil
-				}
-			}
-			return fmt.Errorf("conditions %v", conds)
-		})
 	}
 	t.Logf("%d CRDs Established: %s", len(names), strings.Join(names, ", "))
 }
@@ -409,7 +367,7 @@ func crdCheckRefused(t *testing.T, what string, err error, want []string) {
 func crdNodeStatus(t *testing.T, l *lab.Lab, dyn dynamic.Interface, top *testing.T) {
 	ctx := context.Background()
 	ri := dyn.Resource(v1alpha1.BGPNodeStatusesResource)
-	node := l.Nodes[0].Name
+	node := "crd-e2e-status" // not a node's name: the agents write their own nodes' objects
 	ns := &v1alpha1.BGPNodeStatus{ObjectMeta: metav1.ObjectMeta{Name: node}}
 	now := metav1.Now().Rfc3339Copy()
 	sessions := []v1alpha1.BGPSession{

@@ -16,6 +16,8 @@ import (
 	"canopy.io/canopy/e2e/lab"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 )
 
@@ -62,7 +64,15 @@ func TestMain(m *testing.M) {
 			"--service-external-ip-range=" + extRange + ",10.99.0.0/24", "--loadbalancer-ip-range=" + lbRange,
 			"--service-communities-allowed=" + allowedCommunities,
 			"--bfd", "--bfd-node-mesh"}, // BFD with the ToR (FRR bfdd) and between the nodes
-			AgentGroups: []string{agentGroup}}
+			AgentGroups: []string{agentGroup},
+			// The agents find their rights and the canopy.io CRDs at their start, as under kubectl apply -f
+			// manifests/crds -f manifests/rbac.yaml before the DaemonSet.
+			BeforeAgents: func(ctx context.Context, l *lab.Lab) error {
+				if err := installCRDs(ctx, dynamic.NewForConfigOrDie(l.RestConfig())); err != nil {
+					return fmt.Errorf("CRDs: %w", err)
+				}
+				return applyAgentRBAC(ctx, l)
+			}}
 		if labErr = lab.Preflight(cfg); labErr != nil {
 			return m.Run()
 		}
@@ -78,11 +88,6 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		shared = l
-		if err := applyAgentRBAC(ctx, l); err != nil {
-			fmt.Fprintln(os.Stderr, "agent RBAC:", err)
-			_ = l.Down()
-			return 1
-		}
 		// LoadBalancer IPs come from canopy-controller, under its own ServiceAccount and the rights of
 		// manifests/rbac-controller.yaml, as in a cluster: the agents may not allocate.
 		if err := startSharedController(ctx, l); err != nil {
@@ -122,37 +127,114 @@ const vmNodeStep = "CANOPY_E2E_VM_NODE"
 // agentGroup is the Kubernetes group of the lab agents' credentials.
 const agentGroup = "canopy-agents"
 
-// applyAgentRBAC creates the ClusterRole of manifests/rbac.yaml and binds it to the agents' group, so the
-// e2e tests prove the manifest grants what the agent needs.
+// applyAgentRBAC creates the ClusterRole and the Roles of manifests/rbac.yaml and binds them to the agents'
+// group, so the e2e tests prove the manifest grants what the agent needs.
 func applyAgentRBAC(ctx context.Context, l *lab.Lab) error {
 	b, err := os.ReadFile("../manifests/rbac.yaml")
 	if err != nil {
 		return err
 	}
+	subjects := []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: agentGroup}}
+	clusterRoles := 0
 	for _, doc := range strings.Split(string(b), "\n---") {
 		var meta struct{ Kind string }
 		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
 			return err
 		}
-		if meta.Kind != "ClusterRole" {
-			continue
+		switch meta.Kind {
+		case "ClusterRole":
+			var role rbacv1.ClusterRole
+			if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
+				return err
+			}
+			if _, err := l.Kube.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
+				return err
+			}
+			bind := &rbacv1.ClusterRoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+				RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+				Subjects:   subjects,
+			}
+			if _, err := l.Kube.RbacV1().ClusterRoleBindings().Create(ctx, bind, metav1.CreateOptions{}); err != nil {
+				return err
+			}
+			clusterRoles++
+		case "Role":
+			var role rbacv1.Role
+			if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
+				return err
+			}
+			if _, err := l.Kube.RbacV1().Roles(role.Namespace).Create(ctx, &role, metav1.CreateOptions{}); err != nil {
+				return err
+			}
+			bind := &rbacv1.RoleBinding{
+				ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: role.Namespace},
+				RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: role.Name},
+				Subjects:   subjects,
+			}
+			if _, err := l.Kube.RbacV1().RoleBindings(role.Namespace).Create(ctx, bind, metav1.CreateOptions{}); err != nil {
+				return err
+			}
 		}
-		var role rbacv1.ClusterRole
-		if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
+	}
+	if clusterRoles == 0 {
+		return fmt.Errorf("no ClusterRole in manifests/rbac.yaml")
+	}
+	return nil
+}
+
+// installCRDs creates every CRD of manifests/crds and waits until each is Established.
+func installCRDs(ctx context.Context, dyn dynamic.Interface) error {
+	files, err := filepath.Glob("../manifests/crds/*.yaml")
+	if err != nil || len(files) == 0 {
+		return fmt.Errorf("manifests/crds: no CRDs (%v)", err)
+	}
+	var names []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
 			return err
 		}
-		if _, err := l.Kube.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-			return err
+		j, err := yaml.YAMLToJSON(b)
+		if err != nil {
+			return fmt.Errorf("%s: %v", f, err)
 		}
-		bind := &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: role.Name},
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-			Subjects:   []rbacv1.Subject{{APIGroup: "rbac.authorization.k8s.io", Kind: "Group", Name: agentGroup}},
+		crd := &unstructured.Unstructured{}
+		if err := crd.UnmarshalJSON(j); err != nil {
+			return fmt.Errorf("%s: %v", f, err)
 		}
-		_, err := l.Kube.RbacV1().ClusterRoleBindings().Create(ctx, bind, metav1.CreateOptions{})
+		if _, err := dyn.Resource(crdResource).Create(ctx, crd, metav1.CreateOptions{FieldValidation: metav1.FieldValidationStrict}); err != nil {
+			return fmt.Errorf("%s: the API server refuses the CRD: %v", filepath.Base(f), err)
+		}
+		names = append(names, crd.GetName())
+	}
+	for _, n := range names {
+		for {
+			if err := crdEstablished(ctx, dyn, n); err == nil {
+				break
+			} else if ctx.Err() != nil {
+				return fmt.Errorf("CRD %s: %v", n, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// crdEstablished returns nil once the CRD named n is Established.
+func crdEstablished(ctx context.Context, dyn dynamic.Interface, n string) error {
+	crd, err := dyn.Resource(crdResource).Get(ctx, n, metav1.GetOptions{})
+	if err != nil {
 		return err
 	}
-	return fmt.Errorf("no ClusterRole in manifests/rbac.yaml")
+	conds, _, _ := unstructured.NestedSlice(crd.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == "Established" && m["status"] == "True" {
+			return nil
+		}
+	}
+	return fmt.Errorf("conditions %v", conds)
 }
 
 // needLab returns the shared lab once it has converged, or skips (fails under CI) saying why there is none.

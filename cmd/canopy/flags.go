@@ -52,6 +52,8 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.DurationVar(&r.BFDMinRx, "bfd-min-rx", 300*time.Millisecond, "the BFD receive interval offered (10ms..1h)")
 	fs.DurationVar(&r.BFDMinTx, "bfd-min-tx", 300*time.Millisecond, "the BFD transmit interval offered (10ms..1h)")
 	fs.IntVar(&r.BFDMultiplier, "bfd-multiplier", 3, "BFD detection multiplier: a peer is down after this many intervals without a packet")
+	fs.BoolVar(&r.BGPObjects, "bgp-objects", true, "read the canopy.io BGPPeer and BGPConfiguration objects (they win over flags and annotations; skipped when the CRDs are not installed) and write this node's BGPNodeStatus")
+	fs.StringVar(&r.SecretNamespace, "bgp-secret-namespace", defaultNamespace(), "the only namespace a BGPPeer's passwordSecretRef may name (the agent reads those Secrets by name; default: $POD_NAMESPACE, then kube-system)")
 	fs.IntVar(&r.MaxPrefixes, "max-prefixes", 16384, "most prefixes a BGP peer may send; past it its session is torn down, with an Event and a metric (0 = no limit; per peer: maxPrefixes in canopy.io/peers)")
 	fs.DurationVar(&r.HoldTime, "hold-time", 90*time.Second, "BGP hold time")
 	fs.DurationVar(&r.Keepalive, "keepalive-interval", 30*time.Second, "BGP keepalive interval (at most a third of the hold time)")
@@ -100,4 +102,12 @@ func defaultPlugin() string {
 		return "canopy-cni"
 	}
 	return filepath.Join(filepath.Dir(exe), "canopy-cni")
+}
+
+// defaultNamespace is the agent's own namespace (the DaemonSet passes it as POD_NAMESPACE), else kube-system.
+func defaultNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return "kube-system"
 }

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -68,6 +69,10 @@ type Config struct {
 	// gives each its credentials, its Node object and a tap device as its port on the ToR's bridge, but no
 	// namespace and no agent; Node.StartVM boots it. Empty: every node is a namespace.
 	VMNodes []int `json:",omitempty"`
+
+	// BeforeAgents, if set, runs once the API server answers and the nodes are registered, before any agent
+	// starts: what the agents must find at their start (CRDs, RBAC) goes here.
+	BeforeAgents func(ctx context.Context, l *Lab) error `json:"-"`
 
 	// Logf receives progress lines (t.Logf, log.Printf); default silent.
 	Logf func(format string, args ...any) `json:"-"`

@@ -157,6 +157,11 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err := step("FRR answers", func() error { return <-frr }); err != nil {
 		return nil, err
 	}
+	if c.BeforeAgents != nil {
+		if err := step("before the agents", func() error { return c.BeforeAgents(ctx, l) }); err != nil {
+			return nil, err
+		}
+	}
 	if c.AgentBin != "" {
 		if err := step("agents started", func() error {
 			for _, n := range l.Nodes {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -30,8 +32,11 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
+	"canopy.io/canopy/api/v1alpha1"
 	"canopy.io/canopy/bgp"
 	"canopy.io/canopy/bgp/bfd"
+	"canopy.io/canopy/bgp/nodestatus"
+	"canopy.io/canopy/bgp/objects"
 	"canopy.io/canopy/internal/config"
 	"canopy.io/canopy/internal/controller"
 	"canopy.io/canopy/internal/ipt"
@@ -54,6 +59,7 @@ type agent struct {
 	cfg      *config.Config
 	log      *slog.Logger
 	kube     kubernetes.Interface
+	dyn      dynamic.Interface // the canopy.io objects
 	self     *corev1.Node
 	factory  informers.SharedInformerFactory
 	recorder record.EventRecorder
@@ -203,6 +209,9 @@ func (a *agent) connect(ctx context.Context) error {
 	if a.kube, err = kubernetes.NewForConfig(rc); err != nil {
 		return err
 	}
+	if a.dyn, err = dynamic.NewForConfig(rc); err != nil {
+		return err
+	}
 	last := time.Time{}
 	for {
 		n, err := a.kube.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
@@ -267,6 +276,9 @@ func (a *agent) bgp(tracker *model.ServiceTracker, warn model.Warner) error {
 	a.lastly = append(a.lastly, func() { mgr.Shutdown(false) })
 	nodes := bgp.NewNodeController(cfg, a.factory, mgr, importer, a.recorder, log.With("component", "nodes"))
 	vips := bgp.NewVIPController(a.cfg.NodeName, a.cfg.VIPs(), a.factory, tracker, mgr, warn, a.recorder, log.With("component", "vips"))
+	if a.cfg.BGPObjects {
+		a.objects(mgr, nodes, vips, warn)
+	}
 	resync := controller.New(controller.Config{Name: "routes", Repair: a.cfg.ResyncInterval, Log: log.With("component", "routes"),
 		Full: func(context.Context) error { return rt.Resync() }})
 	if a.cfg.BFD || a.cfg.BFDNodeMesh {
@@ -400,4 +412,45 @@ func (a *agent) loadBalancer() error {
 	a.reg.MustRegister(loadbalancer.Collectors()...)
 	a.add(alloc)
 	return nil
+}
+
+// objects follows the canopy.io BGPPeer and BGPConfiguration objects into the node and VIP controllers, and
+// writes this node's BGPNodeStatus.
+func (a *agent) objects(mgr *bgp.Manager, nodes *bgp.NodeController, vips *bgp.VIPController, warn model.Warner) {
+	log := a.log.With("component", "bgp-objects")
+	a.reg.MustRegister(nodestatus.Collectors()...)
+	var writer *nodestatus.Writer
+	var src *objects.Source
+	writer = nodestatus.New(a.dyn, a.cfg.NodeName, func(ctx context.Context) v1alpha1.NodeBGPState {
+		a.smu.Lock()
+		link := a.bfd
+		a.smu.Unlock()
+		st := nodestatus.FromStatus(mgr.Status(ctx, bfdStates(link)))
+		cond := metav1.Condition{Type: "ConfigConflict", Status: metav1.ConditionFalse, Reason: "NoConflict",
+			Message: "flags, annotations and objects agree"}
+		if c := slices.Concat(nodes.Conflicts(), src.Conflicts()); len(c) > 0 {
+			msg := strings.Join(c, "; ")
+			if len(msg) > 1024 {
+				msg = msg[:1024]
+			}
+			cond = metav1.Condition{Type: "ConfigConflict", Status: metav1.ConditionTrue, Reason: "ObjectWins", Message: msg}
+		}
+		st.Conditions = append(st.Conditions, cond)
+		return st
+	}, log)
+	reporter := func() bool { return true }
+	if r, ok := warn.(interface{ Reporter() bool }); ok {
+		reporter = r.Reporter
+	}
+	src = objects.New(objects.Options{Client: a.dyn, Core: a.kube, SecretNamespace: a.cfg.SecretNamespace, FlagHoldTime: a.cfg.HoldTime,
+		Recorder: a.recorder, Reporter: reporter, Log: log, Flags: objects.Flags{BGP: a.cfg.BGP(), VIP: a.cfg.VIPs()},
+		OnChange: func() {
+			vips.SetCluster(src.VIPs())
+			writer.SetOptions(src.NodeStatus())
+			nodes.Changed()
+		}})
+	nodes.SetObjects(src)
+	vips.AddSynced(src.HasSynced)
+	a.add(src)
+	a.add(writer)
 }

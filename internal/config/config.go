@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"canopy.io/canopy/bgp/services"
 
 	"canopy.io/canopy/loadbalancer"
@@ -47,6 +49,8 @@ type Raw struct {
 	BFDMinRx        time.Duration
 	BFDMinTx        time.Duration
 	BFDMultiplier   int
+	BGPObjects      bool
+	SecretNamespace string
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -112,6 +116,10 @@ type Config struct {
 	BFD             bool // BFD with the external peers (their own setting may say otherwise)
 	BFDNodeMesh     bool // BFD on node-to-node sessions
 	BFDTimers       bgp.BFDTimers
+	// BGPObjects: read the canopy.io BGPPeer and BGPConfiguration objects and write this node's BGPNodeStatus.
+	BGPObjects bool
+	// SecretNamespace is the only namespace a BGPPeer's or BGPConfiguration's passwordSecretRef may name.
+	SecretNamespace string
 	HoldTime        time.Duration
 	Keepalive       time.Duration
 	ConnectRetry    time.Duration
@@ -174,6 +182,8 @@ func (r Raw) Validate() (*Config, error) {
 		MeshTTLSecurity: r.MeshTTLSecurity,
 		BFD:             r.BFD,
 		BFDNodeMesh:     r.BFDNodeMesh,
+		BGPObjects:      r.BGPObjects,
+		SecretNamespace: r.SecretNamespace,
 		HoldTime:        r.HoldTime,
 		Keepalive:       r.Keepalive,
 		ConnectRetry:    r.ConnectRetry,
@@ -339,6 +349,9 @@ func (r Raw) Validate() (*Config, error) {
 		bad("bfd-multiplier", "%d is outside 1..255", r.BFDMultiplier)
 	}
 	c.BFDTimers = bgp.BFDTimers{MinRx: r.BFDMinRx, MinTx: r.BFDMinTx, Multiplier: uint8(max(0, min(255, r.BFDMultiplier)))}
+	if r.BGPObjects && (r.SecretNamespace == "" || len(validation.IsDNS1123Label(r.SecretNamespace)) > 0) {
+		bad("bgp-secret-namespace", "%q is not a namespace name", r.SecretNamespace)
+	}
 	if r.HoldTime != 0 && r.HoldTime < 3*time.Second {
 		bad("hold-time", "%s is below the BGP minimum of 3s (0 = use the default)", r.HoldTime)
 	}
