@@ -104,6 +104,11 @@ func (m *Manager) Start() error {
 		}
 	}
 	m.log.Info("routes: found existing routes", "routes", len(kernel), "stale_candidates", stale)
+	if bm, ok := m.t.(interface{ BatchMode() error }); ok && m.batch != nil {
+		if err := bm.BatchMode(); err != nil {
+			m.log.Warn("routes: batched kernel writes unavailable, writing one route at a time", "err", err)
+		}
+	}
 	return nil
 }
 

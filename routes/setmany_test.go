@@ -3,6 +3,7 @@ package routes
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -425,5 +426,21 @@ func TestSetManyAllocations(t *testing.T) {
 	t.Logf("%v allocations per SetMany of %d changes", allocs, len(changes))
 	if allocs > 4 {
 		t.Fatalf("%v allocations per SetMany of %d changed routes, want none per route", allocs, len(changes))
+	}
+}
+
+// noBatchFake is a Batcher whose batch path is unavailable (as NetlinkTable's BatchMode reports it).
+type noBatchFake struct{ *batchFake }
+
+func (noBatchFake) BatchMode() error { return errors.New("no socket") }
+
+func TestStartWarnsWithoutBatching(t *testing.T) {
+	var buf strings.Builder
+	m := NewManager(noBatchFake{newBatchFake()}, slog.New(slog.NewTextHandler(&buf, nil)))
+	if err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "no socket") {
+		t.Fatalf("log: %s", buf.String())
 	}
 }
