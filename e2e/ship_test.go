@@ -1509,3 +1509,64 @@ func provokeEvents(t *testing.T, l *lab.Lab, n *lab.Node) {
 		}
 	}
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The documents' links
+
+// TestShipDocLinks: every relative link of the shipping documents points at a file that exists and, with a
+// #fragment, at one of its headings (GitHub's anchors).
+func TestShipDocLinks(t *testing.T) {
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	for _, doc := range []string{"install.md", "configuration.md", "tor-recipes.md", "troubleshooting.md"} {
+		b, err := os.ReadFile(filepath.Join("../docs", doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllStringSubmatch(string(b), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") {
+				continue
+			}
+			file, frag, _ := strings.Cut(target, "#")
+			if file == "" {
+				file = doc
+			}
+			path := filepath.Join("../docs", file)
+			body, err := os.ReadFile(path)
+			if err != nil {
+				t.Errorf("docs/%s links to %s: %v", doc, target, err)
+				continue
+			}
+			if frag != "" && !slices.Contains(headingAnchors(string(body)), frag) {
+				t.Errorf("docs/%s links to %s: no heading with that anchor in %s", doc, target, file)
+			}
+		}
+	}
+}
+
+// headingAnchors returns GitHub's anchors of a markdown document's headings (outside code blocks).
+func headingAnchors(md string) []string {
+	var out []string
+	inCode := false
+	for _, l := range strings.Split(md, "\n") {
+		if strings.HasPrefix(l, "```") {
+			inCode = !inCode
+			continue
+		}
+		if inCode || !strings.HasPrefix(l, "#") {
+			continue
+		}
+		h := strings.ToLower(strings.TrimSpace(strings.TrimLeft(l, "#")))
+		var b strings.Builder
+		for _, r := range h {
+			switch {
+			case r == ' ':
+				b.WriteRune('-')
+			case r == '-' || r == '_' || (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9'):
+				b.WriteRune(r)
+			}
+		}
+		out = append(out, b.String())
+	}
+	return out
+}
