@@ -393,7 +393,7 @@ func (t *NetlinkTable) readAcks(fd int, ops []Op, seq0 uint32, res *batchErrs) {
 				continue // not from the kernel
 			}
 			m := b.slots[j*ackSlot : j*ackSlot+min(int(h.len), ackSlot)]
-			_ = parseAcks(m, true, onAck)
+			_ = parseAcks(m, h.hdr.Flags&unix.MSG_TRUNC != 0, true, onAck)
 		}
 	}
 	if left > 0 {

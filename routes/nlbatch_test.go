@@ -457,3 +457,27 @@ func TestNetlinkSetMany(t *testing.T) {
 	}
 	wantRoute(t, n, "10.60.0.0/24", main, protoStatic, "10.99.0.5")
 }
+
+// TestBatchLongAcks: without NETLINK_CAP_ACK the kernel echoes a whole failed request in its error; for a long
+// request that is more than an acknowledgement slot, and it still counts (no wait for the timeout).
+func TestBatchLongAcks(t *testing.T) {
+	n := newTestNS(t)
+	n.NS.MustRun(t, "ip", "addr", "add", "2001:db8:99::1/64", "dev", testLinkA, "nodad")
+	tbl := batchTable(t, n, DefaultProtocol, 0)
+	if err := unix.SetsockoptInt(int(tbl.b.f.Fd()), unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 0); err != nil {
+		t.Fatal(err)
+	}
+	long := Route{Dst: pfx("2001:db8:50::/64")}
+	for i := range 40 {
+		long.NextHops = append(long.NextHops, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x99, 15: byte(i + 2)}))
+	}
+	long.NextHops[39] = netip.MustParseAddr("2001:db8:77::1") // unreachable
+	errs := wantErrs(t, tbl.Batch([]Op{{Kind: OpAdd, Route: long}, add("2001:db8:51::/64", "2001:db8:99::2")}), 2, 0)
+	if !errors.Is(errs[0], syscall.EHOSTUNREACH) && !errors.Is(errs[0], syscall.ENETUNREACH) {
+		t.Fatalf("long route via an unreachable gateway: %v", errs[0])
+	}
+	got, err := tbl.List()
+	if err != nil || len(got) != 1 || got[0].Dst != pfx("2001:db8:51::/64") {
+		t.Fatalf("List() = %v, %v", got, err)
+	}
+}

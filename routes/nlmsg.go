@@ -157,24 +157,35 @@ type nlAck struct {
 var errShortAck = errors.New("short netlink message")
 
 // parseAcks calls f for every acknowledgement in one datagram b from the kernel (usually one) and skips other
-// messages. withMsg: decode extended ack messages of errors (it allocates a string).
-func parseAcks(b []byte, withMsg bool, f func(nlAck)) error {
+// messages. withMsg: decode extended ack messages of errors (it allocates a string). truncated: b is only the
+// start of the datagram (MSG_TRUNC); a message cut short still yields its sequence number and error, which come
+// first, and ends the parse.
+func parseAcks(b []byte, truncated, withMsg bool, f func(nlAck)) error {
 	for len(b) >= nlmsgHdrLen {
 		l := int(ne.Uint32(b[0:4]))
-		if l < nlmsgHdrLen || l > len(b) {
+		cut := false
+		switch {
+		case l < nlmsgHdrLen:
+			return errShortAck
+		case l > len(b) && truncated:
+			l, cut = len(b), true
+		case l > len(b):
 			return errShortAck
 		}
 		typ, flags, seq := ne.Uint16(b[4:6]), ne.Uint16(b[6:8]), ne.Uint32(b[8:12])
 		m := b[nlmsgHdrLen:l]
 		if typ == unix.NLMSG_ERROR {
-			if len(m) < nlmsgErrLen {
+			if len(m) < 4 || (!cut && len(m) < nlmsgErrLen) {
 				return errShortAck
 			}
 			a := nlAck{seq: seq, errno: syscall.Errno(-int32(ne.Uint32(m[0:4])))}
-			if a.errno != 0 && withMsg && flags&unix.NLM_F_ACK_TLVS != 0 {
+			if a.errno != 0 && withMsg && !cut && flags&unix.NLM_F_ACK_TLVS != 0 {
 				a.msg = ackMessage(m, flags)
 			}
 			f(a)
+		}
+		if cut {
+			return nil
 		}
 		b = b[min(nlmAlign(l), len(b)):]
 	}

@@ -339,7 +339,7 @@ func TestParseAcks(t *testing.T) {
 	dgram = append(dgram, done...) // not an ack: skipped
 
 	var got []nlAck
-	if err := parseAcks(dgram, true, func(a nlAck) { got = append(got, a) }); err != nil {
+	if err := parseAcks(dgram, false, true, func(a nlAck) { got = append(got, a) }); err != nil {
 		t.Fatal(err)
 	}
 	want := []nlAck{{7, 0, ""}, {8, syscall.ENETUNREACH, "Nexthop has invalid gateway"}, {9, syscall.EEXIST, ""}, {10, syscall.EINVAL, "uncapped message"}}
@@ -347,18 +347,41 @@ func TestParseAcks(t *testing.T) {
 		t.Fatalf("acks\n got  %+v\n want %+v", got, want)
 	}
 	got = nil
-	_ = parseAcks(dgram, false, func(a nlAck) { got = append(got, a) })
+	_ = parseAcks(dgram, false, false, func(a nlAck) { got = append(got, a) })
 	if got[1].msg != "" || got[1].errno != syscall.ENETUNREACH {
 		t.Fatalf("without messages: %+v", got[1])
 	}
 
 	// Truncated input: an error, never a panic, and what came before is reported.
 	for cut := 1; cut < len(dgram); cut++ {
-		_ = parseAcks(dgram[:cut], true, func(nlAck) {})
+		_ = parseAcks(dgram[:cut], false, true, func(nlAck) {})
+		_ = parseAcks(dgram[:cut], true, true, func(nlAck) {})
 	}
 	one := ackMsg(req(7), 0, true, "")
 	got = nil
-	if err := parseAcks(append(slices.Clone(one), one[:20]...), true, func(a nlAck) { got = append(got, a) }); !errors.Is(err, errShortAck) || len(got) != 1 {
+	if err := parseAcks(append(slices.Clone(one), one[:20]...), false, true, func(a nlAck) { got = append(got, a) }); !errors.Is(err, errShortAck) || len(got) != 1 {
 		t.Fatalf("truncated second message: err %v, %d acks", err, len(got))
+	}
+
+	// A long uncapped error (the whole request echoed) read into a short slot (MSG_TRUNC): sequence number and
+	// error still count.
+	big := Route{Dst: pfx("2001:db8::/64")}
+	for i := range 40 {
+		big.NextHops = append(big.NextHops, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)}))
+	}
+	bigReq, err := appendRouteRequest(nil, OpAdd, &big, 77, 254, 186)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := ackMsg(bigReq, syscall.ENETUNREACH, false, "Nexthop has invalid gateway")
+	if len(long) <= ackSlot {
+		t.Fatalf("ack of %d bytes fits a slot", len(long))
+	}
+	got = nil
+	if err := parseAcks(long[:ackSlot], true, true, func(a nlAck) { got = append(got, a) }); err != nil || len(got) != 1 || got[0] != (nlAck{seq: 77, errno: syscall.ENETUNREACH}) {
+		t.Fatalf("truncated long ack: err %v, acks %+v", err, got)
+	}
+	if err := parseAcks(long[:ackSlot], false, true, func(nlAck) {}); !errors.Is(err, errShortAck) {
+		t.Fatalf("cut without MSG_TRUNC: err %v", err)
 	}
 }
