@@ -22,10 +22,10 @@ import (
 // Routes found in the kernel by Start (left by an earlier run) are stale candidates: they stay, so traffic keeps
 // flowing over an agent restart, until Set confirms them or Sweep deletes the unconfirmed ones.
 //
-// Routes it has not installed are created with the Table's Add when it has one (NetlinkTable does), so a route of
-// another protocol to the same destination (a connected subnet, a static route) makes the install fail with
-// ErrRouteExists instead of being replaced (OpAdd in a batch). Routes it has installed are changed with Replace. Call Start before
-// the first Set, so that our routes from an earlier run are known to be ours.
+// Routes it has not installed are created with the Table's Add when it has one (NetlinkTable does), or with OpAdd
+// in a batch, so a route of another protocol to the same destination (a connected subnet, a static route) makes
+// the install fail with ErrRouteExists instead of being replaced. Routes it has installed are changed with
+// Replace. Call Start before the first Set, so that our routes from an earlier run are known to be ours.
 //
 // All methods are safe for concurrent use.
 type Manager struct {
