@@ -13,6 +13,7 @@ package e2e
 //	TestShipDashboard       manifests/dashboard.json is valid and uses only series a lab agent and
 //	                        canopy-controller export; the Events of docs/troubleshooting.md are the ones the
 //	                        agent writes
+//	TestShipDocLinks        (no lab) the documents' relative links and anchors resolve
 
 import (
 	"bufio"
@@ -1381,18 +1382,32 @@ func provokeEvents(t *testing.T, l *lab.Lab, n *lab.Node) {
 	t.Helper()
 	ctx := context.Background()
 	documented := troubleshootingEvents(t)
+	start := time.Now().Truncate(time.Second) // Events have whole seconds
+	before, err := metrics(ctx, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := func(m map[string]float64, prefix string) float64 {
+		var v float64
+		for k, x := range m {
+			if strings.HasPrefix(k, prefix) {
+				v += x
+			}
+		}
+		return v
+	}
+	// hasSeries waits until the series starting with prefix rise above what they were before this test.
 	hasSeries := func(what, prefix string) {
+		base := sum(before, prefix)
 		eventually(t, 30*time.Second, what, func(ctx context.Context) error {
 			m, err := metrics(ctx, n)
 			if err != nil {
 				return err
 			}
-			for k, v := range m {
-				if strings.HasPrefix(k, prefix) && v > 0 {
-					return nil
-				}
+			if v := sum(m, prefix); v <= base {
+				return fmt.Errorf("%s… is %v on %s, was %v", prefix, v, n.Name, base)
 			}
-			return fmt.Errorf("no %s… > 0 on %s", prefix, n.Name)
+			return nil
 		})
 	}
 
@@ -1485,6 +1500,9 @@ func provokeEvents(t *testing.T, l *lab.Lab, n *lab.Node) {
 		got := map[string]string{}
 		for _, e := range evs.Items {
 			o := e.InvolvedObject
+			if e.LastTimestamp.Time.Before(start) && e.EventTime.Time.Before(start) {
+				continue // an earlier test's
+			}
 			if (o.Kind == "Node" && o.Name == n.Name) || (o.Kind == "Service" && o.Name == svc.Name && o.Namespace == "default") {
 				if e.Type == corev1.EventTypeWarning {
 					got[e.Reason] = o.Kind
