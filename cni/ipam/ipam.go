@@ -5,12 +5,16 @@
 //
 //	<dir>/lock                  flock(2)ed for the whole of every Allocate, Release and GC: safe across processes
 //	<dir>/10.244.1.5            one file per allocated address, containing "<containerID>\r\n<ifname>"
-//	<dir>/last_reserved_ip.v4   the last address handed out per family, so allocation rotates through the CIDR
-//	                            instead of reusing a just-freed address at once
+//	<dir>/fd00:10:244:1::5      the same for an IPv6 address (named in its canonical form)
+//	<dir>/last_reserved_ip.v4   the last address handed out per family (.v4, .v6), so allocation rotates through
+//	                            the CIDR instead of reusing a just-freed address at once
 //
-// An attachment (container ID + interface name) holds at most one address per IP family. Allocate is idempotent:
-// asked again for the same attachment it returns the address already recorded. The network address, the gateway
-// (the first address of each CIDR) and, for IPv4, the broadcast address are never handed out. Records whose address
+// An attachment (container ID + interface name) holds at most one address per IP family: a dual-stack allocator
+// (an IPv4 and an IPv6 CIDR) writes two records for it, and Allocate hands out both or neither. Allocate is
+// idempotent: asked again for the same attachment it returns the addresses already recorded. The network address
+// (for IPv6 the subnet-router anycast), the gateway (the first address of each CIDR) and, for IPv4, the broadcast
+// address are never handed out. The format is the one the IPv4-only plugin wrote: its records stay valid when a
+// node gains an IPv6 CIDR (the running pods keep their IPv4 address and hold no IPv6 one). Records whose address
 // lies outside the current CIDRs (the node was given another pod CIDR) are ignored by Allocate and removed by
 // Release and GC like any other.
 package ipam

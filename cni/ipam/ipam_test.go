@@ -346,7 +346,7 @@ func TestNewRejects(t *testing.T) {
 }
 
 func TestIPv6Pool(t *testing.T) {
-	// The plugin's config refuses IPv6 for now; the allocator already handles one address per family.
+	// One address per family.
 	a := mustNew(t, t.TempDir(), "10.244.1.0/24", "fd00:10:244:1::/64")
 	als, err := a.Allocate(att("c1"))
 	if err != nil {
@@ -441,5 +441,105 @@ func TestConcurrentProcesses(t *testing.T) {
 	recs, _ := mustNew(t, dir, "10.244.0.0/22").List()
 	if len(recs) != procs*each {
 		t.Errorf("%d records on disk, want %d", len(recs), procs*each)
+	}
+}
+
+// TestUpgradeToDualStack: a directory written by the IPv4-only plugin (files in the exact format it wrote,
+// host-local's older one without an ifname too) is read by a dual-stack allocator: every running pod keeps its
+// address, new pods get one address per family and never a held one, Release and GC treat the old records like
+// any other.
+func TestUpgradeToDualStack(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"lock": "", "last_reserved_ip.v4": "10.244.1.4",
+		"10.244.1.2": "run-a\r\neth0", "10.244.1.3": "run-b\r\neth0", "10.244.1.4": "run-old-format",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := mustNew(t, dir, "10.244.1.0/24", "fd00:10:244:1::/64")
+	recs, err := a.List()
+	if err != nil || len(recs) != 3 || recs[0].Attachment != att("run-a") || recs[2].Attachment != (Attachment{ContainerID: "run-old-format"}) {
+		t.Fatalf("List = %v, %v", recs, err)
+	}
+	if got, err := a.Get(att("run-a")); err != nil || len(got) != 1 || got[0].IP.String() != "10.244.1.2" {
+		t.Errorf("Get(run-a) = %v, %v", got, err)
+	}
+	if al, ok := a.InRange(netip.MustParseAddr("10.244.1.2")); !ok || al.Gateway.String() != "10.244.1.1" {
+		t.Errorf("InRange(10.244.1.2) = %+v, %v", al, ok)
+	}
+	als, err := a.Allocate(att("new"))
+	if err != nil || len(als) != 2 || als[0].Address.String() != "10.244.1.5/24" || als[1].Address.String() != "fd00:10:244:1::2/64" || als[0].Existing || als[1].Existing {
+		t.Fatalf("Allocate(new) = %+v, %v; want 10.244.1.5/24 (after the marker) and fd00:10:244:1::2/64", als, err)
+	}
+	// IPv6 records are files like the IPv4 ones, named by the canonical address; the marker is per family.
+	for name, want := range map[string]string{"fd00:10:244:1::2": "new\r\neth0", "last_reserved_ip.v6": "fd00:10:244:1::2", "last_reserved_ip.v4": "10.244.1.5"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", name, b, err, want)
+		}
+	}
+	// The old records are untouched by the new allocations; GC keeps the valid ones, Release frees one pod's all.
+	freed, err := a.GC([]Attachment{att("run-a"), att("run-b"), att("new")})
+	if err != nil || len(freed) != 1 || freed[0].String() != "10.244.1.4" {
+		t.Errorf("GC = %v, %v; want only the old-format record without a valid attachment", freed, err)
+	}
+	freed, err = a.Release(att("new"))
+	if err != nil || len(freed) != 2 {
+		t.Errorf("Release(new) = %v, %v; want both families", freed, err)
+	}
+	freed, err = a.Release(att("run-a"))
+	if err != nil || len(freed) != 1 || freed[0].String() != "10.244.1.2" {
+		t.Errorf("Release(run-a) = %v, %v", freed, err)
+	}
+	if recs, _ := a.List(); len(recs) != 1 || recs[0].Attachment != att("run-b") {
+		t.Errorf("left: %v", recs)
+	}
+	// And the other way: the IPv4-only allocator (a downgrade) ignores IPv6 records and never hands them out,
+	// and Release still removes them.
+	if _, err := a.Allocate(att("dual")); err != nil {
+		t.Fatal(err)
+	}
+	v4 := mustNew(t, dir, "10.244.1.0/24")
+	if got := mustAlloc(t, v4, att("dual")); !got.Existing {
+		t.Errorf("downgraded allocator: dual's IPv4 address not found: %+v", got)
+	}
+	if freed, err := v4.Release(att("dual")); err != nil || len(freed) != 2 {
+		t.Errorf("downgraded Release(dual) = %v, %v; want its IPv4 and IPv6 records", freed, err)
+	}
+}
+
+func TestDualStackPerFamily(t *testing.T) {
+	dir := t.TempDir()
+	// IPv6 first (an IPv6-primary cluster): the allocations follow the CIDRs' order.
+	a := mustNew(t, dir, "fd00:10:244:1::/126", "10.244.1.0/24")
+	for i, want := range [][2]string{{"fd00:10:244:1::2/126", "10.244.1.2/24"}, {"fd00:10:244:1::3/126", "10.244.1.3/24"}} {
+		als, err := a.Allocate(att(fmt.Sprint("c", i)))
+		if err != nil || len(als) != 2 || als[0].Address.String() != want[0] || als[1].Address.String() != want[1] {
+			t.Fatalf("Allocate #%d = %+v, %v; want %v", i, als, err, want)
+		}
+		if als[0].Gateway.String() != "fd00:10:244:1::1" || als[1].Gateway.String() != "10.244.1.1" {
+			t.Errorf("gateways %s %s", als[0].Gateway, als[1].Gateway)
+		}
+	}
+	// The IPv6 /126 is full (::0 is the subnet-router anycast, ::1 the gateway): the whole allocation fails and
+	// no IPv4 record is left for it. An IPv6 pool has no broadcast: its last address (::3) was handed out.
+	_, err := a.Allocate(att("full"))
+	if !errors.Is(err, ErrExhausted) || err.Error() != "no free address in fd00:10:244:1::/126" {
+		t.Errorf("Allocate in a full IPv6 pool = %v", err)
+	}
+	if recs, _ := a.Get(att("full")); len(recs) != 0 {
+		t.Errorf("records of the failed allocation: %v", recs)
+	}
+	// Idempotent per family; one record per family per attachment.
+	als, err := a.Allocate(att("c0"))
+	if err != nil || len(als) != 2 || !als[0].Existing || !als[1].Existing {
+		t.Errorf("repeat Allocate(c0) = %+v, %v", als, err)
+	}
+	if recs, _ := a.Get(att("c0")); len(recs) != 2 {
+		t.Errorf("records of c0 = %v", recs)
+	}
+	if _, err := New(dir, []netip.Prefix{netip.MustParsePrefix("fd00::/127")}); err == nil || !strings.Contains(err.Error(), "too small") {
+		t.Errorf("New(/127) = %v", err)
 	}
 }
