@@ -26,17 +26,17 @@ func podFromArgs(args string) (ns, name string) {
 	return ns, name
 }
 
-// notifyAgent tells the agent the pod's address and waits for its answer, at most wait. Every failure is only
-// reported on stderr (the runtime logs it): the pod's traffic then waits for the agent to learn the address from
-// the API instead.
-func notifyAgent(socket, cniArgs, ip string, wait time.Duration) bool {
+// notifyAgent tells the agent the pod's addresses (every family's, in the result's order) and waits for its
+// answer, at most wait. Every failure is only reported on stderr (the runtime logs it): the pod's traffic then
+// waits for the agent to learn the address from the API instead.
+func notifyAgent(socket, cniArgs string, ips []string, wait time.Duration) bool {
 	ns, name := podFromArgs(cniArgs)
-	if ns == "" || name == "" {
+	if ns == "" || name == "" || len(ips) == 0 {
 		return false
 	}
-	err := hint.Send(socket, hint.Hint{Namespace: ns, Name: name, IP: ip}, wait)
+	err := hint.Send(socket, hint.New(ns, name, ips), wait)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "canopy-cni: telling the agent at %s about %s/%s (%s): %v\n", socket, ns, name, ip, err)
+		fmt.Fprintf(os.Stderr, "canopy-cni: telling the agent at %s about %s/%s (%s): %v\n", socket, ns, name, strings.Join(ips, ", "), err)
 		return false
 	}
 	return true

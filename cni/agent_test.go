@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"net"
+	"reflect"
 	"testing"
 	"time"
 
@@ -37,19 +38,19 @@ func TestNotifyAgent(t *testing.T) {
 		}
 	}()
 	args := "IgnoreUnknown=1;K8S_POD_NAMESPACE=x;K8S_POD_NAME=a;K8S_POD_INFRA_CONTAINER_ID=123"
-	if !notifyAgent(sock, args, "10.244.1.10", time.Second) {
+	if !notifyAgent(sock, args, []string{"10.244.1.10"}, time.Second) {
 		t.Error("programmed answer not seen")
 	}
-	if h := <-got; h != (hint.Hint{Namespace: "x", Name: "a", IP: "10.244.1.10"}) {
+	if h := <-got; !reflect.DeepEqual(h, hint.Hint{Namespace: "x", Name: "a", IP: "10.244.1.10", IPs: []string{"10.244.1.10"}}) {
 		t.Errorf("hint %+v", h)
 	}
-	if notifyAgent(sock, "K8S_POD_NAMESPACE=x;K8S_POD_NAME=slow", "10.244.1.11", 200*time.Millisecond) {
+	if notifyAgent(sock, "K8S_POD_NAMESPACE=x;K8S_POD_NAME=slow", []string{"10.244.1.11"}, 200*time.Millisecond) {
 		t.Error("a silent agent counted as programmed")
 	}
-	if notifyAgent(sock, "", "10.244.1.12", time.Second) {
+	if notifyAgent(sock, "", []string{"10.244.1.12"}, time.Second) {
 		t.Error("no pod in CNI_ARGS: nothing to tell")
 	}
-	if notifyAgent(t.TempDir()+"/none.sock", args, "10.244.1.12", time.Second) {
+	if notifyAgent(t.TempDir()+"/none.sock", args, []string{"10.244.1.12"}, time.Second) {
 		t.Error("no agent listening counted as programmed")
 	}
 }

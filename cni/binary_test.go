@@ -98,7 +98,7 @@ func TestBinaryErrors(t *testing.T) {
 	}{
 		{"malformed", "ADD", []byte(`{"cniVersion":"1.0.0","name":"canopy",`), types.ErrDecodingFailure, "error unmarshall network config"},
 		{"wrong type", "ADD", n.conf(t, map[string]any{"podCIDRs": "10.244.1.0/24"}), types.ErrInvalidNetworkConfig, "podCIDRs: must be a list of strings"},
-		{"ipv6", "ADD", n.conf(t, map[string]any{"podCIDRs": []string{"fd00::/64"}}), types.ErrInvalidNetworkConfig, "IPv6 pod CIDRs are not supported yet"},
+		{"two ipv6", "ADD", n.conf(t, map[string]any{"podCIDRs": []string{"fd00::/64", "fd01::/64"}}), types.ErrInvalidNetworkConfig, "a second IPv6 pod CIDR"},
 		{"unsupported version", "ADD", n.conf(t, map[string]any{"cniVersion": "0.2.0"}), types.ErrIncompatibleCNIVersion, "incompatible CNI versions"},
 		{"check on nothing", "CHECK", n.conf(t, nil), types.ErrInternal, "no address recorded"},
 	} {

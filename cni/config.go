@@ -23,7 +23,9 @@ const (
 	DefaultDataDir = "/var/lib/cni/canopy"
 	// MinMTU and MaxMTU bound an explicit or computed MTU (IPv4's minimum; the largest a veth takes).
 	MinMTU = 68
-	MaxMTU = 65535
+	// MinIPv6MTU is IPv6's minimum link MTU: the kernel turns IPv6 off on an interface below it.
+	MinIPv6MTU = 1280
+	MaxMTU     = 65535
 	// FallbackMTU is used when auto-detection finds no uplink.
 	FallbackMTU = 1500
 )
@@ -45,7 +47,8 @@ type NetConf struct {
 	MTU int `json:"mtu,omitempty"`
 	// OverlayOverhead is subtracted from the detected uplink MTU (bytes of encapsulation; 0 today: no overlay).
 	OverlayOverhead int `json:"overlayOverhead,omitempty"`
-	// PodCIDRs are the node's pod CIDRs (Node.spec.podCIDRs); IPv4 only for now.
+	// PodCIDRs are the node's pod CIDRs (Node.spec.podCIDRs): an IPv4 and/or an IPv6 prefix. A pod gets one
+	// address of each family.
 	PodCIDRs []string `json:"podCIDRs"`
 	// DataDir holds the address allocations; default /var/lib/cni/canopy. It belongs to this one network.
 	DataDir string `json:"dataDir,omitempty"`
@@ -155,6 +158,9 @@ func ParseConfig(data []byte) (*Config, error) {
 	if typeErr == nil || !strings.HasPrefix(typeErr.Field, "podCIDRs") {
 		c.PodCIDRs, problems = parsePodCIDRs(n.PodCIDRs, problems)
 	}
+	if c.MTU >= MinMTU && c.MTU < MinIPv6MTU && hasIPv6(c.PodCIDRs) {
+		problems = append(problems, fmt.Sprintf("mtu: %d is below IPv6's minimum %d, and podCIDRs has an IPv6 CIDR", c.MTU, MinIPv6MTU))
+	}
 
 	if n.RawPrevResult != nil && (typeErr == nil || typeErr.Field != "cniVersion") && supported(c.CNIVersion) {
 		if err := version.ParsePrevResult(&n.PluginConf); err != nil {
@@ -172,11 +178,24 @@ func ParseConfig(data []byte) (*Config, error) {
 	return c, nil
 }
 
+// Prefixes a pod CIDR must stay clear of: IPv6 ranges that are not ordinary unicast space a pod can use.
+var (
+	ipv4MappedRange = netip.MustParsePrefix("::ffff:0:0/96")
+	ipv6LinkLocal   = netip.MustParsePrefix("fe80::/10")
+	ipv6Multicast   = netip.MustParsePrefix("ff00::/8")
+)
+
+// MaxIPv6PrefixBits is the longest IPv6 pod CIDR: the subnet-router anycast (network) address, the gateway and
+// at least one pod address must fit.
+const MaxIPv6PrefixBits = 126
+
 func parsePodCIDRs(raw []string, problems []string) ([]netip.Prefix, []string) {
 	if len(raw) == 0 {
-		return nil, append(problems, `podCIDRs: missing (the node's pod CIDRs, e.g. ["10.244.1.0/24"])`)
+		return nil, append(problems, `podCIDRs: missing (the node's pod CIDRs, e.g. ["10.244.1.0/24"] or ["10.244.1.0/24", "fd00:10:244:1::/64"])`)
 	}
 	var out []netip.Prefix
+	var outIdx []int // the index in raw of each kept CIDR
+	firstV6 := -1    // index in raw of the IPv6 CIDR kept
 	for i, s := range raw {
 		field := fmt.Sprintf("podCIDRs[%d]", i)
 		p, err := netip.ParsePrefix(strings.TrimSpace(s))
@@ -187,22 +206,41 @@ func parsePodCIDRs(raw []string, problems []string) ([]netip.Prefix, []string) {
 		case p.Addr().Is4In6():
 			problems = append(problems, fmt.Sprintf("%s: %q is an IPv4-mapped IPv6 prefix; write it as IPv4", field, s))
 			continue
-		case p.Addr().Is6():
-			problems = append(problems, fmt.Sprintf("%s: %q: IPv6 pod CIDRs are not supported yet", field, s))
-			continue
 		case p.Masked() != p:
 			problems = append(problems, fmt.Sprintf("%s: %q has host bits set; the network is %s", field, s, p.Masked()))
 			continue
-		case p.Bits() > 30:
+		case p.Addr().Is4() && p.Bits() > 30:
 			problems = append(problems, fmt.Sprintf("%s: %q is too small: a pod CIDR needs a network, gateway, broadcast and at least one pod address (/30 at most)", field, s))
 			continue
+		case p.Addr().Is6() && p.Bits() > MaxIPv6PrefixBits:
+			problems = append(problems, fmt.Sprintf("%s: %q is too small: an IPv6 pod CIDR needs its subnet-router anycast (network) address, a gateway and at least one pod address (/%d at most)",
+				field, s, MaxIPv6PrefixBits))
+			continue
+		case p.Addr().Is6() && (p.Overlaps(ipv6LinkLocal) || p.Overlaps(ipv6Multicast) || p.Contains(netip.IPv6Unspecified()) || p.Contains(netip.IPv6Loopback())):
+			problems = append(problems, fmt.Sprintf("%s: %q is not unicast space pods can use (it covers link-local, multicast, the unspecified or the loopback address)", field, s))
+			continue
+		case p.Addr().Is6() && p.Overlaps(ipv4MappedRange):
+			problems = append(problems, fmt.Sprintf("%s: %q covers the IPv4-mapped range ::ffff:0:0/96, which pods cannot use", field, s))
+			continue
 		}
+		overlaps := false
 		for j, q := range out {
 			if q.Overlaps(p) {
-				problems = append(problems, fmt.Sprintf("%s: %s overlaps podCIDRs[%d] %s", field, p, j, q))
+				problems = append(problems, fmt.Sprintf("%s: %s overlaps podCIDRs[%d] %s", field, p, outIdx[j], q))
+				overlaps = true
 			}
 		}
+		if p.Addr().Is6() && !overlaps {
+			// One address per family per pod, from one CIDR: Kubernetes gives a node at most one per family.
+			if firstV6 >= 0 {
+				problems = append(problems, fmt.Sprintf("%s: %s is a second IPv6 pod CIDR (podCIDRs[%d] is %s): at most one per family",
+					field, p, firstV6, raw[firstV6]))
+				continue
+			}
+			firstV6 = i
+		}
 		out = append(out, p)
+		outIdx = append(outIdx, i)
 	}
 	return out, problems
 }

@@ -172,19 +172,26 @@ func newNode(tb testing.TB) *node {
 }
 
 // guardRootNS fails the test if a link with one of our names appears in the machine's namespace while it runs.
-// It also checks that the root namespace's net.ipv4.ip_forward did not change (the plugin sets it in the node's).
+// It also checks that the root namespace's net.ipv4.ip_forward and net.ipv6.conf.all.forwarding did not change
+// (the plugin sets them in the node's).
 func guardRootNS(tb testing.TB) {
 	tb.Helper()
 	before := rootOurLinks(tb)
-	fwdBefore, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	fwdFiles := []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"}
+	fwdBefore := make([][]byte, len(fwdFiles))
+	for i, f := range fwdFiles {
+		fwdBefore[i], _ = os.ReadFile(f)
+	}
 	tb.Cleanup(func() {
 		for name := range rootOurLinks(tb) {
 			if !before[name] {
 				tb.Errorf("link %s appeared in the root network namespace during the test", name)
 			}
 		}
-		if fwd, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); !bytes.Equal(fwd, fwdBefore) {
-			tb.Errorf("the root namespace's ip_forward changed from %q to %q during the test", fwdBefore, fwd)
+		for i, f := range fwdFiles {
+			if fwd, _ := os.ReadFile(f); !bytes.Equal(fwd, fwdBefore[i]) {
+				tb.Errorf("the root namespace's %s changed from %q to %q during the test", f, fwdBefore[i], fwd)
+			}
 		}
 	})
 }

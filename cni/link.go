@@ -5,14 +5,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"regexp"
+	"strings"
 	"syscall"
 
+	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // HostVethPrefix starts the name of every host-side veth the plugin makes.
@@ -84,12 +88,20 @@ func ensureBridge(name string, mtu int, cidrs []netip.Prefix) (*netlink.Bridge, 
 	if err != nil {
 		return nil, fmt.Errorf("bridge %q: list addresses: %w", name, err)
 	}
+	if hasIPv6(cidrs) {
+		// A node (or a bridge made by someone else) may have IPv6 off by default; the gateway needs it on.
+		if err := ensureSysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", name), "0"); err != nil {
+			return nil, fmt.Errorf("bridge %q: enable IPv6: %w", name, err)
+		}
+	}
 	for _, c := range cidrs {
 		gw := gatewayPrefix(c)
 		if hasAddr(have, gw) {
 			continue
 		}
-		a := &netlink.Addr{IPNet: prefixToIPNet(gw)}
+		// The IPv6 gateway skips duplicate address detection (the pod CIDR is this node's alone): usable at once,
+		// not a second later.
+		a := &netlink.Addr{IPNet: prefixToIPNet(gw), Flags: addrFlags(gw.Addr())}
 		if err := netlink.AddrAdd(br, a); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return nil, fmt.Errorf("bridge %q: add gateway address %s: %w", name, gw, err)
 		}
@@ -109,18 +121,131 @@ func gatewayPrefix(c netip.Prefix) netip.Prefix {
 	return netip.PrefixFrom(c.Masked().Addr().Next(), c.Bits())
 }
 
-func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
-	for _, a := range addrs {
+func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool { return findAddr(addrs, p) != nil }
+
+// findAddr returns the address p (same address and prefix length) among addrs, or nil.
+func findAddr(addrs []netlink.Addr, p netip.Prefix) *netlink.Addr {
+	for i, a := range addrs {
 		if a.IPNet == nil {
 			continue
 		}
 		ip, ok := netip.AddrFromSlice(a.IP)
 		ones, _ := a.Mask.Size()
 		if ok && ip.Unmap() == p.Addr() && ones == p.Bits() {
+			return &addrs[i]
+		}
+	}
+	return nil
+}
+
+// addrFlags are the flags an address of ours is added with: IFA_F_NODAD for IPv6 (no duplicate address
+// detection: addresses come from our own allocator, and a tentative address cannot be used for about a second).
+func addrFlags(ip netip.Addr) int {
+	if ip.Is6() && !ip.Is4In6() {
+		return unix.IFA_F_NODAD
+	}
+	return 0
+}
+
+// unusable says why an IPv6 address cannot be used yet or at all ("" when it can).
+func unusable(a *netlink.Addr) string {
+	switch {
+	case a.Flags&unix.IFA_F_DADFAILED != 0:
+		return "failed duplicate address detection"
+	case a.Flags&unix.IFA_F_TENTATIVE != 0:
+		return "is tentative (duplicate address detection still running)"
+	}
+	return ""
+}
+
+func hasIPv6(cidrs []netip.Prefix) bool {
+	for _, c := range cidrs {
+		if c.Addr().Is6() {
 			return true
 		}
 	}
 	return false
+}
+
+func hasIPv4(cidrs []netip.Prefix) bool {
+	for _, c := range cidrs {
+		if c.Addr().Is4() {
+			return true
+		}
+	}
+	return false
+}
+
+// ensureSysctl sets a sysctl (a path under /proc/sys) to value unless it already has it, in the calling
+// thread's network namespace.
+func ensureSysctl(name, value string) error {
+	if v, err := sysctl.Sysctl(name); err == nil && strings.TrimSpace(v) == value {
+		return nil
+	}
+	if _, err := sysctl.Sysctl(name, value); err != nil {
+		return fmt.Errorf("set %s=%s: %w", strings.ReplaceAll(name, "/", "."), value, err)
+	}
+	return nil
+}
+
+// enableForwarding turns on forwarding for the families of cidrs in the node's namespace: net.ipv4.ip_forward,
+// net.ipv6.conf.all.forwarding. Turning IPv6 forwarding on makes the kernel drop the default routes learned from
+// router advertisements on every interface whose accept_ra is not 2 (and stop learning them): that is the node's
+// business (accept_ra=2 on its uplink), and we only warn (on stderr, which the runtime logs) when it happens.
+func enableForwarding(cidrs []netip.Prefix, warn io.Writer) error {
+	if hasIPv4(cidrs) {
+		if err := ip.EnableIP4Forward(); err != nil {
+			return fmt.Errorf("enable net.ipv4.ip_forward: %w", err)
+		}
+	}
+	if !hasIPv6(cidrs) {
+		return nil
+	}
+	const fwd = "net/ipv6/conf/all/forwarding"
+	if v, err := sysctl.Sysctl(fwd); err == nil && strings.TrimSpace(v) == "1" {
+		return nil
+	}
+	for _, r := range raDefaultRoutesAtRisk() {
+		fmt.Fprintf(warn, "canopy-cni: turning on net.ipv6.conf.all.forwarding for the IPv6 pod CIDR: the kernel drops the "+
+			"router-advertised default route %s and stops accepting router advertisements on %s unless "+
+			"net.ipv6.conf.%s.accept_ra=2 is set before (see the package documentation)\n", r.route, r.dev, r.dev)
+	}
+	if _, err := sysctl.Sysctl(fwd, "1"); err != nil {
+		return fmt.Errorf("enable net.ipv6.conf.all.forwarding (is IPv6 disabled on the node?): %w", err)
+	}
+	return nil
+}
+
+type raRoute struct{ route, dev string }
+
+// raDefaultRoutesAtRisk lists IPv6 default routes learned from router advertisements on interfaces whose
+// accept_ra is not 2: those enabling forwarding removes.
+func raDefaultRoutesAtRisk() []raRoute {
+	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: syscall.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil
+	}
+	var out []raRoute
+	for _, r := range routes {
+		if r.Protocol != unix.RTPROT_RA {
+			continue
+		}
+		if r.Dst != nil {
+			if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+				continue
+			}
+		}
+		l, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			continue
+		}
+		dev := l.Attrs().Name
+		if v, err := sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_ra", dev)); err == nil && strings.TrimSpace(v) == "2" {
+			continue
+		}
+		out = append(out, raRoute{route: fmt.Sprintf("default via %s dev %s", r.Gw, dev), dev: dev})
+	}
+	return out
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
@@ -201,6 +326,10 @@ func resolveMTU(c *Config) (int, error) {
 	m := up - c.OverlayOverhead
 	if m < MinMTU {
 		return 0, fmt.Errorf("mtu: the uplink MTU %d (%s) minus overlayOverhead %d is %d, below the minimum %d", up, from, c.OverlayOverhead, m, MinMTU)
+	}
+	if m < MinIPv6MTU && hasIPv6(c.PodCIDRs) {
+		return 0, fmt.Errorf("mtu: the uplink MTU %d (%s) minus overlayOverhead %d is %d, below IPv6's minimum %d, and podCIDRs has an IPv6 CIDR",
+			up, from, c.OverlayOverhead, m, MinIPv6MTU)
 	}
 	return m, nil
 }

@@ -130,9 +130,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (_ *current.Result, cniVersion string, 
 		return nil, "", err
 	}
 
-	// The node: forwarding on (this is the node's namespace: the plugin runs there), the bridge with its gateways.
-	if err := ip.EnableIP4Forward(); err != nil {
-		return nil, "", fmt.Errorf("enable net.ipv4.ip_forward: %w", err)
+	// The node: forwarding on for each family (this is the node's namespace: the plugin runs there), the bridge
+	// with its gateways.
+	if err := enableForwarding(cfg.PodCIDRs, os.Stderr); err != nil {
+		return nil, "", err
 	}
 	br, err := ensureBridge(cfg.Bridge, mtu, cfg.PodCIDRs)
 	if err != nil {
@@ -256,6 +257,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (_ *current.Result, cniVersion string, 
 		}
 		// Announce the (possibly reused) address with a gratuitous ARP when the link comes up.
 		_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv4/conf/%s/arp_notify", args.IfName), "1")
+		if hasV6Alloc(allocs) {
+			if err := prepareIPv6(args.IfName); err != nil {
+				return err
+			}
+		}
 		return configureIface(args.IfName, res)
 	}); err != nil {
 		return nil, "", fmt.Errorf("configure %s in %s: %w", args.IfName, args.Netns, err)
@@ -264,7 +270,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (_ *current.Result, cniVersion string, 
 		return nil, "", err
 	}
 	if cfg.AgentSocket != "" && len(res.IPs) > 0 {
-		notifyAgent(cfg.AgentSocket, args.Args, res.IPs[0].Address.IP.String(), AgentWait)
+		ips := make([]string, 0, len(res.IPs))
+		for _, ipc := range res.IPs {
+			ips = append(ips, ipc.Address.IP.String())
+		}
+		notifyAgent(cfg.AgentSocket, args.Args, ips, AgentWait)
 	}
 	return res, cfg.CNIVersion, nil
 }
@@ -278,7 +288,8 @@ func configureIface(ifName string, res *current.Result) error {
 		return fmt.Errorf("look up %s: %w", ifName, err)
 	}
 	for _, ipc := range res.IPs {
-		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &ipc.Address}); err != nil {
+		a, _ := netip.AddrFromSlice(ipc.Address.IP)
+		if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: &ipc.Address, Flags: addrFlags(a.Unmap())}); err != nil {
 			return fmt.Errorf("add address %s to %s: %w", ipc.Address.String(), ifName, err)
 		}
 	}
@@ -292,6 +303,34 @@ func configureIface(ifName string, res *current.Result) error {
 			return fmt.Errorf("add route %s via %s dev %s: %w", r.Dst.String(), r.GW, ifName, err)
 		}
 	}
+	return nil
+}
+
+// hasV6Alloc reports whether an allocation is IPv6.
+func hasV6Alloc(allocs []ipam.Allocation) bool {
+	for _, a := range allocs {
+		if a.Address.Addr().Is6() {
+			return true
+		}
+	}
+	return false
+}
+
+// prepareIPv6 readies the pod interface for its IPv6 address, in the pod's namespace: IPv6 on for it and lo (a
+// runtime may create namespaces with IPv6 disabled), no duplicate address detection (the address is ours alone, and
+// a tentative address is unusable for a second or more: the pod must work as soon as ADD returns; the address is
+// also added with IFA_F_NODAD), and an unsolicited neighbour advertisement when the address is added (the IPv6
+// arp_notify), so neighbours forget a reused address's old MAC.
+func prepareIPv6(ifName string) error {
+	for _, dev := range []string{"lo", ifName} {
+		if err := ensureSysctl(fmt.Sprintf("net/ipv6/conf/%s/disable_ipv6", dev), "0"); err != nil {
+			return fmt.Errorf("enable IPv6 on %s: %w", dev, err)
+		}
+	}
+	if err := ensureSysctl(fmt.Sprintf("net/ipv6/conf/%s/accept_dad", ifName), "0"); err != nil {
+		return err
+	}
+	_, _ = sysctl.Sysctl(fmt.Sprintf("net/ipv6/conf/%s/ndisc_notify", ifName), "1")
 	return nil
 }
 
@@ -463,14 +502,24 @@ func inspect(cfg *Config, args *skel.CmdArgs, podNS ns.NetNS, mtu int, alloc *ip
 			bad("bridge %s: list addresses: %v", cfg.Bridge, err)
 		} else {
 			for _, a := range allocs {
-				if gw := netip.PrefixFrom(a.Gateway, a.Address.Bits()); !hasAddr(addrs, gw) {
+				gw := netip.PrefixFrom(a.Gateway, a.Address.Bits())
+				if have := findAddr(addrs, gw); have == nil {
 					bad("bridge %s lacks the gateway address %s", cfg.Bridge, gw)
+				} else if why := unusable(have); why != "" {
+					bad("the gateway address %s on bridge %s %s", gw, cfg.Bridge, why)
 				}
 			}
 		}
 	}
-	if v, err := sysctl.Sysctl("net/ipv4/ip_forward"); err != nil || strings.TrimSpace(v) != "1" {
-		bad("net.ipv4.ip_forward is %q on the node, want 1 (%v)", v, err)
+	if hasIPv4(cfg.PodCIDRs) {
+		if v, err := sysctl.Sysctl("net/ipv4/ip_forward"); err != nil || strings.TrimSpace(v) != "1" {
+			bad("net.ipv4.ip_forward is %q on the node, want 1 (%v)", v, err)
+		}
+	}
+	if hasIPv6(cfg.PodCIDRs) {
+		if v, err := sysctl.Sysctl("net/ipv6/conf/all/forwarding"); err != nil || strings.TrimSpace(v) != "1" {
+			bad("net.ipv6.conf.all.forwarding is %q on the node, want 1 (%v)", strings.TrimSpace(v), err)
+		}
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
 	hostIndex, hostPeer := 0, 0
@@ -529,8 +578,10 @@ func inspect(cfg *Config, args *skel.CmdArgs, podNS ns.NetNS, mtu int, alloc *ip
 			bad("%s in the pod: list routes: %v", args.IfName, err)
 		}
 		for _, al := range allocs {
-			if !hasAddr(addrs, al.Address) {
+			if have := findAddr(addrs, al.Address); have == nil {
 				bad("%s in the pod lacks its address %s", args.IfName, al.Address)
+			} else if why := unusable(have); why != "" {
+				bad("the address %s of %s in the pod %s", al.Address, args.IfName, why)
 			}
 			if !hasDefaultVia(routes, al.Gateway) {
 				bad("%s in the pod has no default route via %s", args.IfName, al.Gateway)

@@ -1,6 +1,12 @@
 // Package hint is the protocol of the CNI hint socket, shared by its two ends: the canopy-cni plugin tells the
-// agent a new pod's address right after ADD (one JSON Hint line), and the agent answers one JSON Reply line
+// agent a new pod's addresses right after ADD (one JSON Hint line), and the agent answers one JSON Reply line
 // once the pod's firewall exists, or when it stops waiting.
+//
+// The line is {"namespace": "…", "name": "…", "ip": "10.244.1.5", "ips": ["10.244.1.5", "fd00:10:244:1::5"]}.
+// "ip" is the one address hints carried before dual-stack, and still the pod's IPv4 address when it has one (else
+// its first address), so an agent that reads only "ip" (and polices IPv4 only) keeps working; "ips" lists every
+// address of the pod, one per family, in the order of the CNI result. A reader takes Addresses(): "ips", or "ip"
+// alone from a plugin that predates "ips".
 package hint
 
 import (
@@ -10,6 +16,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -20,7 +28,39 @@ const MaxSize = 4096
 type Hint struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
-	IP        string `json:"ip"`
+	// IP is the pod's IPv4 address, or its first address when it has no IPv4 one (what agents that predate IPs
+	// read).
+	IP string `json:"ip"`
+	// IPs is every address of the pod (at most one per family), in the CNI result's order; empty from a plugin
+	// that predates it, whose hint names IP alone.
+	IPs []string `json:"ips,omitempty"`
+}
+
+// New returns the hint for a pod with addresses ips (in the CNI result's order): IP is the first IPv4 address,
+// else the first address; IPs all of them.
+func New(namespace, name string, ips []string) Hint {
+	h := Hint{Namespace: namespace, Name: name, IPs: slices.Clone(ips)}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			h.IP = s
+			break
+		}
+	}
+	if h.IP == "" && len(ips) > 0 {
+		h.IP = ips[0]
+	}
+	return h
+}
+
+// Addresses returns every address the hint names: IPs, or IP alone when IPs is empty.
+func (h Hint) Addresses() []string {
+	if len(h.IPs) > 0 {
+		return slices.Clone(h.IPs)
+	}
+	if h.IP == "" {
+		return nil
+	}
+	return []string{h.IP}
 }
 
 // Reply is the agent's answer.
@@ -55,7 +95,7 @@ func Send(socket string, h Hint, wait time.Duration) error {
 	return nil
 }
 
-// Read reads one Hint line from c (at most MaxSize bytes).
+// Read reads one Hint line from c (at most MaxSize bytes). A hint whose "ips" does not include its "ip" is refused.
 func Read(c io.Reader) (Hint, error) {
 	var h Hint
 	line, err := bufio.NewReader(io.LimitReader(c, MaxSize)).ReadBytes('\n')
@@ -67,6 +107,9 @@ func Read(c io.Reader) (Hint, error) {
 	}
 	if err := json.Unmarshal(line, &h); err != nil {
 		return h, fmt.Errorf("bad hint: %w", err)
+	}
+	if len(h.IPs) > 0 && !slices.Contains(h.IPs, h.IP) {
+		return h, fmt.Errorf("bad hint: ip %q is not one of ips %q", h.IP, h.IPs)
 	}
 	return h, nil
 }
