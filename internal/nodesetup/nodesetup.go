@@ -34,8 +34,11 @@ type Config struct {
 	CNIMTU     int
 	// CNIAgentSocket goes into the conflist: the plugin reports new pods' addresses there ("" = none).
 	CNIAgentSocket string
-	PodEgress      bool
-	NoMasqTo       []netip.Prefix // the cluster's pod and service networks
+	// CNIIPv6 puts the node's IPv6 pod CIDR into the conflist too, so pods get an address of each family (the
+	// plugin supports dual-stack and IPv6-only). Off: IPv4 only, as long as NetworkPolicy does not police IPv6.
+	CNIIPv6   bool
+	PodEgress bool
+	NoMasqTo  []netip.Prefix // the cluster's pod and service networks
 	// ClusterCIDRs are the pod networks: forwarded traffic from or to them is accepted at the end of FORWARD
 	// (hosts whose FORWARD policy is DROP). None: no such chain.
 	ClusterCIDRs []netip.Prefix
@@ -140,14 +143,18 @@ func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
 			v4 = append(v4, p)
 		}
 	}
-	if s.cfg.CNIConfDir != "" && len(v4) > 0 {
+	cniCIDRs := v4
+	if s.cfg.CNIIPv6 {
+		cniCIDRs = podCIDRs
+	}
+	if s.cfg.CNIConfDir != "" && len(cniCIDRs) > 0 {
 		portmap := false
 		if s.cfg.CNIBinDir != "" {
 			if _, err := os.Stat(filepath.Join(s.cfg.CNIBinDir, "portmap")); err == nil {
 				portmap = true
 			}
 		}
-		data, err := conflist.Render(conflist.Options{PodCIDRs: v4, MTU: s.cfg.CNIMTU, DataDir: s.cfg.CNIDataDir, Portmap: portmap,
+		data, err := conflist.Render(conflist.Options{PodCIDRs: cniCIDRs, MTU: s.cfg.CNIMTU, DataDir: s.cfg.CNIDataDir, Portmap: portmap,
 			AgentSocket: s.cfg.CNIAgentSocket})
 		if err != nil {
 			return err
@@ -156,7 +163,7 @@ func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
 		if err != nil {
 			return fmt.Errorf("write CNI conflist: %w", err)
 		}
-		s.log.Info("CNI conflist", "path", filepath.Join(s.cfg.CNIConfDir, conflist.FileName), "pod_cidrs", v4, "portmap", portmap, "changed", changed)
+		s.log.Info("CNI conflist", "path", filepath.Join(s.cfg.CNIConfDir, conflist.FileName), "pod_cidrs", cniCIDRs, "portmap", portmap, "changed", changed)
 	}
 	if s.cfg.PodEgress {
 		if s.ipt == nil {

@@ -1,6 +1,7 @@
 package nodesetup
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -61,5 +62,48 @@ func TestSetupAppliesOncePerPodCIDR(t *testing.T) {
 	}
 	if conf, _ := os.ReadFile(filepath.Join(dir, "net.d", conflist.FileName)); !strings.Contains(string(conf), "10.244.4.0/24") {
 		t.Errorf("conflist not rewritten for the new pod CIDR: %s", conf)
+	}
+}
+
+func TestConflistFamilies(t *testing.T) {
+	dual := []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:10:244:3::/64")}
+	v6only := []netip.Prefix{netip.MustParsePrefix("fd00:10:244:3::/64")}
+	for _, tc := range []struct {
+		name  string
+		ipv6  bool
+		cidrs []netip.Prefix
+		want  string // the podCIDRs written; "" = no conflist
+	}{
+		{"dual-stack, IPv6 off", false, dual, `["10.244.3.0/24"]`},
+		{"dual-stack, IPv6 on", true, dual, `["10.244.3.0/24","fd00:10:244:3::/64"]`},
+		{"IPv6-only, IPv6 off", false, v6only, ""},
+		{"IPv6-only, IPv6 on", true, v6only, `["fd00:10:244:3::/64"]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := New(Config{NodeName: "n1", CNIConfDir: dir, CNIIPv6: tc.ipv6, SysctlRoot: dir},
+				nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if err := s.Apply(tc.cidrs); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(filepath.Join(dir, conflist.FileName))
+			if tc.want == "" {
+				if err == nil {
+					t.Errorf("conflist written: %s", data)
+				}
+				return
+			}
+			var got struct {
+				Plugins []struct {
+					PodCIDRs []string `json:"podCIDRs"`
+				} `json:"plugins"`
+			}
+			if err != nil || json.Unmarshal(data, &got) != nil || len(got.Plugins) == 0 {
+				t.Fatalf("conflist %s, %v", data, err)
+			}
+			if b, _ := json.Marshal(got.Plugins[0].PodCIDRs); string(b) != tc.want {
+				t.Errorf("podCIDRs %s, want %s", b, tc.want)
+			}
+		})
 	}
 }
