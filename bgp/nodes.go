@@ -24,6 +24,9 @@ import (
 const (
 	ReasonInvalidAnnotation = "InvalidBGPAnnotation"
 	ReasonBGPError          = "BGPReconcileFailed"
+	// ReasonInvalidRouteReflector: the Node's canopy.io/route-reflector label is not a cluster ID, so the node is
+	// no reflector.
+	ReasonInvalidRouteReflector = "InvalidRouteReflector"
 )
 
 // ClusterSettings is what the cluster's BGPConfiguration says about sessions; a nil field keeps the flag.
@@ -69,6 +72,8 @@ type NodeController struct {
 	reportedNoCIDR bool
 	objects        Objects // nil: flags and annotations only
 	conflicts      string  // the peer conflicts last reported
+	badRRValue     string  // this node's invalid canopy.io/route-reflector value last reported
+	reflectors     string  // the route reflectors last logged
 
 	cmu          sync.Mutex
 	conflictList []string // the same, for status
@@ -121,6 +126,59 @@ func (c *NodeController) warn(node *corev1.Node, reason, format string, a ...any
 	}
 }
 
+// routeReflector returns a node's cluster ID from its canopy.io/route-reflector label (invalid: no reflector).
+// An invalid value makes the node no reflector on every agent alike (see ParseRouteReflectorLabel); the node's
+// own agent reports it, once per value.
+func (c *NodeController) routeReflector(n *corev1.Node, self bool) netip.Addr {
+	v, ok := n.Labels[LabelRouteReflector]
+	if !ok {
+		if self {
+			c.badRRValue = ""
+		}
+		return netip.Addr{}
+	}
+	id, err := ParseRouteReflectorLabel(v)
+	if err == nil {
+		if self {
+			c.badRRValue = ""
+		}
+		return id
+	}
+	if self && c.badRRValue != v {
+		CountInvalidInput("node_label")
+		c.warn(n, ReasonInvalidRouteReflector, "node %s: %v; this node is no route reflector (a client of the valid ones, or in the full mesh if there is none)", n.Name, err)
+		c.badRRValue = v
+	}
+	return netip.Addr{}
+}
+
+// logReflectors logs the route reflectors when they change.
+func (c *NodeController) logReflectors(infos []NodeInfo, mesh bool) {
+	var rr []string
+	for _, n := range infos {
+		if n.RRClusterID.IsValid() {
+			rr = append(rr, n.Name+"="+n.RRClusterID.String())
+		}
+	}
+	slices.Sort(rr)
+	now := strings.Join(rr, ",")
+	if !mesh && now != "" {
+		now += " (no effect: the node mesh is off)"
+	}
+	if now == c.reflectors {
+		return
+	}
+	c.reflectors = now
+	switch {
+	case len(rr) == 0:
+		c.log.Info("no route reflector: the nodes peer in a full mesh", "node", c.cfg.NodeName)
+	case !mesh:
+		c.log.Info("route reflectors are labelled but the node mesh is off: they have no effect", "node", c.cfg.NodeName, "route_reflectors", rr)
+	default:
+		c.log.Info("route reflectors", "node", c.cfg.NodeName, "route_reflectors", rr)
+	}
+}
+
 // nodeASN returns a node's ASN from its annotation, keeping the last good value when the annotation is invalid.
 func (c *NodeController) nodeASN(n *corev1.Node, self bool) uint32 {
 	v := n.Annotations[AnnotationNodeASN]
@@ -157,7 +215,9 @@ func (c *NodeController) sync(context.Context) error {
 			continue
 		}
 		ips = append(ips, ip)
-		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, ASN: c.nodeASN(n, n.Name == c.cfg.NodeName), PodCIDRs: model.PodCIDRs(n)})
+		isSelf := n.Name == c.cfg.NodeName
+		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, ASN: c.nodeASN(n, isSelf), PodCIDRs: model.PodCIDRs(n),
+			RRClusterID: c.routeReflector(n, isSelf)})
 	}
 	for name := range c.goodASN {
 		if !names[name] {
@@ -265,6 +325,7 @@ func (c *NodeController) sync(context.Context) error {
 	}
 	c.mgr.SetIdentity(Identity{ASN: asn, RouterID: rid, NodeIP: selfIP})
 	c.mgr.SetPaths(GroupPodCIDRs, paths)
+	c.logReflectors(infos, mesh.FullMesh)
 	peers, conflicts := DesiredPeers(selfInfo, infos, PeerSources{ClusterASN: clusterASN, Mesh: mesh, MaxPrefixes: maxPrefixes,
 		BFD: c.cfg.BFD, Flag: c.cfg.Peers, Annotation: c.goodPeers, Objects: objPeers})
 	c.reportConflicts(self, conflicts)

@@ -19,6 +19,10 @@ const (
 	AnnotationPeers = "canopy.io/peers"
 	// AnnotationNodeASN overrides --cluster-asn for this node (eBGP-per-rack designs).
 	AnnotationNodeASN = "canopy.io/node-asn"
+	// LabelRouteReflector makes a Node a BGP route reflector (RFC 4456) for the other nodes of its AS; the value
+	// is the reflector's cluster ID in IPv4 address form (e.g. "244.0.0.1"; reflectors that back each other up
+	// usually share one). See ParseRouteReflectorLabel and DesiredPeers.
+	LabelRouteReflector = "canopy.io/route-reflector"
 )
 
 // PeerKind says where a desired peer comes from.
@@ -47,6 +51,13 @@ type PeerSpec struct {
 	GR          GRSetting  // unless Set: GlobalConfig's
 	NoPodCIDRs  bool       // this node's pod CIDRs are not announced to the peer
 	NoVIPs      bool       // Service VIPs are not announced to the peer
+	// Route reflection between the nodes of one AS (set only on a reflector's iBGP sessions with other nodes):
+	// RRClient says the peer is this reflector's client, so the routes of the other nodes are reflected to it,
+	// with RRClusterID in their CLUSTER_LIST; RRNonClient says the peer is another reflector (a plain iBGP
+	// session) to which the routes of this reflector's clients are reflected.
+	RRClient    bool
+	RRClusterID netip.Addr
+	RRNonClient bool
 	Kind        PeerKind
 	Name        string // node name for mesh peers; "flag", "annotation" or "BGPPeer/<name>" for external ones
 }
@@ -64,6 +75,24 @@ type NodeInfo struct {
 	IP       netip.Addr // InternalIP (IPv4 preferred)
 	ASN      uint32     // 0 = the cluster ASN
 	PodCIDRs []netip.Prefix
+	// RRClusterID is valid when the node is a route reflector (a valid canopy.io/route-reflector label): its
+	// cluster ID.
+	RRClusterID netip.Addr
+}
+
+// ParseRouteReflectorLabel parses canopy.io/route-reflector: the reflector's cluster ID, an IPv4 address in
+// dotted form other than 0.0.0.0 (Calico's routeReflectorClusterID has the same form). Anything else is an
+// error, and the node is then no reflector at all: every agent must see the same reflectors, so none keeps a
+// value that the others (started later) could not know.
+func ParseRouteReflectorLabel(value string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(value)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, fmt.Errorf("label %s=%q: the cluster ID must be an IPv4 address such as 244.0.0.1", LabelRouteReflector, value)
+	}
+	if a.IsUnspecified() {
+		return netip.Addr{}, fmt.Errorf("label %s=%q: 0.0.0.0 is not a cluster ID", LabelRouteReflector, value)
+	}
+	return a, nil
 }
 
 // annotationPeer is the wire form of one entry of canopy.io/peers.
@@ -187,10 +216,16 @@ func (c PeerConflict) String() string {
 	return fmt.Sprintf("BGP peer %s is configured by %s and by %s: %s wins", c.Address, c.Winner, strings.Join(c.Losers, ", "), c.Winner)
 }
 
-// DesiredPeers computes the sessions this node should have: the other nodes (full mesh, each with its own ASN,
-// so nodes in other racks become eBGP peers), then the external routers of each source in src. An address is
-// peered once, by the source of highest precedence; every address named by more than one external source (or
+// DesiredPeers computes the sessions this node should have: the other nodes (the node mesh, each with its own
+// ASN, so nodes in other racks become eBGP peers), then the external routers of each source in src. An address
+// is peered once, by the source of highest precedence; every address named by more than one external source (or
 // by one and the mesh) is reported as a conflict. The result is sorted by address.
+//
+// Route reflectors (nodes with RRClusterID) replace the mesh inside their AS: two nodes of an AS that has a
+// reflector peer only if one of them is a reflector — a reflector's session with a non-reflector is RRClient
+// (the other node is its client), with another reflector RRNonClient. Reflection never crosses an AS: nodes of
+// different ASes peer over eBGP as in the full mesh, a reflector included (a plain session, no client), and
+// an AS without a reflector keeps its full mesh.
 func DesiredPeers(self NodeInfo, nodes []NodeInfo, src PeerSources) ([]PeerSpec, []PeerConflict) {
 	byAddr := map[netip.Addr]PeerSpec{}
 	from := map[netip.Addr][]string{} // the sources that named each address, in precedence order
@@ -202,17 +237,40 @@ func DesiredPeers(self NodeInfo, nodes []NodeInfo, src PeerSources) ([]PeerSpec,
 		from[p.Address] = append(from[p.Address], source)
 	}
 	if src.Mesh.FullMesh {
+		asnOf := func(n NodeInfo) uint32 {
+			if n.ASN == 0 {
+				return src.ClusterASN
+			}
+			return n.ASN
+		}
+		reflected := map[uint32]bool{} // the ASes that have a reflector (one that can peer: it has an address)
+		for _, n := range nodes {
+			if n.RRClusterID.IsValid() && n.IP.IsValid() {
+				reflected[asnOf(n)] = true
+			}
+		}
+		selfASN, selfRR := asnOf(self), self.RRClusterID.IsValid()
+		if selfRR {
+			reflected[selfASN] = true
+		}
 		for _, n := range nodes {
 			if n.Name == self.Name {
 				continue
 			}
-			asn := n.ASN
-			if asn == 0 {
-				asn = src.ClusterASN
+			asn, peerRR := asnOf(n), n.RRClusterID.IsValid()
+			p := PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0,
+				Password: src.Mesh.Password, TTLSecurity: src.Mesh.TTLSecurity, MaxPrefixes: src.MaxPrefixes, BFD: src.Mesh.BFD}
+			if asn == selfASN && reflected[asn] {
+				switch {
+				case selfRR && peerRR:
+					p.RRNonClient = true
+				case selfRR:
+					p.RRClient, p.RRClusterID = true, self.RRClusterID
+				case !peerRR:
+					continue // two clients: the reflectors carry their routes
+				}
 			}
-			add(PeerSpec{Address: n.IP, ASN: asn, Kind: PeerKindNode, Name: n.Name, Passive: self.IP.Compare(n.IP) > 0,
-				Password: src.Mesh.Password, TTLSecurity: src.Mesh.TTLSecurity, MaxPrefixes: src.MaxPrefixes, BFD: src.Mesh.BFD},
-				"node mesh ("+n.Name+")")
+			add(p, "node mesh ("+n.Name+")")
 		}
 	}
 	external := func(p PeerConfig, name string) {

@@ -123,22 +123,47 @@ type GlobalConfig struct {
 	GracefulRestart bool
 	GRRestartTime   time.Duration
 	VIPsToNodes     bool // also announce Service VIPs to the other nodes
+	// ReflectPrefixes is the pod network (the cluster CIDRs): a route reflector reflects routes inside it, and
+	// nothing else. Empty: this speaker reflects nothing.
+	ReflectPrefixes []netip.Prefix
 	// OnPrefixLimit, if set, hears of each session torn down because its peer sent more than MaxPrefixes.
 	OnPrefixLimit func(peer netip.Addr)
 }
 
-// ExportPolicyName is the GoBGP policy that keeps a node from being transit: it exports only the paths it
-// originates itself (pod CIDRs, service VIPs), never what it learned from one peer to another; and it keeps
-// service VIPs from the other nodes (they are for the ToR) unless GlobalConfig.VIPsToNodes.
+// ExportPolicyName is the GoBGP policy that keeps a node from being transit: it exports the paths it originates
+// itself (pod CIDRs, service VIPs), and of what it learned only what a route reflector reflects (below), never
+// anything else from one peer to another; and it keeps service VIPs from the other nodes (they are for the ToR)
+// unless GlobalConfig.VIPsToNodes.
+//
+// Reflection is held to node routes between nodes by a mark: ImportPolicyName gives a path the large community
+// ReflectMark when, and only when, it is inside the pod network (GlobalConfig.ReflectPrefixes) and came over an
+// iBGP session from another node (removing the mark from every other path, so no peer can forge it); the export
+// policy's last statement accepts a marked path towards the peers in the reflect neighbor set — the reflector's
+// clients and the other reflectors of its AS (PeerSpec.RRClient, RRNonClient) — and takes the mark off. A ToR,
+// an external peer or a node of another AS never receives a learned path, and no path an external peer sent
+// (even an iBGP one, which GoBGP itself would reflect to clients) is ever reflected. Which client gets what is
+// GoBGP's RFC 4456 logic: a client's routes go to every client and reflector, another reflector's only to
+// clients, and the next hop stays the originating node's.
 const ExportPolicyName = "canopy-export-local-only"
 
-// The defined sets the export policy uses, kept current as VIPs and node peers come and go.
+// ImportPolicyName is the GoBGP import policy that marks reflectable paths (see ExportPolicyName); it accepts
+// every path (what enters the kernel is the Importer's business).
+const ImportPolicyName = "canopy-import-mark-reflectable"
+
+// ReflectMark is the large community that marks a path a route reflector may reflect. It lives only in the
+// speaker's own RIB: it is added on import, taken off on export, and removed from whatever a peer sends.
+const ReflectMark = "4294967294:5141:1"
+
+// The defined sets the policies use, kept current as VIPs and node peers come and go.
 const (
 	vipPrefixSet          = "canopy-vips"
 	podCIDRPrefixSet      = "canopy-pod-cidrs"
+	reflectPrefixSet      = "canopy-reflect-prefixes" // GlobalConfig.ReflectPrefixes, any longer prefix inside
 	nodeNeighborSet       = "canopy-node-peers"
+	reflectNeighborSet    = "canopy-reflect-to"   // this reflector's clients and the other reflectors
 	noPodCIDRsNeighborSet = "canopy-no-pod-cidrs" // peers that get no pod CIDRs (BGPPeer advertise.podCIDRs: false)
 	noVIPsNeighborSet     = "canopy-no-vips"      // peers that get no VIPs (BGPPeer advertise.serviceVIPs: false)
+	reflectMarkSet        = "canopy-reflect-mark" // ReflectMark
 )
 
 // noNeighbor keeps a neighbor set from being empty (an empty one matches every neighbor).
@@ -186,6 +211,8 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: noNeighbor},
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: noPodCIDRsNeighborSet, List: noNeighbor},
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: noVIPsNeighborSet, List: noNeighbor},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: reflectNeighborSet, List: noNeighbor},
+		{DefinedType: api.DefinedType_LARGE_COMMUNITY, Name: reflectMarkSet, List: []string{ReflectMark}},
 	} {
 		if err = s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
 			s.Stop()
@@ -223,18 +250,61 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
 		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
 	})
-	err = s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: ExportPolicyName, Statements: stmts}})
-	if err == nil {
-		err = s.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-			Name:          "global",
-			Direction:     api.PolicyDirection_EXPORT,
-			Policies:      []*api.Policy{{Name: ExportPolicyName}},
-			DefaultAction: api.RouteAction_REJECT,
-		}})
+	// Every path's mark comes off on import; then the paths a reflector may reflect get it (see ExportPolicyName).
+	unmark := &api.CommunityAction{Type: api.CommunityAction_REMOVE, Communities: []string{ReflectMark}}
+	imports := []*api.Statement{{
+		Name:       ImportPolicyName + "-unmark",
+		Conditions: &api.Conditions{LargeCommunitySet: &api.MatchSet{Name: reflectMarkSet, Type: api.MatchSet_ANY}},
+		Actions:    &api.Actions{LargeCommunity: unmark}, // no route action: on to the next statement
+	}}
+	if len(cfg.ReflectPrefixes) > 0 {
+		ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: reflectPrefixSet}
+		for _, p := range cfg.ReflectPrefixes {
+			p = p.Masked()
+			ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Addr().BitLen())})
+		}
+		if err = s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("defined set %s: %w", ds.Name, err)
+		}
+		imports = append(imports, &api.Statement{
+			Name: ImportPolicyName + "-mark",
+			Conditions: &api.Conditions{
+				PrefixSet:   &api.MatchSet{Name: reflectPrefixSet, Type: api.MatchSet_ANY},
+				NeighborSet: &api.MatchSet{Name: nodeNeighborSet, Type: api.MatchSet_ANY}, // import: the sender
+				RouteType:   api.Conditions_ROUTE_TYPE_INTERNAL,
+			},
+			Actions: &api.Actions{RouteAction: api.RouteAction_ACCEPT,
+				LargeCommunity: &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: []string{ReflectMark}}},
+		})
+		stmts = append(stmts, &api.Statement{
+			Name: ExportPolicyName + "-reflect",
+			Conditions: &api.Conditions{
+				LargeCommunitySet: &api.MatchSet{Name: reflectMarkSet, Type: api.MatchSet_ANY},
+				PrefixSet:         &api.MatchSet{Name: reflectPrefixSet, Type: api.MatchSet_ANY},
+				NeighborSet:       &api.MatchSet{Name: reflectNeighborSet, Type: api.MatchSet_ANY}, // export: the receiver
+			},
+			Actions: &api.Actions{RouteAction: api.RouteAction_ACCEPT, LargeCommunity: unmark},
+		})
 	}
-	if err != nil {
-		s.Stop()
-		return nil, fmt.Errorf("install export policy: %w", err)
+	for _, pol := range []struct {
+		p   *api.Policy
+		dir api.PolicyDirection
+		def api.RouteAction
+	}{
+		{&api.Policy{Name: ExportPolicyName, Statements: stmts}, api.PolicyDirection_EXPORT, api.RouteAction_REJECT},
+		{&api.Policy{Name: ImportPolicyName, Statements: imports}, api.PolicyDirection_IMPORT, api.RouteAction_ACCEPT},
+	} {
+		err = s.AddPolicy(ctx, &api.AddPolicyRequest{Policy: pol.p})
+		if err == nil {
+			err = s.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+				Name: "global", Direction: pol.dir, Policies: []*api.Policy{{Name: pol.p.Name}}, DefaultAction: pol.def,
+			}})
+		}
+		if err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("install policy %s: %w", pol.p.Name, err)
+		}
 	}
 	return &GoBGP{s: s, cfg: cfg}, nil
 }
@@ -282,6 +352,9 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 	if p.MaxPrefixes > 0 {
 		ap.AfiSafis[0].PrefixLimits = &api.PrefixLimit{Family: fam, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80}
 	}
+	if p.RRClient && p.RRClusterID.Is4() {
+		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: p.RRClusterID.String()}
+	}
 	return ap
 }
 
@@ -304,6 +377,9 @@ func neighborSets(p PeerSpec) []string {
 	}
 	if p.NoVIPs {
 		sets = append(sets, noVIPsNeighborSet)
+	}
+	if p.Kind == PeerKindNode && (p.RRClient || p.RRNonClient) {
+		sets = append(sets, reflectNeighborSet)
 	}
 	return sets
 }
@@ -332,7 +408,7 @@ func (g *GoBGP) DeletePeer(ctx context.Context, addr netip.Addr) error {
 		return err
 	}
 	// Out of every neighbor set (not in one: nothing to remove, and no harm).
-	for _, set := range []string{nodeNeighborSet, noPodCIDRsNeighborSet, noVIPsNeighborSet} {
+	for _, set := range []string{nodeNeighborSet, noPodCIDRsNeighborSet, noVIPsNeighborSet, reflectNeighborSet} {
 		_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
 			DefinedType: api.DefinedType_NEIGHBOR, Name: set, List: []string{hostPrefix(addr)},
 		}})

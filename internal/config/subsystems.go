@@ -26,7 +26,7 @@ func (c *Config) BGP() bgp.Config {
 		Global: bgp.GlobalConfig{
 			ListenPort: c.BGPPort, GRPCAddr: c.GRPCAddr, GRPCAllowWrites: c.GRPCAllowWrites, HoldTime: c.HoldTime, Keepalive: c.Keepalive,
 			ConnectRetry: c.ConnectRetry, GracefulRestart: c.GracefulRestart, GRRestartTime: c.GRRestartTime,
-			VIPsToNodes: c.AdvertiseVIPsToNodes,
+			VIPsToNodes: c.AdvertiseVIPsToNodes, ReflectPrefixes: slices.Clone(c.ClusterCIDRs),
 		},
 	}
 }
