@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -93,7 +92,8 @@ func Attach(stateRoot, prefix string) (*Lab, error) {
 		hh := host(h)
 		switch h.Name {
 		case "tor":
-			l.ToR = &ToR{Host: hh, ASN: c.ToRASN, Dir: filepath.Join(stateDir(stateRoot, r.Prefix), "tor")}
+			l.ToR = l.newRouter(1)
+			l.ToR.Host = hh
 		case "cp":
 			l.CP = &hh
 		case "ext":
@@ -119,6 +119,7 @@ func Attach(stateRoot, prefix string) (*Lab, error) {
 		l.Nodes = append(l.Nodes, n)
 		byName[n.Name] = n
 	}
+	l.layoutRacks()
 	for _, pr := range r.Pods {
 		p := &Pod{Host: host(pr.hostRecord), Node: byName[pr.Node]}
 		if p.Node != nil {

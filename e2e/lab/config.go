@@ -65,6 +65,26 @@ type Config struct {
 	// default: a node then knows only the fabric subnet, and every other route it has came from the agent.
 	NodeDefaultRoute bool
 
+	// Racks > 1 makes the lab a small routed fabric (RFC 7938; see racks.go and docs/lab.md): rack r (1-based)
+	// has its own L2 segment (bridge br0 in its ToR's namespace), its own subnet (FabricCIDR moved on by r-1
+	// blocks of its size: 10.99.0.0/24, 10.99.1.0/24, …) and its own ToR (AS ToRASN+r-1 unless PerRack says
+	// otherwise); every ToR peers eBGP with a spine (FRR, AS SpineASN), and the control plane and the external host
+	// hang off the spine. Nodes fill the racks in contiguous blocks (RackConfig.Nodes). 0 or 1: the single-rack lab.
+	Racks int `json:",omitempty"`
+	// PerRack[r-1] are rack r's settings; missing entries and zero fields take the defaults. A single-rack lab
+	// uses PerRack[0] too (its ToR kind, node ASN, …).
+	PerRack []RackConfig `json:",omitempty"`
+	// SpineASN is the spine's AS number (multi-rack only); default 65500.
+	SpineASN uint32 `json:",omitempty"`
+	// SpineCIDR is the spine's own segment (multi-rack only): spine .1, control plane .2; default 10.98.0.0/24.
+	SpineCIDR netip.Prefix `json:",omitempty"`
+	// UplinkCIDR holds a /30 per ToR-spine link (multi-rack only): rack r's spine side .4(r-1)+1, its ToR
+	// .4(r-1)+2; default 10.98.1.0/24 (64 racks).
+	UplinkCIDR netip.Prefix `json:",omitempty"`
+	// NoToRPeerFlags leaves --peer-router-ips, --peer-router-asns and --peer-router-ttl-security out of the
+	// standard agent flags: the nodes' peers then come from BGPPeer objects (or annotations) alone.
+	NoToRPeerFlags bool `json:",omitempty"`
+
 	// VMNodes are the indexes (1 = node1) of nodes that are qemu VMs instead of namespaces (see vmnode.go): Up
 	// gives each its credentials, its Node object and a tap device as its port on the ToR's bridge, but no
 	// namespace and no agent; Node.StartVM boots it. Empty: every node is a namespace.
@@ -82,6 +102,9 @@ var prefixRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}-$`)
 
 // withDefaults fills the zero fields and checks the rest.
 func (c Config) withDefaults() (Config, error) {
+	if c.Nodes == 0 {
+		c.Nodes = c.perRackNodes()
+	}
 	if c.Nodes == 0 {
 		c.Nodes = 2
 	}
@@ -140,7 +163,7 @@ func (c Config) withDefaults() (Config, error) {
 			return c, fmt.Errorf("lab: %s: only IPv4 for now", p)
 		}
 	}
-	if c.FabricCIDR.Bits() > 24 || 10+c.Nodes >= 1<<(32-c.FabricCIDR.Bits())-1 {
+	if c.FabricCIDR.Bits() > 24 || 10+c.Nodes >= 1<<(32-c.FabricCIDR.Bits())-1 { // node i is .10+i in every rack
 		return c, fmt.Errorf("lab: FabricCIDR %s too small for %d nodes", c.FabricCIDR, c.Nodes)
 	}
 	if c.NodeCIDRMaskSize <= c.ClusterCIDR.Bits() || c.NodeCIDRMaskSize > 28 {
@@ -153,6 +176,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if len(c.AgentGroups) == 0 {
 		c.AgentGroups = []string{"system:masters"}
+	}
+	if err := c.checkRacks(); err != nil {
+		return c, err
 	}
 	return c, nil
 }
@@ -193,6 +219,18 @@ func Preflight(cfg Config) error {
 	look("FRR bgpd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bgpd"))
 	look("FRR bfdd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bfdd"))
 	look("FRR vtysh (hack/install-deps.sh)", "vtysh")
+	for _, k := range c.torKinds() {
+		switch k {
+		case ToRBIRD:
+			look("BIRD for a BIRD ToR (bird2, hack/install-deps.sh)", "bird")
+			look("BIRD's birdc (bird2)", "birdc")
+		case ToRGoBGP:
+			look("gobgpd for a gobgpd ToR (hack/install-deps.sh)", "gobgpd")
+			look("the gobgp CLI (gobgpd)", "gobgp")
+			look("BIRD, a gobgpd ToR's FIB helper (bird2)", "bird")
+			look("BIRD's birdc (bird2)", "birdc")
+		}
+	}
 	for _, b := range []string{"kube-apiserver", "kube-controller-manager"} {
 		look(b+" (hack/build-k8s.sh)", filepath.Join(c.K8sBinDir, b))
 	}

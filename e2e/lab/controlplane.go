@@ -269,6 +269,12 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 				}},
 			},
 		}
+		if n.Rack != nil && l.cfg.multiRack() {
+			node.Labels[RackLabel] = n.Rack.Name
+		}
+		if n.Rack != nil && n.Rack.NodeASN != 0 {
+			node.Annotations = map[string]string{AnnotationNodeASN: fmt.Sprint(n.Rack.NodeASN)}
+		}
 		got, err := l.Kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			got, err = l.Kube.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})

@@ -66,20 +66,30 @@ func (h *Host) Start(name string, cmd ...string) (*Proc, error) {
 //	--kubeconfig=<KubeconfigPath> --node-name=<Name> --cluster-cidr=<ClusterCIDR>
 //	--peer-router-ips=<ToR IP> --peer-router-asns=<ToR ASN> --peer-router-ttl-security --hold-time=9s
 //	--keepalive-interval=3s --connect-retry=2s --log-level=debug
+//
+// The ToR is the node's rack's; the three --peer-router flags are left out with Config.NoToRPeerFlags and in a
+// rack with RackConfig.NoNodePeering.
 func (n *Node) AgentArgs(extra ...string) []string {
 	c := n.lab.cfg
 	var args []string
 	if !c.NoDefaultAgentArgs {
+		tor := n.lab.ToR
+		if n.Rack != nil {
+			tor = n.Rack.ToR // the node's own rack's
+		}
 		args = []string{
 			"--kubeconfig=" + n.KubeconfigPath,
 			"--node-name=" + n.Name,
 			"--cluster-cidr=" + c.ClusterCIDR.String(),
-			"--peer-router-ips=" + n.lab.ToR.IP.String(),
-			fmt.Sprintf("--peer-router-asns=%d", n.lab.ToR.ASN),
-			"--peer-router-ttl-security", // the ToR has ttl-security hops 1 (GTSM both ways)
-			"--hold-time=9s", "--keepalive-interval=3s", "--connect-retry=2s",
-			"--log-level=debug",
 		}
+		if !c.NoToRPeerFlags && (n.Rack == nil || !n.Rack.NoNodePeering) {
+			args = append(args,
+				"--peer-router-ips="+tor.IP.String(),
+				fmt.Sprintf("--peer-router-asns=%d", tor.ASN),
+				"--peer-router-ttl-security") // the ToR has ttl-security hops 1 (GTSM both ways)
+		}
+		args = append(args, "--hold-time=9s", "--keepalive-interval=3s", "--connect-retry=2s",
+			"--log-level=debug")
 	}
 	args = append(args, n.cniAgentArgs()...)
 	args = append(args, c.AgentArgs...)

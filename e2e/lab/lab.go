@@ -29,10 +29,14 @@ type Lab struct {
 	// created inside the control-plane namespace.
 	Kube kubernetes.Interface
 
-	ToR   *ToR  // FRR's configuration and sockets are in <StateRoot>/<prefix>/tor
+	ToR   *ToR  // rack 1's; FRR's configuration and sockets are in <StateRoot>/<prefix>/tor
 	CP    *Host // control plane: etcd (127.0.0.1:2379 inside), kube-apiserver (.2:6443), controller-manager
-	Ext   *Host // an external client behind the ToR (ExternalCIDR .10, default route via the ToR)
+	Ext   *Host // an external client behind the ToR (ExternalCIDR .10, default route via the ToR or the spine)
 	Nodes []*Node
+	// Racks are the racks, rack 1 first (a single-rack lab has one: the whole fabric, whose ToR is ToR).
+	Racks []*Rack
+	// Spine is the spine router of a multi-rack lab (FRR; racks.go), nil with one rack.
+	Spine *ToR
 
 	cfg    Config
 	pki    *pki
@@ -68,6 +72,7 @@ type Host struct {
 type Node struct {
 	Host
 	Index          int // 1 for node1
+	Rack           *Rack
 	PodCIDR        netip.Prefix
 	LogPath        string // the agent's stdout and stderr, appended across restarts
 	KubeconfigPath string // the agent's credentials (user system:canopy:<name>, Config.AgentGroups)
@@ -157,6 +162,11 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err := step("FRR answers", func() error { return <-frr }); err != nil {
 		return nil, err
 	}
+	if c.multiRack() {
+		if err := step("fabric routed (ToRs and spine)", func() error { return l.waitFabric(ctx) }); err != nil {
+			return nil, err
+		}
+	}
 	if c.BeforeAgents != nil {
 		if err := step("before the agents", func() error { return c.BeforeAgents(ctx, l) }); err != nil {
 			return nil, err
@@ -212,8 +222,7 @@ func (l *Lab) makeWorkDir() error {
 // layout names the hosts and gives them their addresses.
 func (l *Lab) layout() {
 	c := l.cfg
-	l.ToR = &ToR{Host: Host{Name: "tor", NS: l.Prefix + "tor", IP: nthAddr(c.FabricCIDR, 1), lab: l}, ASN: c.ToRASN,
-		Dir: filepath.Join(stateDir(c.StateRoot, l.Prefix), "tor")}
+	l.ToR = l.newRouter(1)
 	l.CP = &Host{Name: "cp", NS: l.Prefix + "cp", IP: nthAddr(c.FabricCIDR, 2), lab: l}
 	l.Ext = &Host{Name: "ext", NS: l.Prefix + "ext", IP: nthAddr(c.ExternalCIDR, 10), lab: l}
 	for i := 1; i <= c.Nodes; i++ {
@@ -225,12 +234,16 @@ func (l *Lab) layout() {
 			KubeconfigPath: filepath.Join(l.WorkDir, name, "kubeconfig"),
 		})
 	}
+	l.layoutRacks()
 }
 
 // buildNetwork makes the namespaces and wires them to the ToR's bridge. Everything is created directly inside
 // the lab's namespaces (`ip -n`); the root namespace gets nothing.
 func (l *Lab) buildNetwork(ctx context.Context) error {
 	c := l.cfg
+	if c.multiRack() {
+		return l.buildFabric(ctx)
+	}
 	fabricBits := c.FabricCIDR.Bits()
 	members := []*Host{l.CP}
 	for _, n := range l.Nodes {

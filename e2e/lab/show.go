@@ -32,13 +32,39 @@ func (l *Lab) Show(ctx context.Context, w io.Writer) error {
 		}
 		_, werr = fmt.Fprintf(w, "== %s\n%s\n\n", title, out)
 	}
-	t := l.ToR
-	for _, cmd := range []string{"show bgp summary", "show ip bgp"} {
-		out, err := t.Vtysh(ctx, cmd)
-		section(fmt.Sprintf("tor (%s): %s", t.NS, cmd), out, err)
+	routers := l.Routers()
+	if len(routers) == 0 { // attached to a lab recorded without racks
+		routers = []*ToR{l.ToR}
 	}
-	out, err := t.Exec(ctx, "ip", "route", "show", "proto", "bgp")
-	section(fmt.Sprintf("tor (%s): ip route show proto bgp", t.NS), out, err)
+	for _, t := range routers {
+		title := func(cmd string) string {
+			if t.rack != nil && l.cfg.multiRack() {
+				return fmt.Sprintf("%s (%s, %s, %s, AS %d): %s", t.Name, t.NS, t.rack.Name, t.Kind, t.ASN, cmd)
+			}
+			return fmt.Sprintf("%s (%s): %s", t.Name, t.NS, cmd)
+		}
+		proto := "bgp"
+		switch t.Kind {
+		case ToRBIRD:
+			proto = "bird"
+			for _, cmd := range []string{"show protocols", "show route"} {
+				out, err := t.Birdc(ctx, cmd)
+				section(title("birdc "+cmd), out, err)
+			}
+		case ToRGoBGP:
+			for _, cmd := range [][]string{{"gobgp", "neighbor"}, {"gobgp", "global", "rib"}} {
+				out, err := t.Exec(ctx, cmd...)
+				section(title(strings.Join(cmd, " ")), out, err)
+			}
+		default:
+			for _, cmd := range []string{"show bgp summary", "show ip bgp"} {
+				out, err := t.Vtysh(ctx, cmd)
+				section(title(cmd), out, err)
+			}
+		}
+		out, err := t.Exec(ctx, "ip", "route", "show", "proto", proto)
+		section(title("ip route show proto "+proto), out, err)
+	}
 	_, gobgpErr := exec.LookPath("gobgp")
 	for _, n := range l.Nodes {
 		title := func(cmd string) string {
@@ -64,7 +90,16 @@ func (l *Lab) Describe(w io.Writer) error {
 	kubectl := filepath.Join(c.K8sBinDir, "kubectl")
 	var b strings.Builder
 	fmt.Fprintf(&b, "lab %s  work dir %s\n", l.Prefix, l.WorkDir)
-	fmt.Fprintf(&b, "  tor   %-18s %s (AS %d, bridge br0)  external link %s\n", l.ToR.NS, l.ToR.IP, l.ToR.ASN, nthAddr(c.ExternalCIDR, 1))
+	if l.Spine == nil {
+		fmt.Fprintf(&b, "  tor   %-18s %s (AS %d, bridge br0)  external link %s\n", l.ToR.NS, l.ToR.IP, l.ToR.ASN, nthAddr(c.ExternalCIDR, 1))
+	} else {
+		fmt.Fprintf(&b, "  spine %-18s %s (FRR, AS %d, bridge br0 %s)  external link %s\n", l.Spine.NS, l.Spine.IP, l.Spine.ASN,
+			c.SpineCIDR, nthAddr(c.ExternalCIDR, 1))
+		for _, r := range l.Racks {
+			fmt.Fprintf(&b, "  %-5s %-18s %s (%s, AS %d, bridge br0 %s, uplink %s)  %s\n", r.ToR.Name, r.ToR.NS, r.ToR.IP, r.ToR.Kind,
+				r.ToR.ASN, r.Subnet, r.ToR.Uplink, r.Name)
+		}
+	}
 	fmt.Fprintf(&b, "  cp    %-18s %s (kube-apiserver :%d, etcd 127.0.0.1:2379)  logs %s/cp/\n", l.CP.NS, l.CP.IP, apiPort, l.WorkDir)
 	fmt.Fprintf(&b, "  ext   %-18s %s\n", l.Ext.NS, l.Ext.IP)
 	for _, n := range l.Nodes {
@@ -83,7 +118,18 @@ func (l *Lab) Describe(w io.Writer) error {
 	fmt.Fprintf(&b, "\nadmin kubeconfig %s\nnode kubeconfigs %s/nodeN/kubeconfig\n", l.AdminKubeconfig, l.WorkDir)
 	fmt.Fprintf(&b, "\ntry:\n")
 	fmt.Fprintf(&b, "  ip netns exec %s %s --kubeconfig %s get nodes -o wide\n", l.CP.NS, kubectl, l.AdminKubeconfig)
-	fmt.Fprintf(&b, "  vtysh --vty_socket %s -c 'show ip bgp'\n", l.ToR.Dir)
+	for _, t := range l.Routers() {
+		switch {
+		case t.Kind == ToRBIRD:
+			fmt.Fprintf(&b, "  birdc -s %s show route   # %s\n", t.birdSocket(), t.Name)
+		case t.Kind == ToRGoBGP:
+			fmt.Fprintf(&b, "  ip netns exec %s gobgp global rib   # %s\n", t.NS, t.Name)
+		case l.Spine == nil:
+			fmt.Fprintf(&b, "  vtysh --vty_socket %s -c 'show ip bgp'\n", t.Dir)
+		default:
+			fmt.Fprintf(&b, "  vtysh --vty_socket %s -c 'show ip bgp'   # %s\n", t.Dir, t.Name)
+		}
+	}
 	if len(l.Nodes) > 0 {
 		fmt.Fprintf(&b, "  ip netns exec %s gobgp neighbor\n", l.Nodes[0].NS)
 		fmt.Fprintf(&b, "  ip netns exec %s ip route show proto %d\n", l.Nodes[0].NS, AgentRouteProtocol)

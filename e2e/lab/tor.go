@@ -17,20 +17,72 @@ import (
 
 // ToR is the top-of-rack router: a Linux bridge (the rack's L2 segment) and FRR (zebra + bgpd) in one namespace.
 // It accepts BGP from any address of the fabric subnet (peer group NODES, remote-as external) and installs what
-// it learns into its kernel, so it routes between nodes, pods and the external host.
+// it learns into its kernel, so it routes between nodes, pods and the external host. A rack's ToR may be BIRD or
+// gobgpd instead (Kind; racks.go), and the spine of a multi-rack lab is a ToR-shaped FRR router too.
 type ToR struct {
 	Host
 	ASN uint32
+	// Kind is the routing software (ToRFRR unless RackConfig.ToRKind said otherwise).
+	Kind ToRKind
 	// Dir is FRR's directory: configs, pid files and the vty sockets (`vtysh --vty_socket <Dir>`). Its logs are
-	// <WorkDir>/tor/zebra.log and bgpd.log.
+	// <WorkDir>/tor/zebra.log and bgpd.log (rack r > 1: tor<r>/, the spine: spine/). BIRD keeps its config and
+	// control socket (bird.ctl) here, gobgpd its config and its FIB helper's (a BIRD: bird.conf, bird.ctl).
 	Dir string
+	// Uplink is the ToR's address on its link to the spine, SpineIP the spine's end (multi-rack only).
+	Uplink, SpineIP netip.Addr
 
-	argv map[string][]string // each daemon's command line, for RestartDaemon
+	argv       map[string][]string // each daemon's command line, for RestartDaemon
+	procPrefix string              // of its processes' names: "" (rack 1), "tor2-", "spine-"
+	logDir     string              // under WorkDir: "tor", "tor2", "spine"
+	rack       *Rack               // nil for the spine
+}
+
+// Rack is the ToR's rack (nil for the spine).
+func (t *ToR) Rack() *Rack { return t.rack }
+
+// mainDaemon is the process whose death means the router is gone.
+func (t *ToR) mainDaemon() string {
+	switch t.Kind {
+	case ToRBIRD:
+		return "bird"
+	case ToRGoBGP:
+		return "gobgpd"
+	}
+	return "bgpd"
 }
 
 const peerGroup = "NODES"
 
+// bgpdConf is an FRR ToR's bgpd.conf. A single-rack lab's is the historical one; in a multi-rack lab the ToR
+// also peers with the spine and announces its rack's subnet, and RackConfig may drop the node listen range
+// (NoNodePeering) or as-override (NoASOverride).
 func (t *ToR) bgpdConf(c Config) string {
+	subnet, rc := c.FabricCIDR, RackConfig{}
+	if t.rack != nil {
+		subnet, rc = t.rack.Subnet, c.rack(t.rack.Index)
+	}
+	conf := t.baseBgpdConf(subnet)
+	if !c.multiRack() && !rc.NoNodePeering && !rc.NoASOverride {
+		return conf
+	}
+	var out []string
+	for _, line := range strings.Split(conf, "\n") {
+		switch {
+		case rc.NoNodePeering && strings.HasPrefix(line, " bgp listen range"):
+			continue
+		case rc.NoASOverride && strings.HasSuffix(line, " as-override"):
+			continue
+		case c.multiRack() && line == " address-family ipv4 unicast":
+			out = append(out, fmt.Sprintf(" neighbor %s remote-as %d", t.SpineIP, c.SpineASN),
+				fmt.Sprintf(" neighbor %s description spine", t.SpineIP), line, "  network "+subnet.String())
+			continue
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "\n")
+}
+
+func (t *ToR) baseBgpdConf(subnet netip.Prefix) string {
 	return fmt.Sprintf(`hostname %[1]s
 log timestamp precision 3
 router bgp %[2]d
@@ -51,70 +103,98 @@ router bgp %[2]d
   maximum-paths 16
  exit-address-family
 exit
-`, t.NS, t.ASN, t.IP, peerGroup, c.FabricCIDR)
+`, t.NS, t.ASN, t.IP, peerGroup, subnet)
 }
 
-// startFRR starts zebra, waits for its zserv socket, starts bgpd and waits until vtysh gets an answer. FRR drops
-// privileges to user frr, so its directory belongs to frr.
-func (l *Lab) startFRR(ctx context.Context) error {
-	t := l.ToR
+// startFRR starts the ToRs and the spine (racks.go); the name stays from the single-rack days.
+func (l *Lab) startFRR(ctx context.Context) error { return l.startRouters(ctx) }
+
+// routerDirs makes the router's directory and its log directory (returned).
+func (l *Lab) routerDirs(t *ToR) (logs string, err error) {
 	if len(filepath.Join(t.Dir, "zserv.api")) > 100 {
-		return fmt.Errorf("FRR socket path under %s is too long for a unix socket; use a shorter StateRoot", t.Dir)
+		return "", fmt.Errorf("router socket path under %s is too long for a unix socket; use a shorter StateRoot", t.Dir)
 	}
-	logs := filepath.Join(l.WorkDir, "tor")
+	logs = filepath.Join(l.WorkDir, t.logDir)
 	for _, d := range []string{t.Dir, logs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+			return "", err
 		}
 	}
-	files := map[string]string{
-		"zebra.conf": fmt.Sprintf("hostname %s\nlog timestamp precision 3\nip forwarding\n", t.NS),
-		"bgpd.conf":  t.bgpdConf(l.cfg),
-		// BFD for the node sessions (neighbor NODES bfd profile canopy): 300 ms × 3, as the agents' defaults.
-		"bfdd.conf": fmt.Sprintf("hostname %s\nlog timestamp precision 3\nbfd\n profile canopy\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n exit\nexit\n", t.NS),
-	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(t.Dir, name), []byte(body), 0o644); err != nil {
-			return err
-		}
-	}
+	return logs, nil
+}
+
+// chownFRR gives dir and everything in it to user frr.
+func chownFRR(dir string) error {
 	u, err := user.Lookup("frr")
 	if err != nil {
 		return err
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
-	if err := filepath.Walk(t.Dir, func(p string, _ os.FileInfo, err error) error {
+	return filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
 		if err != nil {
 			return err
 		}
 		return os.Chown(p, uid, gid)
-	}); err != nil {
-		return err
-	}
+	})
+}
+
+// frrDaemon is the command line of FRR daemon name for router t.
+func (l *Lab) frrDaemon(t *ToR, name string) []string {
+	return []string{filepath.Join(l.cfg.FRRDir, name),
+		"-F", "datacenter", "-f", filepath.Join(t.Dir, name+".conf"), "-i", filepath.Join(t.Dir, name+".pid"),
+		"-z", filepath.Join(t.Dir, "zserv.api"), "--vty_socket", t.Dir, "-P", "0", "--limit-fds", "1024", "--log", "stdout"}
+}
+
+// startZebra starts FRR's zebra for router t (an FRR router's, or gobgpd's FIB) and waits for its zserv socket.
+func (l *Lab) startZebra(ctx context.Context, t *ToR, logs string) error {
 	zserv := filepath.Join(t.Dir, "zserv.api")
-	daemon := func(name string) []string {
-		return []string{filepath.Join(l.cfg.FRRDir, name),
-			"-F", "datacenter", "-f", filepath.Join(t.Dir, name+".conf"), "-i", filepath.Join(t.Dir, name+".pid"),
-			"-z", zserv, "--vty_socket", t.Dir, "-P", "0", "--limit-fds", "1024", "--log", "stdout"}
-	}
-	if _, err := l.startProc("zebra", t.NS, filepath.Join(logs, "zebra.log"), daemon("zebra")); err != nil {
+	if _, err := l.startProc(t.procPrefix+"zebra", t.NS, filepath.Join(logs, "zebra.log"), l.frrDaemon(t, "zebra")); err != nil {
 		return err
 	}
-	if err := l.waitFor(ctx, "zebra's zserv socket", "zebra", func() error {
+	return l.waitFor(ctx, "zebra's zserv socket", t.procPrefix+"zebra", func() error {
 		_, err := os.Stat(zserv)
 		return err
-	}); err != nil {
+	})
+}
+
+// startFRRDaemons starts zebra, waits for its zserv socket, starts bfdd (if bfd) and bgpd with bgpdConf and
+// waits until vtysh gets an answer. FRR drops privileges to user frr, so its directory belongs to frr.
+func (l *Lab) startFRRDaemons(ctx context.Context, t *ToR, bgpdConf string, bfd bool) error {
+	logs, err := l.routerDirs(t)
+	if err != nil {
 		return err
 	}
-	t.argv = map[string][]string{"bfdd": append(daemon("bfdd"), "--bfdctl", filepath.Join(t.Dir, "bfdd.sock")), "bgpd": daemon("bgpd")}
-	if _, err := l.startProc("bfdd", t.NS, filepath.Join(logs, "bfdd.log"), t.argv["bfdd"]); err != nil {
+	files := map[string]string{
+		"zebra.conf": fmt.Sprintf("hostname %s\nlog timestamp precision 3\nip forwarding\n", t.NS),
+		"bgpd.conf":  bgpdConf,
+	}
+	if bfd {
+		// BFD for the node sessions (neighbor NODES bfd profile canopy): 300 ms × 3, as the agents' defaults.
+		files["bfdd.conf"] = fmt.Sprintf("hostname %s\nlog timestamp precision 3\nbfd\n profile canopy\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n exit\nexit\n", t.NS)
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(t.Dir, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	if err := chownFRR(t.Dir); err != nil {
 		return err
 	}
-	if _, err := l.startProc("bgpd", t.NS, filepath.Join(logs, "bgpd.log"), t.argv["bgpd"]); err != nil {
+	if err := l.startZebra(ctx, t, logs); err != nil {
 		return err
 	}
-	return l.waitFor(ctx, "bgpd to answer vtysh", "bgpd", func() error {
+	t.argv = map[string][]string{"bgpd": l.frrDaemon(t, "bgpd")}
+	if bfd {
+		t.argv["bfdd"] = append(l.frrDaemon(t, "bfdd"), "--bfdctl", filepath.Join(t.Dir, "bfdd.sock"))
+		if _, err := l.startProc(t.procPrefix+"bfdd", t.NS, filepath.Join(logs, "bfdd.log"), t.argv["bfdd"]); err != nil {
+			return err
+		}
+	}
+	if _, err := l.startProc(t.procPrefix+"bgpd", t.NS, filepath.Join(logs, "bgpd.log"), t.argv["bgpd"]); err != nil {
+		return err
+	}
+	return l.waitFor(ctx, "bgpd to answer vtysh", t.procPrefix+"bgpd", func() error {
 		out, err := t.Vtysh(ctx, "show bgp summary")
 		if err == nil && !strings.Contains(out, "No BGP neighbors") && !strings.Contains(out, "BGP router identifier") {
 			err = fmt.Errorf("unexpected answer: %s", out)
@@ -124,10 +204,13 @@ func (l *Lab) startFRR(ctx context.Context) error {
 }
 
 // ToRDaemon returns the ToR's running FRR daemon name ("zebra", "bfdd", "bgpd"), nil if none runs.
-func (l *Lab) ToRDaemon(name string) *Proc {
-	procs := l.Procs()
+func (l *Lab) ToRDaemon(name string) *Proc { return l.ToR.Daemon(name) }
+
+// Daemon returns the router's running daemon name ("zebra", "bfdd", "bgpd"; "bird"; "gobgpd"), nil if none runs.
+func (t *ToR) Daemon(name string) *Proc {
+	procs := t.lab.Procs()
 	for i := len(procs) - 1; i >= 0; i-- {
-		if p := procs[i]; p.Name == name && p.NS == l.ToR.NS {
+		if p := procs[i]; p.Name == t.procPrefix+name && p.NS == t.NS {
 			if exited, _ := p.Exited(); !exited {
 				return p
 			}
@@ -141,24 +224,43 @@ func (l *Lab) RestartBFDD(ctx context.Context) error { return l.RestartDaemon(ct
 
 // RestartDaemon starts the ToR's bfdd or bgpd again (after a test killed it) and waits until it answers vtysh.
 func (l *Lab) RestartDaemon(ctx context.Context, name string) error {
-	t := l.ToR
+	return l.ToR.RestartDaemon(ctx, name)
+}
+
+// RestartDaemon starts one of the router's daemons again after a test killed it — FRR's bfdd or bgpd, BIRD's
+// bird, gobgpd — with its own command line, and waits until it answers.
+func (t *ToR) RestartDaemon(ctx context.Context, name string) error {
+	l := t.lab
 	argv, ok := t.argv[name]
 	if !ok {
-		return fmt.Errorf("lab: no ToR daemon %q to restart", name)
+		return fmt.Errorf("lab: no %s daemon %q to restart", t.Name, name)
 	}
-	if _, err := l.startProc(name, t.NS, filepath.Join(l.WorkDir, "tor", name+".log"), argv); err != nil {
+	if _, err := l.startProc(t.procPrefix+name, t.NS, filepath.Join(l.WorkDir, t.logDir, name+".log"), argv); err != nil {
 		return err
 	}
-	cmd := map[string]string{"bfdd": "show bfd peers", "bgpd": "show bgp summary"}[name]
-	return l.waitFor(ctx, name+" to answer vtysh", name, func() error {
-		_, err := t.Vtysh(ctx, cmd)
+	return l.waitFor(ctx, name+" to answer", t.procPrefix+name, func() error {
+		var err error
+		switch name {
+		case "bfdd":
+			_, err = t.Vtysh(ctx, "show bfd peers")
+		case "bgpd":
+			_, err = t.Vtysh(ctx, "show bgp summary")
+		case "bird":
+			_, err = t.Birdc(ctx, "show status")
+		case "gobgpd":
+			_, err = t.Exec(ctx, "gobgp", "global")
+		}
 		return err
 	})
 }
 
 // Vtysh runs vtysh commands in one session (`vtysh -c cmd1 -c cmd2 …`) and returns the output. vtysh talks
-// to the daemons over their unix sockets in Dir. Don't `write memory`: vtysh would write /etc/frr.
+// to the daemons over their unix sockets in Dir. Don't `write memory`: vtysh would write /etc/frr. Only an FRR
+// router has vtysh.
 func (t *ToR) Vtysh(ctx context.Context, cmds ...string) (string, error) {
+	if t.Kind != "" && t.Kind != ToRFRR {
+		return "", fmt.Errorf("%s is a %s router: no vtysh", t.Name, t.Kind)
+	}
 	args := []string{"--vty_socket", t.Dir}
 	for _, c := range cmds {
 		args = append(args, "-c", c)
@@ -197,6 +299,24 @@ func (t *ToR) Withdraw(ctx context.Context, prefixes ...string) error {
 }
 
 func (t *ToR) networks(ctx context.Context, no string, prefixes []string) error {
+	if t.Kind == ToRGoBGP {
+		for _, p := range prefixes {
+			if _, err := netip.ParsePrefix(p); err != nil {
+				return err
+			}
+			verb := "add"
+			if no != "" {
+				verb = "del"
+			}
+			if out, err := t.Exec(ctx, "gobgp", "global", "rib", verb, "-a", "ipv4", p); err != nil {
+				return fmt.Errorf("gobgp global rib %s %s: %v: %s", verb, p, err, out)
+			}
+		}
+		return nil
+	}
+	if t.Kind == ToRBIRD {
+		return fmt.Errorf("%s is a BIRD router: Announce/Withdraw are not implemented for BIRD", t.Name)
+	}
 	lines := []string{fmt.Sprintf("router bgp %d", t.ASN), "address-family ipv4 unicast"}
 	for _, p := range prefixes {
 		if _, err := netip.ParsePrefix(p); err != nil {
@@ -219,8 +339,15 @@ func (t *ToR) VtyshJSON(ctx context.Context, cmd string, v any) error {
 	return nil
 }
 
-// Peers returns the ToR's IPv4 BGP neighbours and their state ("Established", "Active", …).
+// Peers returns the ToR's IPv4 BGP neighbours and their state ("Established", "Active", …; BIRD's and gobgpd's
+// states are given FRR's names).
 func (t *ToR) Peers(ctx context.Context) (map[netip.Addr]string, error) {
+	switch t.Kind {
+	case ToRBIRD:
+		return t.birdPeers(ctx)
+	case ToRGoBGP:
+		return t.gobgpPeers(ctx)
+	}
 	var sum struct {
 		IPv4Unicast struct {
 			Peers map[string]struct {
@@ -264,8 +391,12 @@ func (t *ToR) WaitEstablished(ctx context.Context, peers ...netip.Addr) error {
 	}
 }
 
-// Routes returns the ToR's BGP best paths: prefix → next hops of the selected (multi)paths.
+// Routes returns the ToR's BGP best paths: prefix → next hops of the selected (multi)paths. For a BIRD or
+// gobgpd router: what it installed into its kernel (KernelRoutes: BIRD's merged paths, gobgpd's best path).
 func (t *ToR) Routes(ctx context.Context) (map[netip.Prefix][]netip.Addr, error) {
+	if t.Kind == ToRBIRD || t.Kind == ToRGoBGP {
+		return t.KernelRoutes(ctx)
+	}
 	var rib struct {
 		Routes map[string][]struct {
 			Valid     bool `json:"valid"`

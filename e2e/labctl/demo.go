@@ -92,6 +92,26 @@ func demo(ctx context.Context, l *lab.Lab, controllerBin string, out io.Writer) 
 
 	t0 = time.Now()
 	var nhs []netip.Addr
+	if l.Spine != nil { // a fabric: the spine spreads the VIP over every rack's ToR, each ToR over its nodes
+		var uplinks []netip.Addr
+		for _, r := range l.Racks {
+			uplinks = append(uplinks, r.ToR.Uplink)
+		}
+		if err := wait(30*time.Second, "the VIP at the spine from every rack", func(ctx context.Context) error {
+			rib, err := l.Spine.KernelRoutes(ctx)
+			if err != nil {
+				return err
+			}
+			if nhs = rib[netip.PrefixFrom(vip, 32)]; len(nhs) != len(uplinks) {
+				return fmt.Errorf("next hops %v, want %v", nhs, uplinks)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		step(t0, "the spine routes %s/32 over every rack's ToR (ECMP): %s", vip, addrs(nhs))
+		return fetchAndPolicy(ctx, l, vip, out, step, wait)
+	}
 	if err := wait(30*time.Second, "the VIP at the ToR from every node", func(ctx context.Context) error {
 		rib, err := l.ToR.Routes(ctx)
 		if err != nil {
@@ -105,12 +125,22 @@ func demo(ctx context.Context, l *lab.Lab, controllerBin string, out io.Writer) 
 	}); err != nil {
 		return err
 	}
-	hops := make([]string, len(nhs))
-	for i, a := range nhs {
-		hops[i] = a.String()
-	}
-	step(t0, "the ToR routes %s/32 over every node (ECMP): %s", vip, strings.Join(hops, ", "))
+	step(t0, "the ToR routes %s/32 over every node (ECMP): %s", vip, addrs(nhs))
+	return fetchAndPolicy(ctx, l, vip, out, step, wait)
+}
 
+func addrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// fetchAndPolicy is the demo's second half: a page through the VIP from the external host, refused by a
+// default-deny NetworkPolicy, allowed again by an allow policy.
+func fetchAndPolicy(ctx context.Context, l *lab.Lab, vip netip.Addr, out io.Writer, step func(time.Time, string, ...any),
+	wait func(time.Duration, string, func(context.Context) error) error) error {
 	url := fmt.Sprintf("http://%s/", vip)
 	fetch := func(ctx context.Context) (string, error) {
 		c := l.Ext.HTTPClient()
@@ -124,7 +154,7 @@ func demo(ctx context.Context, l *lab.Lab, controllerBin string, out io.Writer) 
 		b, err := io.ReadAll(resp.Body)
 		return strings.TrimSpace(string(b)), err
 	}
-	t0 = time.Now()
+	t0 := time.Now()
 	var page string
 	if err := wait(30*time.Second, "a page through the VIP", func(ctx context.Context) error {
 		var err error

@@ -1,7 +1,7 @@
 // Command labctl brings the virtual data centre (package e2e/lab) up and down from a shell; `make lab`,
 // `make lab-down` and `make lab-status` run it.
 //
-//	labctl up [-nodes 3] [-agent bin/canopy] [-prefix cnpdemo] [-workroot DIR] [-agent-args "--flag=x ..."]
+//	labctl up [-nodes 3] [-racks 2 [-tor frr,bird]] [-agent bin/canopy] [-prefix cnpdemo] [-workroot DIR] [-agent-args "--flag=x ..."]
 //	labctl down [-keep-logs]     remove every lab (also stale ones left by killed tests)
 //	labctl status                list labs, their namespaces and processes
 //	labctl show [-lab PREFIX]    the routing state of a running lab (ToR BGP table, each node's gobgp view, routes)
@@ -52,7 +52,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, `usage: labctl up [-nodes N] [-agent PATH] [-agent-args "..."] [-prefix P] [-workroot DIR]
+	fmt.Fprintln(os.Stderr, `usage: labctl up [-nodes N] [-racks R [-tor KIND,...]] [-agent PATH] [-agent-args "..."] [-prefix P] [-workroot DIR]
        labctl down [-keep-logs]
        labctl status
        labctl show [-lab PREFIX]
@@ -65,6 +65,8 @@ const defaultAgent = "bin/canopy"
 func up(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("up", flag.ExitOnError)
 	nodes := fs.Int("nodes", 3, "worker nodes")
+	racks := fs.Int("racks", 1, "racks (more than 1: a routed fabric with a spine, eBGP per rack: the nodes of rack r in AS 65000+r, node mesh off)")
+	torKinds := fs.String("tor", "", `ToR software per rack, comma-separated (the last one for the remaining racks): frr, bird or gobgpd (default frr)`)
 	agent := fs.String("agent", defaultAgent, `agent binary ("" for none)`)
 	cniPlugin := fs.String("cni", "", `canopy-cni binary (default: canopy-cni next to the agent, if there; "none" to wire pods without it)`)
 	agentArgs := fs.String("agent-args", "", "extra agent flags, space-separated")
@@ -106,10 +108,29 @@ func up(ctx context.Context, args []string) error {
 		}
 	}
 	// The demo's LoadBalancer range (canopy-controller allocates from it, the agents announce it), then the caller's.
-	agentFlags := append([]string{"--loadbalancer-ip-range=" + demoLBRange}, strings.Fields(*agentArgs)...)
+	agentFlags := []string{"--loadbalancer-ip-range=" + demoLBRange}
+	var perRack []lab.RackConfig
+	if *racks > 1 {
+		// RFC 7938: every node peers with its own rack's ToR only, each rack's nodes in their own AS.
+		agentFlags = append(agentFlags, "--nodes-full-mesh=false")
+		for r := 1; r <= *racks; r++ {
+			perRack = append(perRack, lab.RackConfig{NodeASN: uint32(65000 + r)})
+		}
+	}
+	if *torKinds != "" {
+		kinds := strings.Split(*torKinds, ",")
+		for r := 0; r < max(1, *racks); r++ {
+			if r >= len(perRack) {
+				perRack = append(perRack, lab.RackConfig{})
+			}
+			perRack[r].ToRKind = lab.ToRKind(strings.TrimSpace(kinds[min(r, len(kinds)-1)]))
+		}
+	}
+	agentFlags = append(agentFlags, strings.Fields(*agentArgs)...)
 	cfg := lab.Config{
 		CNIPlugin: *cniPlugin,
 		Nodes:     *nodes, AgentBin: *agent, AgentArgs: agentFlags,
+		Racks: *racks, PerRack: perRack,
 		Prefix: *prefix, WorkRoot: *workroot, StateRoot: *stateRoot, Keep: true,
 		Logf: log.Printf,
 	}
@@ -148,7 +169,7 @@ func up(ctx context.Context, args []string) error {
 	// Like a real node's uplink (and as the e2e tests do), every node reaches the world outside the rack through
 	// the ToR: replies to the external host go that way.
 	for _, n := range l.Nodes {
-		if out, err := n.Exec(ctx, "ip", "route", "replace", l.Config().ExternalCIDR.String(), "via", l.ToR.IP.String()); err != nil {
+		if out, err := n.Exec(ctx, "ip", "route", "replace", l.Config().ExternalCIDR.String(), "via", n.Rack.ToR.IP.String()); err != nil {
 			return fmt.Errorf("route to the external network on %s: %v: %s", n.Name, err, out)
 		}
 	}
@@ -171,10 +192,22 @@ func converge(ctx context.Context, l *lab.Lab) error {
 		names = append(names, n.IP.String())
 	}
 	t0 := time.Now()
-	if err := l.ToR.WaitEstablished(wctx, ips...); err != nil {
+	if len(l.Racks) > 1 {
+		for _, r := range l.Racks {
+			if r.NoNodePeering {
+				continue
+			}
+			if err := r.ToR.WaitEstablished(wctx, r.NodeIPs()...); err != nil {
+				return fmt.Errorf("BGP in %s: %w", r.Name, err)
+			}
+			fmt.Printf("BGP: %s's ToR (%s, AS %d) is established with %s (%s)\n", r.Name, r.ToR.Kind, r.ToR.ASN,
+				strings.Trim(fmt.Sprint(r.NodeIPs()), "[]"), time.Since(t0).Round(time.Millisecond))
+		}
+	} else if err := l.ToR.WaitEstablished(wctx, ips...); err != nil {
 		return fmt.Errorf("BGP: %w", err)
+	} else {
+		fmt.Printf("BGP: the ToR is established with %s (%s)\n", strings.Join(names, ", "), time.Since(t0).Round(time.Millisecond))
 	}
-	fmt.Printf("BGP: the ToR is established with %s (%s)\n", strings.Join(names, ", "), time.Since(t0).Round(time.Millisecond))
 	var pods []*lab.Pod
 	for _, n := range l.Nodes {
 		p, err := l.AddPod(wctx, n, "p1")
