@@ -61,8 +61,9 @@ type PeerConfig struct {
 	Timers     PeerTimers
 	GR         GRSetting
 	BFDTimers  BFDTimers
-	NoPodCIDRs bool // do not announce this node's pod CIDRs to the peer
-	NoVIPs     bool // do not announce Service VIPs to the peer
+	NoPodCIDRs bool  // do not announce this node's pod CIDRs to the peer
+	NoVIPs     bool  // do not announce Service VIPs to the peer
+	AllowOwnAS uint8 // allowas-in: routes from the peer may carry this node's AS this many times (0..10)
 	// Source names where the peer comes from in status and conflict reports: "flag", "annotation" or
 	// "BGPPeer/<name>" (empty: filled in from where it was given).
 	Source string

@@ -51,6 +51,7 @@ type PeerSpec struct {
 	GR          GRSetting  // unless Set: GlobalConfig's
 	NoPodCIDRs  bool       // this node's pod CIDRs are not announced to the peer
 	NoVIPs      bool       // Service VIPs are not announced to the peer
+	AllowOwnAS  uint8      // allowas-in: routes from the peer may carry our own AS this many times
 	// Route reflection between the nodes of one AS (set only on a reflector's iBGP sessions with other nodes):
 	// RRClient says the peer is this reflector's client, so the routes of the other nodes are reflected to it,
 	// with RRClusterID in their CLUSTER_LIST; RRNonClient says the peer is another reflector (a plain iBGP
@@ -287,7 +288,7 @@ func DesiredPeers(self NodeInfo, nodes []NodeInfo, src PeerSources) ([]PeerSpec,
 		}
 		add(PeerSpec{Address: p.Address, ASN: p.ASN, Password: p.Password, MultihopTTL: p.MultihopTTL, TTLSecurity: p.TTLSecurity,
 			Port: p.Port, MaxPrefixes: limit, BFD: bfd && p.MultihopTTL <= 1, BFDTimers: p.BFDTimers, Timers: p.Timers, GR: p.GR,
-			NoPodCIDRs: p.NoPodCIDRs, NoVIPs: p.NoVIPs, Kind: PeerKindExternal, Name: name}, name)
+			NoPodCIDRs: p.NoPodCIDRs, NoVIPs: p.NoVIPs, AllowOwnAS: p.AllowOwnAS, Kind: PeerKindExternal, Name: name}, name)
 	}
 	for _, p := range src.Flag {
 		external(p, "flag")

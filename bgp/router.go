@@ -320,6 +320,7 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 			PeerAsn:         p.ASN,
 			AuthPassword:    p.Password,
 			Description:     string(p.Kind) + ":" + p.Name,
+			AllowOwnAsn:     uint32(p.AllowOwnAS),
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			ConnectRetry:      uint64(or(p.Timers.ConnectRetry, g.cfg.ConnectRetry).Seconds()),

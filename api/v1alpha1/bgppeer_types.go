@@ -133,6 +133,15 @@ type BGPPeerSpec struct {
 	// +kubebuilder:validation:Maximum=16777216
 	MaxPrefixes *int64 `json:"maxPrefixes,omitempty"`
 
+	// allowOwnAS is how many times the node's own AS number may appear in the AS path of a route from this
+	// peer before the route is refused as a loop (allowas-in), 0..10. Nodes of one rack that share an ASN behind
+	// a ToR that does not replace it (FRR's as-override; BIRD has none) need 1 to learn each other's routes
+	// through the ToR. Unset: 0.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=10
+	AllowOwnAS int32 `json:"allowOwnAS,omitempty"`
+
 	// advertise says what the nodes announce to this peer. Defaults to the pod CIDRs and the Service VIPs
 	// (as the --advertise-* flags allow), without extra communities.
 	// +optional

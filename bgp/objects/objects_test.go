@@ -36,7 +36,7 @@ func TestParsePeerGood(t *testing.T) {
 		TTLSecurity:       ptr(true), HoldTime: dur(9 * time.Second), ConnectRetryTime: dur(time.Second),
 		GracefulRestart: &v1alpha1.GracefulRestart{Enabled: false},
 		BFD:             &v1alpha1.BFD{Enabled: true, MinRx: dur(100 * time.Millisecond), Multiplier: ptr(int32(5))},
-		MaxPrefixes:     ptr(int64(50)), Port: 1179,
+		MaxPrefixes:     ptr(int64(50)), Port: 1179, AllowOwnAS: 1,
 		Advertise: &v1alpha1.PeerAdvertise{ServiceVIPs: ptr(false)},
 	}}
 	p, err := parsePeer(obj, func(ref *v1alpha1.SecretKeyReference) (string, error) { return "s3cret", nil }, 90*time.Second)
@@ -45,7 +45,7 @@ func TestParsePeerGood(t *testing.T) {
 	}
 	on := true
 	want := bgp.PeerConfig{Address: netip.MustParseAddr("10.99.0.1"), ASN: 65001, Password: "s3cret", TTLSecurity: true,
-		MaxPrefixes: 50, BFD: &on, Port: 1179, Source: "BGPPeer/tor",
+		MaxPrefixes: 50, BFD: &on, Port: 1179, AllowOwnAS: 1, Source: "BGPPeer/tor",
 		Timers:    bgp.PeerTimers{Hold: 9 * time.Second, Keepalive: 3 * time.Second, ConnectRetry: time.Second},
 		GR:        bgp.GRSetting{Set: true},
 		BFDTimers: bgp.BFDTimers{MinRx: 100 * time.Millisecond, Multiplier: 5}, NoVIPs: true}
@@ -90,6 +90,7 @@ func TestParsePeerRefusals(t *testing.T) {
 		{"bfd too fast", func(s *v1alpha1.BGPPeerSpec) { s.BFD = &v1alpha1.BFD{Enabled: true, MinTx: dur(time.Millisecond)} }, "spec.bfd.minTx"},
 		{"bfd multihop", func(s *v1alpha1.BGPPeerSpec) { s.BFD, s.MultihopTTL = &v1alpha1.BFD{Enabled: true}, ptr(int32(2)) }, "single-hop"},
 		{"max prefixes 0", func(s *v1alpha1.BGPPeerSpec) { s.MaxPrefixes = ptr(int64(0)) }, "spec.maxPrefixes"},
+		{"allow own AS 11", func(s *v1alpha1.BGPPeerSpec) { s.AllowOwnAS = 11 }, "spec.allowOwnAS"},
 		{"communities", func(s *v1alpha1.BGPPeerSpec) {
 			s.Advertise = &v1alpha1.PeerAdvertise{Communities: []v1alpha1.Community{"64512:1"}}
 		}, "not supported"},

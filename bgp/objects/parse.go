@@ -192,6 +192,13 @@ func parsePeer(obj *v1alpha1.BGPPeer, lookup secretLookup, flagHold time.Duratio
 			p.cfg.MaxPrefixes = uint32(*s.MaxPrefixes)
 		}
 	}
+	if s.AllowOwnAS != 0 {
+		if s.AllowOwnAS < 0 || s.AllowOwnAS > 10 {
+			bad("spec.allowOwnAS: %d is outside 0..10", s.AllowOwnAS)
+		} else {
+			p.cfg.AllowOwnAS = uint8(s.AllowOwnAS)
+		}
+	}
 	if s.Port != 0 {
 		if s.Port < 1 || s.Port > 65535 {
 			bad("spec.port: %d is outside 1..65535", s.Port)
