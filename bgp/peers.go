@@ -52,13 +52,10 @@ type PeerSpec struct {
 	NoPodCIDRs  bool       // this node's pod CIDRs are not announced to the peer
 	NoVIPs      bool       // Service VIPs are not announced to the peer
 	AllowOwnAS  uint8      // allowas-in: routes from the peer may carry our own AS this many times
-	// Route reflection between the nodes of one AS (set only on a reflector's iBGP sessions with other nodes):
-	// RRClient says the peer is this reflector's client, so the routes of the other nodes are reflected to it,
-	// with RRClusterID in their CLUSTER_LIST; RRNonClient says the peer is another reflector (a plain iBGP
-	// session) to which the routes of this reflector's clients are reflected.
+	// RRClient: the peer is this reflector's route-reflector client (a node of its AS that is no reflector), so
+	// the routes of the other nodes are reflected to it, with RRClusterID in their CLUSTER_LIST.
 	RRClient    bool
 	RRClusterID netip.Addr
-	RRNonClient bool
 	Kind        PeerKind
 	Name        string // node name for mesh peers; "flag", "annotation" or "BGPPeer/<name>" for external ones
 }
@@ -224,9 +221,10 @@ func (c PeerConflict) String() string {
 //
 // Route reflectors (nodes with RRClusterID) replace the mesh inside their AS: two nodes of an AS that has a
 // reflector peer only if one of them is a reflector — a reflector's session with a non-reflector is RRClient
-// (the other node is its client), with another reflector RRNonClient. Reflection never crosses an AS: nodes of
-// different ASes peer over eBGP as in the full mesh, a reflector included (a plain session, no client), and
-// an AS without a reflector keeps its full mesh.
+// (the other node is its client), with another reflector a plain iBGP session (nothing learned is reflected
+// between reflectors: see ExportPolicyName). Reflection never crosses an AS: nodes of different ASes peer over
+// eBGP as in the full mesh, a reflector included (a plain session, no client), and an AS without a reflector
+// keeps its full mesh.
 func DesiredPeers(self NodeInfo, nodes []NodeInfo, src PeerSources) ([]PeerSpec, []PeerConflict) {
 	byAddr := map[netip.Addr]PeerSpec{}
 	from := map[netip.Addr][]string{} // the sources that named each address, in precedence order
@@ -263,11 +261,9 @@ func DesiredPeers(self NodeInfo, nodes []NodeInfo, src PeerSources) ([]PeerSpec,
 				Password: src.Mesh.Password, TTLSecurity: src.Mesh.TTLSecurity, MaxPrefixes: src.MaxPrefixes, BFD: src.Mesh.BFD}
 			if asn == selfASN && reflected[asn] {
 				switch {
-				case selfRR && peerRR:
-					p.RRNonClient = true
-				case selfRR:
+				case selfRR && !peerRR:
 					p.RRClient, p.RRClusterID = true, self.RRClusterID
-				case !peerRR:
+				case !selfRR && !peerRR:
 					continue // two clients: the reflectors carry their routes
 				}
 			}

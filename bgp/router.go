@@ -139,11 +139,17 @@ type GlobalConfig struct {
 // ReflectMark when, and only when, it is inside the pod network (GlobalConfig.ReflectPrefixes) and came over an
 // iBGP session from another node (removing the mark from every other path, so no peer can forge it); the export
 // policy's last statement accepts a marked path towards the peers in the reflect neighbor set — the reflector's
-// clients and the other reflectors of its AS (PeerSpec.RRClient, RRNonClient) — and takes the mark off. A ToR,
-// an external peer or a node of another AS never receives a learned path, and no path an external peer sent
-// (even an iBGP one, which GoBGP itself would reflect to clients) is ever reflected. Which client gets what is
-// GoBGP's RFC 4456 logic: a client's routes go to every client and reflector, another reflector's only to
-// clients, and the next hop stays the originating node's.
+// clients (PeerSpec.RRClient) — and takes the mark off. A ToR, an external peer, a node of another AS and the
+// other reflectors never receive a learned path, and no path an external peer sent (even an iBGP one, which
+// GoBGP itself would reflect to clients) is ever reflected. Which client gets what is GoBGP's RFC 4456 logic (a
+// client's routes go to the other clients, another reflector's own routes to the clients, never back to the
+// sender), and the next hop stays the originating node's.
+//
+// Reflectors do not reflect to each other, because GoBGP (v3.37) would leave a route behind its node: when
+// reflector A's best path for a client's route changes from the client's to reflector B's copy (a lower router
+// ID wins the tie), A does not withdraw what it sent B before, and B does the same, so each keeps the other's
+// copy after the client withdraws it (reproduced in TestSpeakerRouteReflector). Every client peers with every
+// reflector anyway, so each reflector has every client's route first hand.
 const ExportPolicyName = "canopy-export-local-only"
 
 // ImportPolicyName is the GoBGP import policy that marks reflectable paths (see ExportPolicyName); it accepts
@@ -160,7 +166,7 @@ const (
 	podCIDRPrefixSet      = "canopy-pod-cidrs"
 	reflectPrefixSet      = "canopy-reflect-prefixes" // GlobalConfig.ReflectPrefixes, any longer prefix inside
 	nodeNeighborSet       = "canopy-node-peers"
-	reflectNeighborSet    = "canopy-reflect-to"   // this reflector's clients and the other reflectors
+	reflectNeighborSet    = "canopy-reflect-to"   // this reflector's clients
 	noPodCIDRsNeighborSet = "canopy-no-pod-cidrs" // peers that get no pod CIDRs (BGPPeer advertise.podCIDRs: false)
 	noVIPsNeighborSet     = "canopy-no-vips"      // peers that get no VIPs (BGPPeer advertise.serviceVIPs: false)
 	reflectMarkSet        = "canopy-reflect-mark" // ReflectMark
@@ -379,7 +385,7 @@ func neighborSets(p PeerSpec) []string {
 	if p.NoVIPs {
 		sets = append(sets, noVIPsNeighborSet)
 	}
-	if p.Kind == PeerKindNode && (p.RRClient || p.RRNonClient) {
+	if p.Kind == PeerKindNode && p.RRClient {
 		sets = append(sets, reflectNeighborSet)
 	}
 	return sets

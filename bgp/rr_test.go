@@ -83,25 +83,25 @@ func TestDesiredPeersRouteReflectors(t *testing.T) {
 		t.Fatalf("c3 peers with %v, want r1 r2 x5", got)
 	}
 	for _, n := range []string{"r1", "r2", "x5"} {
-		if p := c3[n]; p.RRClient || p.RRNonClient || p.RRClusterID.IsValid() {
+		if p := c3[n]; p.RRClient || p.RRClusterID.IsValid() {
 			t.Errorf("c3's session with %s has a reflector role: %+v", n, p)
 		}
 	}
-	// A reflector: its clients, the other reflector as a non-client, the node of the other AS plainly (eBGP is
-	// never reflected).
+	// A reflector: its clients, the other reflector plainly (iBGP, nothing reflected between reflectors), the
+	// node of the other AS plainly (eBGP is never reflected).
 	r1 := peersOf(t, nodes, "r1", true)
 	if got := names(r1); !slices.Equal(got, []string{"c3", "c4", "r2", "x5"}) {
 		t.Fatalf("r1 peers with %v", got)
 	}
 	for _, n := range []string{"c3", "c4"} {
-		if p := r1[n]; !p.RRClient || p.RRClusterID != id || p.RRNonClient || p.ASN != 64512 {
+		if p := r1[n]; !p.RRClient || p.RRClusterID != id || p.ASN != 64512 {
 			t.Errorf("r1 -> %s: %+v, want an RR client with cluster ID %s", n, p, id)
 		}
 	}
-	if p := r1["r2"]; p.RRClient || !p.RRNonClient || p.RRClusterID.IsValid() {
-		t.Errorf("r1 -> r2: %+v, want a non-client reflector session", p)
+	if p := r1["r2"]; p.RRClient || p.RRClusterID.IsValid() || p.ASN != 64512 {
+		t.Errorf("r1 -> r2: %+v, want a plain iBGP session", p)
 	}
-	if p := r1["x5"]; p.RRClient || p.RRNonClient || p.ASN != 65005 {
+	if p := r1["x5"]; p.RRClient || p.ASN != 65005 {
 		t.Errorf("r1 -> x5 (AS 65005): %+v, want a plain eBGP session", p)
 	}
 	// The node of an AS without a reflector keeps the full mesh, with no role.
@@ -127,7 +127,7 @@ func TestDesiredPeersRouteReflectors(t *testing.T) {
 			t.Errorf("no reflector: %s peers with %v, want the 4 others", self, names(got))
 		}
 		for _, p := range got {
-			if p.RRClient || p.RRNonClient {
+			if p.RRClient {
 				t.Errorf("no reflector: %s -> %s has a role", self, p.Name)
 			}
 		}
@@ -145,7 +145,7 @@ func TestDesiredPeersRouteReflectors(t *testing.T) {
 
 // A change of one node's role touches only the sessions whose role changed: when r2 loses its label, c3 keeps
 // its session with r1 as it was (same session key) and drops r2's; r1 re-creates only its session with r2
-// (non-client -> client); c4 becomes r2's peer only through r1.
+// (plain -> client).
 func TestRouteReflectorRoleChangeTouchesOnlyItsSessions(t *testing.T) {
 	before := rrNodes()
 	after := rrNodes()
@@ -170,7 +170,7 @@ func TestRouteReflectorRoleChangeTouchesOnlyItsSessions(t *testing.T) {
 	if r1a["r2"].sessionKey() == r1b["r2"].sessionKey() || !r1b["r2"].RRClient {
 		t.Errorf("r1's session with r2 must be re-created as a client session: %+v -> %+v", r1a["r2"], r1b["r2"])
 	}
-	// r2 itself: a client now, its sessions with c3 and c4 go, the one with r1 loses its role.
+	// r2 itself: a client now, its sessions with c3 and c4 go; the one with r1 is plain on its side either way.
 	r2 := peersOf(t, after, "r2", true)
 	if got := names(r2); !slices.Equal(got, []string{"r1", "x5"}) {
 		t.Errorf("r2 as a client peers with %v", got)
@@ -418,13 +418,13 @@ func TestSpeakerRouteReflector(t *testing.T) {
 	id := addr("244.0.0.1")
 	nodes := []NodeInfo{
 		{Name: "r1", IP: addr("127.0.0.31"), RRClusterID: id, PodCIDRs: []netip.Prefix{pfx("10.244.31.0/24")}},
-		{Name: "c1", IP: addr("127.0.0.32"), PodCIDRs: []netip.Prefix{pfx("10.244.32.0/24")}},
-		{Name: "c2", IP: addr("127.0.0.33"), PodCIDRs: []netip.Prefix{pfx("10.244.33.0/24")}},
+		{Name: "c1", IP: addr("127.0.0.33"), PodCIDRs: []netip.Prefix{pfx("10.244.33.0/24")}},
+		{Name: "c2", IP: addr("127.0.0.34"), PodCIDRs: []netip.Prefix{pfx("10.244.34.0/24")}},
 	}
 	// r2 joins later; every import policy knows its pod CIDR from the start, as the Node informer would.
-	r2Info := NodeInfo{Name: "r2", IP: addr("127.0.0.36"), RRClusterID: id, PodCIDRs: []netip.Prefix{pfx("10.244.36.0/24")}}
+	r2Info := NodeInfo{Name: "r2", IP: addr("127.0.0.32"), RRClusterID: id, PodCIDRs: []netip.Prefix{pfx("10.244.32.0/24")}}
 	all := append(slices.Clone(nodes), r2Info)
-	const ebgpIP, ibgpIP = "127.0.0.34", "127.0.0.35"
+	const ebgpIP, ibgpIP = "127.0.0.35", "127.0.0.36"
 	sp := map[string]*rrSpeaker{}
 	ports := map[netip.Addr]int{}
 	for _, n := range nodes {
@@ -451,8 +451,8 @@ func TestSpeakerRouteReflector(t *testing.T) {
 	ibgp.announce(t, "10.244.98.0/24", ibgpIP)
 
 	eventually(t, "each client installs the other's pod CIDR via the other client, and r1's via r1", func() bool {
-		return slices.Equal(c1.sink.get("10.244.33.0/24"), []netip.Addr{c2.info.IP}) &&
-			slices.Equal(c2.sink.get("10.244.32.0/24"), []netip.Addr{c1.info.IP}) &&
+		return slices.Equal(c1.sink.get("10.244.34.0/24"), []netip.Addr{c2.info.IP}) &&
+			slices.Equal(c2.sink.get("10.244.33.0/24"), []netip.Addr{c1.info.IP}) &&
 			slices.Equal(c1.sink.get("10.244.31.0/24"), []netip.Addr{r1.info.IP})
 	})
 	if c1.sess.State(c2.info.IP) != StateUnknown {
@@ -461,9 +461,9 @@ func TestSpeakerRouteReflector(t *testing.T) {
 	// What c1 got from r1, before its own policy: c2's route with c2's next hop, ORIGINATOR_ID c2, CLUSTER_LIST
 	// [244.0.0.1], and not the mark.
 	in := c1.adjIn(t, r1.info.IP)
-	got := in["10.244.33.0/24"]
-	if len(got) != 1 || got[0].nextHop != "127.0.0.33" || got[0].originator != "127.0.0.33" || !slices.Equal(got[0].clusters, []string{"244.0.0.1"}) {
-		t.Fatalf("c1 received c2's route from r1 as %+v, want next hop and originator 127.0.0.33, cluster list [244.0.0.1]", got)
+	got := in["10.244.34.0/24"]
+	if len(got) != 1 || got[0].nextHop != "127.0.0.34" || got[0].originator != "127.0.0.34" || !slices.Equal(got[0].clusters, []string{"244.0.0.1"}) {
+		t.Fatalf("c1 received c2's route from r1 as %+v, want next hop and originator 127.0.0.34, cluster list [244.0.0.1]", got)
 	}
 	for pf, ps := range in {
 		for _, p := range ps {
@@ -491,7 +491,7 @@ func TestSpeakerRouteReflector(t *testing.T) {
 		}
 	}
 	// Never back to the client it came from: r1 does not send c1 its own route.
-	if _, ok := in["10.244.32.0/24"]; ok {
+	if _, ok := in["10.244.33.0/24"]; ok {
 		t.Error("r1 reflected c1's route back to c1")
 	}
 
@@ -499,17 +499,23 @@ func TestSpeakerRouteReflector(t *testing.T) {
 	nodes = all
 	r2 := startRRSpeaker(t, r2Info, all)
 	ports[r2Info.IP] = r2.port
-	r1Peers = r1.setPeers(t, nodes, ports, externals...)
-	for _, p := range r1Peers {
-		if p.Name == "r2" && (!p.RRNonClient || p.RRClient) {
-			t.Fatalf("r1 -> r2: %+v, want a non-client reflector session", p)
-		}
-	}
+	// r2 meets the clients first and r1 last, so each reflector has a client's route directly before it hears
+	// the other's copy: the order in which two reflectors could end up holding each other's copy.
 	r2.setPeers(t, nodes, ports)
 	c1.setPeers(t, nodes, ports)
 	c2.setPeers(t, nodes, ports)
+	eventually(t, "r2 has the clients' routes", func() bool {
+		rib := r2.rib(t)
+		return len(rib["10.244.33.0/24"]) > 0 && len(rib["10.244.34.0/24"]) > 0
+	})
+	r1Peers = r1.setPeers(t, nodes, ports, externals...)
+	for _, p := range r1Peers {
+		if p.Name == "r2" && p.RRClient {
+			t.Fatalf("r1 -> r2: %+v, want a plain session", p)
+		}
+	}
 	// Every client has the other's route from both reflectors (each with the other client as next hop), and r2
-	// has each client's route from the client itself (and, reflected as to a non-client, from r1).
+	// has each client's route from the client itself only (reflectors reflect nothing to each other).
 	fromBoth := func(s *rrSpeaker, prefix, nextHop string, want ...string) bool {
 		var from []string
 		for _, p := range s.rib(t)[prefix] {
@@ -521,21 +527,43 @@ func TestSpeakerRouteReflector(t *testing.T) {
 		return slices.Equal(from, want)
 	}
 	eventually(t, "both clients have each route from both reflectors", func() bool {
-		return fromBoth(c1, "10.244.33.0/24", "127.0.0.33", "127.0.0.31", "127.0.0.36") &&
-			fromBoth(c2, "10.244.32.0/24", "127.0.0.32", "127.0.0.31", "127.0.0.36") &&
-			fromBoth(r2, "10.244.32.0/24", "127.0.0.32", "127.0.0.31", "127.0.0.32") &&
-			fromBoth(r2, "10.244.33.0/24", "127.0.0.33", "127.0.0.31", "127.0.0.33") &&
-			slices.Equal(c1.sink.get("10.244.36.0/24"), []netip.Addr{r2Info.IP}) && slices.Equal(c2.sink.get("10.244.36.0/24"), []netip.Addr{r2Info.IP})
+		return fromBoth(c1, "10.244.34.0/24", "127.0.0.34", "127.0.0.31", "127.0.0.32") &&
+			fromBoth(c2, "10.244.33.0/24", "127.0.0.33", "127.0.0.31", "127.0.0.32") &&
+			fromBoth(r2, "10.244.33.0/24", "127.0.0.33", "127.0.0.33") &&
+			fromBoth(r2, "10.244.34.0/24", "127.0.0.34", "127.0.0.34") &&
+			slices.Equal(c1.sink.get("10.244.32.0/24"), []netip.Addr{r2Info.IP}) && slices.Equal(c2.sink.get("10.244.32.0/24"), []netip.Addr{r2Info.IP})
 	})
+	// c2 withdraws its pod CIDR: it goes from every RIB and from c1's kernel, and stays gone (two reflectors
+	// never hold each other's copy of a client route: GoBGP would not withdraw such a copy, and the route would
+	// outlive its node).
+	c2.m.SetPaths(GroupPodCIDRs, nil)
+	gone := func() bool {
+		for _, s := range []*rrSpeaker{r1, r2, c1} {
+			if _, ok := s.rib(t)["10.244.34.0/24"]; ok {
+				return false
+			}
+		}
+		return c1.sink.get("10.244.34.0/24") == nil
+	}
+	eventually(t, "c2's withdrawn pod CIDR is gone everywhere", gone)
+	time.Sleep(time.Second)
+	if !gone() {
+		t.Fatalf("c2's withdrawn pod CIDR came back: r1 %v, r2 %v, c1 %v", r1.rib(t)["10.244.34.0/24"], r2.rib(t)["10.244.34.0/24"], c1.rib(t)["10.244.34.0/24"])
+	}
+	c2.m.SetPaths(GroupPodCIDRs, map[netip.Prefix]Path{pfx("10.244.34.0/24"): {Prefix: pfx("10.244.34.0/24"), NextHop: c2.info.IP}})
+	eventually(t, "c2's pod CIDR is back at c1 from both reflectors", func() bool {
+		return fromBoth(c1, "10.244.34.0/24", "127.0.0.34", "127.0.0.31", "127.0.0.32")
+	})
+
 	// Losing r1 (its speaker stops: Cease, its sessions drop at once) removes no client route.
-	removedBefore := c1.sink.removals("10.244.33.0/24") + c2.sink.removals("10.244.32.0/24")
+	removedBefore := c1.sink.removals("10.244.34.0/24") + c2.sink.removals("10.244.33.0/24")
 	r1.stop()
 	eventually(t, "c1's session with r1 is down", func() bool { return c1.sess.State(r1.info.IP) != StateEstablished })
 	time.Sleep(time.Second)
-	if n := c1.sink.removals("10.244.33.0/24") + c2.sink.removals("10.244.32.0/24") - removedBefore; n != 0 {
+	if n := c1.sink.removals("10.244.34.0/24") + c2.sink.removals("10.244.33.0/24") - removedBefore; n != 0 {
 		t.Errorf("losing one reflector of two removed client routes %d times", n)
 	}
-	if !slices.Equal(c1.sink.get("10.244.33.0/24"), []netip.Addr{c2.info.IP}) || !slices.Equal(c2.sink.get("10.244.32.0/24"), []netip.Addr{c1.info.IP}) {
-		t.Errorf("after r1 is gone: c1 -> %v, c2 -> %v", c1.sink.get("10.244.33.0/24"), c2.sink.get("10.244.32.0/24"))
+	if !slices.Equal(c1.sink.get("10.244.34.0/24"), []netip.Addr{c2.info.IP}) || !slices.Equal(c2.sink.get("10.244.33.0/24"), []netip.Addr{c1.info.IP}) {
+		t.Errorf("after r1 is gone: c1 -> %v, c2 -> %v", c1.sink.get("10.244.34.0/24"), c2.sink.get("10.244.33.0/24"))
 	}
 }
