@@ -17,6 +17,9 @@
 // <prefix>ext (203.0.113.10) is an external host behind the ToR. Pods (<prefix>nN-<name>) hang off bridge
 // canopy0 in their node, which holds the pod CIDR's first address.
 //
+// With Config.Racks > 1 the lab is a routed fabric instead (racks.go, docs/lab.md): a segment, subnet and ToR per
+// rack (FRR, BIRD or gobgpd), the ToRs under an FRR spine that holds the control plane and the external host.
+//
 // Processes are started with `ip netns exec` (which execs, so the pid is the program's), log to files under
 // WorkDir, and are reaped by the lab. Children get SIGKILL if the test process dies (Pdeathsig, forked from
 // one locked OS thread), and run in their own process group so ^C reaches only go test. FRR drops privileges,
