@@ -475,7 +475,7 @@ func ctlPodSecurityRestricted(t *testing.T, l *lab.Lab, tpl corev1.PodTemplateSp
 }
 
 // The manifests say what this split promises, checked without a cluster: the agents' ClusterRole writes only
-// Events; the controller's roles grant only what the allocator uses; the controller pod is non-root, read-only,
+// Events and their nodes' BGPNodeStatus (get/create/delete, and update of its status); the controller's roles grant only what the allocator uses; the controller pod is non-root, read-only,
 // unprivileged and capability-free, with probes and limits; the agent is not privileged and has exactly
 // NET_ADMIN, NET_RAW and NET_BIND_SERVICE (SYS_MODULE only in its init container), the host's /run/canopy for
 // the CNI hint socket, and a memory limit; agents and controller share the LoadBalancer ranges.
@@ -485,7 +485,10 @@ func TestControllerManifestsPromises(t *testing.T) {
 	for _, r := range agentRole.Rules {
 		for _, res := range r.Resources {
 			write := slices.ContainsFunc(r.Verbs, func(v string) bool { return !slices.Contains([]string{"get", "list", "watch"}, v) })
-			if res == "services/status" || res == "leases" || res == "*" || (write && res != "events") {
+			allowed := res == "events" || (slices.Equal(r.APIGroups, []string{"canopy.io"}) &&
+				(res == "bgpnodestatuses" && slices.Equal(r.Verbs, []string{"get", "create", "delete"}) ||
+					res == "bgpnodestatuses/status" && slices.Equal(r.Verbs, []string{"update"})))
+			if res == "services/status" || res == "leases" || res == "*" || (write && !allowed) {
 				t.Errorf("manifests/rbac.yaml: the agents' ClusterRole grants %v on %s (groups %v)", r.Verbs, res, r.APIGroups)
 			}
 		}

@@ -227,9 +227,11 @@ func TestServiceDNSPath(t *testing.T) {
 	l := needLab(t)
 	ctx := context.Background()
 	dnsd := buildDNSD(t)
-	if _, err := l.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "my-ns"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// An earlier run of this case (TestServiceProxyOnNFTables runs it again) may still be deleting my-ns.
+	eventually(t, 90*time.Second, "namespace my-ns created", func(ctx context.Context) error {
+		_, err := l.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "my-ns"}}, metav1.CreateOptions{})
+		return err
+	})
 	t.Cleanup(func() { _ = l.Kube.CoreV1().Namespaces().Delete(context.Background(), "my-ns", metav1.DeleteOptions{}) })
 
 	// my-svc in my-ns: a selectorless service whose EndpointSlice points at a web pod.
