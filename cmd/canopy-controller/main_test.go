@@ -166,8 +166,20 @@ current-context: c
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if code, body := get("/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "Service cache") {
-		t.Errorf("/readyz while the API is unreachable: %d %q", code, body)
+	// /readyz says "starting" until the allocator has registered its checks (a moment later on a busy machine),
+	// then names the Service cache it waits for; never ready while the API is unreachable.
+	for {
+		code, body := get("/readyz")
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("/readyz while the API is unreachable: %d %q", code, body)
+		}
+		if strings.Contains(body, "Service cache") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz never named the Service cache: %q", body)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "canopy_lballoc_pool_size 254") {
 		t.Errorf("/metrics: %d %s", code, body)
