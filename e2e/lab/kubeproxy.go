@@ -165,6 +165,41 @@ func (p *Proc) Usage() (ProcUsage, error) {
 	return ReadUsage(p.pid)
 }
 
+// Children returns the pids of the process's running children (e.g. an iptables-restore or nft it waits for).
+func (p *Proc) Children() ([]int, error) {
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(p.pid) + "/task")
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p.pid) + "/task/" + t.Name() + "/children")
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out, nil
+}
+
+// SettledUsage waits (up to timeout) until the process has no running child, so that the CPU of the children
+// it forked is in cutime/cstime, then reads Usage. After timeout it reads Usage anyway.
+func (p *Proc) SettledUsage(timeout time.Duration) (ProcUsage, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		kids, err := p.Children()
+		if err != nil || len(kids) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return p.Usage()
+}
+
 // ReadUsage reads /proc/<pid>/stat (utime, stime, cutime, cstime) and VmRSS of /proc/<pid>/status.
 func ReadUsage(pid int) (ProcUsage, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
