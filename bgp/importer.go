@@ -5,12 +5,28 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+
+	"canopy.io/canopy/routes"
 )
 
 // RouteSink receives the learned routes that passed the import policy (the kernel route manager).
 type RouteSink interface {
 	Set(dst netip.Prefix, nextHops []netip.Addr) error
 	Remove(dst netip.Prefix) error
+}
+
+// BatchSink is the optional batch method of a RouteSink (*routes.Manager has it): the sink calls of one
+// best-path event, or of a policy change, go to it in one call, with an error per change.
+type BatchSink interface {
+	SetMany(changes []routes.Change) []error
+}
+
+// sinkOp is a sink call staged during one event: Set (kept next hops) or Remove (none).
+type sinkOp struct {
+	pfx       netip.Prefix
+	kept      []netip.Addr // after the policy; nil: Remove
+	nhs       []netip.Addr // before the policy, as known keeps them
+	reinstall bool         // Set of a destination installed before
 }
 
 // LearnedPath is one best (or equal-cost multipath) path of a destination, as the RIB reports it.
@@ -35,6 +51,9 @@ type Importer struct {
 	known    map[netip.Prefix]learned
 	nInst    int // destinations in known with installed set
 	nRefused int // destinations in known refused (kept for a policy change to accept them), at most maxRefused
+
+	staged  []sinkOp        // sink calls of the event being handled
+	changes []routes.Change // their SetMany argument, reused
 }
 
 // maxRefused bounds the refused destinations the importer remembers (a refusal a new Node can lift: its pod CIDR
@@ -85,6 +104,7 @@ func (l *Importer) BestPaths(paths []LearnedPath) {
 		}
 		l.learn(pfx, nhs, true)
 	}
+	l.flush()
 	learnedRoutes.Set(float64(l.nInst))
 }
 
@@ -100,6 +120,7 @@ func (l *Importer) SetPolicy(p *ImportPolicy, self []netip.Addr) {
 	for pfx, k := range l.known {
 		l.learn(pfx, k.nextHops, false)
 	}
+	l.flush()
 	learnedRoutes.Set(float64(l.nInst))
 }
 
@@ -152,10 +173,7 @@ func (l *Importer) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
 			l.log.Debug("learned route refused by import policy", "prefix", pfx, "next_hops", nhs, "reason", reason)
 		}
 		if had && old.installed {
-			if err := l.sink.Remove(pfx); err != nil {
-				sinkErrors.Inc()
-				l.log.Error("remove route", "prefix", pfx, "err", err)
-			}
+			l.staged = append(l.staged, sinkOp{pfx: pfx})
 		}
 		// Remember it only if a policy change could accept it (a new Node, its address), and only so many.
 		if reason == RejectDefault || reason == RejectOutside || (!had && l.nRefused >= maxRefused) {
@@ -165,16 +183,60 @@ func (l *Importer) learn(pfx netip.Prefix, nhs []netip.Addr, fresh bool) {
 		l.record(pfx, learned{nextHops: nhs})
 		return
 	}
-	if err := l.sink.Set(pfx, kept); err != nil {
-		sinkErrors.Inc()
-		l.log.Error("install route", "prefix", pfx, "next_hops", kept, "err", err)
-		if had && old.installed {
-			l.drop(pfx) // the kernel may still hold the old next hops: re-learned, it is Set again
-		}
-		l.record(pfx, learned{nextHops: nhs})
+	l.staged = append(l.staged, sinkOp{pfx: pfx, kept: kept, nhs: nhs, reinstall: had && old.installed})
+}
+
+// flush makes the staged sink calls (one SetMany when the sink has it) and records their outcomes.
+func (l *Importer) flush() {
+	if len(l.staged) == 0 {
 		return
 	}
-	l.record(pfx, learned{nextHops: nhs, installed: true})
+	bs, batched := l.sink.(BatchSink)
+	var errs []error
+	if batched {
+		l.changes = l.changes[:0]
+		for _, o := range l.staged {
+			l.changes = append(l.changes, routes.Change{Dst: o.pfx, NextHops: o.kept})
+		}
+		errs = bs.SetMany(l.changes)
+		clear(l.changes)
+	}
+	for i, o := range l.staged {
+		var err error
+		switch {
+		case batched && errs != nil:
+			err = errs[i]
+		case batched:
+		case o.kept == nil:
+			err = l.sink.Remove(o.pfx)
+		default:
+			err = l.sink.Set(o.pfx, o.kept)
+		}
+		l.settle(o, err)
+	}
+	clear(l.staged)
+	l.staged = l.staged[:0]
+}
+
+// settle records the outcome of one sink call.
+func (l *Importer) settle(o sinkOp, err error) {
+	if o.kept == nil {
+		if err != nil {
+			sinkErrors.Inc()
+			l.log.Error("remove route", "prefix", o.pfx, "err", err)
+		}
+		return
+	}
+	if err != nil {
+		sinkErrors.Inc()
+		l.log.Error("install route", "prefix", o.pfx, "next_hops", o.kept, "err", err)
+		if o.reinstall {
+			l.drop(o.pfx) // the kernel may still hold the old next hops: re-learned, it is Set again
+		}
+		l.record(o.pfx, learned{nextHops: o.nhs})
+		return
+	}
+	l.record(o.pfx, learned{nextHops: o.nhs, installed: true})
 }
 
 func (l *Importer) forget(pfx netip.Prefix) {
@@ -184,10 +246,7 @@ func (l *Importer) forget(pfx netip.Prefix) {
 	}
 	l.drop(pfx)
 	if old.installed {
-		if err := l.sink.Remove(pfx); err != nil {
-			sinkErrors.Inc()
-			l.log.Error("remove route", "prefix", pfx, "err", err)
-		}
+		l.staged = append(l.staged, sinkOp{pfx: pfx})
 	}
 }
 

@@ -9,8 +9,11 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
+
+	"canopy.io/canopy/routes"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -209,5 +212,62 @@ func TestImporterAppliesPolicyAndMultipath(t *testing.T) {
 	l.BestPaths([]LearnedPath{{Prefix: pfx("10.244.2.0/24"), NextHop: addr("10.99.0.13"), Withdraw: true}})
 	if len(sink.routes) != 0 {
 		t.Fatalf("left %v", sink.routes)
+	}
+}
+
+// batchSink is a fakeSink with SetMany: it records each batch and fails the prefixes in fail once.
+type batchSink struct {
+	fakeSink
+	batches [][]routes.Change
+	fail    map[netip.Prefix]bool
+}
+
+func (s *batchSink) SetMany(cs []routes.Change) []error {
+	s.batches = append(s.batches, slices.Clone(cs))
+	var errs []error
+	for i, c := range cs {
+		if s.fail[c.Dst] {
+			delete(s.fail, c.Dst)
+			if errs == nil {
+				errs = make([]error, len(cs))
+			}
+			errs[i] = errors.New("injected")
+			continue
+		}
+		if len(c.NextHops) == 0 {
+			_ = s.Remove(c.Dst)
+		} else {
+			_ = s.Set(c.Dst, c.NextHops)
+		}
+	}
+	return errs
+}
+
+// One best-path event is one kernel batch; a failed route stays not installed and is installed by the next
+// event that names it; a withdrawal of many routes is one batch too.
+func TestImporterBatches(t *testing.T) {
+	sink := &batchSink{fakeSink: fakeSink{routes: map[netip.Prefix][]netip.Addr{}}, fail: map[netip.Prefix]bool{pfx("100.64.0.7/32"): true}}
+	self, inj := addr("10.99.0.11"), addr("10.99.0.200")
+	pol := NewImportPolicy(PolicyInput{ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16")}, ImportAllow: []netip.Prefix{pfx("100.64.0.0/10")},
+		NodeIPs: []netip.Addr{self}, Routers: []netip.Addr{inj}})
+	l := NewImporter(sink, pol, []netip.Addr{self}, quiet)
+	var paths []LearnedPath
+	for i := range 600 {
+		paths = append(paths, LearnedPath{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)}), 32), NextHop: inj})
+	}
+	l.BestPaths(paths)
+	if len(sink.batches) != 1 || len(sink.batches[0]) != 600 || len(sink.routes) != 599 {
+		t.Fatalf("%d batches, %d routes", len(sink.batches), len(sink.routes))
+	}
+	l.BestPaths([]LearnedPath{{Prefix: pfx("100.64.0.7/32"), NextHop: inj}})
+	if _, ok := sink.routes[pfx("100.64.0.7/32")]; !ok {
+		t.Fatal("the failed route was not installed again")
+	}
+	for i := range paths {
+		paths[i].Withdraw = true
+	}
+	l.BestPaths(paths)
+	if len(sink.batches) != 3 || len(sink.routes) != 0 {
+		t.Fatalf("%d batches, left %d routes", len(sink.batches), len(sink.routes))
 	}
 }
