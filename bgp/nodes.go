@@ -64,7 +64,7 @@ type NodeController struct {
 
 	// last good values of annotations, kept when a later value is invalid (only the sync goroutine uses them)
 	goodPeers      []PeerConfig
-	badPeersValue  string
+	badPeersValue  *string // the refused value of canopy.io/peers, nil when the current one is good
 	goodASN        map[string]uint32
 	badASNValue    map[string]string
 	selfDeleted    bool
@@ -283,14 +283,15 @@ func (c *NodeController) sync(context.Context) error {
 	}
 
 	// Peers from the annotation: a bad value keeps the last good list and the sessions it made.
-	if v := self.Annotations[AnnotationPeers]; v != c.badPeersValue {
+	// (nil, not "", stands for "no bad value": "" is the annotation removed, which must clear the peers.)
+	if v := self.Annotations[AnnotationPeers]; c.badPeersValue == nil || v != *c.badPeersValue {
 		peers, perr := ParsePeersAnnotation(v)
 		if perr != nil {
 			CountInvalidInput("node_annotation")
 			c.warn(self, ReasonInvalidAnnotation, "node %s: invalid annotation, keeping the %d peers of the last good value: %v", self.Name, len(c.goodPeers), perr)
-			c.badPeersValue = v
+			c.badPeersValue = &v
 		} else {
-			c.goodPeers, c.badPeersValue = peers, ""
+			c.goodPeers, c.badPeersValue = peers, nil
 		}
 	}
 	// The import policy before the peers, so that routes are judged with the current nodes and routers.

@@ -235,6 +235,14 @@ func TestNodeControllerBadAnnotationKeepsSessions(t *testing.T) {
 	if ids := h.starts.identities(); ids[len(ids)-1].ASN != 64512 {
 		t.Fatalf("identity changed on a bad ASN: %+v", ids)
 	}
+	// The annotation removed: its peer goes (the empty value is no "bad value" to keep the last good one for).
+	h.update(t, node("n1", "10.99.0.11", "10.244.1.0/24", nil))
+	eventually(t, "annotation peer removed with the annotation", func() bool { _, ok := h.peers()[addr("10.99.0.250")]; return !ok })
+	// Valid, removed, valid again, removed again, with no bad value in between.
+	h.update(t, node("n1", "10.99.0.11", "10.244.1.0/24", map[string]string{AnnotationPeers: `[{"ip":"10.99.0.251","asn":65001}]`}))
+	eventually(t, "second annotation peer up", func() bool { _, ok := h.peers()[addr("10.99.0.251")]; return ok })
+	h.update(t, node("n1", "10.99.0.11", "10.244.1.0/24", nil))
+	eventually(t, "second annotation peer removed", func() bool { _, ok := h.peers()[addr("10.99.0.251")]; return !ok })
 }
 
 func TestNodeControllerSelfDeletedWithdraws(t *testing.T) {

@@ -414,4 +414,22 @@ func TestSpeakerPrefixLimit(t *testing.T) {
 		return sessions.State(addr(flood)) != StateEstablished && sessions.State(addr(calm)) == StateEstablished &&
 			len(sink.get("100.64.1.0/24")) == 1
 	})
+	// The operator removes the flooding peer (the lab's canopy.io/peers annotation deleted): the manager stays
+	// responsive and the peer is gone from the speaker.
+	m.SetPeers([]PeerSpec{
+		{Address: addr(calm), ASN: 64501, Port: uint16(b.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "calm"},
+	})
+	done := make(chan []PeerSpec, 1)
+	go func() {
+		time.Sleep(time.Second)
+		done <- m.AppliedPeers()
+	}()
+	select {
+	case ps := <-done:
+		if len(ps) != 1 || ps[0].Address != addr(calm) {
+			t.Fatalf("peers after removing the flooding one: %v", ps)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the manager hangs after removing a peer torn down by its prefix limit")
+	}
 }
