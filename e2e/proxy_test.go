@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,8 +16,11 @@ import (
 	"testing"
 	"time"
 
+	discoveryv1 "k8s.io/api/discovery/v1"
+
 	"canopy.io/canopy/e2e/lab"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -227,12 +229,12 @@ func TestServiceDNSPath(t *testing.T) {
 	l := needLab(t)
 	ctx := context.Background()
 	dnsd := buildDNSD(t)
-	// An earlier run of this case (TestServiceProxyOnNFTables runs it again) may still be deleting my-ns.
-	eventually(t, 90*time.Second, "namespace my-ns created", func(ctx context.Context) error {
-		_, err := l.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "my-ns"}}, metav1.CreateOptions{})
-		return err
-	})
-	t.Cleanup(func() { _ = l.Kube.CoreV1().Namespaces().Delete(context.Background(), "my-ns", metav1.DeleteOptions{}) })
+	// The lab runs no namespace controller (a deleted namespace would stay Terminating for good), so my-ns is
+	// created once and kept: TestServiceProxyOnNFTables runs this case again in the same lab, and each run
+	// removes only its own objects.
+	if _, err := l.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "my-ns"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 
 	// my-svc in my-ns: a selectorless service whose EndpointSlice points at a web pod.
 	web := backend(t, l, l.Nodes[0], "mw", "myweb")
@@ -248,6 +250,9 @@ func TestServiceDNSPath(t *testing.T) {
 	if _, err := l.Kube.DiscoveryV1().EndpointSlices("my-ns").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = l.Kube.DiscoveryV1().EndpointSlices("my-ns").Delete(context.Background(), slice.Name, metav1.DeleteOptions{})
+	})
 
 	// The cluster DNS: dnsd in a pod, behind ClusterIP 10.96.0.10:53/UDP.
 	startDNS := func(n *lab.Node, name string) *lab.Pod {
