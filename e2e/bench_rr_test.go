@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,7 +39,7 @@ func BenchmarkRouteReflectors(b *testing.B) {
 		}
 	}
 	t0 := time.Now()
-	l := rrLab(b, n, 0, "--log-level=info", "--run-service-proxy=false", "--run-firewall=false", "--bgp-objects=false")
+	l := rrLab(b, n, 0, true, "--log-level=info", "--run-service-proxy=false", "--run-firewall=false", "--bgp-objects=false")
 	up := time.Since(t0)
 	ctx := context.Background()
 	first, err := rrWaitConverged(ctx, l, nil, time.Now(), 5*time.Minute)
@@ -215,7 +218,8 @@ func rrWaitConverged(ctx context.Context, l *lab.Lab, reflectors map[string]bool
 		sem := make(chan struct{}, 8)
 		sessionsOK, routesOK := true, true
 		total, minP, maxP := 0, 1<<30, 0
-		var why string
+		var whys []string
+		var missing []*lab.Node
 		for _, n := range l.Nodes {
 			wg.Add(1)
 			sem <- struct{}{}
@@ -228,7 +232,8 @@ func rrWaitConverged(ctx context.Context, l *lab.Lab, reflectors map[string]bool
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
-					sessionsOK, routesOK, why = false, false, err.Error()
+					sessionsOK, routesOK = false, false
+					whys = append(whys, err.Error())
 					return
 				}
 				est := int(m["canopy_bgp_established_peers"])
@@ -236,13 +241,12 @@ func rrWaitConverged(ctx context.Context, l *lab.Lab, reflectors map[string]bool
 				minP, maxP = min(minP, est), max(maxP, est)
 				if est != want || int(m["canopy_bgp_configured_peers"]) != want {
 					sessionsOK = false
-					why = fmt.Sprintf("%s: %d of %d sessions Established (%d configured)", n.Name, est, want, int(m["canopy_bgp_configured_peers"]))
-				}
-				if int(m["canopy_bgp_learned_routes"]) != len(l.Nodes)-1 {
+					whys = append(whys, fmt.Sprintf("%s: %d of %d sessions Established (%d configured)", n.Name, est, want,
+						int(m["canopy_bgp_configured_peers"])))
+					missing = append(missing, n)
+				} else if int(m["canopy_bgp_learned_routes"]) != len(l.Nodes)-1 {
 					routesOK = false
-					if why == "" {
-						why = fmt.Sprintf("%s: %d of %d routes", n.Name, int(m["canopy_bgp_learned_routes"]), len(l.Nodes)-1)
-					}
+					whys = append(whys, fmt.Sprintf("%s: %d of %d routes", n.Name, int(m["canopy_bgp_learned_routes"]), len(l.Nodes)-1))
 				}
 			}()
 		}
@@ -264,13 +268,98 @@ func rrWaitConverged(ctx context.Context, l *lab.Lab, reflectors map[string]bool
 			}
 			return r, nil
 		}
-		last = why
+		slices.Sort(whys)
+		if len(whys) > 6 {
+			whys = append(whys[:6], fmt.Sprintf("and %d more nodes", len(whys)-6))
+		}
+		last = strings.Join(whys, "; ")
 		select {
 		case <-ctx.Done():
+			dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+			defer dcancel()
+			for _, n := range missing[:min(len(missing), 4)] {
+				last += fmt.Sprintf("; %s not Established:%s", n.Name, rrNotEstablished(dctx, n))
+			}
 			return nil, fmt.Errorf("not converged within %s: %s", timeout, last)
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// rrNotEstablished lists the node's sessions that are not Established, with their state (for a report).
+func rrNotEstablished(ctx context.Context, n *lab.Node) string {
+	st, err := neighbors(ctx, n)
+	if err != nil {
+		return ""
+	}
+	var out []string
+	for a, s := range st {
+		if s != "ESTABLISHED" {
+			out = append(out, a.String()+" "+s)
+		}
+	}
+	slices.Sort(out)
+	return " " + fmt.Sprint(out)
+}
+
+// rrStaticNeighbors gives every fabric host (the ToR, the control plane, every node) a permanent neighbour entry
+// for every other, inside the lab's namespaces. The kernel has one neighbour table for all network namespaces and
+// caps its dynamic entries at the root namespace's net.ipv4.neigh.default.gc_thresh3 (1024 here): a full mesh of
+// 50 nodes needs ~2,600, and past the cap ARP fails ("neighbour: arp_cache: neighbor table overflow!", connect:
+// no route to host) for this lab and every other one on the machine. Permanent entries are exempt from the cap.
+func rrStaticNeighbors(ctx context.Context, l *lab.Lab) error {
+	type port struct {
+		ns, dev, mac string
+		ip           netip.Addr
+	}
+	hosts := []*lab.Host{&l.ToR.Host, l.CP}
+	for _, n := range l.Nodes {
+		hosts = append(hosts, &n.Host)
+	}
+	var ports []port
+	for _, h := range hosts {
+		out, err := l.Exec(ctx, h.NS, "ip", "-j", "addr", "show")
+		if err != nil {
+			return fmt.Errorf("%s: ip addr: %v: %s", h.Name, err, out)
+		}
+		var links []struct {
+			IfName   string `json:"ifname"`
+			Address  string `json:"address"`
+			AddrInfo []struct {
+				Local string `json:"local"`
+			} `json:"addr_info"`
+		}
+		if err := json.Unmarshal([]byte(out), &links); err != nil {
+			return fmt.Errorf("%s: ip -j addr: %v", h.Name, err)
+		}
+		found := false
+		for _, ln := range links {
+			for _, a := range ln.AddrInfo {
+				if a.Local == h.IP.String() {
+					ports, found = append(ports, port{ns: h.NS, dev: ln.IfName, mac: ln.Address, ip: h.IP}), true
+				}
+			}
+		}
+		if !found {
+			return fmt.Errorf("%s: no interface has %s", h.Name, h.IP)
+		}
+	}
+	for _, a := range ports {
+		var lines []string
+		for _, b := range ports {
+			if b.ip != a.ip {
+				lines = append(lines, fmt.Sprintf("neigh replace %s lladdr %s dev %s nud permanent", b.ip, b.mac, a.dev))
+			}
+		}
+		f := filepath.Join(l.WorkDir, "neigh-"+strings.TrimPrefix(a.ns, l.Prefix)+".batch")
+		if err := os.WriteFile(f, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			return err
+		}
+		if out, err := l.Exec(ctx, a.ns, "ip", "-batch", f); err != nil {
+			return fmt.Errorf("%s: ip -batch %s: %v: %s", a.ns, f, err, out)
+		}
+	}
+	return nil
 }
 
 // rrAgentsCPU is the CPU time every agent has used so far.

@@ -23,11 +23,17 @@ const rrClusterID = "244.0.0.1"
 
 // rrLab brings up a lab of n nodes whose first `reflectors` nodes carry canopy.io/route-reflector before any agent
 // starts. The ToR sends the nodes nothing (an outbound route-map that denies all), so every pod route a node has
-// came over the node mesh or from a reflector.
-func rrLab(t testing.TB, n, reflectors int, args ...string) *lab.Lab {
+// came over the node mesh or from a reflector. staticARP gives the fabric permanent neighbour entries (see
+// rrStaticNeighbors).
+func rrLab(t testing.TB, n, reflectors int, staticARP bool, args ...string) *lab.Lab {
 	t.Helper()
 	return lab.New(t, lab.Config{Nodes: n, AgentBin: agentBin(), CNIPlugin: cniBin(), AgentArgs: args,
 		BeforeAgents: func(ctx context.Context, l *lab.Lab) error {
+			if staticARP {
+				if err := rrStaticNeighbors(ctx, l); err != nil {
+					return err
+				}
+			}
 			if err := l.ToR.Config(ctx, "route-map CANOPY-RR-NONE deny 10", "exit",
 				fmt.Sprintf("router bgp %d", l.ToR.ASN), "address-family ipv4 unicast", "neighbor NODES route-map CANOPY-RR-NONE out"); err != nil {
 				return err
@@ -229,7 +235,7 @@ func TestRouteReflectors(t *testing.T) {
 		t.Skip("-short: no lab")
 	}
 	// Peers keep a dead agent's routes 5 s (graceful restart), so the test sees them expire.
-	l := rrLab(t, 5, 2, "--graceful-restart-time=5s")
+	l := rrLab(t, 5, 2, false, "--graceful-restart-time=5s")
 	ctx := context.Background()
 	r1, r2 := l.Nodes[0], l.Nodes[1]
 	clients := l.Nodes[2:]
