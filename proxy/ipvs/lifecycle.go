@@ -38,13 +38,12 @@ func (b *Backend) Cleanup() error {
 // Cleanup removes what the IPVS back end programs in the namespace at nsPath ("" = this one), without a Backend:
 // the virtual services on addresses bound to Interface or on nodeIPs (others' virtual services stay), Interface
 // itself, and with ipt the masquerade chain and its jump. Used when the proxy mode changes or the proxy is turned
-// off; a kernel without IPVS has nothing to remove but the interface and the chain.
+// off; a kernel without IPVS has nothing to remove but the interface and the chain. Without Interface the IPVS
+// back end never ran here (it makes Interface before any virtual service), so no virtual service is touched:
+// kube-proxy's IPVS NodePorts on the node's addresses stay when Canopy runs with its proxy off next to it.
 func Cleanup(nsPath string, nodeIPs []netip.Addr, ipt IPTables) error {
 	var errs []error
 	bound := map[netip.Addr]bool{}
-	for _, a := range nodeIPs {
-		bound[a.Unmap()] = true
-	}
 	la, err := newLinkAddresses(nsPath)
 	if err != nil {
 		return err
@@ -52,6 +51,9 @@ func Cleanup(nsPath string, nodeIPs []netip.Addr, ipt IPTables) error {
 	defer la.close()
 	link, err := la.link()
 	if err == nil {
+		for _, a := range nodeIPs {
+			bound[a.Unmap()] = true
+		}
 		addrs, err := la.h.AddrList(link, netlink.FAMILY_ALL)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("addresses of %s: %w", Interface, err))

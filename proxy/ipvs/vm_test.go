@@ -591,3 +591,35 @@ func TestVMCleanupRemovesEverythingOurs(t *testing.T) {
 		t.Errorf("%s still in nat:\n%s", Chain, out)
 	}
 }
+
+// Where the IPVS back end never ran (no canopy-ipvs0), Cleanup touches no virtual service, not even one on the
+// node's address: kube-proxy's IPVS NodePorts stay when Canopy runs with its proxy off next to it.
+func TestVMCleanupWithoutOurInterfaceKeepsNodePorts(t *testing.T) {
+	n := newNode(t)
+	if out := n.node.MustRun(t, "ip", "link"); strings.Contains(out, Interface) {
+		ipBatch(t, n.node, "link del "+Interface) // a node where our back end never ran
+	}
+	h, err := mobyipvs.New("/run/netns/" + n.node.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	kubeProxys := &mobyipvs.Service{AddressFamily: 2, Protocol: 6, Address: net.ParseIP("192.168.0.1"), Port: 30080, SchedName: "rr"}
+	if err := h.NewService(kubeProxys); err != nil {
+		t.Fatal(err)
+	}
+	var it *ipt.Host
+	if err := n.node.Do(func() (err error) { it, err = ipt.Open(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := Cleanup("/run/netns/"+n.node.Name, []netip.Addr{netip.MustParseAddr("192.168.0.1")}, &nsIPT{ns: n.node, ipt: it}); err != nil {
+		t.Fatal(err)
+	}
+	svcs, err := h.GetServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(svcs) != 1 || !svcs[0].Address.Equal(kubeProxys.Address) || svcs[0].Port != 30080 {
+		t.Errorf("virtual services after Cleanup: %d, want kube-proxy's NodePort on the node's address", len(svcs))
+	}
+}
