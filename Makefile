@@ -6,16 +6,29 @@ export CANOPY_CACHE ?= /var/cache/canopy
 K8S_VERSION ?= v1.35.4
 GO_TEST_FLAGS ?=
 LAB_NODES ?= 3
+# The version the binaries report (canopy version, canopy_build_info, the image's label).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X canopy.io/canopy/internal/agent.Version=$(VERSION)
+IMAGE ?= canopy:$(VERSION)
 
-.PHONY: all build deps k8s vm test test-ipvs unit lab lab-down lab-status bench lint clean generate
+.PHONY: all build deps k8s vm test test-ipvs unit lab lab-down lab-status bench lint clean generate image docs
 
 all: build
 
 build:
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy ./cmd/canopy
-	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy-cni ./cmd/canopy-cni
-	$(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/canopy-controller ./cmd/canopy-controller
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/canopy ./cmd/canopy
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/canopy-cni ./cmd/canopy-cni
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/canopy-controller ./cmd/canopy-controller
+
+# The one image (agent, CNI plugin, controller): see Dockerfile. Needs docker (or IMAGE_TOOL=podman).
+IMAGE_TOOL ?= docker
+image:
+	$(IMAGE_TOOL) build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
+
+# The generated flag references in docs/configuration.md (the CRDs and their deep copies: make generate).
+docs:
+	$(GO) test -count=1 ./cmd/canopy ./cmd/canopy-controller -run Docs -update
 
 # Debian packages the tests and the lab use (iproute2, iptables, ipset, frr, gobgpd, etcd, ...).
 deps:

@@ -13,7 +13,7 @@ package e2e
 //	TestShipDashboard       manifests/dashboard.json is valid and uses only series a lab agent and
 //	                        canopy-controller export; the Events of docs/troubleshooting.md are the ones the
 //	                        agent writes
-//	TestShipDocLinks        (no lab) the documents' relative links and anchors resolve
+//	TestShipDocLinks        (no lab) the relative links and anchors of docs/*.md and README.md resolve
 
 import (
 	"bufio"
@@ -1535,11 +1535,17 @@ func provokeEvents(t *testing.T, l *lab.Lab, n *lab.Node) {
 // #fragment, at one of its headings (GitHub's anchors).
 func TestShipDocLinks(t *testing.T) {
 	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
-	for _, doc := range []string{"install.md", "configuration.md", "tor-recipes.md", "troubleshooting.md"} {
-		b, err := os.ReadFile(filepath.Join("../docs", doc))
+	docs, err := filepath.Glob("../docs/*.md")
+	if err != nil || len(docs) == 0 {
+		t.Fatalf("docs/*.md: %v", err)
+	}
+	for _, doc := range append(docs, "../README.md") {
+		b, err := os.ReadFile(doc)
 		if err != nil {
 			t.Fatal(err)
 		}
+		dir := filepath.Dir(doc)
+		doc = filepath.Base(doc)
 		for _, m := range link.FindAllStringSubmatch(string(b), -1) {
 			target := m[1]
 			if strings.Contains(target, "://") {
@@ -1549,14 +1555,14 @@ func TestShipDocLinks(t *testing.T) {
 			if file == "" {
 				file = doc
 			}
-			path := filepath.Join("../docs", file)
+			path := filepath.Join(dir, file)
 			body, err := os.ReadFile(path)
 			if err != nil {
-				t.Errorf("docs/%s links to %s: %v", doc, target, err)
+				t.Errorf("%s links to %s: %v", doc, target, err)
 				continue
 			}
-			if frag != "" && !slices.Contains(headingAnchors(string(body)), frag) {
-				t.Errorf("docs/%s links to %s: no heading with that anchor in %s", doc, target, file)
+			if frag != "" && !strings.HasSuffix(file, "/") && !slices.Contains(headingAnchors(string(body)), frag) {
+				t.Errorf("%s links to %s: no heading with that anchor in %s", doc, target, file)
 			}
 		}
 	}

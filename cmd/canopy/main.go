@@ -29,6 +29,9 @@ func main() {
 			os.Exit(runCleanup(os.Args[2:], os.Stdout, os.Stderr))
 		case "status": // `canopy status [flags]`: see status.go
 			os.Exit(runStatus(os.Args[2:], os.Stdout, os.Stderr))
+		case "version", "--version": // the version set at build time (make build: git describe)
+			fmt.Println("canopy", agent.Version)
+			os.Exit(0)
 		}
 	}
 	var raw config.Raw
