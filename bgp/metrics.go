@@ -38,8 +38,12 @@ var (
 	}, []string{"source"})
 )
 
-// Collectors returns the package's metrics.
+// Collectors returns the package's metrics, every rejection reason's series present from the start (0).
 func Collectors() []prometheus.Collector {
+	for _, r := range []string{RejectDefault, RejectOutside, RejectOwnPodCIDR, RejectCoversNode, RejectNotNodeCIDR, RejectNotOwner,
+		RejectBadNextHop, RejectWrongFamily} {
+		rejectedRoutes.WithLabelValues(r)
+	}
 	return []prometheus.Collector{peerChanges, configuredPeers, establishedPeers, advertisedPaths, learnedRoutes, rejectedRoutes, sinkErrors, invalidInput, speakerStarts, adminRefused, prefixLimitTeardowns, peerResets}
 }
 

@@ -25,7 +25,10 @@ const (
 	failInvalid     = "invalid"
 )
 
-// Collectors returns the package's metrics.
+// Collectors returns the package's metrics, every failure reason's series present from the start (0).
 func Collectors() []prometheus.Collector {
+	for _, r := range []string{failExhausted, failUnavailable, failInvalid} {
+		allocationFailures.WithLabelValues(r)
+	}
 	return []prometheus.Collector{allocatedIPs, poolSize, allocationFailures, leading}
 }

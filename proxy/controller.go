@@ -53,6 +53,7 @@ type Controller struct {
 func NewController(tracker *model.ServiceTracker, backend Backend, health *HealthChecks, repair time.Duration, log *slog.Logger) *Controller {
 	c := &Controller{backend: backend, tracker: tracker, health: health, log: log,
 		desired: map[string]*model.ServicePort{}, bySvc: map[string][]string{}}
+	syncErrors.WithLabelValues(backend.Name()) // the series exists from the start (0)
 	c.ctrl = controller.New(controller.Config{
 		Name: "proxy", Synced: []cache.InformerSynced{tracker.HasSynced},
 		Full: c.full, Sync: c.sync, Repair: repair, Log: log,

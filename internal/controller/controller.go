@@ -73,11 +73,18 @@ var (
 	queuedKeys = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "canopy_controller_queue_keys", Help: "Keys waiting in a controller's queue.",
 	}, []string{"controller"})
+	firstSync = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "canopy_controller_first_sync_seconds",
+		Help: "Seconds from the process's start to the end of a controller's first successful full sync (absent until then).",
+	}, []string{"controller"})
 )
+
+// processStart is (about) when the process started: package variables are set before main runs.
+var processStart = time.Now()
 
 // Collectors returns the loop's metrics (every controller's, labelled by name).
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{syncSeconds, syncFailures, queuedKeys}
+	return []prometheus.Collector{syncSeconds, syncFailures, queuedKeys, firstSync}
 }
 
 // New returns a controller for cfg; its queue takes keys at once (Enqueue before Run is fine).
@@ -94,6 +101,9 @@ func New(cfg Config) *Controller {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	// The series exist from the start (0), so a rate() or an alert on them sees the first failure.
+	syncFailures.WithLabelValues(cfg.Name)
+	queuedKeys.WithLabelValues(cfg.Name)
 	return &Controller{cfg: cfg, queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, 30*time.Second),
 		workqueue.TypedRateLimitingQueueConfig[string]{Name: cfg.Name})}
@@ -191,7 +201,9 @@ func (c *Controller) process(ctx context.Context, batch []string) error {
 		return err
 	}
 	if first {
-		c.cfg.Log.Info("first full sync done", "controller", c.cfg.Name, "took", took.Round(time.Millisecond))
+		firstSync.WithLabelValues(c.cfg.Name).Set(time.Since(processStart).Seconds())
+		c.cfg.Log.Info("first full sync done", "controller", c.cfg.Name, "took", took.Round(time.Millisecond),
+			"since_start", time.Since(processStart).Round(time.Millisecond))
 		if c.cfg.OnFirstSync != nil {
 			c.cfg.OnFirstSync()
 		}
