@@ -37,6 +37,7 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.StringVar(&r.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "address of the GoBGP gRPC admin API for the gobgp CLI (read-only unless --grpc-allow-writes); empty disables it")
 	fs.BoolVar(&r.GRPCAllowWrites, "grpc-allow-writes", false, "let the gRPC admin API change BGP state (add paths, peers, stop the speaker): any process in the node's network namespace could then")
 	fs.StringVar(&r.MetricsAddr, "metrics-addr", ":9469", "address of the Prometheus /metrics and /healthz endpoint; empty disables it")
+	fs.BoolVar(&r.Pprof, "pprof", false, "also serve Go's profiler (/debug/pprof/) on --metrics-addr: for profiling only, anyone who reaches that address can read it")
 	fs.BoolVar(&r.NodesFullMesh, "nodes-full-mesh", true, "peer with every other node (iBGP full mesh; eBGP where node ASNs differ)")
 	fs.Var((*stringList)(&r.ClusterCIDRs), "cluster-cidr", "pod network CIDR(s); learned routes must fall inside one (repeatable, comma-separated)")
 	fs.Var((*stringList)(&r.ImportAllow), "import-allow", "extra prefixes learned routes may fall inside (repeatable, comma-separated)")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -88,6 +89,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	a.reg.MustRegister(model.Collectors()...)
 	// Health first: the liveness probe must find the agent alive while it waits for the API or its Node.
 	extra := map[string]http.Handler{"/status": a.statusHandler(a.status)}
+	if cfg.Pprof {
+		extra["/debug/pprof/"] = http.HandlerFunc(pprof.Index) // also serves heap, goroutine, allocs, ...
+		extra["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		extra["/debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
+	}
 	if err := a.health.serve(ctx, cfg.MetricsAddr, a.reg, log, extra); err != nil {
 		return err
 	}

@@ -33,6 +33,7 @@ type Raw struct {
 	GRPCAddr        string
 	GRPCAllowWrites bool
 	MetricsAddr     string
+	Pprof           bool
 	NodesFullMesh   bool
 	ClusterCIDRs    []string
 	ImportAllow     []string
@@ -106,6 +107,7 @@ type Config struct {
 	GRPCAddr        string
 	GRPCAllowWrites bool
 	MetricsAddr     string
+	Pprof           bool // /debug/pprof/ on MetricsAddr
 	NodesFullMesh   bool
 	ClusterCIDRs    []netip.Prefix
 	ImportAllow     []netip.Prefix
@@ -178,6 +180,7 @@ func (r Raw) Validate() (*Config, error) {
 		GRPCAddr:        r.GRPCAddr,
 		GRPCAllowWrites: r.GRPCAllowWrites,
 		MetricsAddr:     r.MetricsAddr,
+		Pprof:           r.Pprof,
 		NodesFullMesh:   r.NodesFullMesh,
 		MeshTTLSecurity: r.MeshTTLSecurity,
 		BFD:             r.BFD,
