@@ -27,6 +27,8 @@ type Options struct {
 	Portmap  bool   // chain the standard portmap plugin
 	// AgentSocket is the agent's unix socket the plugin reports new pods' addresses to ("" = none).
 	AgentSocket string
+	// OverlayOverhead is the plugin's overlayOverhead: bytes taken off the detected uplink MTU (the VXLAN overlay's 50).
+	OverlayOverhead int
 }
 
 // Render returns the conflist's JSON.
@@ -44,6 +46,9 @@ func Render(o Options) ([]byte, error) {
 	}
 	if o.MTU > 0 {
 		main["mtu"] = o.MTU
+	}
+	if o.OverlayOverhead > 0 {
+		main["overlayOverhead"] = o.OverlayOverhead
 	}
 	if o.DataDir != "" {
 		main["dataDir"] = o.DataDir

@@ -145,6 +145,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := a.bgp(tracker, warn); err != nil {
 		return err
 	}
+	if err := a.overlay(); err != nil {
+		return err
+	}
 	if cfg.RunLoadBalancer {
 		if err := a.loadBalancer(); err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"canopy.io/canopy/loadbalancer"
 
 	"canopy.io/canopy/bgp"
+	"canopy.io/canopy/routes/overlay"
 )
 
 // Raw is the configuration as the flags give it: strings and lists, not yet checked.
@@ -70,6 +71,7 @@ type Raw struct {
 	CNIMTU       int
 	PodEgress    bool
 	ServiceCIDRs []string
+	Overlay      string
 
 	RunServiceProxy   bool
 	ProxyMode         string
@@ -140,6 +142,7 @@ type Config struct {
 	CNIMTU       int
 	PodEgress    bool
 	ServiceCIDRs []netip.Prefix
+	Overlay      overlay.Mode // none, vxlan or crosssubnet
 
 	RunServiceProxy   bool
 	ProxyMode         string // "ipvs" or "iptables"
@@ -309,6 +312,11 @@ func (r Raw) Validate() (*Config, error) {
 	}
 	if r.CNIMTU != 0 && (r.CNIMTU < 576 || r.CNIMTU > 65535) {
 		bad("cni-mtu", "%d is outside 576..65535 (0 = detect)", r.CNIMTU)
+	}
+	if c.Overlay, err = overlay.ParseMode(r.Overlay); err != nil {
+		bad("overlay", "%v", err)
+	} else if c.Overlay.On() && r.RouteProtocol == overlay.Protocol {
+		bad("route-protocol", "%d is the overlay's own route protocol: pick another with --overlay=%s", r.RouteProtocol, c.Overlay)
 	}
 	if r.CNIDataDir != "" && !filepath.IsAbs(r.CNIDataDir) {
 		bad("cni-data-dir", "%q is not an absolute path", r.CNIDataDir)

@@ -58,7 +58,7 @@ func (c *Config) Proxy() backends.Config {
 func (c *Config) NodeSetup(hintSocket string) nodesetup.Config {
 	return nodesetup.Config{
 		NodeName: c.NodeName, CNIConfDir: c.CNIConfDir, CNIBinDir: c.CNIBinDir, CNIPlugin: c.CNIPlugin,
-		CNIDataDir: c.CNIDataDir, CNIMTU: c.CNIMTU, PodEgress: c.PodEgress, CNIAgentSocket: hintSocket,
+		CNIDataDir: c.CNIDataDir, CNIMTU: c.CNIMTU, PodEgress: c.PodEgress, CNIAgentSocket: hintSocket, CNIOverlayOverhead: c.overlayOverhead(),
 		NoMasqTo: append(slices.Clone(c.ClusterCIDRs), c.ServiceCIDRs...), ClusterCIDRs: slices.Clone(c.ClusterCIDRs),
 	}
 }

@@ -41,11 +41,14 @@ func Detect() Flavour {
 // New opens go-iptables for IPv4 on flavour's binary (iptables-nft or iptables-legacy), or plain iptables if
 // that binary is missing.
 func New(f Flavour) (*iptables.IPTables, error) {
-	bin := "iptables-" + string(f)
-	if p, err := exec.LookPath(bin); err == nil {
-		return iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Path(p), iptables.Timeout(5))
+	return newFamily("iptables", iptables.ProtocolIPv4, f)
+}
+
+func newFamily(tool string, proto iptables.Protocol, f Flavour) (*iptables.IPTables, error) {
+	if p, err := exec.LookPath(tool + "-" + string(f)); err == nil {
+		return iptables.New(iptables.IPFamily(proto), iptables.Path(p), iptables.Timeout(5))
 	}
-	return iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	return iptables.New(iptables.IPFamily(proto), iptables.Timeout(5))
 }
 
 // Restorer runs the flavour's iptables-restore and iptables-save binaries (in the calling thread's
@@ -57,12 +60,14 @@ type Restorer struct {
 
 // NewRestorer returns the Restorer for flavour f: iptables-nft-restore/-save or iptables-legacy-restore/-save,
 // or plain iptables-restore/-save where those are missing.
-func NewRestorer(f Flavour) *Restorer {
+func NewRestorer(f Flavour) *Restorer { return newRestorer("iptables", f) }
+
+func newRestorer(tool string, f Flavour) *Restorer {
 	bin := func(kind string) string {
-		if p, err := exec.LookPath("iptables-" + string(f) + "-" + kind); err == nil {
+		if p, err := exec.LookPath(tool + "-" + string(f) + "-" + kind); err == nil {
 			return p
 		}
-		return "iptables-" + kind
+		return tool + "-" + kind
 	}
 	return &Restorer{restore: bin("restore"), save: bin("save"), legacy: f == Legacy}
 }
@@ -143,4 +148,15 @@ func OpenFlavour(f Flavour) (*Host, error) {
 		return nil, err
 	}
 	return &Host{Flavour: f, Restorer: NewRestorer(f), IPTables: it}, nil
+}
+
+// OpenFlavour6 opens flavour f's ip6tables (ip6tables-nft or ip6tables-legacy, and their restore and save), or
+// plain ip6tables where those are missing: the IPv6 twin of OpenFlavour, for data paths that police both
+// families.
+func OpenFlavour6(f Flavour) (*Host, error) {
+	it, err := newFamily("ip6tables", iptables.ProtocolIPv6, f)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{Flavour: f, Restorer: newRestorer("ip6tables", f), IPTables: it}, nil
 }

@@ -32,6 +32,8 @@ type Config struct {
 	CNIPlugin  string // the plugin binary to install
 	CNIDataDir string // the plugin's IPAM dir ("" = its default)
 	CNIMTU     int
+	// CNIOverlayOverhead goes into the conflist (overlayOverhead): the overlay's bytes per packet, 0 = none.
+	CNIOverlayOverhead int
 	// CNIAgentSocket goes into the conflist: the plugin reports new pods' addresses there ("" = none).
 	CNIAgentSocket string
 	// CNIIPv6 puts the node's IPv6 pod CIDR into the conflist too, so pods get an address of each family (the
@@ -155,7 +157,7 @@ func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
 			}
 		}
 		data, err := conflist.Render(conflist.Options{PodCIDRs: cniCIDRs, MTU: s.cfg.CNIMTU, DataDir: s.cfg.CNIDataDir, Portmap: portmap,
-			AgentSocket: s.cfg.CNIAgentSocket})
+			AgentSocket: s.cfg.CNIAgentSocket, OverlayOverhead: s.cfg.CNIOverlayOverhead})
 		if err != nil {
 			return err
 		}
