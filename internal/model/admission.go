@@ -157,6 +157,17 @@ func (a Admission) admit(b *addressBook, key string, ports []*ServicePort) (warn
 	for _, p := range ports {
 		p.ExternalIPs, p.LoadBalancerIPs = ext, lb
 	}
+	// The IPv6 side, by the same rules (ranges, node and API server addresses, pod and service networks and
+	// claims are per address, so per family): the ports share its address lists too.
+	if f := ports[0].IPv6; f != nil {
+		ext6 := filter(f.ExternalIPs, true, "external IP")
+		lb6 := filter(f.LoadBalancerIPs, false, "load balancer IP")
+		for _, p := range ports {
+			if p.IPv6 != nil {
+				p.IPv6.ExternalIPs, p.IPv6.LoadBalancerIPs = ext6, lb6
+			}
+		}
+	}
 	return warnings
 }
 

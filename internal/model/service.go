@@ -29,6 +29,10 @@ type Options struct {
 	NodeName string
 	// Schedulers the back end supports (e.g. {"rr","wrr","lc","sh","mh"} for IPVS, {"random"} for iptables).
 	Schedulers []string
+	// IPv6 builds the IPv6 side of Services too (ServicePort.IPv6: IPv6 cluster IPs, ExternalIPs, load
+	// balancer IPs and the endpoints of IPv6 EndpointSlices), and the ports of IPv6-only Services. Off: IPv4
+	// only, IPv6 ignored.
+	IPv6 bool
 }
 
 // ServicePortKey is "namespace/name:portname/protocol".
@@ -38,8 +42,11 @@ func ServicePortKey(namespace, name, portName string, proto Protocol) string {
 
 // BuildServicePorts returns the desired state of every port of svc, given all EndpointSlices of svc
 // (discovery/v1, label kubernetes.io/service-name). Headless (clusterIP None) and ExternalName services give
-// none, and so does a service without an IPv4 ClusterIP (IPv4 only for now: as upstream's IPv4 proxier).
-// Slices of another namespace or service, and slices whose addressType is not IPv4, are ignored.
+// none, and so does a service without an IPv4 ClusterIP unless opt.IPv6 is set (then a service needs a
+// ClusterIP of either family). Slices of another namespace or service, FQDN slices, and IPv6 slices unless
+// opt.IPv6, are ignored. With opt.IPv6 each port's IPv6 side (ServicePort.IPv6, nil without an IPv6 cluster
+// IP) is built the same way from the IPv6 addresses and slices: endpoints of one family only ever serve that
+// family's addresses.
 //
 // Problems the user must hear about (an unknown canopy.io/scheduler value, an unparsable IP in
 // spec.externalIPs or status.loadBalancer.ingress, an unknown port protocol) are returned as warnings naming
@@ -69,9 +76,13 @@ func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 		warnings = append(warnings, fmt.Sprintf("service %s/%s: ", ns, name)+fmt.Sprintf(format, args...))
 	}
 
-	clusterIPs := serviceClusterIPs(svc)
-	if len(clusterIPs) == 0 {
-		return nil, nil // headless, not yet allocated, or IPv6 only
+	clusterIPs := serviceClusterIPs(svc, false)
+	var clusterIPs6 []netip.Addr
+	if opt.IPv6 {
+		clusterIPs6 = serviceClusterIPs(svc, true)
+	}
+	if len(clusterIPs) == 0 && len(clusterIPs6) == 0 {
+		return nil, nil // headless, not yet allocated, or IPv6 only (without opt.IPv6)
 	}
 
 	var s ServicePort // the fields every port shares
@@ -81,7 +92,15 @@ func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 		warnf("spec.externalIPs[%d] %q is not an IP address (ignored)", i, v)
 	})
 	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
-		s.LoadBalancerIPs = loadBalancerIPs(svc, warnf)
+		s.LoadBalancerIPs = loadBalancerIPs(svc, warnf, false)
+	}
+	var fam6 Family // the IPv6 side every port shares (addresses; endpoints are per port)
+	if len(clusterIPs6) > 0 {
+		fam6.ClusterIPs = clusterIPs6
+		fam6.ExternalIPs = parseIPList(svc.Spec.ExternalIPs, true, nil)
+		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			fam6.LoadBalancerIPs = loadBalancerIPs(svc, func(string, ...any) {}, true)
+		}
 	}
 	externallyAccessible := svc.Spec.Type == corev1.ServiceTypeLoadBalancer ||
 		svc.Spec.Type == corev1.ServiceTypeNodePort ||
@@ -109,7 +128,11 @@ func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 	}
 	hasNodePort := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
 
-	parsed := parseSlices(svc, endpointSlices, opt.NodeName)
+	parsed := parseSlices(svc, endpointSlices, opt.NodeName, false)
+	var parsed6 []parsedSlice
+	if len(clusterIPs6) > 0 {
+		parsed6 = parseSlices(svc, endpointSlices, opt.NodeName, true)
+	}
 	ports = make([]*ServicePort, 0, len(svc.Spec.Ports))
 	for i := range svc.Spec.Ports {
 		p := &svc.Spec.Ports[i]
@@ -126,16 +149,27 @@ func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.Endpoi
 		if hasNodePort {
 			sp.NodePort = port16(p.NodePort)
 		}
-		all := collectEndpoints(parsed, p.Name, proto)
-		sp.ClusterEndpoints = selectEndpoints(all, sp.InternalPolicyLocal)
-		if sp.ExternalPolicyLocal == sp.InternalPolicyLocal {
-			sp.ExternalEndpoints = sp.ClusterEndpoints
-		} else {
-			sp.ExternalEndpoints = selectEndpoints(all, sp.ExternalPolicyLocal)
+		if len(clusterIPs) > 0 {
+			sp.ClusterEndpoints, sp.ExternalEndpoints = policyEndpoints(collectEndpoints(parsed, p.Name, proto), sp.InternalPolicyLocal, sp.ExternalPolicyLocal)
+		}
+		if len(clusterIPs6) > 0 {
+			f := fam6
+			f.ClusterEndpoints, f.ExternalEndpoints = policyEndpoints(collectEndpoints(parsed6, p.Name, proto), sp.InternalPolicyLocal, sp.ExternalPolicyLocal)
+			sp.IPv6 = &f
 		}
 		ports = append(ports, &sp)
 	}
 	return ports, warnings
+}
+
+// policyEndpoints applies the internal and external traffic policies to all (sharing one result when they are
+// the same policy).
+func policyEndpoints(all []Endpoint, internalLocal, externalLocal bool) (cluster, external []Endpoint) {
+	cluster = selectEndpoints(all, internalLocal)
+	if externalLocal == internalLocal {
+		return cluster, cluster
+	}
+	return cluster, selectEndpoints(all, externalLocal)
 }
 
 // SplitDraining splits a ClusterEndpoints or ExternalEndpoints list into the endpoints that take new
@@ -164,9 +198,9 @@ func SplitDraining(eps []Endpoint) (active, draining []Endpoint) {
 	return active, draining
 }
 
-// serviceClusterIPs returns the IPv4 addresses of spec.clusterIPs (spec.clusterIP when that is empty);
-// none for a headless service.
-func serviceClusterIPs(svc *corev1.Service) []netip.Addr {
+// serviceClusterIPs returns the IPv4 (v6: IPv6) addresses of spec.clusterIPs (spec.clusterIP when that is
+// empty); none for a headless service.
+func serviceClusterIPs(svc *corev1.Service, v6 bool) []netip.Addr {
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
@@ -174,12 +208,18 @@ func serviceClusterIPs(svc *corev1.Service) []netip.Addr {
 	if len(ips) == 0 || ips[0] == corev1.ClusterIPNone {
 		return nil
 	}
-	return parseIPv4List(ips, nil)
+	return parseIPList(ips, v6, nil)
 }
 
 // parseIPv4List parses addresses, keeping the IPv4 ones in order, each once; bad is called for each
 // unparsable one (IPv6 ones are skipped silently: IPv4 only for now).
 func parseIPv4List(addrs []string, bad func(i int, v string)) []netip.Addr {
+	return parseIPList(addrs, false, bad)
+}
+
+// parseIPList parses addresses, keeping those of one family (v6: IPv6, else IPv4) in order, each once; bad is
+// called for each unparsable one.
+func parseIPList(addrs []string, v6 bool, bad func(i int, v string)) []netip.Addr {
 	var out []netip.Addr
 	for i, a := range addrs {
 		ip, ok := parseIP(a)
@@ -189,17 +229,17 @@ func parseIPv4List(addrs []string, bad func(i int, v string)) []netip.Addr {
 			}
 			continue
 		}
-		if ip.Is4() && !slices.Contains(out, ip) {
+		if ip.Is4() != v6 && !slices.Contains(out, ip) {
 			out = append(out, ip)
 		}
 	}
 	return out
 }
 
-// loadBalancerIPs returns the IPv4 VIPs of status.loadBalancer.ingress: as upstream, ingress points with
+// loadBalancerIPs returns the IPv4 (v6: IPv6) VIPs of status.loadBalancer.ingress: as upstream, ingress points with
 // ipMode Proxy (the load balancer delivers to the node's or pod's IP, not to the VIP) and hostname-only ones
 // are skipped.
-func loadBalancerIPs(svc *corev1.Service, warnf func(string, ...any)) []netip.Addr {
+func loadBalancerIPs(svc *corev1.Service, warnf func(string, ...any), v6 bool) []netip.Addr {
 	var out []netip.Addr
 	for i, ing := range svc.Status.LoadBalancer.Ingress {
 		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
@@ -210,7 +250,7 @@ func loadBalancerIPs(svc *corev1.Service, warnf func(string, ...any)) []netip.Ad
 			warnf("status.loadBalancer.ingress[%d].ip %q is not an IP address (ignored)", i, ing.IP)
 			continue
 		}
-		if ip.Is4() && !slices.Contains(out, ip) {
+		if ip.Is4() != v6 && !slices.Contains(out, ip) {
 			out = append(out, ip)
 		}
 	}
@@ -280,12 +320,16 @@ type parsedEndpoint struct {
 	ready, serving, terminating bool
 }
 
-// parseSlices keeps svc's IPv4 slices and parses their endpoints; an endpoint whose first address (the
-// API: addresses are fungible, consumers may use the first) is not an IPv4 address is skipped.
-func parseSlices(svc *corev1.Service, in []*discoveryv1.EndpointSlice, nodeName string) []parsedSlice {
+// parseSlices keeps svc's IPv4 (v6: IPv6) slices and parses their endpoints; an endpoint whose first address
+// (the API: addresses are fungible, consumers may use the first) is not an address of that family is skipped.
+func parseSlices(svc *corev1.Service, in []*discoveryv1.EndpointSlice, nodeName string, v6 bool) []parsedSlice {
+	want := discoveryv1.AddressTypeIPv4
+	if v6 {
+		want = discoveryv1.AddressTypeIPv6
+	}
 	out := make([]parsedSlice, 0, len(in))
 	for _, sl := range in {
-		if sl == nil || sl.AddressType != discoveryv1.AddressTypeIPv4 || sl.Namespace != svc.Namespace ||
+		if sl == nil || sl.AddressType != want || sl.Namespace != svc.Namespace ||
 			sl.Labels[discoveryv1.LabelServiceName] != svc.Name || len(sl.Ports) == 0 {
 			continue
 		}
@@ -296,7 +340,7 @@ func parseSlices(svc *corev1.Service, in []*discoveryv1.EndpointSlice, nodeName 
 				continue
 			}
 			ip, ok := parseIP(e.Addresses[0])
-			if !ok || !ip.Is4() {
+			if !ok || ip.Is4() == v6 {
 				continue
 			}
 			pe := parsedEndpoint{

@@ -263,12 +263,18 @@ func (t *ServiceTracker) build(key string) (ports []*ServicePort, affected []str
 	var refused []string
 	if len(ports) > 0 {
 		p := ports[0]
-		if len(p.ExternalIPs)+len(p.LoadBalancerIPs) > 0 {
+		ext := p.ExternalIPs
+		n := len(p.ExternalIPs) + len(p.LoadBalancerIPs)
+		if f := p.IPv6; f != nil {
+			ext = append(slices.Clone(ext), f.ExternalIPs...)
+			n += len(f.ExternalIPs) + len(f.LoadBalancerIPs)
+		}
+		if n > 0 {
 			t.addressed[key] = true
 		} else {
 			delete(t.addressed, key)
 		}
-		affected = t.book.setClaims(key, svc.CreationTimestamp.Time, t.adm.inRangeExternalIPs(p.ExternalIPs))
+		affected = t.book.setClaims(key, svc.CreationTimestamp.Time, t.adm.inRangeExternalIPs(ext))
 		refused = t.adm.admit(t.book, key, ports)
 	} else {
 		delete(t.addressed, key)

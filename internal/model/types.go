@@ -61,6 +61,45 @@ type ServicePort struct {
 	// but sends no new ones, unless no ready endpoint exists, when serving+terminating ones are used.
 	ClusterEndpoints  []Endpoint
 	ExternalEndpoints []Endpoint
+
+	// IPv6 is the port's IPv6 side (Options.IPv6: a dual-stack or IPv6-only Service); nil when the Service has no
+	// IPv6 cluster IP. The fields above are then IPv4 only (an IPv6-only Service has no ClusterIPs there), and
+	// endpoints of a family serve that family's addresses only. See Family and ForFamily.
+	IPv6 *Family
+}
+
+// Family is one IP family's addresses and endpoints of a ServicePort: cluster IPs from spec.clusterIPs,
+// admitted ExternalIPs, load balancer ingress IPs, endpoints from that family's EndpointSlices.
+type Family struct {
+	ClusterIPs        []netip.Addr
+	ExternalIPs       []netip.Addr
+	LoadBalancerIPs   []netip.Addr
+	ClusterEndpoints  []Endpoint
+	ExternalEndpoints []Endpoint
+}
+
+// ForFamily returns the port as a single-family back end sees it: for IPv4 (v6 false) the port itself, for
+// IPv6 a copy with the IPv6 side in the address and endpoint fields (and IPv6 nil); nil when the port has no
+// cluster IP of that family (nothing to program).
+func (sp *ServicePort) ForFamily(v6 bool) *ServicePort {
+	if sp == nil {
+		return nil
+	}
+	if !v6 {
+		if len(sp.ClusterIPs) == 0 {
+			return nil
+		}
+		return sp
+	}
+	f := sp.IPv6
+	if f == nil || len(f.ClusterIPs) == 0 {
+		return nil
+	}
+	c := *sp
+	c.ClusterIPs, c.ExternalIPs, c.LoadBalancerIPs = f.ClusterIPs, f.ExternalIPs, f.LoadBalancerIPs
+	c.ClusterEndpoints, c.ExternalEndpoints = f.ClusterEndpoints, f.ExternalEndpoints
+	c.IPv6 = nil
+	return &c
 }
 
 // TakesTraffic reports whether a local endpoint of a ClusterEndpoints or ExternalEndpoints list takes traffic on
@@ -71,11 +110,24 @@ func (e Endpoint) TakesTraffic() bool { return e.Ready || e.Serving }
 // LocalEndpoints counts the endpoints on this node that take traffic among the port's ExternalEndpoints
 // (external) or ClusterEndpoints: what a health check node port reports, and what decides whether a node with
 // a Local traffic policy announces the Service.
+// Both families count (the IPv6 side's endpoints too).
 func (sp *ServicePort) LocalEndpoints(external bool) int {
 	eps := sp.ClusterEndpoints
 	if external {
 		eps = sp.ExternalEndpoints
 	}
+	n := countLocal(eps)
+	if f := sp.IPv6; f != nil {
+		if external {
+			n += countLocal(f.ExternalEndpoints)
+		} else {
+			n += countLocal(f.ClusterEndpoints)
+		}
+	}
+	return n
+}
+
+func countLocal(eps []Endpoint) int {
 	n := 0
 	for i := range eps {
 		if eps[i].Local && eps[i].TakesTraffic() {
