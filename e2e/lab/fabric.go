@@ -35,7 +35,7 @@ func (l *Lab) AddRackHost(ctx context.Context, rack *Rack, name string) (*Host, 
 		return nil, err
 	}
 	port := fmt.Sprintf("f%d", i)
-	if err := ipBatch(ctx, rack.ToR.NS,
+	if err := ipBatch(ctx, rack.segmentNS(),
 		fmt.Sprintf("link add %s type veth peer name eth0 netns %s", port, h.NS),
 		fmt.Sprintf("link set %s master br0 up", port)); err != nil {
 		return nil, err

@@ -67,8 +67,8 @@ func (h *Host) Start(name string, cmd ...string) (*Proc, error) {
 //	--peer-router-ips=<ToR IP> --peer-router-asns=<ToR ASN> --peer-router-ttl-security --hold-time=9s
 //	--keepalive-interval=3s --connect-retry=2s --log-level=debug
 //
-// The ToR is the node's rack's; the three --peer-router flags are left out with Config.NoToRPeerFlags and in a
-// rack with RackConfig.NoNodePeering.
+// The ToR is the node's rack's (both ToRs of a dual-homed rack: --peer-router-ips=<a>,<b>); the three
+// --peer-router flags are left out with Config.NoToRPeerFlags and in a rack with RackConfig.NoNodePeering.
 func (n *Node) AgentArgs(extra ...string) []string {
 	c := n.lab.cfg
 	var args []string
@@ -83,8 +83,12 @@ func (n *Node) AgentArgs(extra ...string) []string {
 			"--cluster-cidr=" + c.ClusterCIDR.String(),
 		}
 		if !c.NoToRPeerFlags && (n.Rack == nil || !n.Rack.NoNodePeering) {
+			ips := tor.IP.String()
+			if n.Rack != nil && len(n.Rack.ToRs) > 1 { // a dual-homed rack: both ToRs (one AS)
+				ips = joinAddrs(n.Rack.ToRIPs())
+			}
 			args = append(args,
-				"--peer-router-ips="+tor.IP.String(),
+				"--peer-router-ips="+ips,
 				fmt.Sprintf("--peer-router-asns=%d", tor.ASN),
 				"--peer-router-ttl-security") // the ToR has ttl-security hops 1 (GTSM both ways)
 		}

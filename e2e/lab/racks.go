@@ -72,6 +72,13 @@ type RackConfig struct {
 	// NoASOverride leaves `as-override` out of an FRR ToR's node peer group: nodes sharing one ASN then need
 	// allow-own-AS to learn each other's routes, as behind a BIRD ToR.
 	NoASOverride bool `json:",omitempty"`
+	// DualToR gives the rack (multi-rack labs only) a second ToR of the same kind and AS — a dual-homed rack:
+	// ToR a at .1 and ToR b at .2 of the rack's subnet, each with its own link to the spine, both on the rack's
+	// segment, which then is a bridge of its own (namespace <p>sw<r>) so that either ToR can fail alone. The
+	// agents get both ToRs as peer routers; the nodes' static uplink routes are ECMP over both, with
+	// fib_multipath_use_neigh and short neighbour timers, so a dead ToR's next hop is skipped once its ARP entry
+	// fails (routes learned by BGP fail over by BGP/BFD).
+	DualToR bool `json:",omitempty"`
 }
 
 // RackLabel is the Node label a multi-rack lab gives every node: its rack's name (Rack.Name, "rack1", …), what
@@ -86,13 +93,35 @@ const AnnotationNodeASN = "canopy.io/node-asn"
 type Rack struct {
 	Index  int          // 1 for the first rack
 	Name   string       // "rack1": the value of RackLabel on its nodes
-	Subnet netip.Prefix // the rack's segment: ToR .1, node i .10+i, fabric hosts .200+
+	Subnet netip.Prefix // the rack's segment: ToR .1 (a dual-homed rack's second ToR .2), node i .10+i, fabric hosts .200+
 	ToR    *ToR
-	Nodes  []*Node
+	// ToRs are the rack's ToRs: ToR alone, or ToR and the second of a dual-homed rack (RackConfig.DualToR).
+	ToRs  []*ToR
+	Nodes []*Node
 	// NodeASN is RackConfig.NodeASN (0: the nodes use the cluster ASN).
 	NodeASN uint32
 	// NoNodePeering is RackConfig.NoNodePeering.
 	NoNodePeering bool
+
+	seg string // a dual-homed rack's switch namespace ("": the bridge is in the ToR's namespace)
+}
+
+// segmentNS is the namespace holding the rack's bridge br0 (the L2 segment): the ToR's, or in a dual-homed
+// rack a switch namespace of its own.
+func (r *Rack) segmentNS() string {
+	if r.seg != "" {
+		return r.seg
+	}
+	return r.ToR.NS
+}
+
+// ToRIPs are the addresses of the rack's ToRs on its segment.
+func (r *Rack) ToRIPs() []netip.Addr {
+	var out []netip.Addr
+	for _, t := range r.ToRs {
+		out = append(out, t.IP)
+	}
+	return out
 }
 
 // NodeIPs are the addresses of the rack's nodes.
@@ -161,9 +190,24 @@ func (c Config) rackSubnet(r int) netip.Prefix {
 	return netip.PrefixFrom(nthAddr(c.FabricCIDR, (r-1)<<(32-c.FabricCIDR.Bits())), c.FabricCIDR.Bits())
 }
 
-// uplink returns the spine's and the ToR's addresses on rack r's link.
-func (c Config) uplink(r int) (spine, tor netip.Addr) {
-	return nthAddr(c.UplinkCIDR, 4*(r-1)+1), nthAddr(c.UplinkCIDR, 4*(r-1)+2)
+// uplink returns the spine's and the ToR's addresses on rack r's link (second: the link of a dual-homed rack's
+// second ToR, the /30s after every rack's first).
+func (c Config) uplink(r int, second bool) (spine, tor netip.Addr) {
+	k := r - 1
+	if second {
+		k += c.Racks
+	}
+	return nthAddr(c.UplinkCIDR, 4*k+1), nthAddr(c.UplinkCIDR, 4*k+2)
+}
+
+// dualToRs says whether a rack is dual-homed.
+func (c Config) dualToRs() bool {
+	for i, r := range c.PerRack {
+		if i < c.rackCount() && r.DualToR {
+			return true
+		}
+	}
+	return false
 }
 
 // torKinds lists the ToR kinds the lab uses.
@@ -219,6 +263,9 @@ func (c *Config) checkRacks() error {
 		if r.NoASOverride && r.ToRKind != "" && r.ToRKind != ToRFRR {
 			return fmt.Errorf("lab: PerRack[%d].NoASOverride: only an FRR ToR does as-override", i)
 		}
+		if r.DualToR && !c.multiRack() {
+			return fmt.Errorf("lab: PerRack[%d].DualToR: needs a multi-rack lab (Racks > 1)", i)
+		}
 	}
 	if !c.multiRack() {
 		return nil
@@ -240,7 +287,11 @@ func (c *Config) checkRacks() error {
 	if c.SpineCIDR.Bits() > 29 || !c.SpineCIDR.Addr().Is4() || !c.UplinkCIDR.Addr().Is4() {
 		return fmt.Errorf("lab: SpineCIDR %s / UplinkCIDR %s: want IPv4, room for the spine and the control plane", c.SpineCIDR, c.UplinkCIDR)
 	}
-	if 4*c.Racks > 1<<(32-c.UplinkCIDR.Bits()) {
+	links := c.Racks
+	if c.dualToRs() {
+		links *= 2
+	}
+	if 4*links > 1<<(32-c.UplinkCIDR.Bits()) {
 		return fmt.Errorf("lab: UplinkCIDR %s has no room for %d /30 links", c.UplinkCIDR, c.Racks)
 	}
 	nets := map[string]netip.Prefix{"SpineCIDR": c.SpineCIDR, "UplinkCIDR": c.UplinkCIDR, "ExternalCIDR": c.ExternalCIDR,
@@ -264,7 +315,11 @@ func (c *Config) checkRacks() error {
 }
 
 // newRouter makes a ToR (rack > 0) or the spine (rack 0) of the layout: names, addresses, directories.
-func (l *Lab) newRouter(rack int) *ToR {
+func (l *Lab) newRouter(rack int) *ToR { return l.newRackRouter(rack, false) }
+
+// newRackRouter is newRouter; the second ToR of a dual-homed rack (second) is tor<r>b (rack 1: tor1b), at .2 of
+// the rack's subnet.
+func (l *Lab) newRackRouter(rack int, second bool) *ToR {
 	c := l.cfg
 	if rack == 0 {
 		return &ToR{Host: Host{Name: "spine", NS: l.Prefix + "spine", IP: nthAddr(c.SpineCIDR, 1), lab: l}, ASN: c.SpineASN,
@@ -273,12 +328,16 @@ func (l *Lab) newRouter(rack int) *ToR {
 	rc := c.rack(rack)
 	t := &ToR{Host: Host{Name: "tor", NS: l.Prefix + "tor", IP: nthAddr(c.rackSubnet(rack), 1), lab: l}, ASN: rc.ToRASN,
 		Kind: rc.ToRKind, Dir: filepath.Join(stateDir(c.StateRoot, l.Prefix), "tor"), logDir: "tor"}
-	if rack > 1 {
+	if rack > 1 || second {
 		name := fmt.Sprintf("tor%d", rack)
+		if second {
+			name += "b"
+			t.IP = nthAddr(c.rackSubnet(rack), 2)
+		}
 		t.Name, t.NS, t.Dir, t.procPrefix, t.logDir = name, l.Prefix+name, filepath.Join(filepath.Dir(t.Dir), name), name+"-", name
 	}
 	if c.multiRack() {
-		t.SpineIP, t.Uplink = c.uplink(rack)
+		t.SpineIP, t.Uplink = c.uplink(rack, second)
 	}
 	return t
 }
@@ -298,7 +357,14 @@ func (l *Lab) layoutRacks() {
 		} else {
 			rk.ToR = l.newRouter(r)
 		}
-		rk.ToR.rack = rk
+		rk.ToRs = []*ToR{rk.ToR}
+		if rc.DualToR && c.multiRack() {
+			rk.ToRs = append(rk.ToRs, l.newRackRouter(r, true))
+			rk.seg = fmt.Sprintf("%ssw%d", l.Prefix, r)
+		}
+		for _, t := range rk.ToRs {
+			t.rack = rk
+		}
 		l.Racks = append(l.Racks, rk)
 	}
 	for _, n := range l.Nodes {
@@ -317,11 +383,15 @@ func (l *Lab) layoutRacks() {
 	}
 }
 
-// Routers returns the lab's BGP routers: every rack's ToR, then the spine if there is one.
+// Routers returns the lab's BGP routers: every rack's ToRs, then the spine if there is one.
 func (l *Lab) Routers() []*ToR {
 	var out []*ToR
 	for _, r := range l.Racks {
-		out = append(out, r.ToR)
+		if len(r.ToRs) == 0 { // a Rack made by hand
+			out = append(out, r.ToR)
+			continue
+		}
+		out = append(out, r.ToRs...)
 	}
 	if l.Spine != nil {
 		out = append(out, l.Spine)
@@ -334,7 +404,12 @@ func (l *Lab) buildFabric(ctx context.Context) error {
 	c := l.cfg
 	hosts := []*Host{&l.Spine.Host, l.Ext, l.CP}
 	for _, r := range l.Racks {
-		hosts = append(hosts, &r.ToR.Host)
+		for _, t := range r.ToRs {
+			hosts = append(hosts, &t.Host)
+		}
+		if r.seg != "" {
+			hosts = append(hosts, &Host{NS: r.seg})
+		}
 	}
 	for _, n := range l.Nodes {
 		hosts = append(hosts, &n.Host)
@@ -356,11 +431,16 @@ func (l *Lab) buildFabric(ctx context.Context) error {
 		"link set ext up",
 	}
 	for _, r := range l.Racks {
-		port := fmt.Sprintf("r%d", r.Index)
-		spine = append(spine,
-			fmt.Sprintf("link add %s type veth peer name spine netns %s", port, r.ToR.NS),
-			fmt.Sprintf("addr add %s/30 dev %s", r.ToR.SpineIP, port),
-			fmt.Sprintf("link set %s up", port))
+		for i, t := range r.ToRs {
+			port := fmt.Sprintf("r%d", r.Index)
+			if i > 0 {
+				port += "b"
+			}
+			spine = append(spine,
+				fmt.Sprintf("link add %s type veth peer name spine netns %s", port, t.NS),
+				fmt.Sprintf("addr add %s/30 dev %s", t.SpineIP, port),
+				fmt.Sprintf("link set %s up", port))
+		}
 	}
 	if err := ipBatch(ctx, l.Spine.NS, spine...); err != nil {
 		return err
@@ -369,24 +449,7 @@ func (l *Lab) buildFabric(ctx context.Context) error {
 		return err
 	}
 	for _, r := range l.Racks {
-		tor := []string{
-			"link set lo up",
-			"link add br0 type bridge",
-			fmt.Sprintf("addr add %s/%d dev br0", r.ToR.IP, r.Subnet.Bits()),
-			"link set br0 up",
-			fmt.Sprintf("addr add %s/30 dev spine", r.ToR.Uplink),
-			"link set dev spine up",
-		}
-		for _, n := range r.Nodes {
-			port := fmt.Sprintf("n%d", n.Index)
-			tor = append(tor,
-				fmt.Sprintf("link add %s type veth peer name eth0 netns %s", port, n.NS),
-				fmt.Sprintf("link set %s master br0 up", port))
-		}
-		if err := ipBatch(ctx, r.ToR.NS, tor...); err != nil {
-			return err
-		}
-		if err := sysctlIn(ctx, r.ToR.NS, "net.ipv4.ip_forward=1"); err != nil {
+		if err := l.buildRack(ctx, r); err != nil {
 			return err
 		}
 	}
@@ -406,23 +469,79 @@ func (l *Lab) buildFabric(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			gw := n.Rack.ToR.IP
+			gw := "via " + n.Rack.ToR.IP.String()
+			sysctls := []string{"net.ipv4.ip_forward=1"}
+			if len(n.Rack.ToRs) > 1 {
+				// ECMP over both ToRs; a next hop whose neighbour entry failed is skipped (use_neigh), and a
+				// dead ToR's entry fails within about 2 s (reachable 0.5-1.5 s, 1 s delay, 3 probes 200 ms apart).
+				gw = ""
+				for _, t := range n.Rack.ToRs {
+					gw += fmt.Sprintf(" nexthop via %s", t.IP)
+				}
+				sysctls = append(sysctls, "net.ipv4.fib_multipath_use_neigh=1",
+					"net.ipv4.neigh.eth0.base_reachable_time_ms=1000", "net.ipv4.neigh.eth0.delay_first_probe_time=1",
+					"net.ipv4.neigh.eth0.retrans_time_ms=200", "net.ipv4.neigh.eth0.ucast_solicit=3")
+			}
 			cmds := []string{"link set lo up", fmt.Sprintf("addr add %s/%d dev eth0", n.IP, n.Rack.Subnet.Bits()), "link set eth0 up"}
 			for _, p := range l.uplinkRoutes(n.Rack) {
-				cmds = append(cmds, fmt.Sprintf("route add %s via %s", p, gw))
+				cmds = append(cmds, fmt.Sprintf("route add %s %s", p, gw))
 			}
 			if c.NodeDefaultRoute {
-				cmds = append(cmds, fmt.Sprintf("route add default via %s", gw))
+				cmds = append(cmds, fmt.Sprintf("route add default %s", gw))
 			}
 			if err := ipBatch(ctx, n.NS, cmds...); err != nil {
 				errs[i] = err
 				return
 			}
-			errs[i] = sysctlIn(ctx, n.NS, "net.ipv4.ip_forward=1")
+			errs[i] = sysctlIn(ctx, n.NS, sysctls...)
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// buildRack makes a rack's ToRs' links and its segment: a bridge br0 in the ToR's namespace with a port for each
+// node; in a dual-homed rack a bridge br0 in the switch namespace with a port for each node and each ToR (whose
+// end, named br0 too, holds its address).
+func (l *Lab) buildRack(ctx context.Context, r *Rack) error {
+	var seg []string
+	for _, t := range r.ToRs {
+		cmds := []string{"link set lo up"}
+		if r.seg == "" {
+			cmds = append(cmds, "link add br0 type bridge")
+		} else {
+			port := strings.TrimPrefix(t.NS, l.Prefix)
+			cmds = append(cmds, fmt.Sprintf("link add br0 type veth peer name %s netns %s", port, r.seg))
+			seg = append(seg, fmt.Sprintf("link set %s master br0 up", port))
+		}
+		cmds = append(cmds,
+			fmt.Sprintf("addr add %s/%d dev br0", t.IP, r.Subnet.Bits()),
+			"link set br0 up",
+			fmt.Sprintf("addr add %s/30 dev spine", t.Uplink),
+			"link set dev spine up")
+		if err := ipBatch(ctx, t.NS, cmds...); err != nil {
+			return err
+		}
+		if err := sysctlIn(ctx, t.NS, "net.ipv4.ip_forward=1"); err != nil {
+			return err
+		}
+	}
+	ns := r.segmentNS()
+	if r.seg != "" {
+		if err := ipBatch(ctx, ns, "link set lo up", "link add br0 type bridge", "link set br0 up"); err != nil {
+			return err
+		}
+	}
+	for _, n := range r.Nodes {
+		port := fmt.Sprintf("n%d", n.Index)
+		seg = append(seg,
+			fmt.Sprintf("link add %s type veth peer name eth0 netns %s", port, n.NS),
+			fmt.Sprintf("link set %s master br0 up", port))
+	}
+	if len(seg) == 0 {
+		return nil
+	}
+	return ipBatch(ctx, ns, seg...)
 }
 
 // uplinkRoutes are the static routes a node of rack has through its ToR in a multi-rack lab: the spine's
@@ -454,7 +573,13 @@ router bgp %d
  timers bgp 3 9
 `, l.Spine.NS, l.Spine.ASN, l.Spine.IP)
 	for _, r := range l.Racks {
-		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s description %s\n", r.ToR.Uplink, r.ToR.ASN, r.ToR.Uplink, r.Name)
+		for _, t := range r.ToRs {
+			fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s description %s\n", t.Uplink, t.ASN, t.Uplink, r.Name)
+			if len(r.ToRs) > 1 {
+				// A dual-homed rack's ToR may be powered off and on: reconnect within 2 s, not FRR's 10.
+				fmt.Fprintf(&b, " neighbor %s timers connect 2\n", t.Uplink)
+			}
+		}
 	}
 	fmt.Fprintf(&b, ` address-family ipv4 unicast
   network %s
@@ -512,10 +637,12 @@ func (l *Lab) waitFabric(ctx context.Context) error {
 		return nil
 	}
 	for _, r := range l.Racks {
-		if err := l.waitFor(ctx, fmt.Sprintf("the spine's route to %s (%s)", r.Subnet, r.Name), r.ToR.procPrefix+r.ToR.mainDaemon(), func() error {
-			return errors.Join(has(l.Spine.NS, r.Subnet), has(r.ToR.NS, l.cfg.SpineCIDR))
-		}); err != nil {
-			return err
+		for _, t := range r.ToRs {
+			if err := l.waitFor(ctx, fmt.Sprintf("the spine's route to %s (%s, %s)", r.Subnet, r.Name, t.Name), t.procPrefix+t.mainDaemon(), func() error {
+				return errors.Join(has(l.Spine.NS, r.Subnet), has(t.NS, l.cfg.SpineCIDR))
+			}); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -581,4 +708,13 @@ func pollEvery(ctx context.Context, d time.Duration, f func() error) error {
 		case <-time.After(d):
 		}
 	}
+}
+
+// joinAddrs is "a,b,…".
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
 }

@@ -32,6 +32,7 @@ type ToR struct {
 	Uplink, SpineIP netip.Addr
 
 	argv       map[string][]string // each daemon's command line, for RestartDaemon
+	announced  []netip.Prefix      // a BIRD router's Announce'd prefixes (its static protocol "announced")
 	procPrefix string              // of its processes' names: "" (rack 1), "tor2-", "spine-"
 	logDir     string              // under WorkDir: "tor", "tor2", "spine"
 	rack       *Rack               // nil for the spine
@@ -184,7 +185,7 @@ func (l *Lab) startFRRDaemons(ctx context.Context, t *ToR, bgpdConf string, bfd 
 	if err := l.startZebra(ctx, t, logs); err != nil {
 		return err
 	}
-	t.argv = map[string][]string{"bgpd": l.frrDaemon(t, "bgpd")}
+	t.argv = map[string][]string{"zebra": l.frrDaemon(t, "zebra"), "bgpd": l.frrDaemon(t, "bgpd")}
 	if bfd {
 		t.argv["bfdd"] = append(l.frrDaemon(t, "bfdd"), "--bfdctl", filepath.Join(t.Dir, "bfdd.sock"))
 		if _, err := l.startProc(t.procPrefix+"bfdd", t.NS, filepath.Join(logs, "bfdd.log"), t.argv["bfdd"]); err != nil {
@@ -254,6 +255,130 @@ func (t *ToR) RestartDaemon(ctx context.Context, name string) error {
 	})
 }
 
+// daemonOrder is the order the router's daemons start in (PowerOn).
+func (t *ToR) daemonOrder() []string {
+	switch t.Kind {
+	case ToRBIRD:
+		return []string{"bird"}
+	case ToRGoBGP:
+		return []string{"gobgpd", "bird"}
+	}
+	out := []string{"zebra"}
+	if _, ok := t.argv["bfdd"]; ok {
+		out = append(out, "bfdd")
+	}
+	return append(out, "bgpd")
+}
+
+// links are the router's network interfaces other than lo (its bridge and ports, or its segment end, and its
+// uplink to the spine).
+func (t *ToR) links(ctx context.Context) ([]string, error) {
+	out, err := t.Exec(ctx, "ip", "-j", "link", "show")
+	if err != nil {
+		return nil, err
+	}
+	var ls []struct {
+		Name string `json:"ifname"`
+	}
+	if err := json.Unmarshal([]byte(out), &ls); err != nil {
+		return nil, fmt.Errorf("ip -j link: %w", err)
+	}
+	var names []string
+	for _, l := range ls {
+		if l.Name != "lo" {
+			names = append(names, l.Name)
+		}
+	}
+	return names, nil
+}
+
+// PowerOff makes the router fail as a box losing power: every link of its namespace but lo goes down first
+// (the kernel drops the routes through them; the spine sees carrier loss on its port, the nodes see nothing and
+// must detect the loss by BFD or the hold time — a dual-homed rack's nodes sit on a switch of their own, a
+// single-ToR rack's nodes lose carrier), then every daemon is SIGKILLed, so no NOTIFICATION, FIN or RST ever
+// leaves it. It returns when the links are down (Down is that moment) and the daemons are gone. PowerOn brings
+// it back. Runtime configuration (Announce, Config) is lost, as in a reboot.
+func (t *ToR) PowerOff(ctx context.Context) (down time.Time, err error) {
+	links, err := t.links(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var cmds []string
+	for _, l := range links {
+		cmds = append(cmds, "link set "+l+" down")
+	}
+	if err := ipBatch(ctx, t.NS, cmds...); err != nil {
+		return time.Time{}, err
+	}
+	down = time.Now()
+	var errs []error
+	for _, name := range t.daemonOrder() {
+		if p := t.Daemon(name); p != nil {
+			errs = append(errs, p.Kill())
+		}
+	}
+	return down, errors.Join(errs...)
+}
+
+// PowerOn brings a router PowerOff stopped back: its links up, then its daemons started again from their
+// configuration files, as at lab start (FRR: zebra, bfdd, bgpd; BIRD; gobgpd and its FIB helper, which
+// re-announces the rack's subnet), each waited for until it answers.
+func (t *ToR) PowerOn(ctx context.Context) error {
+	l := t.lab
+	links, err := t.links(ctx)
+	if err != nil {
+		return err
+	}
+	var cmds []string
+	for _, name := range links {
+		cmds = append(cmds, "link set "+name+" up")
+	}
+	if err := ipBatch(ctx, t.NS, cmds...); err != nil {
+		return err
+	}
+	for _, name := range t.daemonOrder() {
+		if t.Daemon(name) != nil {
+			continue // never stopped
+		}
+		argv, ok := t.argv[name]
+		if !ok {
+			return fmt.Errorf("lab: %s has no %s command line", t.Name, name)
+		}
+		if name == "zebra" {
+			_ = os.Remove(filepath.Join(t.Dir, "zserv.api"))
+		}
+		if _, err := l.startProc(t.procPrefix+name, t.NS, filepath.Join(l.WorkDir, t.logDir, name+".log"), argv); err != nil {
+			return err
+		}
+		if err := l.waitFor(ctx, t.Name+" "+name+" to answer", t.procPrefix+name, func() error {
+			switch name {
+			case "zebra":
+				_, err := os.Stat(filepath.Join(t.Dir, "zserv.api"))
+				return err
+			case "bfdd":
+				_, err := t.Vtysh(ctx, "show bfd peers")
+				return err
+			case "bgpd":
+				_, err := t.Vtysh(ctx, "show bgp summary")
+				return err
+			case "bird":
+				_, err := run(ctx, "birdc", "-s", t.birdSocket(), "show status")
+				return err
+			case "gobgpd":
+				_, err := t.Exec(ctx, "gobgp", "global")
+				return err
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	if t.Kind == ToRGoBGP && l.cfg.multiRack() {
+		return t.Announce(ctx, t.rack.Subnet.String())
+	}
+	return nil
+}
+
 // Vtysh runs vtysh commands in one session (`vtysh -c cmd1 -c cmd2 …`) and returns the output. vtysh talks
 // to the daemons over their unix sockets in Dir. Don't `write memory`: vtysh would write /etc/frr. Only an FRR
 // router has vtysh.
@@ -288,7 +413,9 @@ func (t *ToR) Config(ctx context.Context, lines ...string) error {
 }
 
 // Announce makes the ToR originate prefixes to every node (e.g. "0.0.0.0/0", "198.51.100.0/24"). The base
-// config has `no bgp network import-check`, so the ToR need not have a route for them.
+// config has `no bgp network import-check`, so the ToR need not have a route for them. A gobgpd ToR adds them to
+// its global RIB; a BIRD ToR to a static protocol of blackhole routes (config reload, no session reset), never
+// installed into its kernel.
 func (t *ToR) Announce(ctx context.Context, prefixes ...string) error {
 	return t.networks(ctx, "", prefixes)
 }
@@ -315,7 +442,7 @@ func (t *ToR) networks(ctx context.Context, no string, prefixes []string) error 
 		return nil
 	}
 	if t.Kind == ToRBIRD {
-		return fmt.Errorf("%s is a BIRD router: Announce/Withdraw are not implemented for BIRD", t.Name)
+		return t.birdNetworks(ctx, no == "", prefixes)
 	}
 	lines := []string{fmt.Sprintf("router bgp %d", t.ASN), "address-family ipv4 unicast"}
 	for _, p := range prefixes {

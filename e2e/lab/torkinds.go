@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -69,7 +70,48 @@ protocol kernel {
 }
 `, t.Uplink, t.ASN, t.SpineIP, c.SpineASN)
 	}
+	if len(t.announced) > 0 {
+		// Announce: originated to every peer, never installed into the kernel (not RTS_BGP).
+		b.WriteString("protocol static announced {\n\tipv4;\n")
+		for _, p := range t.announced {
+			fmt.Fprintf(&b, "\troute %s blackhole;\n", p)
+		}
+		b.WriteString("}\n")
+	}
 	return b.String()
+}
+
+// birdNetworks adds (add) or removes prefixes from what a BIRD router originates: its configuration gets them
+// as routes of a static protocol, and `birdc configure` applies it without touching the other protocols'
+// sessions.
+func (t *ToR) birdNetworks(ctx context.Context, add bool, prefixes []string) error {
+	set := slices.Clone(t.announced)
+	for _, s := range prefixes {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return err
+		}
+		p = p.Masked()
+		i := slices.Index(set, p)
+		switch {
+		case add && i < 0:
+			set = append(set, p)
+		case !add && i >= 0:
+			set = slices.Delete(set, i, i+1)
+		}
+	}
+	t.announced = set
+	if err := os.WriteFile(filepath.Join(t.Dir, "bird.conf"), []byte(t.birdConf(t.lab.cfg)), 0o644); err != nil {
+		return err
+	}
+	out, err := t.Birdc(ctx, "configure")
+	if err == nil && !strings.Contains(out, "Reconfigur") {
+		err = fmt.Errorf("unexpected answer")
+	}
+	if err != nil {
+		return fmt.Errorf("%s: birdc configure: %v: %s", t.Name, err, out)
+	}
+	return nil
 }
 
 // startBIRD writes the configuration, starts bird in the foreground (its log on stderr) and waits until birdc
@@ -181,6 +223,9 @@ func (t *ToR) gobgpConf(c Config) string {
   [peer-groups.ttl-security.config]
     enabled = true
     ttl-min = 255
+  [peer-groups.graceful-restart.config]
+    enabled = true
+    helper-only = true
   [[peer-groups.afi-safis]]
     [peer-groups.afi-safis.config]
       afi-safi-name = "ipv4-unicast"
