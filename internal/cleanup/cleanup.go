@@ -44,6 +44,7 @@ import (
 	"canopy.io/canopy/cni/conflist"
 	"canopy.io/canopy/policy"
 	"canopy.io/canopy/routes"
+	"canopy.io/canopy/routes/overlay"
 )
 
 // Config says where Canopy's state is (the agent's flags of the same names) and what to remove.
@@ -151,6 +152,7 @@ func Run(c Config) *Report {
 	defer h.Close()
 
 	removeRoutes(h, c.RouteProtocol, table, c.DryRun, r.section("routes", fmt.Sprintf("table %d, protocol %d", table, c.RouteProtocol)))
+	removeOverlay(h, table, c.DryRun, r.section("overlay", overlay.Device))
 
 	for _, b := range Backends {
 		s := r.section(b.Family, string(b.Flavor))

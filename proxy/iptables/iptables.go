@@ -12,6 +12,10 @@
 //
 // Sync rewrites only the chains of the service ports it is told changed, plus the shared dispatch chains when
 // a line of theirs changed (they are regenerated from memory: one line per VIP:port).
+//
+// A Proxier programs one IP family: New is IPv4 (iptables), New6 the same rules for IPv6 (ip6tables, /128
+// matches, ICMPv6 rejects, IPv6 node addresses and cluster CIDRs); proxy.DualStack runs one of each, each
+// synced with its family's view of the service ports.
 package iptables
 
 import (
@@ -33,7 +37,8 @@ import (
 
 // Config is what the proxier needs to know about the node and the cluster.
 type Config struct {
-	// ClusterCIDRs are the pod networks: traffic to a cluster IP from elsewhere is masqueraded (IPv4 used).
+	// ClusterCIDRs are the pod networks: traffic to a cluster IP from elsewhere is masqueraded (those of the
+	// proxier's family used).
 	ClusterCIDRs []netip.Prefix
 	// MasqueradeAll masquerades all traffic to cluster IPs, from pods too.
 	MasqueradeAll bool
@@ -82,6 +87,7 @@ type applied struct {
 // Proxier is the iptables Backend.
 type Proxier struct {
 	cfg         Config
+	v6          bool // IPv6 (ip6tables), else IPv4
 	podCIDRs    []netip.Prefix
 	nodePortDst []string
 	r           Restorer
@@ -104,19 +110,29 @@ var _ proxy.Backend = (*Proxier)(nil)
 // New returns a proxier writing through r, jumping from the built-in chains through it, and cleaning UDP
 // conntrack entries through ct (nil: none).
 func New(cfg Config, r Restorer, it IPTables, ct Conntrack, log *slog.Logger) *Proxier {
+	return newFamily(cfg, false, r, it, ct, log)
+}
+
+// New6 is New for IPv6: r, it and ct act on ip6tables and IPv6 conntrack, and the proxier programs the IPv6
+// addresses and endpoints of the service ports it is given (model.ServicePort.ForFamily(true)).
+func New6(cfg Config, r Restorer, it IPTables, ct Conntrack, log *slog.Logger) *Proxier {
+	return newFamily(cfg, true, r, it, ct, log)
+}
+
+func newFamily(cfg Config, v6 bool, r Restorer, it IPTables, ct Conntrack, log *slog.Logger) *Proxier {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	p := &Proxier{cfg: cfg, r: r, ipt: it, ct: ct, log: log, applied: map[string]*applied{}}
+	p := &Proxier{cfg: cfg, v6: v6, r: r, ipt: it, ct: ct, log: log, applied: map[string]*applied{}}
 	for _, c := range cfg.ClusterCIDRs {
-		if c.Addr().Is4() {
+		if c = netip.PrefixFrom(c.Addr().Unmap(), c.Bits()); c.Addr().Is4() != v6 {
 			c = c.Masked()
 			if !slices.Contains(p.podCIDRs, c) {
 				p.podCIDRs = append(p.podCIDRs, c)
 			}
 		}
 	}
-	p.nodePortDst = nodePortDestinations(cfg)
+	p.nodePortDst = nodePortDestinations(cfg, v6)
 	return p
 }
 
@@ -138,6 +154,20 @@ func NewFlavour(cfg Config, f ipt.Flavour, log *slog.Logger) (*Proxier, error) {
 // NewOn returns a proxier on an opened host iptables, with netlink conntrack cleanup.
 func NewOn(cfg Config, h *ipt.Host, log *slog.Logger) *Proxier {
 	return New(cfg, h, h, netlinkConntrack{}, log)
+}
+
+// NewOn6 returns the IPv6 proxier on an opened host ip6tables (ipt.OpenFlavour6), with netlink IPv6 conntrack
+// cleanup.
+func NewOn6(cfg Config, h *ipt.Host, log *slog.Logger) *Proxier {
+	return New6(cfg, h, h, netlinkConntrack{v6: true}, log)
+}
+
+// NewDualStack returns the dual-stack back end: the IPv4 proxier on h4 and the IPv6 one on h6.
+func NewDualStack(cfg Config, h4, h6 *ipt.Host, log *slog.Logger) *proxy.DualStack {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return proxy.NewDualStack(NewOn(cfg, h4, log), NewOn6(cfg, h6, log.With("family", "ipv6")))
 }
 
 // Name implements proxy.Backend.
@@ -266,7 +296,7 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 			filter.Declare(c)
 		}
 		w.Reset()
-		staticFilter(&w)
+		staticFilter(&w, p.v6)
 		filter.Raw(w.String())
 	}
 	for _, k := range keys {

@@ -12,10 +12,11 @@ import (
 // NewRestorer returns the host Restorer for flavour f (see ipt.NewRestorer).
 func NewRestorer(f ipt.Flavour) Restorer { return ipt.NewRestorer(f) }
 
-// netlinkConntrack deletes conntrack entries over netlink in the calling thread's network namespace.
-type netlinkConntrack struct{}
+// netlinkConntrack deletes conntrack entries (IPv4, or IPv6 with v6) over netlink in the calling thread's
+// network namespace.
+type netlinkConntrack struct{ v6 bool }
 
-func (netlinkConntrack) DeleteUDP(flows []Flow) error {
+func (c netlinkConntrack) DeleteUDP(flows []Flow) error {
 	filters := make([]netlink.CustomConntrackFilter, 0, len(flows))
 	for _, f := range flows {
 		cf := &netlink.ConntrackFilter{}
@@ -42,6 +43,10 @@ func (netlinkConntrack) DeleteUDP(flows []Flow) error {
 	if len(filters) == 0 {
 		return nil
 	}
-	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(unix.AF_INET), filters...)
+	fam := netlink.InetFamily(unix.AF_INET)
+	if c.v6 {
+		fam = unix.AF_INET6
+	}
+	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...)
 	return err
 }

@@ -84,12 +84,12 @@ type ctInfo struct {
 }
 
 // usable picks the endpoints that take new connections: the ready ones, or if none is ready the serving and
-// terminating ones. IPv4 only, duplicates dropped.
-func usable(eps []model.Endpoint) []model.Endpoint {
+// terminating ones. Of the family (v6: IPv6, else IPv4) only, duplicates dropped.
+func usable(eps []model.Endpoint, v6 bool) []model.Endpoint {
 	pick := func(ok func(model.Endpoint) bool) []model.Endpoint {
 		var out []model.Endpoint
 		for _, e := range eps {
-			if !ok(e) || !e.IP.Is4() || e.Port == 0 {
+			if !ok(e) || e.IP.Unmap().Is4() == v6 || e.Port == 0 {
 				continue
 			}
 			if slices.ContainsFunc(out, func(o model.Endpoint) bool { return o.IP == e.IP && o.Port == e.Port }) {
@@ -105,10 +105,11 @@ func usable(eps []model.Endpoint) []model.Endpoint {
 	return pick(func(e model.Endpoint) bool { return e.Serving && e.Terminating })
 }
 
-func v4(addrs []netip.Addr) []netip.Addr {
+// ofFamily keeps the addresses of the family (v6: IPv6, else IPv4), each once.
+func ofFamily(addrs []netip.Addr, v6 bool) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range addrs {
-		if a = a.Unmap(); a.Is4() && !slices.Contains(out, a) {
+		if a = a.Unmap(); a.Is4() != v6 && !slices.Contains(out, a) {
 			out = append(out, a)
 		}
 	}
@@ -140,7 +141,10 @@ func (w *ruleWriter) add(chain string, parts ...string) {
 	w.WriteByte('\n')
 }
 
-// build turns a service port into its plan (nil: nothing to program, e.g. no IPv4 cluster IP).
+// host is ip as a host prefix (/32, /128).
+func host(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
+
+// build turns a service port into its plan (nil: nothing to program, e.g. no cluster IP of the family).
 func (p *Proxier) build(sp *model.ServicePort) *plan {
 	if sp == nil || sp.Port == 0 {
 		return nil
@@ -151,12 +155,12 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 	default:
 		return nil
 	}
-	cips := v4(sp.ClusterIPs)
+	cips := ofFamily(sp.ClusterIPs, p.v6)
 	if len(cips) == 0 {
 		return nil
 	}
-	extIPs, lbIPs := v4(sp.ExternalIPs), v4(sp.LoadBalancerIPs)
-	clusterEps, extEps := usable(sp.ClusterEndpoints), usable(sp.ExternalEndpoints)
+	extIPs, lbIPs := ofFamily(sp.ExternalIPs, p.v6), ofFamily(sp.LoadBalancerIPs, p.v6)
+	clusterEps, extEps := usable(sp.ClusterEndpoints, p.v6), usable(sp.ExternalEndpoints, p.v6)
 	hasEps := len(clusterEps) > 0 || len(extEps) > 0
 	hasExtDst := sp.NodePort != 0 || len(extIPs) > 0 || len(lbIPs) > 0
 
@@ -191,7 +195,7 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 	if len(clusterEps) > 0 {
 		var w ruleWriter
 		for _, ip := range cips {
-			d := "-d " + ip.String() + "/32"
+			d := "-d " + host(ip)
 			c := comment(sp.Key + " cluster IP")
 			switch {
 			case p.cfg.MasqueradeAll:
@@ -248,7 +252,7 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 		if sp.AffinityClientIP {
 			recent = "-m recent --name " + name + " --set"
 		}
-		w.add(name, "-s", e.IP.String()+"/32", "-j", ChainMarkMasq)
+		w.add(name, "-s", host(e.IP), "-j", ChainMarkMasq)
 		w.add(name, p4, recent, "-j DNAT --to-destination", netip.AddrPortFrom(e.IP, e.Port).String())
 		pl.chains = append(pl.chains, chain{name, w.String()})
 	}
@@ -258,14 +262,14 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 	if hasEps {
 		if len(clusterEps) > 0 {
 			for _, ip := range cips {
-				svc.add(ChainServices, "-d", ip.String()+"/32", p4, comment(sp.Key+" cluster IP"), port, "-j", svcChain)
+				svc.add(ChainServices, "-d", host(ip), p4, comment(sp.Key+" cluster IP"), port, "-j", svcChain)
 			}
 		}
 		for _, ip := range extIPs {
-			svc.add(ChainServices, "-d", ip.String()+"/32", p4, comment(sp.Key+" external IP"), port, "-j", extChain)
+			svc.add(ChainServices, "-d", host(ip), p4, comment(sp.Key+" external IP"), port, "-j", extChain)
 		}
 		for _, ip := range lbIPs {
-			svc.add(ChainServices, "-d", ip.String()+"/32", p4, comment(sp.Key+" loadbalancer IP"), port, "-j", extChain)
+			svc.add(ChainServices, "-d", host(ip), p4, comment(sp.Key+" loadbalancer IP"), port, "-j", extChain)
 		}
 		if sp.NodePort != 0 {
 			np.add(ChainNodePorts, p4, comment(sp.Key), "-m", proto, "--dport", strconv.Itoa(int(sp.NodePort)), "-j", extChain)
@@ -287,12 +291,12 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 	}
 	if intTarget != "" {
 		for _, ip := range cips {
-			flt.add(ChainFilter, "-d", ip.String()+"/32", p4, comment(sp.Key+intWhy), port, "-j", intTarget)
+			flt.add(ChainFilter, "-d", host(ip), p4, comment(sp.Key+intWhy), port, "-j", intTarget)
 		}
 	}
 	if extTarget != "" {
 		for _, ip := range append(slices.Clone(extIPs), lbIPs...) {
-			flt.add(ChainFilter, "-d", ip.String()+"/32", p4, comment(sp.Key+extWhy), port, "-j", extTarget)
+			flt.add(ChainFilter, "-d", host(ip), p4, comment(sp.Key+extWhy), port, "-j", extTarget)
 		}
 		if sp.NodePort != 0 {
 			for _, dst := range p.nodePortDst {
@@ -306,10 +310,10 @@ func (p *Proxier) build(sp *model.ServicePort) *plan {
 
 // nodePortDestinations is the destination match of node port traffic: addresses of the node inside
 // NodePortAddresses if given, else the NodeIPs if given, else any local address but loopback.
-func nodePortDestinations(cfg Config) []string {
+func nodePortDestinations(cfg Config, v6 bool) []string {
 	var out []string
 	for _, p := range cfg.NodePortAddresses {
-		if !p.Addr().Is4() {
+		if p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()); p.Addr().Is4() == v6 {
 			continue
 		}
 		p = p.Masked()
@@ -320,13 +324,17 @@ func nodePortDestinations(cfg Config) []string {
 		}
 	}
 	if len(cfg.NodePortAddresses) > 0 {
-		return out // only IPv6 prefixes: no IPv4 node ports
+		return out // only prefixes of the other family: no node ports of this one
 	}
-	for _, ip := range v4(cfg.NodeIPs) {
-		out = append(out, "-d "+ip.String()+"/32")
+	for _, ip := range ofFamily(cfg.NodeIPs, v6) {
+		out = append(out, "-d "+host(ip))
 	}
 	if len(out) == 0 {
-		out = append(out, "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8")
+		if v6 {
+			out = append(out, "-m addrtype --dst-type LOCAL ! -d ::1/128")
+		} else {
+			out = append(out, "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8")
+		}
 	}
 	return out
 }
@@ -346,7 +354,11 @@ func (p *Proxier) staticNAT(w *ruleWriter) {
 	}
 }
 
-func staticFilter(w *ruleWriter) {
+func staticFilter(w *ruleWriter, v6 bool) {
 	w.add(ChainReject, "-p tcp", comment("service without endpoints"), "-j REJECT --reject-with tcp-reset")
+	if v6 {
+		w.add(ChainReject, comment("service without endpoints"), "-j REJECT --reject-with icmp6-port-unreachable")
+		return
+	}
 	w.add(ChainReject, comment("service without endpoints"), "-j REJECT --reject-with icmp-port-unreachable")
 }
