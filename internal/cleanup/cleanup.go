@@ -5,6 +5,8 @@
 // Everything of Canopy's carries a mark, and only marked things are removed:
 //
 //   - kernel routes of Canopy's protocol number (186, --route-protocol) in its table (main, --route-table);
+//   - the VXLAN overlay device canopy.vxlan (with its neighbour and FDB entries and routes) and routes of the
+//     overlay's protocol (185) in that table;
 //   - iptables chains named CANOPY-* in every table, IPv4 and IPv6, in both back ends (iptables-nft and
 //     iptables-legacy), and the jumps to them: a rule of any other chain whose -j/-g target is one of those
 //     chains (found in iptables-save output, so a jump an older version wrote is found too). Every other rule
