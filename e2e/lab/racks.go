@@ -33,6 +33,10 @@ import (
 // through its ToR to the spine's segment (the API server), the external link and the other racks' subnets, as a
 // server's uplink in a routed fabric would; the pod CIDRs and VIPs still come from BGP only. Namespaces: the ToR
 // of rack 1 keeps <p>tor (and l.ToR points at it), rack r's is <p>tor<r>, the spine's <p>spine.
+//
+// A dual-homed rack (RackConfig.DualToR) has a second ToR <p>tor<r>b at .2, in the same AS, on its own /30 to
+// the spine (the /30s after every rack's first); its segment is then a bridge in a namespace of its own
+// (<p>sw<r>) with a port for each node and each ToR, so either ToR can fail alone (ToR.PowerOff).
 
 // ToRKind is the software that plays a ToR.
 type ToRKind string
