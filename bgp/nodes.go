@@ -215,8 +215,14 @@ func (c *NodeController) sync(context.Context) error {
 			continue
 		}
 		ips = append(ips, ip)
+		var ip6 netip.Addr
+		if ip.Is4() {
+			if ip6 = nodeIPOf(n, IPv6Unicast); ip6.IsValid() {
+				ips = append(ips, ip6)
+			}
+		}
 		isSelf := n.Name == c.cfg.NodeName
-		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, ASN: c.nodeASN(n, isSelf), PodCIDRs: model.PodCIDRs(n),
+		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, IP6: ip6, ASN: c.nodeASN(n, isSelf), PodCIDRs: model.PodCIDRs(n),
 			RRClusterID: c.routeReflector(n, isSelf)})
 	}
 	for name := range c.goodASN {
@@ -302,13 +308,21 @@ func (c *NodeController) sync(context.Context) error {
 			continue
 		}
 		for _, p := range n.PodCIDRs {
-			in.Owners[p] = n.IP
+			if nh := nextHopFor(p, n.IP, n.IP6); nh.IsValid() {
+				in.Owners[p] = nh
+			} else {
+				in.Owners[p] = n.IP // no address of its family: refused as a bad next hop, as it always was
+			}
 		}
 	}
 	for _, p := range slices.Concat(c.cfg.Peers, c.goodPeers, objPeers) {
 		in.Routers = append(in.Routers, p.Address)
 	}
-	c.importer.SetPolicy(NewImportPolicy(in), []netip.Addr{selfIP})
+	selfIPs := []netip.Addr{selfIP}
+	if selfInfo.IP6.IsValid() {
+		selfIPs = append(selfIPs, selfInfo.IP6)
+	}
+	c.importer.SetPolicy(NewImportPolicy(in), selfIPs)
 
 	if len(ownCIDRs) == 0 && !c.reportedNoCIDR {
 		c.log.Info("waiting for this node to get a pod CIDR (spec.podCIDRs)", "node", self.Name)
@@ -316,8 +330,8 @@ func (c *NodeController) sync(context.Context) error {
 	}
 	paths := map[netip.Prefix]Path{}
 	for _, p := range ownCIDRs {
-		if p.Addr().Is4() == selfIP.Is4() {
-			paths[p] = Path{Prefix: p, NextHop: selfIP}
+		if nh := nextHopFor(p, selfIP, selfInfo.IP6); nh.IsValid() {
+			paths[p] = Path{Prefix: p, NextHop: nh}
 		}
 	}
 	if !slices.Equal(ownCIDRs, c.lastOwnCIDRs) {

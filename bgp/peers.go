@@ -69,9 +69,12 @@ func (p PeerSpec) sessionKey() PeerSpec {
 
 // NodeInfo is what the speaker needs from a Kubernetes Node.
 type NodeInfo struct {
-	Name     string
-	IP       netip.Addr // InternalIP (IPv4 preferred)
-	ASN      uint32     // 0 = the cluster ASN
+	Name string
+	IP   netip.Addr // InternalIP (IPv4 preferred)
+	// IP6 is the node's IPv6 address when IP is an IPv4 one and the node has one too (dual stack): the next hop
+	// of its IPv6 pod CIDR. Invalid otherwise.
+	IP6      netip.Addr
+	ASN      uint32 // 0 = the cluster ASN
 	PodCIDRs []netip.Prefix
 	// RRClusterID is valid when the node is a route reflector (a valid canopy.io/route-reflector label): its
 	// cluster ID.

@@ -128,6 +128,10 @@ type GlobalConfig struct {
 	ReflectPrefixes []netip.Prefix
 	// OnPrefixLimit, if set, hears of each session torn down because its peer sent more than MaxPrefixes.
 	OnPrefixLimit func(peer netip.Addr)
+	// Families are the pod network's families (FamiliesOf the cluster CIDRs): every session negotiates unicast
+	// for each of them besides its own address's family (a dual-stack node's IPv6 pod CIDR goes over its IPv4
+	// sessions). Empty: each session carries its own address's family only.
+	Families []AddressFamily
 }
 
 // ExportPolicyName is the GoBGP policy that keeps a node from being transit: it exports the paths it originates
@@ -209,9 +213,13 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		return nil, fmt.Errorf("start BGP (AS %d, router-id %s, port %d): %w", cfg.ASN, cfg.RouterID, cfg.ListenPort, err)
 	}
 	var err error
+	// GoBGP's prefix sets hold one family each: the IPv6 prefixes go into sets of their own (setName), and each
+	// statement that matches a prefix set comes once per family.
 	for _, ds := range []*api.DefinedSet{
 		{DefinedType: api.DefinedType_PREFIX, Name: vipPrefixSet},
 		{DefinedType: api.DefinedType_PREFIX, Name: podCIDRPrefixSet},
+		{DefinedType: api.DefinedType_PREFIX, Name: vipPrefixSet + v6Suffix},
+		{DefinedType: api.DefinedType_PREFIX, Name: podCIDRPrefixSet + v6Suffix},
 		// GoBGP matches every neighbor with an empty neighbor set: each starts with an address no peer can
 		// have, so an empty-looking set matches nobody.
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: nodeNeighborSet, List: noNeighbor},
@@ -226,31 +234,33 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		}
 	}
 	var stmts []*api.Statement
-	if !cfg.VIPsToNodes {
+	for _, sfx := range []string{"", v6Suffix} {
+		if !cfg.VIPsToNodes {
+			stmts = append(stmts, &api.Statement{
+				Name: ExportPolicyName + "-no-vips-to-nodes" + sfx,
+				Conditions: &api.Conditions{
+					PrefixSet:   &api.MatchSet{Name: vipPrefixSet + sfx, Type: api.MatchSet_ANY},
+					NeighborSet: &api.MatchSet{Name: nodeNeighborSet, Type: api.MatchSet_ANY},
+				},
+				Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
+			})
+		}
 		stmts = append(stmts, &api.Statement{
-			Name: ExportPolicyName + "-no-vips-to-nodes",
+			Name: ExportPolicyName + "-no-vips" + sfx,
 			Conditions: &api.Conditions{
-				PrefixSet:   &api.MatchSet{Name: vipPrefixSet, Type: api.MatchSet_ANY},
-				NeighborSet: &api.MatchSet{Name: nodeNeighborSet, Type: api.MatchSet_ANY},
+				PrefixSet:   &api.MatchSet{Name: vipPrefixSet + sfx, Type: api.MatchSet_ANY},
+				NeighborSet: &api.MatchSet{Name: noVIPsNeighborSet, Type: api.MatchSet_ANY},
+			},
+			Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
+		}, &api.Statement{
+			Name: ExportPolicyName + "-no-pod-cidrs" + sfx,
+			Conditions: &api.Conditions{
+				PrefixSet:   &api.MatchSet{Name: podCIDRPrefixSet + sfx, Type: api.MatchSet_ANY},
+				NeighborSet: &api.MatchSet{Name: noPodCIDRsNeighborSet, Type: api.MatchSet_ANY},
 			},
 			Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
 		})
 	}
-	stmts = append(stmts, &api.Statement{
-		Name: ExportPolicyName + "-no-vips",
-		Conditions: &api.Conditions{
-			PrefixSet:   &api.MatchSet{Name: vipPrefixSet, Type: api.MatchSet_ANY},
-			NeighborSet: &api.MatchSet{Name: noVIPsNeighborSet, Type: api.MatchSet_ANY},
-		},
-		Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
-	}, &api.Statement{
-		Name: ExportPolicyName + "-no-pod-cidrs",
-		Conditions: &api.Conditions{
-			PrefixSet:   &api.MatchSet{Name: podCIDRPrefixSet, Type: api.MatchSet_ANY},
-			NeighborSet: &api.MatchSet{Name: noPodCIDRsNeighborSet, Type: api.MatchSet_ANY},
-		},
-		Actions: &api.Actions{RouteAction: api.RouteAction_REJECT},
-	})
 	stmts = append(stmts, &api.Statement{
 		Name:       ExportPolicyName + "-local",
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
@@ -263,20 +273,24 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 		Conditions: &api.Conditions{LargeCommunitySet: &api.MatchSet{Name: reflectMarkSet, Type: api.MatchSet_ANY}},
 		Actions:    &api.Actions{LargeCommunity: unmark}, // no route action: on to the next statement
 	}}
-	if len(cfg.ReflectPrefixes) > 0 {
-		ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: reflectPrefixSet}
+	for _, sfx := range []string{"", v6Suffix} {
+		ds := &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: reflectPrefixSet + sfx}
 		for _, p := range cfg.ReflectPrefixes {
-			p = p.Masked()
-			ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Addr().BitLen())})
+			if p = p.Masked(); setName("", p) == sfx {
+				ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(p.Bits()), MaskLengthMax: uint32(p.Addr().BitLen())})
+			}
+		}
+		if len(ds.Prefixes) == 0 {
+			continue
 		}
 		if err = s.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("defined set %s: %w", ds.Name, err)
 		}
 		imports = append(imports, &api.Statement{
-			Name: ImportPolicyName + "-mark",
+			Name: ImportPolicyName + "-mark" + sfx,
 			Conditions: &api.Conditions{
-				PrefixSet:   &api.MatchSet{Name: reflectPrefixSet, Type: api.MatchSet_ANY},
+				PrefixSet:   &api.MatchSet{Name: ds.Name, Type: api.MatchSet_ANY},
 				NeighborSet: &api.MatchSet{Name: nodeNeighborSet, Type: api.MatchSet_ANY}, // import: the sender
 				RouteType:   api.Conditions_ROUTE_TYPE_INTERNAL,
 			},
@@ -284,10 +298,10 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 				LargeCommunity: &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: []string{ReflectMark}}},
 		})
 		stmts = append(stmts, &api.Statement{
-			Name: ExportPolicyName + "-reflect",
+			Name: ExportPolicyName + "-reflect" + sfx,
 			Conditions: &api.Conditions{
 				LargeCommunitySet: &api.MatchSet{Name: reflectMarkSet, Type: api.MatchSet_ANY},
-				PrefixSet:         &api.MatchSet{Name: reflectPrefixSet, Type: api.MatchSet_ANY},
+				PrefixSet:         &api.MatchSet{Name: ds.Name, Type: api.MatchSet_ANY},
 				NeighborSet:       &api.MatchSet{Name: reflectNeighborSet, Type: api.MatchSet_ANY}, // export: the receiver
 			},
 			Actions: &api.Actions{RouteAction: api.RouteAction_ACCEPT, LargeCommunity: unmark},
@@ -316,10 +330,7 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 }
 
 func (g *GoBGP) peer(p PeerSpec) *api.Peer {
-	fam := familyIPv4
-	if p.Address.Is6() {
-		fam = familyIPv6
-	}
+	fams := sessionFamilies(p.Address, g.cfg.Families)
 	ap := &api.Peer{
 		Conf: &api.PeerConf{
 			NeighborAddress: p.Address.String(),
@@ -336,7 +347,9 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 			// connections meanwhile: a restarted agent would wait that long to be re-peered.
 			IdleHoldTimeAfterReset: uint64(max(1, or(p.Timers.ConnectRetry, g.cfg.ConnectRetry).Seconds())),
 		}},
-		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}},
+	}
+	for _, f := range fams {
+		ap.AfiSafis = append(ap.AfiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f.api(), Enabled: true}})
 	}
 	gr, restart := g.cfg.GracefulRestart, g.cfg.GRRestartTime
 	if p.GR.Set {
@@ -344,7 +357,9 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 	}
 	if gr {
 		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(restart.Seconds())}
-		ap.AfiSafis[0].MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		for _, as := range ap.AfiSafis {
+			as.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+		}
 	}
 	ap.Transport = &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive}
 	if len(g.cfg.ListenAddresses) > 0 && g.cfg.ListenAddresses[0].Is4() == p.Address.Is4() {
@@ -357,7 +372,9 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 		ap.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: 255}
 	}
 	if p.MaxPrefixes > 0 {
-		ap.AfiSafis[0].PrefixLimits = &api.PrefixLimit{Family: fam, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80}
+		for _, as := range ap.AfiSafis { // GoBGP counts per family
+			as.PrefixLimits = &api.PrefixLimit{Family: as.Config.Family, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80}
+		}
 	}
 	if p.RRClient && p.RRClusterID.Is4() {
 		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: p.RRClusterID.String()}
@@ -464,13 +481,24 @@ func apiPath(p Path, asn uint32) (*api.Path, error) {
 	return out, nil
 }
 
-// prefixSet is the export policy's prefix set of p: the VIPs' or the pod CIDRs'.
+// v6Suffix ends the names of the IPv6 prefix sets and of the statements that match them.
+const v6Suffix = "-v6"
+
+// setName is the prefix set of base that holds p: base itself for IPv4, base-v6 for IPv6.
+func setName(base string, p netip.Prefix) string {
+	if familyOf(p.Addr()) == IPv6Unicast {
+		return base + v6Suffix
+	}
+	return base
+}
+
+// prefixSet is the export policy's prefix set of p: the VIPs' or the pod CIDRs' of its family.
 func prefixSet(p Path) *api.DefinedSet {
 	name := podCIDRPrefixSet
 	if p.VIP {
 		name = vipPrefixSet
 	}
-	return &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name, Prefixes: []*api.Prefix{{
+	return &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: setName(name, p.Prefix), Prefixes: []*api.Prefix{{
 		IpPrefix: p.Prefix.String(), MaskLengthMin: uint32(p.Prefix.Bits()), MaskLengthMax: uint32(p.Prefix.Bits()),
 	}}}
 }

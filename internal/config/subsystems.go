@@ -26,7 +26,7 @@ func (c *Config) BGP() bgp.Config {
 		Global: bgp.GlobalConfig{
 			ListenPort: c.BGPPort, GRPCAddr: c.GRPCAddr, GRPCAllowWrites: c.GRPCAllowWrites, HoldTime: c.HoldTime, Keepalive: c.Keepalive,
 			ConnectRetry: c.ConnectRetry, GracefulRestart: c.GracefulRestart, GRRestartTime: c.GRRestartTime,
-			VIPsToNodes: c.AdvertiseVIPsToNodes, ReflectPrefixes: slices.Clone(c.ClusterCIDRs),
+			VIPsToNodes: c.AdvertiseVIPsToNodes, ReflectPrefixes: slices.Clone(c.ClusterCIDRs), Families: bgp.FamiliesOf(c.ClusterCIDRs),
 		},
 	}
 }
@@ -60,6 +60,8 @@ func (c *Config) NodeSetup(hintSocket string) nodesetup.Config {
 		NodeName: c.NodeName, CNIConfDir: c.CNIConfDir, CNIBinDir: c.CNIBinDir, CNIPlugin: c.CNIPlugin,
 		CNIDataDir: c.CNIDataDir, CNIMTU: c.CNIMTU, PodEgress: c.PodEgress, CNIAgentSocket: hintSocket, CNIOverlayOverhead: c.overlayOverhead(),
 		NoMasqTo: append(slices.Clone(c.ClusterCIDRs), c.ServiceCIDRs...), ClusterCIDRs: slices.Clone(c.ClusterCIDRs),
+		// An IPv6 cluster CIDR is the operator's choice of IPv6 pods (the BGP side announces them too).
+		CNIIPv6: slices.Contains(bgp.FamiliesOf(c.ClusterCIDRs), bgp.IPv6Unicast),
 	}
 }
 
