@@ -200,19 +200,31 @@ func (c *Controller) desired() (*State, int, map[string]bool, error) {
 			key := pp.Namespace + "/" + pp.Name
 			if pp.IP.IsValid() {
 				apiKnown[key] = true
-			} else if ip, ok := c.hinted(key); ok && inAny(o.PodCIDRs, ip) {
+			} else if ips := c.hinted(key, o.PodCIDRs); len(ips) > 0 {
 				cp := *pp // never modify the informer's object
-				cp.IP = ip
+				cp.IP, cp.IPs = primary(ips), ips
 				pp = &cp
 			}
 		}
 		pods = append(pods, pp)
-		if pp.NodeName == c.nodeName && !pp.HostNetwork && pp.IP.IsValid() {
-			local = append(local, LocalPod{Key: pp.Namespace + "/" + pp.Name, IP: pp.IP})
+		if pp.NodeName == c.nodeName && !pp.HostNetwork {
+			for _, a := range pp.Addrs() {
+				local = append(local, LocalPod{Key: pp.Namespace + "/" + pp.Name, IP: a})
+			}
 		}
 	}
 	fws := Compute(pols, pods, nss, c.nodeName)
 	return Build(fws, local, o), len(pols), apiKnown, nil
+}
+
+// primary is a pod's primary address: its IPv4 one when it has one, else its first.
+func primary(addrs []netip.Addr) netip.Addr {
+	for _, a := range addrs {
+		if a.Is4() {
+			return a
+		}
+	}
+	return addrs[0]
 }
 
 func inAny(ps []netip.Prefix, a netip.Addr) bool {
@@ -231,10 +243,18 @@ func FromPod(p *corev1.Pod) *Pod {
 	if len(ips) == 0 && p.Status.PodIP != "" {
 		ips = []corev1.PodIP{{IP: p.Status.PodIP}}
 	}
+	var addrs []netip.Addr
 	for _, ip := range ips {
-		if a, err := netip.ParseAddr(ip.IP); err == nil && a.Is4() {
-			out.IP = a
-			break
+		// One address per family: the kubelet reports at most that; anything else is ignored.
+		if a, err := netip.ParseAddr(ip.IP); err == nil && familyOf(a.Unmap()) != nil &&
+			!slices.ContainsFunc(addrs, func(b netip.Addr) bool { return b.Is4() == a.Unmap().Is4() }) {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	if len(addrs) > 0 {
+		out.IP = primary(addrs)
+		if len(addrs) > 1 {
+			out.IPs = addrs
 		}
 	}
 	for _, ct := range p.Spec.Containers {
@@ -262,34 +282,42 @@ func (c *Controller) sync() error {
 		return err
 	}
 	c.programmed(st, apiKnown)
-	policedPods.Set(float64(len(st.Ready)))
-	isolated.WithLabelValues("ingress").Set(float64(len(st.Ingress)))
-	isolated.WithLabelValues("egress").Set(float64(len(st.Egress)))
-	chains.Set(float64(len(st.Chains)))
+	policedPods.Set(float64(st.Pods))
+	isolated.WithLabelValues("ingress").Set(float64(distinct(st.Ingress)))
+	isolated.WithLabelValues("egress").Set(float64(distinct(st.Egress)))
+	chains.Set(float64(len(st.Chains) + len(st.Chains6)))
 	sets.Set(float64(len(st.Sets)))
 	conflicts.Set(float64(len(st.Conflict)))
 	if len(st.Conflict) > 0 {
 		c.log.Warn("several local pods claim the same address; it stays unready (dropped) until resolved", "addresses", st.Conflict)
 	}
-	isolatedPods := map[netip.Addr]bool{}
-	for a := range st.Ingress {
-		isolatedPods[a] = true
-	}
-	for a := range st.Egress {
-		isolatedPods[a] = true
+	isolatedPods := map[string]bool{} // by pod (its chains are named after it), whatever its families
+	for _, m := range []map[netip.Addr]string{st.Ingress, st.Egress} {
+		for _, ch := range m {
+			isolatedPods[ch[len(prefixPodIn):]] = true
+		}
 	}
 	c.mu.Lock()
 	c.last, c.policy = stats, npol
-	c.summary = Summary{Policies: npol, Pods: len(st.Ready), Isolated: len(isolatedPods), Chains: len(st.Chains), Sets: len(st.Sets)}
+	c.summary = Summary{Policies: npol, Pods: st.Pods, Isolated: len(isolatedPods), Chains: len(st.Chains) + len(st.Chains6), Sets: len(st.Sets)}
 	c.mu.Unlock()
 	lvl := slog.LevelDebug
 	if stats.Full {
 		lvl = slog.LevelInfo
 	}
-	c.log.Log(context.Background(), lvl, "network policies synced", "policies", npol, "pods", len(st.Ready),
+	c.log.Log(context.Background(), lvl, "network policies synced", "policies", npol, "pods", st.Pods,
 		"chains_written", stats.Chains, "chains_deleted", stats.DeletedChains, "dispatch_lines", stats.DispatchLines,
 		"set_ops", stats.SetOps, "full", stats.Full, "took", time.Since(start).Round(time.Microsecond))
 	return nil
+}
+
+// distinct counts the pods of a dispatch map (a dual-stack pod has an entry per family, both to its chain).
+func distinct(m map[netip.Addr]string) int {
+	seen := map[string]bool{}
+	for _, ch := range m {
+		seen[ch] = true
+	}
+	return len(seen)
 }
 
 var (
@@ -315,7 +343,7 @@ func Collectors(counters func() (Counters, error)) []prometheus.Collector {
 }
 
 var denyDesc = prometheus.NewDesc("canopy_policy_denied_packets_total",
-	"Packets dropped or rejected by network policy (reason: ingress, egress, or unready = pod not programmed yet)", []string{"reason"}, nil)
+	"Packets dropped or rejected by network policy (reason: ingress, egress, or unready = pod not programmed yet; family: ipv4, ipv6)", []string{"reason", "family"}, nil)
 
 type denyCollector struct{ read func() (Counters, error) }
 
@@ -325,9 +353,14 @@ func (d *denyCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedIngress), "ingress")
-	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.DeniedEgress), "egress")
-	ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(c.Unready), "unready")
+	for _, f := range []struct {
+		name string
+		n    Counts
+	}{{"ipv4", Counts{c.DeniedIngress - c.IPv6.DeniedIngress, c.DeniedEgress - c.IPv6.DeniedEgress, c.Unready - c.IPv6.Unready}}, {"ipv6", c.IPv6}} {
+		ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(f.n.DeniedIngress), "ingress", f.name)
+		ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(f.n.DeniedEgress), "egress", f.name)
+		ch <- prometheus.MustNewConstMetric(denyDesc, prometheus.CounterValue, float64(f.n.Unready), "unready", f.name)
+	}
 }
 
 // Summary is the firewall's state for a status command.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"reflect"
 	"strings"
 	"sync"
@@ -141,9 +142,9 @@ func TestController(t *testing.T) {
 	waitFor(t, "the pod deletion", func() bool { return len(fw.last().Ready) == 0 })
 }
 
-// The CNI plugin's hint makes a new pod ready before the API has its address.
+// The CNI plugin's hint makes a new pod ready before the API has its address (both families: a dual-stack node).
 func TestControllerHint(t *testing.T) {
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24"}}}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: corev1.NodeSpec{PodCIDRs: []string{"10.244.1.0/24", "fd00:10:244:1::/64"}}}
 	pending := kpod("new", "n1", "", map[string]string{"app": "web"})
 	pending.Status = corev1.PodStatus{Phase: corev1.PodPending}
 	kube := fake.NewClientset(node, pending, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a"}})
@@ -180,6 +181,32 @@ func TestControllerHint(t *testing.T) {
 	if !fw.last().Ready[addr("10.244.1.7")] {
 		t.Error("hinted address not ready")
 	}
+	for _, bad := range [][]netip.Addr{nil, {addr("10.244.1.7"), addr("10.244.1.8")}, {addr("fe80::1%eth0")}, {addr("::ffff:10.244.1.7")}} {
+		if _, err := c.Hint("a", "new", bad...); err == nil {
+			t.Errorf("hint %v accepted", bad)
+		}
+	}
+	outside6, err := c.Hint("a", "new", addr("fd00:99::7")) // not the node's IPv6 pod CIDR: ignored
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-outside6:
+		t.Fatal("an IPv6 address outside the node's pod CIDR was made ready")
+	case <-time.After(300 * time.Millisecond):
+	}
+	dual, err := c.Hint("a", "new", addr("10.244.1.7"), addr("fd00:10:244:1::7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-dual:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hinted dual-stack pod was never programmed")
+	}
+	if st := fw.last(); !st.Ready[addr("10.244.1.7")] || !st.Ready[addr("fd00:10:244:1::7")] || st.Pods != 1 {
+		t.Errorf("hinted dual-stack pod: ready %v, pods %d", st.Ready, st.Pods)
+	}
 
 	// Over the socket, as the plugin does it.
 	sock := t.TempDir() + "/agent.sock"
@@ -199,16 +226,25 @@ func TestControllerHint(t *testing.T) {
 	if got := ask(`{"namespace":"a","name":"new","ip":"10.244.1.8"}`); got != `{"programmed":true}` {
 		t.Errorf("socket answer %s", got)
 	}
+	if got := ask(`{"namespace":"a","name":"new","ip":"10.244.1.8","ips":["10.244.1.8","fd00:10:244:1::8"]}`); got != `{"programmed":true}` {
+		t.Errorf("socket answer to a dual-stack hint %s", got)
+	}
+	if st := fw.last(); !st.Ready[addr("fd00:10:244:1::8")] {
+		t.Errorf("IPv6 address of a socket hint not ready: %v", st.Ready)
+	}
 	if got := ask(`{"namespace":"a","name":"new","ip":"nonsense"}`); !strings.Contains(got, `"programmed":false`) {
 		t.Errorf("socket answer to a bad hint: %s", got)
 	}
 
 	// Once the API has the address, it wins and the hint is forgotten.
 	p, _ := kube.CoreV1().Pods("a").Get(ctx, "new", metav1.GetOptions{})
-	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.9", PodIPs: []corev1.PodIP{{IP: "10.244.1.9"}}}
+	p.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.1.9", PodIPs: []corev1.PodIP{{IP: "10.244.1.9"}, {IP: "fd00:10:244:1::9"}}}
 	_, _ = kube.CoreV1().Pods("a").UpdateStatus(ctx, p, metav1.UpdateOptions{})
-	waitFor(t, "the API address", func() bool { st := fw.last(); return st.Ready[addr("10.244.1.9")] && len(st.Ready) == 1 })
-	if _, ok := c.hinted("a/new"); ok {
+	waitFor(t, "the API addresses", func() bool {
+		st := fw.last()
+		return st.Ready[addr("10.244.1.9")] && st.Ready[addr("fd00:10:244:1::9")] && len(st.Ready) == 2
+	})
+	if ips := c.hinted("a/new", []netip.Prefix{pfx("::/0"), pfx("0.0.0.0/0")}); ips != nil {
 		t.Error("hint kept after the API caught up")
 	}
 }

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,67 +50,117 @@ func jumpRule(target string) []string {
 }
 
 // Firewall programs a State into the kernel: ipsets through `ipset restore`, chains through
-// `iptables-restore --noflush` of our own chains only. After the first (full) Sync it writes only what
-// differs from the State it applied last: new or changed chains, dispatch lines deleted and appended in
-// place, set members added and deleted. An error makes the next Sync a full one (a repair).
+// `iptables-restore --noflush` of our own chains only, per family (iptables for IPv4, ip6tables for IPv6, one
+// after the other). After the first (full) Sync it writes only what differs from the State it applied last:
+// new or changed chains, dispatch lines deleted and appended in place, set members added and deleted. An error
+// makes the next Sync a full one of both families (a repair).
 type Firewall struct {
-	mu        sync.Mutex
-	r         Restorer
-	sets      IPSets
-	ipt       IPTables
-	log       *slog.Logger
-	maxChains int // chains per restore input (0: no limit)
+	mu   sync.Mutex
+	sets IPSets
+	log  *slog.Logger
+	fams []*famTables // IPv4, then IPv6 (when it has tools)
 
-	started bool
 	applied *State   // nil: unknown, the next Sync is full
 	orphans []string // sets whose destroy failed, retried on the next Sync
 }
 
-// New returns a Firewall on the given tools.
-func New(r Restorer, sets IPSets, it IPTables, log *slog.Logger) *Firewall {
-	f := &Firewall{r: r, sets: sets, ipt: it, log: log}
+// famTables are one family's iptables tools.
+type famTables struct {
+	f         *family
+	r         Restorer
+	ipt       IPTables
+	maxChains int // chains per restore input (0: no limit)
+	started   bool
+}
+
+func newFamTables(f *family, r Restorer, it IPTables) *famTables {
+	t := &famTables{f: f, r: r, ipt: it}
 	if c, ok := r.(interface{ MaxChains() int }); ok {
-		f.maxChains = c.MaxChains()
+		t.maxChains = c.MaxChains()
+	}
+	return t
+}
+
+// New returns a Firewall on the given tools (iptables: IPv4; WithIPv6 adds ip6tables).
+func New(r Restorer, sets IPSets, it IPTables, log *slog.Logger) *Firewall {
+	return &Firewall{sets: sets, log: log, fams: []*famTables{newFamTables(v4, r, it)}}
+}
+
+// WithIPv6 gives the Firewall ip6tables tools, so it polices IPv6 pods too (on a node with an IPv6 pod CIDR).
+// Call it before Start.
+func (f *Firewall) WithIPv6(r Restorer, it IPTables) *Firewall {
+	f.fams = append(f.fams[:1], newFamTables(v6, r, it))
+	return f
+}
+
+// NewHost returns a Firewall on this network namespace's iptables, ip6tables (same flavour) and ipset. Without
+// ip6tables it polices IPv4 only, and Start fails on a node with an IPv6 pod CIDR.
+func NewHost(h *ipt.Host, log *slog.Logger) *Firewall {
+	f := New(h, ExecIPSets{}, h, log)
+	if h6, err := ipt.OpenFlavour6(h.Flavour); err == nil {
+		f.WithIPv6(h6, h6)
+	} else {
+		log.Warn("ip6tables unavailable: IPv6 pods cannot be policed", "err", err)
 	}
 	return f
 }
 
-// NewHost returns a Firewall on this network namespace's iptables and ipset.
-func NewHost(h *ipt.Host, log *slog.Logger) *Firewall { return New(h, ExecIPSets{}, h, log) }
-
-// Start makes sure the fixed sets, the fixed chains and the jumps to them exist. Chains left by a previous
-// run keep enforcing until the first Sync; on a node without them it writes the fixed chains of Build(nil,
-// nil, o): every local pod address is dropped until a Sync says its rules exist (no unprotected window for
-// pods started before the agent's first Sync).
+// Start makes sure the fixed sets, the fixed chains and the jumps to them exist, in each family the node has a
+// pod CIDR of (always IPv4). Chains left by a previous run keep enforcing until the first Sync; on a node
+// without them it writes the fixed chains of Build(nil, nil, o): every local pod address is dropped until a
+// Sync says its rules exist (no unprotected window for pods started before the agent's first Sync).
 func (f *Firewall) Start(o Options) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.start(o)
+	st := Build(nil, nil, o)
+	for _, fam := range families {
+		if err := f.startFamily(fam, st); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (f *Firewall) start(o Options) error {
-	if f.started {
+// tables returns the family's tools, nil if it has none.
+func (f *Firewall) tables(fam *family) *famTables {
+	for _, t := range f.fams {
+		if t.f == fam {
+			return t
+		}
+	}
+	return nil
+}
+
+// startFamily starts fam if st has its chains (a pod CIDR of the family) and it is not started yet.
+func (f *Firewall) startFamily(fam *family, st *State) error {
+	if len(st.chains(fam)) == 0 {
 		return nil
 	}
-	st := Build(nil, nil, o)
+	t := f.tables(fam)
+	if t == nil {
+		return fmt.Errorf("policy firewall: this node has an %s pod CIDR but no ip6tables", fam.name)
+	}
+	if t.started {
+		return nil
+	}
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "create %s hash:ip family inet\n", SetReady)
-	fmt.Fprintf(&b, "create %s hash:net family inet\n", SetLocal)
+	fmt.Fprintf(&b, "create %s hash:ip family %s\n", fam.ready, fam.inet)
+	fmt.Fprintf(&b, "create %s hash:net family %s\n", fam.local, fam.inet)
 	names, err := f.sets.List()
 	if err != nil {
 		return err
 	}
-	if !slices.Contains(names, SetLocal) {
-		for _, m := range st.Sets[SetLocal].Members {
-			fmt.Fprintf(&b, "add %s %s\n", SetLocal, m)
+	if !slices.Contains(names, fam.local) {
+		for _, m := range st.Sets[fam.local].Members {
+			fmt.Fprintf(&b, "add %s %s\n", fam.local, m)
 		}
 	}
 	if err := f.sets.Restore(b.Bytes()); err != nil {
 		return fmt.Errorf("ipset: %w", err)
 	}
-	out, err := f.r.Save("filter")
+	out, err := t.r.Save("filter")
 	if err != nil {
-		return fmt.Errorf("iptables-save: %w", err)
+		return fmt.Errorf("%s save: %w", fam.name, err)
 	}
 	have := ipt.SavedChainSet(out)
 	var tx ipt.Tx
@@ -121,22 +172,22 @@ func (f *Firewall) start(o Options) error {
 	// A missing chain gets its content; existing ones are a previous run's and stay until the first Sync.
 	for _, c := range staticChains {
 		if !have[c] {
-			tx.Rules(c, st.Chains[c])
+			tx.Rules(c, st.chains(fam)[c])
 		}
 	}
 	if !tx.Empty() {
-		if err := f.r.Restore("filter", tx.Bytes("filter")); err != nil {
+		if err := t.r.Restore("filter", tx.Bytes("filter")); err != nil {
 			return err
 		}
 	}
-	if err := ipt.EnsureJumps(f.ipt, jumps...); err != nil {
-		return err
+	if err := ipt.EnsureJumps(t.ipt, jumps...); err != nil {
+		return fmt.Errorf("%s: %w", fam.name, err)
 	}
-	f.started = true
+	t.started = true
 	return nil
 }
 
-// Stats says what one Sync wrote.
+// Stats says what one Sync wrote (both families).
 type Stats struct {
 	Full                  bool
 	Chains, DeletedChains int // chains written, chains deleted
@@ -155,187 +206,52 @@ func (f *Firewall) Sync(st *State) (Stats, error) {
 	return stats, err
 }
 
+func emptyState() *State {
+	return &State{Chains: map[string][]string{}, Chains6: map[string][]string{}, Sets: map[string]*Set{},
+		Ready: map[netip.Addr]bool{}, Ingress: map[netip.Addr]string{}, Egress: map[netip.Addr]string{}}
+}
+
 func (f *Firewall) sync(st *State) (Stats, error) {
-	if !f.started {
+	if !f.tables(v4).started {
 		return Stats{}, errors.New("policy firewall: Sync before Start")
 	}
 	old := f.applied
 	full := old == nil
 	stats := Stats{Full: full}
 	if full {
-		old = &State{Chains: map[string][]string{}, Sets: map[string]*Set{}, Ready: map[netip.Addr]bool{},
-			Ingress: map[netip.Addr]string{}, Egress: map[netip.Addr]string{}}
+		old = emptyState()
 	}
-
-	// 1. Sets: create new ones, bring members in line; take addresses that lost their rules out of Ready.
-	var b bytes.Buffer
 	var kernelSets []string
-	if full {
-		var err error
-		if kernelSets, err = f.sets.List(); err != nil {
+	for _, t := range f.fams {
+		if len(st.chains(t.f)) == 0 {
+			continue // no pod CIDR of this family (any more): what is there stays
+		}
+		famFull := full || !t.started
+		if !t.started {
+			if err := f.startFamily(t.f, st); err != nil {
+				return stats, err
+			}
+		}
+		o := old
+		if famFull {
+			o = emptyState()
+			if kernelSets == nil {
+				var err error
+				if kernelSets, err = f.sets.List(); err != nil {
+					return stats, err
+				}
+			}
+		}
+		if err := f.syncFamily(t, st, o, famFull, kernelSets, &stats); err != nil {
 			return stats, err
 		}
 	}
-	for _, name := range sortedKeys(st.Sets) {
-		s := st.Sets[name]
-		o := old.Sets[name]
-		switch {
-		case full && slices.Contains(kernelSets, name):
-			tmp := "CANOPY-T-" + hash16("tmp"+name)
-			fmt.Fprintf(&b, "create %s %s family inet\n", tmp, s.Type)
-			for _, m := range s.Members {
-				fmt.Fprintf(&b, "add %s %s\n", tmp, m)
-			}
-			fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
-			stats.SetOps += len(s.Members) + 3
-		case o == nil:
-			fmt.Fprintf(&b, "create %s %s family inet\n", name, s.Type)
-			for _, m := range s.Members {
-				fmt.Fprintf(&b, "add %s %s\n", name, m)
-			}
-			stats.SetOps += len(s.Members) + 1
-		default:
-			add, del := diffSorted(o.Members, s.Members)
-			for _, m := range del {
-				fmt.Fprintf(&b, "del %s %s\n", name, strings.TrimSuffix(m, " nomatch"))
-			}
-			for _, m := range add {
-				fmt.Fprintf(&b, "add %s %s\n", name, m)
-			}
-			stats.SetOps += len(add) + len(del)
-		}
-	}
-	var readyDel []netip.Addr
-	if full {
-		cur, err := f.sets.Members(SetReady)
-		if err != nil {
-			return stats, err
-		}
-		for _, m := range cur {
-			if a, err := netip.ParseAddr(m); err != nil || !st.Ready[a] {
-				readyDel = append(readyDel, a)
-			}
-		}
-	} else {
-		for a := range old.Ready {
-			if !st.Ready[a] {
-				readyDel = append(readyDel, a)
-			}
-		}
-	}
-	for _, a := range readyDel {
-		if a.IsValid() {
-			fmt.Fprintf(&b, "del %s %s\n", SetReady, a)
-			stats.SetOps++
-		}
-	}
-	if b.Len() > 0 {
-		if err := f.sets.Restore(b.Bytes()); err != nil {
-			return stats, fmt.Errorf("ipset: %w", err)
-		}
-	}
 
-	// 2. Chains: per-policy chains, then per-pod chains, then the fixed and dispatch chains and deletions.
-	var saved map[string]bool
-	if full {
-		out, err := f.r.Save("filter")
-		if err != nil {
-			return stats, fmt.Errorf("iptables-save: %w", err)
-		}
-		saved = ipt.SavedChainSet(out)
-	}
-	var rule, pod, fixed []string
-	for _, name := range sortedKeys(st.Chains) {
-		if !full && slices.Equal(old.Chains[name], st.Chains[name]) {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(name, prefixRules):
-			rule = append(rule, name)
-		case strings.HasPrefix(name, prefixPodIn), strings.HasPrefix(name, prefixPodOut):
-			pod = append(pod, name)
-		default:
-			fixed = append(fixed, name)
-		}
-	}
-	batch := ipt.NewBatch("filter", f.maxChains)
-	for _, name := range append(rule, pod...) {
-		tx := batch.Chunk(1)
-		tx.Declare(name)
-		tx.Rules(name, st.Chains[name])
-		stats.Chains++
-	}
-	last := batch.Last()
-	for _, name := range fixed {
-		last.Declare(name)
-		last.Rules(name, st.Chains[name])
-		stats.Chains++
-	}
-	for _, d := range []struct {
-		chain, flag string
-		old, cur    map[netip.Addr]string
-	}{{ChainIngress, "-d", old.Ingress, st.Ingress}, {ChainEgress, "-s", old.Egress, st.Egress}} {
-		if full {
-			last.Declare(d.chain)
-			for _, a := range sortedAddrs(d.cur) {
-				last.Rule(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
-				stats.DispatchLines++
-			}
-			continue
-		}
-		for _, a := range sortedAddrs(d.old) {
-			if c, ok := d.cur[a]; !ok || c != d.old[a] {
-				last.Raw(fmt.Sprintf("-D %s %s %s/32 -j %s\n", d.chain, d.flag, a, d.old[a]))
-				stats.DispatchLines++
-			}
-		}
-		for _, a := range sortedAddrs(d.cur) {
-			if c, ok := d.old[a]; !ok || c != d.cur[a] {
-				last.Rule(d.chain, fmt.Sprintf("%s %s/32 -j %s", d.flag, a, d.cur[a]))
-				stats.DispatchLines++
-			}
-		}
-	}
-	var gone []string
-	if full {
-		for name := range saved {
-			if ours(name) && st.Chains[name] == nil {
-				gone = append(gone, name)
-			}
-		}
-	} else {
-		for name := range old.Chains {
-			if st.Chains[name] == nil {
-				gone = append(gone, name)
-			}
-		}
-	}
-	sort.Strings(gone)
-	for _, name := range gone {
-		last.Remove(name)
-		stats.DeletedChains++
-	}
-	if _, _, err := batch.Commit(f.r); err != nil {
-		return stats, err
-	}
-
-	// 3. Addresses whose rules now exist join Ready; sets nobody uses go.
-	b.Reset()
-	for _, a := range sortedReady(st.Ready) {
-		if full || !old.Ready[a] {
-			fmt.Fprintf(&b, "add %s %s\n", SetReady, a)
-			stats.SetOps++
-		}
-	}
-	if b.Len() > 0 {
-		if err := f.sets.Restore(b.Bytes()); err != nil {
-			return stats, fmt.Errorf("ipset: %w", err)
-		}
-	}
+	// Sets nobody uses go (after both families' chains stopped using them).
 	var unused []string
 	if full {
 		for _, n := range kernelSets {
-			if (strings.HasPrefix(n, prefixSet) || strings.HasPrefix(n, "CANOPY-T-")) && st.Sets[n] == nil {
+			if (v4.ownSet(n) || v6.ownSet(n)) && st.Sets[n] == nil {
 				unused = append(unused, n)
 			}
 		}
@@ -362,69 +278,280 @@ func (f *Firewall) sync(st *State) (Stats, error) {
 	return stats, nil
 }
 
+// syncFamily writes one family's part of st, against old (empty when full).
+func (f *Firewall) syncFamily(t *famTables, st, old *State, full bool, kernelSets []string, stats *Stats) error {
+	fam := t.f
+	// 1. Sets: create new ones, bring members in line; take addresses that lost their rules out of Ready.
+	var b bytes.Buffer
+	for _, name := range sortedKeys(st.Sets) {
+		s := st.Sets[name]
+		if cmp.Or(s.Family, "inet") != fam.inet {
+			continue
+		}
+		o := old.Sets[name]
+		switch {
+		case full && slices.Contains(kernelSets, name):
+			tmp := fam.tmpPrefix + hash16("tmp"+name)
+			fmt.Fprintf(&b, "create %s %s family %s\n", tmp, s.Type, fam.inet)
+			for _, m := range s.Members {
+				fmt.Fprintf(&b, "add %s %s\n", tmp, m)
+			}
+			fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tmp, name, tmp)
+			stats.SetOps += len(s.Members) + 3
+		case o == nil:
+			fmt.Fprintf(&b, "create %s %s family %s\n", name, s.Type, fam.inet)
+			for _, m := range s.Members {
+				fmt.Fprintf(&b, "add %s %s\n", name, m)
+			}
+			stats.SetOps += len(s.Members) + 1
+		default:
+			add, del := diffSorted(o.Members, s.Members)
+			for _, m := range del {
+				fmt.Fprintf(&b, "del %s %s\n", name, strings.TrimSuffix(m, " nomatch"))
+			}
+			for _, m := range add {
+				fmt.Fprintf(&b, "add %s %s\n", name, m)
+			}
+			stats.SetOps += len(add) + len(del)
+		}
+	}
+	var readyDel []netip.Addr
+	if full {
+		cur, err := f.sets.Members(fam.ready)
+		if err != nil {
+			return err
+		}
+		for _, m := range cur {
+			if a, err := netip.ParseAddr(m); err != nil || !st.Ready[a] {
+				readyDel = append(readyDel, a)
+			}
+		}
+	} else {
+		for a := range old.Ready {
+			if fam.has(a) && !st.Ready[a] {
+				readyDel = append(readyDel, a)
+			}
+		}
+	}
+	for _, a := range readyDel {
+		if a.IsValid() {
+			fmt.Fprintf(&b, "del %s %s\n", fam.ready, a)
+			stats.SetOps++
+		}
+	}
+	if b.Len() > 0 {
+		if err := f.sets.Restore(b.Bytes()); err != nil {
+			return fmt.Errorf("ipset: %w", err)
+		}
+	}
+
+	// 2. Chains: per-policy chains, then per-pod chains, then the fixed and dispatch chains and deletions.
+	cur, prev := st.chains(fam), old.chains(fam)
+	var saved map[string]bool
+	if full {
+		out, err := t.r.Save("filter")
+		if err != nil {
+			return fmt.Errorf("%s save: %w", fam.name, err)
+		}
+		saved = ipt.SavedChainSet(out)
+	}
+	var rule, pod, fixed []string
+	for _, name := range sortedKeys(cur) {
+		if !full && slices.Equal(prev[name], cur[name]) {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, prefixRules):
+			rule = append(rule, name)
+		case strings.HasPrefix(name, prefixPodIn), strings.HasPrefix(name, prefixPodOut):
+			pod = append(pod, name)
+		default:
+			fixed = append(fixed, name)
+		}
+	}
+	batch := ipt.NewBatch("filter", t.maxChains)
+	for _, name := range append(rule, pod...) {
+		tx := batch.Chunk(1)
+		tx.Declare(name)
+		tx.Rules(name, cur[name])
+		stats.Chains++
+	}
+	last := batch.Last()
+	for _, name := range fixed {
+		last.Declare(name)
+		last.Rules(name, cur[name])
+		stats.Chains++
+	}
+	for _, d := range []struct {
+		chain, flag string
+		old, cur    map[netip.Addr]string
+	}{{ChainIngress, "-d", old.Ingress, st.Ingress}, {ChainEgress, "-s", old.Egress, st.Egress}} {
+		if full {
+			last.Declare(d.chain)
+			for _, a := range sortedAddrs(d.cur) {
+				if fam.has(a) {
+					last.Rule(d.chain, fmt.Sprintf("%s %s/%d -j %s", d.flag, a, fam.hostBits, d.cur[a]))
+					stats.DispatchLines++
+				}
+			}
+			continue
+		}
+		for _, a := range sortedAddrs(d.old) {
+			if c, ok := d.cur[a]; fam.has(a) && (!ok || c != d.old[a]) {
+				last.Raw(fmt.Sprintf("-D %s %s %s/%d -j %s\n", d.chain, d.flag, a, fam.hostBits, d.old[a]))
+				stats.DispatchLines++
+			}
+		}
+		for _, a := range sortedAddrs(d.cur) {
+			if c, ok := d.old[a]; fam.has(a) && (!ok || c != d.cur[a]) {
+				last.Rule(d.chain, fmt.Sprintf("%s %s/%d -j %s", d.flag, a, fam.hostBits, d.cur[a]))
+				stats.DispatchLines++
+			}
+		}
+	}
+	var gone []string
+	if full {
+		for name := range saved {
+			if ours(name) && cur[name] == nil {
+				gone = append(gone, name)
+			}
+		}
+	} else {
+		for name := range prev {
+			if cur[name] == nil {
+				gone = append(gone, name)
+			}
+		}
+	}
+	sort.Strings(gone)
+	for _, name := range gone {
+		last.Remove(name)
+		stats.DeletedChains++
+	}
+	if _, _, err := batch.Commit(t.r); err != nil {
+		return err
+	}
+
+	// 3. Addresses whose rules now exist join Ready.
+	b.Reset()
+	for _, a := range sortedReady(st.Ready) {
+		if fam.has(a) && (full || !old.Ready[a]) {
+			fmt.Fprintf(&b, "add %s %s\n", fam.ready, a)
+			stats.SetOps++
+		}
+	}
+	if b.Len() > 0 {
+		if err := f.sets.Restore(b.Bytes()); err != nil {
+			return fmt.Errorf("ipset: %w", err)
+		}
+	}
+	return nil
+}
+
 // ours says whether a chain is a per-pod or per-policy chain of the data path.
 func ours(name string) bool {
 	return strings.HasPrefix(name, prefixRules) || strings.HasPrefix(name, prefixPodIn) || strings.HasPrefix(name, prefixPodOut)
 }
 
-// Cleanup removes the jumps, every chain and every set of the data path (the firewall turned off).
+// Cleanup removes the jumps, every chain (iptables and ip6tables) and every set of the data path (the firewall
+// turned off).
 func (f *Firewall) Cleanup() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var errs []error
-	if err := ipt.DeleteJumps(f.ipt, jumps...); err != nil {
-		errs = append(errs, err)
-	}
-	out, err := f.r.Save("filter")
-	if err != nil {
-		return errors.Join(append(errs, err)...)
-	}
-	var tx ipt.Tx
-	var names []string
-	for name := range ipt.SavedChainSet(out) {
-		if strings.HasPrefix(name, "CANOPY-POL-") || ours(name) {
-			names = append(names, name)
+	for _, t := range f.fams {
+		out, err := t.r.Save("filter")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.f.name, err))
+			continue
 		}
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		tx.Remove(n)
-	}
-	if !tx.Empty() {
-		if err := f.r.Restore("filter", tx.Bytes("filter")); err != nil {
-			errs = append(errs, err)
+		have := ipt.SavedChainSet(out)
+		// Only jumps to chains that exist: legacy ip6tables cannot even look for a rule whose target is missing.
+		var js []ipt.Jump
+		for _, j := range jumps {
+			if have[j.Rule[len(j.Rule)-1]] {
+				js = append(js, j)
+			}
 		}
+		if err := ipt.DeleteJumps(t.ipt, js...); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", t.f.name, err))
+		}
+		var tx ipt.Tx
+		var names []string
+		for name := range have {
+			if strings.HasPrefix(name, "CANOPY-POL-") || ours(name) {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			tx.Remove(n)
+		}
+		if !tx.Empty() {
+			if err := t.r.Restore("filter", tx.Bytes("filter")); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		t.started = false
 	}
 	sets, err := f.sets.List()
 	if err != nil {
 		errs = append(errs, err)
 	}
 	for _, n := range sets {
-		if strings.HasPrefix(n, prefixSet) || strings.HasPrefix(n, "CANOPY-T-") || n == SetReady || n == SetLocal {
+		if v4.ownSet(n) || v6.ownSet(n) || n == SetReady || n == SetLocal || n == SetReady6 || n == SetLocal6 {
 			if err := f.sets.Destroy(n); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	f.started, f.applied = false, nil
+	f.applied = nil
 	return errors.Join(errs...)
 }
 
-// Counters are the packets the data path has denied, read from the deny chains' rule counters.
-type Counters struct {
+// Counts are one family's denied packets.
+type Counts struct {
 	DeniedIngress, DeniedEgress, Unready uint64
 }
 
-// Counters reads the deny chains' counters (`iptables -S -v` of three small chains, not the whole table).
+// Counters are the packets the data path has denied, read from the deny chains' rule counters: both families
+// (Counts), and the IPv6 part of them.
+type Counters struct {
+	Counts
+	IPv6 Counts
+}
+
+// Counters reads the deny chains' counters (`iptables -S -v` of three small chains per family, not the whole
+// table).
 func (f *Firewall) Counters() (Counters, error) {
 	var c Counters
+	for _, t := range f.fams {
+		if !t.started {
+			continue
+		}
+		n, err := t.counts()
+		if err != nil {
+			return c, err
+		}
+		c.DeniedIngress += n.DeniedIngress
+		c.DeniedEgress += n.DeniedEgress
+		c.Unready += n.Unready
+		if t.f.v6 {
+			c.IPv6 = n
+		}
+	}
+	return c, nil
+}
+
+func (t *famTables) counts() (Counts, error) {
+	var c Counts
 	for _, x := range []struct {
 		chain string
 		n     *uint64
 	}{{ChainDenyIn, &c.DeniedIngress}, {ChainDenyOut, &c.DeniedEgress}, {ChainUnready, &c.Unready}} {
-		lines, err := f.ipt.ListWithCounters("filter", x.chain)
+		lines, err := t.ipt.ListWithCounters("filter", x.chain)
 		if err != nil {
-			return c, err
+			return c, fmt.Errorf("%s: %w", t.f.name, err)
 		}
 		for _, l := range lines {
 			// "-A CHAIN ... -c <packets> <bytes> -j DROP"

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -19,61 +20,79 @@ import (
 // Hints from the CNI plugin: right after ADD the plugin tells the agent which address a pod got, before the
 // kubelet writes it into the Pod's status (which can take a second or more). The controller programs the pod
 // with that address at once and answers when the pod's rules exist: the pod's traffic, dropped while it is
-// unready, flows from then on. A hint only ever names an address of this node's pod CIDRs for a pod the API
-// already has on this node; the API's address wins once it is there.
+// unready, flows from then on. A hint is only ever used for addresses of this node's pod CIDRs (at most one
+// per family: a dual-stack pod's IPv4 and IPv6 address, each inside the node's pod CIDR of its family) of a pod
+// the API already has on this node; the API's addresses win once it has any.
 
 // hintTTL bounds how long a hint is used while the API shows no address for the pod.
 const hintTTL = 2 * time.Minute
 
 type hint struct {
-	ip netip.Addr
-	at time.Time
+	ips []netip.Addr
+	at  time.Time
 }
 
 type waiter struct {
-	ip netip.Addr
-	ch chan struct{}
-	at time.Time
+	ips []netip.Addr
+	ch  chan struct{}
+	at  time.Time
 }
 
-// Hint records that pod namespace/name got ip and queues a sync. The channel is closed once a sync has made ip
-// ready (never, if that does not happen: callers time out).
-func (c *Controller) Hint(namespace, name string, ip netip.Addr) (<-chan struct{}, error) {
+// Hint records that pod namespace/name got the addresses ips (one, or one per family) and queues a sync. The
+// channel is closed once a sync has made every one of them ready (never, if that does not happen: callers time
+// out); addresses outside the node's pod CIDRs are never programmed.
+func (c *Controller) Hint(namespace, name string, ips ...netip.Addr) (<-chan struct{}, error) {
 	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
 		return nil, fmt.Errorf("namespace %q: %v", namespace, errs)
 	}
 	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
 		return nil, fmt.Errorf("pod name %q: %v", name, errs)
 	}
-	if !ip.Is4() {
-		return nil, fmt.Errorf("address %s: only IPv4 pods are policed", ip)
+	if len(ips) == 0 || len(ips) > 2 {
+		return nil, fmt.Errorf("%d addresses: want one, or one per family", len(ips))
 	}
+	for i, ip := range ips {
+		if familyOf(ip) == nil || ip.Zone() != "" {
+			return nil, fmt.Errorf("address %s: not an IPv4 or IPv6 pod address", ip)
+		}
+		if i > 0 && ip.Is4() == ips[0].Is4() {
+			return nil, fmt.Errorf("addresses %s and %s: two of one family", ips[0], ip)
+		}
+	}
+	ips = slices.Clone(ips)
 	ch := make(chan struct{})
 	c.hmu.Lock()
 	if c.hints == nil {
 		c.hints = map[string]hint{}
 	}
-	c.hints[namespace+"/"+name] = hint{ip: ip, at: time.Now()}
-	c.waiters = append(c.waiters, waiter{ip: ip, ch: ch, at: time.Now()})
+	c.hints[namespace+"/"+name] = hint{ips: ips, at: time.Now()}
+	c.waiters = append(c.waiters, waiter{ips: ips, ch: ch, at: time.Now()})
 	c.hmu.Unlock()
 	hintsReceived.Inc()
 	c.ctrl.EnqueueFull()
 	return ch, nil
 }
 
-// hinted returns the hinted address of a pod without one in the API (and forgets expired hints).
-func (c *Controller) hinted(key string) (netip.Addr, bool) {
+// hinted returns the hinted addresses of a pod without one in the API that lie in the node's pod CIDRs (and
+// forgets expired hints).
+func (c *Controller) hinted(key string, cidrs []netip.Prefix) []netip.Addr {
 	c.hmu.Lock()
 	defer c.hmu.Unlock()
 	h, ok := c.hints[key]
 	if !ok {
-		return netip.Addr{}, false
+		return nil
 	}
 	if time.Since(h.at) > hintTTL {
 		delete(c.hints, key)
-		return netip.Addr{}, false
+		return nil
 	}
-	return h.ip, true
+	var r []netip.Addr
+	for _, a := range h.ips {
+		if inAny(cidrs, a) {
+			r = append(r, a)
+		}
+	}
+	return r
 }
 
 // programmed releases the waiters whose address st made ready, forgets hints the API has caught up with
@@ -89,7 +108,7 @@ func (c *Controller) programmed(st *State, apiKnown map[string]bool) {
 	keep := c.waiters[:0]
 	for _, w := range c.waiters {
 		switch {
-		case st.Ready[w.ip]:
+		case !slices.ContainsFunc(w.ips, func(a netip.Addr) bool { return !st.Ready[a] }):
 			close(w.ch)
 		case time.Since(w.at) < time.Minute:
 			keep = append(keep, w)
@@ -143,13 +162,17 @@ func (c *Controller) serveHint(conn net.Conn, wait time.Duration, log *slog.Logg
 		reply(false, err)
 		return
 	}
-	ip, err := netip.ParseAddr(h.IP)
-	if err != nil {
-		hintsRefused.Inc()
-		reply(false, fmt.Errorf("bad hint: %w", err))
-		return
+	var ips []netip.Addr
+	for _, s := range h.Addresses() {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			hintsRefused.Inc()
+			reply(false, fmt.Errorf("bad hint: %w", err))
+			return
+		}
+		ips = append(ips, ip)
 	}
-	ch, err := c.Hint(h.Namespace, h.Name, ip)
+	ch, err := c.Hint(h.Namespace, h.Name, ips...)
 	if err != nil {
 		hintsRefused.Inc()
 		log.Warn("refused a CNI hint", "err", err)

@@ -18,9 +18,12 @@ import (
 // Pod is the subset of a core/v1 Pod that NetworkPolicy semantics depend on.
 type Pod struct {
 	Namespace, Name string
-	// IP is the pod's primary IP. An invalid (zero) IP means "not assigned yet": the pod still gets a
-	// firewall entry (so it can be protected before its first packet) but never appears as a peer.
-	IP          netip.Addr
+	// IP is the pod's primary IP (its IPv4 address when it has one). An invalid (zero) IP means "not assigned
+	// yet": the pod still gets a firewall entry (so it can be protected before its first packet) but never
+	// appears as a peer.
+	IP netip.Addr
+	// IPs are all of a dual-stack pod's addresses (one per family, IP among them); empty means IP alone.
+	IPs         []netip.Addr
 	Labels      map[string]string
 	HostNetwork bool
 	NodeName    string
@@ -186,7 +189,18 @@ func policyTypes(np *networkingv1.NetworkPolicy) (ingress, egress bool) {
 
 func podKey(p *Pod) string { return p.Namespace + "/" + p.Name }
 
-// podSet is a cached selector result: pods sorted by IP, and their distinct IPs.
+// Addrs returns every address of the pod: IPs, or IP alone (none while it has no address).
+func (p *Pod) Addrs() []netip.Addr {
+	if len(p.IPs) > 0 {
+		return p.IPs
+	}
+	if p.IP.IsValid() {
+		return []netip.Addr{p.IP}
+	}
+	return nil
+}
+
+// podSet is a cached selector result: pods sorted by IP, and their distinct IPs (every family's).
 type podSet struct {
 	pods []*Pod
 	ips  []netip.Addr
@@ -339,10 +353,10 @@ func (ix *index) selectPods(policyNS string, podSel, nsSel *metav1.LabelSelector
 	}
 	sortPods(r.pods)
 	for _, p := range r.pods {
-		if n := len(r.ips); n == 0 || r.ips[n-1] != p.IP {
-			r.ips = append(r.ips, p.IP)
-		}
+		r.ips = append(r.ips, p.Addrs()...)
 	}
+	slices.SortFunc(r.ips, netip.Addr.Compare)
+	r.ips = slices.Compact(r.ips)
 	ix.peerMemo[key] = r
 	return r, key
 }
@@ -523,19 +537,25 @@ func (ix *index) egressRules(policyNS, name string, idx int, r networkingv1.Netw
 	if len(named) == 0 {
 		return out
 	}
-	// Destination pods of all peers, deduplicated.
+	// Destination pods of all peers with the addresses each peer reaches them at (a pod selector: all of them;
+	// an ipBlock: those inside the block), deduplicated.
 	var dests []*Pod
-	seen := map[*Pod]bool{}
+	addrs := map[*Pod][]netip.Addr{}
 	for _, p := range rp {
-		cands := p.pods
 		if p.CIDR.IsValid() {
-			cands = ix.podsInBlock(p.Peer)
+			for _, d := range ix.podsInBlock(p.Peer) {
+				if addrs[d] == nil {
+					dests = append(dests, d)
+				}
+				addrs[d] = append(addrs[d], inBlock(p.Peer, d)...)
+			}
+			continue
 		}
-		for _, d := range cands {
-			if !seen[d] {
-				seen[d] = true
+		for _, d := range p.pods {
+			if addrs[d] == nil {
 				dests = append(dests, d)
 			}
+			addrs[d] = append(addrs[d], d.Addrs()...)
 		}
 	}
 	groups := map[PortRule][]netip.Addr{}
@@ -544,7 +564,7 @@ func (ix *index) egressRules(policyNS, name string, idx int, r networkingv1.Netw
 		for _, d := range dests {
 			for _, n := range lookupNamed(d, pp.Port.StrVal, proto) {
 				k := PortRule{Protocol: proto, Port: n, EndPort: n}
-				groups[k] = append(groups[k], d.IP)
+				groups[k] = append(groups[k], addrs[d]...)
 			}
 		}
 	}
@@ -568,23 +588,25 @@ func (ix *index) egressRules(policyNS, name string, idx int, r networkingv1.Netw
 	return out
 }
 
-// podsInBlock returns the peer pods whose IP lies inside the block and outside its excepts.
+// podsInBlock returns the peer pods with an address inside the block and outside its excepts.
 func (ix *index) podsInBlock(p Peer) []*Pod {
 	var r []*Pod
 	for _, d := range ix.allPeers {
-		if !p.CIDR.Contains(d.IP) {
-			continue
-		}
-		excluded := false
-		for _, e := range p.Except {
-			if e.Contains(d.IP) {
-				excluded = true
-				break
-			}
-		}
-		if !excluded {
+		if len(inBlock(p, d)) > 0 {
 			r = append(r, d)
 		}
+	}
+	return r
+}
+
+// inBlock returns the addresses of d inside the block p and outside its excepts.
+func inBlock(p Peer, d *Pod) []netip.Addr {
+	var r []netip.Addr
+	for _, a := range d.Addrs() {
+		if !p.CIDR.Contains(a) || slices.ContainsFunc(p.Except, func(e netip.Prefix) bool { return e.Contains(a) }) {
+			continue
+		}
+		r = append(r, a)
 	}
 	return r
 }

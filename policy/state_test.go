@@ -80,13 +80,13 @@ func TestBuildPods(t *testing.T) {
 		lp("a/v6", "fd00::7"), lp("a/egress", "10.244.1.15"), {Key: "a/pending"}}
 	st := Build(fws, pods, opts)
 
-	wantReady := []string{"10.244.1.10", "10.244.1.11", "10.244.1.12", "10.244.1.13", "10.244.1.15"}
+	wantReady := []string{"10.244.1.10", "10.244.1.11", "10.244.1.12", "10.244.1.13", "10.244.1.15", "fd00::7"}
 	var ready []string
 	for _, a := range sortedReady(st.Ready) {
 		ready = append(ready, a.String())
 	}
 	if !slices.Equal(ready, wantReady) {
-		t.Errorf("ready %v, want %v (twins share an address: unready; v6 and address-less pods: none)", ready, wantReady)
+		t.Errorf("ready %v, want %v (twins share an address: unready; address-less pods: none)", ready, wantReady)
 	}
 	if !slices.Equal(st.Conflict, []netip.Addr{addr("10.244.1.14")}) {
 		t.Errorf("conflicts %v", st.Conflict)
@@ -94,7 +94,8 @@ func TestBuildPods(t *testing.T) {
 
 	in1, _ := PodChains("a/web1")
 	in2, _ := PodChains("a/web2")
-	if st.Ingress[addr("10.244.1.10")] != in1 || st.Ingress[addr("10.244.1.11")] != in2 || len(st.Ingress) != 3 {
+	inV6, _ := PodChains("a/v6")
+	if st.Ingress[addr("10.244.1.10")] != in1 || st.Ingress[addr("10.244.1.11")] != in2 || st.Ingress[addr("fd00::7")] != inV6 || len(st.Ingress) != 4 {
 		t.Errorf("ingress dispatch %v", st.Ingress)
 	}
 	if st.Chains[in1][1] != st.Chains[in2][1] || len(ruleChains(st)) != 1+5-2 { // allow-client, e1, e2, dns
@@ -140,6 +141,9 @@ func TestBuildPods(t *testing.T) {
 			t.Errorf("egress rules lack %q:\n%s\n(pod chain %s)", want, all, body)
 		}
 	}
+	if len(st.Chains6[inV6]) != 2 || st.Chains[inV6] != nil {
+		t.Errorf("the IPv6 pod's default-deny chain belongs in ip6tables only: %q / %q", st.Chains6[inV6], st.Chains[inV6])
+	}
 	if strings.Contains(all, "a/e3") || strings.Contains(all, "a/e4") {
 		t.Errorf("a block whose except covers it, and an IPv6 block, allow nothing over IPv4:\n%s", all)
 	}
@@ -174,5 +178,120 @@ func TestDiffSorted(t *testing.T) {
 	add, del := diffSorted([]string{"a", "c", "d"}, []string{"b", "c", "e"})
 	if !slices.Equal(add, []string{"b", "e"}) || !slices.Equal(del, []string{"a", "d"}) {
 		t.Errorf("add %v del %v", add, del)
+	}
+}
+
+// IPv6: the same layout in ip6tables with inet6 sets; every address in its own family only.
+func TestBuildIPv6(t *testing.T) {
+	st := Build(nil, nil, Options{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}, Reject: true})
+	if s := st.Sets[SetLocal6]; s == nil || s.Family != "inet6" || !slices.Equal(s.Members, []string{"fd00:10:244:1::/64"}) {
+		t.Errorf("IPv6 local set %+v", s)
+	}
+	if s := st.Sets[SetLocal]; !slices.Equal(s.Members, []string{"10.244.1.0/24"}) || s.Family != "inet" {
+		t.Errorf("IPv4 local set %+v", s)
+	}
+	for _, c := range staticChains {
+		if len(st.Chains6[c]) == 0 {
+			t.Errorf("fixed IPv6 chain %s is empty", c)
+		}
+	}
+	pod := strings.Join(st.Chains6[ChainPod], "\n")
+	for _, typ := range []string{"133", "134", "135", "136"} {
+		nd := "-p ipv6-icmp -m icmp6 --icmpv6-type " + typ + " -m hl --hl-eq 255 "
+		if !strings.Contains(pod, nd) || strings.Index(pod, nd) > strings.Index(pod, SetReady6) {
+			t.Errorf("neighbour discovery type %s not returned before the unready check:\n%s", typ, pod)
+		}
+	}
+	if strings.Contains(strings.Join(st.Chains[ChainPod], "\n"), "icmp6") || !strings.Contains(pod, "! --match-set "+SetReady6+" src") {
+		t.Errorf("IPv4 pod chain:\n%s\nIPv6:\n%s", strings.Join(st.Chains[ChainPod], "\n"), pod)
+	}
+	if got := strings.Join(st.Chains6[ChainDenyIn], "\n"); !strings.Contains(got, "--reject-with icmp6-port-unreachable") || !strings.Contains(got, "--reject-with tcp-reset") {
+		t.Errorf("IPv6 reject chain:\n%s", got)
+	}
+	if got := strings.Join(st.Chains[ChainDenyIn], "\n"); strings.Contains(got, "icmp6") {
+		t.Errorf("IPv4 reject chain:\n%s", got)
+	}
+
+	// A dual-stack pod admitting a selector (pods of both families) and egress to blocks of both families.
+	client := Peer{Selector: "ns=a/pod(role=client)", PodIPs: []netip.Addr{addr("10.244.2.5"), addr("fd00:10:244:2::5"), addr("fd00:10:244:3::6")}}
+	fws := map[string]*PodFirewall{
+		"a/dual": {IngressIsolated: true, EgressIsolated: true,
+			Ingress: []Rule{{Peers: []Peer{client}, Ports: []PortRule{{Protocol: corev1.ProtocolTCP, Port: 80, EndPort: 80},
+				{Protocol: corev1.ProtocolUDP, Port: 5000, EndPort: 5010}, {Protocol: corev1.ProtocolSCTP}}, Policy: "a/in"}},
+			Egress: []Rule{
+				{Peers: []Peer{{CIDR: pfx("10.0.0.0/8"), Selector: "cidr(10.0.0.0/8)"}}, Policy: "a/e4"},
+				{Peers: []Peer{{CIDR: pfx("2001:db8::/32"), Except: []netip.Prefix{pfx("2001:db8:1::/48"), pfx("10.1.0.0/16")}, Selector: "cidr(2001:db8::/32 -2001:db8:1::/48 -10.1.0.0/16)"}}, Policy: "a/e6"},
+				{Peers: []Peer{{CIDR: pfx("::/0"), Except: []netip.Prefix{pfx("fd00::/8")}, Selector: "cidr(::/0 -fd00::/8)"}}, Policy: "a/all6"},
+				{Peers: []Peer{{CIDR: pfx("2001:db8::/32"), Except: []netip.Prefix{pfx("2001::/16")}, Selector: "cidr(covered)"}}, Policy: "a/covered"},
+			}},
+		"a/v6only": {IngressIsolated: true},
+		"a/v4only": {},
+	}
+	pods := []LocalPod{lp("a/dual", "10.244.1.10"), lp("a/dual", "fd00:10:244:1::10"), lp("a/v6only", "fd00:10:244:1::11"),
+		lp("a/v4only", "10.244.1.12"), lp("a/mapped", "::ffff:10.244.1.13")}
+	st = Build(fws, pods, Options{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64")}})
+	var ready []string
+	for _, a := range sortedReady(st.Ready) {
+		ready = append(ready, a.String())
+	}
+	if want := []string{"10.244.1.10", "10.244.1.12", "fd00:10:244:1::10", "fd00:10:244:1::11"}; !slices.Equal(ready, want) || st.Pods != 3 {
+		t.Errorf("ready %v (%d pods), want %v (3 pods)", ready, st.Pods, want)
+	}
+	in, out := PodChains("a/dual")
+	if st.Ingress[addr("10.244.1.10")] != in || st.Ingress[addr("fd00:10:244:1::10")] != in || st.Egress[addr("fd00:10:244:1::10")] != out {
+		t.Errorf("dispatch %v %v", st.Ingress, st.Egress)
+	}
+	if st.Chains[in] == nil || st.Chains6[in] == nil || st.Chains[out] == nil || st.Chains6[out] == nil {
+		t.Fatal("the dual-stack pod is not isolated in both families")
+	}
+	body := func(chains map[string][]string, pc string) string {
+		var r []string
+		for _, l := range chains[pc] {
+			if c, ok := strings.CutPrefix(l, "-j "+prefixRules); ok {
+				r = append(r, chains[prefixRules+c]...)
+			}
+		}
+		return strings.Join(r, "\n")
+	}
+	in4, in6 := body(st.Chains, in), body(st.Chains6, in)
+	if s := st.Sets[SetName(client.Selector)]; s == nil || s.Family != "inet" || !slices.Equal(s.Members, []string{"10.244.2.5"}) {
+		t.Errorf("IPv4 client set %+v", s)
+	}
+	if s := st.Sets[SetName6(client.Selector)]; s == nil || s.Family != "inet6" || s.Type != "hash:ip" || !slices.Equal(s.Members, []string{"fd00:10:244:2::5", "fd00:10:244:3::6"}) {
+		t.Errorf("IPv6 client set %+v", s)
+	}
+	for _, want := range []string{"-m set --match-set " + SetName6(client.Selector) + " src -p tcp --dport 80 ",
+		"-p udp --dport 5000:5010 ", "-p sctp "} {
+		if !strings.Contains(in6, want) {
+			t.Errorf("IPv6 ingress rules lack %q:\n%s", want, in6)
+		}
+	}
+	if strings.Contains(in4, SetName6(client.Selector)) || !strings.Contains(in4, SetName(client.Selector)) {
+		t.Errorf("IPv4 ingress rules:\n%s", in4)
+	}
+	out4, out6 := body(st.Chains, out), body(st.Chains6, out)
+	if !strings.Contains(out4, "-d 10.0.0.0/8 ") || strings.Contains(out4, "a/e6") || strings.Contains(out4, "a/all6") {
+		t.Errorf("IPv4 egress rules hold only the IPv4 block:\n%s", out4)
+	}
+	e6 := SetName6("cidr(2001:db8::/32 -2001:db8:1::/48 -10.1.0.0/16)")
+	all6 := SetName6("cidr(::/0 -fd00::/8)")
+	if !strings.Contains(out6, "-m set --match-set "+e6+" dst") || !strings.Contains(out6, "-m set --match-set "+all6+" dst") ||
+		strings.Contains(out6, "10.0.0.0/8") || strings.Contains(out6, "a/covered") {
+		t.Errorf("IPv6 egress rules hold only the IPv6 blocks (and not the one its except covers):\n%s", out6)
+	}
+	if s := st.Sets[e6]; s == nil || s.Family != "inet6" || s.Type != "hash:net" || !slices.Equal(s.Members, []string{"2001:db8:1::/48 nomatch", "2001:db8::/32"}) {
+		t.Errorf("IPv6 except set %+v", s)
+	}
+	if s := st.Sets[all6]; s == nil || !slices.Equal(s.Members, []string{"8000::/1", "::/1", "fd00::/8 nomatch"}) {
+		t.Errorf("IPv6 /0 set %+v: hash:net cannot hold /0", s)
+	}
+	if st.Sets[SetName("cidr(2001:db8::/32 -2001:db8:1::/48 -10.1.0.0/16)")] != nil {
+		t.Error("an IPv6 block got an IPv4 set")
+	}
+
+	// A node without an IPv6 pod CIDR builds no IPv6 data path at all.
+	st = Build(fws, pods, Options{PodCIDRs: []netip.Prefix{pfx("10.244.1.0/24")}})
+	if len(st.Chains6) != 0 || st.Sets[SetLocal6] != nil || st.Ready[addr("fd00:10:244:1::10")] || st.Ingress[addr("fd00:10:244:1::11")] != "" || st.Pods != 2 {
+		t.Errorf("IPv4-only node: %d IPv6 chains, ready %v, pods %d", len(st.Chains6), st.Ready, st.Pods)
 	}
 }
