@@ -1,0 +1,66 @@
+package model
+
+import (
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+func TestTransformNode(t *testing.T) {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "u1", ResourceVersion: "7",
+			Labels:        map[string]string{"canopy.io/route-reflector": "1.1.1.1", "zone": "a"},
+			Annotations:   map[string]string{"canopy.io/peers": "[]", "canopy.io/node-asn": "65001", "node.alpha.kubernetes.io/ttl": "0"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
+		Spec: corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24", "fd00::/64"}, ProviderID: "x"},
+		Status: corev1.NodeStatus{
+			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.99.0.11"}},
+			Images:     []corev1.ContainerImage{{Names: []string{"img"}}},
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
+			NodeInfo:   corev1.NodeSystemInfo{KernelVersion: "6.1"},
+		},
+	}
+	out, err := Transform(n.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Node)
+	if got.Name != "n1" || got.UID != "u1" || got.ResourceVersion != "7" || len(got.ManagedFields) != 0 {
+		t.Errorf("meta: %+v", got.ObjectMeta)
+	}
+	if len(got.Labels) != 2 || len(got.Annotations) != 2 || got.Annotations["canopy.io/peers"] != "[]" || got.Annotations["canopy.io/node-asn"] != "65001" {
+		t.Errorf("labels %v annotations %v", got.Labels, got.Annotations)
+	}
+	if NodeIP(got) != NodeIP(n) || len(PodCIDRs(got)) != 2 || len(got.Status.Images)+len(got.Status.Conditions) != 0 || got.Status.NodeInfo.KernelVersion != "" {
+		t.Errorf("node: %+v", got)
+	}
+	if NodeChanged(n, got) {
+		t.Error("NodeChanged sees a difference between a Node and its slim copy")
+	}
+}
+
+func TestTransformSliceAndOthers(t *testing.T) {
+	node, zone := "n1", "a"
+	s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "s", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kcm"}}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node, Zone: &zone,
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "p"}}}}
+	out, _ := Transform(s)
+	got := out.(*discoveryv1.EndpointSlice)
+	if len(got.ManagedFields) != 0 || got.Endpoints[0].TargetRef != nil || got.Endpoints[0].Zone != nil ||
+		*got.Endpoints[0].NodeName != "n1" || got.Endpoints[0].Addresses[0] != "10.244.1.5" {
+		t.Errorf("slice: %+v", got)
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Annotations: map[string]string{"a": "b"},
+		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}}}
+	out, _ = Transform(svc)
+	if g := out.(*corev1.Service); len(g.ManagedFields) != 0 || g.Annotations["a"] != "b" {
+		t.Errorf("service: %+v", g)
+	}
+	tomb := cache.DeletedFinalStateUnknown{Key: "x", Obj: svc}
+	if out, err := Transform(tomb); err != nil || out.(cache.DeletedFinalStateUnknown).Key != "x" {
+		t.Errorf("tombstone: %v %v", out, err)
+	}
+}
