@@ -22,10 +22,11 @@ type Conntrack interface {
 	DeleteUDP(flows []Flow) error
 }
 
-// netlinkConntrack deletes IPv4 conntrack entries over netlink in the calling thread's network namespace.
-type netlinkConntrack struct{}
+// netlinkConntrack deletes IPv4 (v6: IPv6) conntrack entries over netlink in the calling thread's network
+// namespace.
+type netlinkConntrack struct{ v6 bool }
 
-func (netlinkConntrack) DeleteUDP(flows []Flow) error {
+func (c netlinkConntrack) DeleteUDP(flows []Flow) error {
 	filters := make([]netlink.CustomConntrackFilter, 0, len(flows))
 	for _, f := range flows {
 		cf := &netlink.ConntrackFilter{}
@@ -52,7 +53,11 @@ func (netlinkConntrack) DeleteUDP(flows []Flow) error {
 	if len(filters) == 0 {
 		return nil
 	}
-	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, netlink.InetFamily(unix.AF_INET), filters...)
+	fam := netlink.InetFamily(unix.AF_INET)
+	if c.v6 {
+		fam = unix.AF_INET6
+	}
+	_, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam, filters...)
 	return err
 }
 

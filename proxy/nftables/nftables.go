@@ -3,8 +3,9 @@
 // incrementally through knftables (one `nft -f` transaction per Sync, touching only the changed service
 // ports).
 //
-// Everything lives in one table, `ip canopy` (the family is a parameter of the code, IPv4 only for now), so
-// Cleanup deletes one table and nothing else on the node is touched:
+// Everything lives in one table per family, `ip canopy` (New, NewHost) and `ip6 canopy` (New6, NewHost6: the
+// same objects with ip6 matches and ipv6_addr keys, for the IPv6 view of each service port; NewDualStack runs
+// both), so Cleanup deletes one table and nothing else on the node is touched:
 //
 //	chain nat-prerouting  { type nat hook prerouting priority dstnat; jump services }
 //	chain nat-output      { type nat hook output priority dstnat; jump services }
@@ -160,10 +161,21 @@ var _ proxy.Backend = (*Proxier)(nil)
 // New returns a proxier writing through nft (an Interface for table TableName of family ip; knftables.NewFake in
 // tests) and cleaning UDP conntrack entries through ct (nil: none).
 func New(cfg Config, nft knftables.Interface, ct Conntrack, log *slog.Logger) *Proxier {
+	return newFamily(cfg, ipv4, nft, ct, log)
+}
+
+// New6 is New for IPv6: nft is an Interface for table TableName of family ip6, ct cleans IPv6 conntrack
+// entries, and the proxier programs the IPv6 addresses and endpoints of the ports it is given
+// (model.ServicePort.ForFamily(true)).
+func New6(cfg Config, nft knftables.Interface, ct Conntrack, log *slog.Logger) *Proxier {
+	return newFamily(cfg, ipv6, nft, ct, log)
+}
+
+func newFamily(cfg Config, fam family, nft knftables.Interface, ct Conntrack, log *slog.Logger) *Proxier {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	p := &Proxier{cfg: cfg, fam: ipv4, nft: nft, ct: ct, log: log}
+	p := &Proxier{cfg: cfg, fam: fam, nft: nft, ct: ct, log: log}
 	for _, c := range cfg.ClusterCIDRs {
 		if p.fam.is(c.Addr().Unmap()) {
 			c = netip.PrefixFrom(c.Addr().Unmap(), c.Bits()).Masked()
@@ -185,6 +197,32 @@ func NewHost(cfg Config, log *slog.Logger) (*Proxier, error) {
 		return nil, err
 	}
 	return New(cfg, nft, netlinkConntrack{}, log), nil
+}
+
+// NewHost6 is NewHost for IPv6: table `ip6 canopy`, IPv6 conntrack cleanup.
+func NewHost6(cfg Config, log *slog.Logger) (*Proxier, error) {
+	nft, err := knftables.New(ipv6.nft, TableName)
+	if err != nil {
+		return nil, err
+	}
+	return New6(cfg, nft, netlinkConntrack{v6: true}, log), nil
+}
+
+// NewDualStack returns the dual-stack back end on the calling thread's network namespace: NewHost and
+// NewHost6 under one proxy.DualStack.
+func NewDualStack(cfg Config, log *slog.Logger) (*proxy.DualStack, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	p4, err := NewHost(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	p6, err := NewHost6(cfg, log.With("family", "ipv6"))
+	if err != nil {
+		return nil, err
+	}
+	return proxy.NewDualStack(p4, p6), nil
 }
 
 func (p *Proxier) reset() {

@@ -57,7 +57,7 @@ var (
 	affinitySet     = regexp.MustCompile(`^aff-[A-Z2-7]{8}-`)
 )
 
-// family is what differs between the ip and ip6 tables (IPv4 only for now).
+// family is what differs between the ip and ip6 tables.
 type family struct {
 	nft      knftables.Family
 	ip       string // "ip": the payload keyword (ip saddr)
@@ -66,7 +66,13 @@ type family struct {
 	is       func(netip.Addr) bool
 }
 
-var ipv4 = family{nft: knftables.IPv4Family, ip: "ip", addrType: "ipv4_addr", loopback: "127.0.0.0/8", is: netip.Addr.Is4}
+var (
+	ipv4 = family{nft: knftables.IPv4Family, ip: "ip", addrType: "ipv4_addr", loopback: "127.0.0.0/8", is: netip.Addr.Is4}
+	ipv6 = family{nft: knftables.IPv6Family, ip: "ip6", addrType: "ipv6_addr", loopback: "::1", is: is6}
+)
+
+// is6 reports whether a is an IPv6 address that is not an IPv4-mapped one.
+func is6(a netip.Addr) bool { return a.Is6() && !a.Is4In6() }
 
 // hash8 names an object after s: the first 8 base32 characters of SHA-256 (40 bits; the readable part of a
 // name may be sanitised or truncated, the hash keeps names of different keys apart).
