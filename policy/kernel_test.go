@@ -59,8 +59,10 @@ func newNetLab(t testing.TB) *netLab {
 	return l
 }
 
-func serve(t testing.TB, ns *testns.NS, name string, port int) {
-	ln, err := ns.Listen("tcp4", fmt.Sprintf(":%d", port))
+func serve(t testing.TB, ns *testns.NS, name string, port int) { serveNet(t, ns, "tcp4", name, port) }
+
+func serveNet(t testing.TB, ns *testns.NS, network, name string, port int) {
+	ln, err := ns.Listen(network, fmt.Sprintf(":%d", port))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,11 +79,16 @@ func serve(t testing.TB, ns *testns.NS, name string, port int) {
 	}()
 }
 
-// try connects from ns to addr:port: nil, errDropped (timeout) or errRefused (reset: rejected).
+// try connects from ns to addr:port (over IPv6 for an IPv6 addr): nil, errDropped (timeout) or errRefused
+// (reset: rejected).
 func try(ns *testns.NS, addr string, port int) error {
+	network := "tcp4"
+	if strings.Contains(addr, ":") {
+		network = "tcp6"
+	}
 	var c net.Conn
 	err := ns.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp4", net.JoinHostPort(addr, fmt.Sprint(port)), 400*time.Millisecond)
+		c, err = net.DialTimeout(network, net.JoinHostPort(addr, fmt.Sprint(port)), 400*time.Millisecond)
 		return err
 	})
 	if err != nil {
