@@ -146,12 +146,19 @@ func (c *Controller) Run(ctx context.Context) {
 			return
 		}
 		batch := []string{key}
-		for n := c.queue.Len(); n > 0 && len(batch) < c.cfg.Batch; n-- {
+		// A Full sync covers every key queued before it starts (it reads the caches as they are then): it takes
+		// them all, so the keys the informers queued while they listed (every object, before the first sync) or
+		// during a repair are not synced once more, batch after batch, after it.
+		c.mu.Lock()
+		full := !c.ready || c.cfg.Sync == nil || key == fullKey
+		c.mu.Unlock()
+		for n := c.queue.Len(); n > 0 && (full || len(batch) < c.cfg.Batch); n-- {
 			k, quit := c.queue.Get()
 			if quit {
 				break
 			}
 			batch = append(batch, k)
+			full = full || k == fullKey
 		}
 		queuedKeys.WithLabelValues(c.cfg.Name).Set(float64(c.queue.Len()))
 		err := c.process(ctx, batch)

@@ -171,3 +171,27 @@ func TestHealthyReportsAWedgedSync(t *testing.T) {
 		t.Fatalf("Healthy after the sync ended: %v", err)
 	}
 }
+
+// The keys queued before the first sync (the informers' initial list: thousands, more than a Batch) are all
+// covered by the first Full: none goes to Sync after it, and there is one Full, not a second one for the
+// queued Full key.
+func TestFirstFullTakesEveryQueuedKey(t *testing.T) {
+	r := &recorder{}
+	var synced bool
+	var smu sync.Mutex
+	c, _ := start(t, Config{Name: "t", Full: r.full, Sync: r.sync, Batch: 10,
+		Synced: []cache.InformerSynced{func() bool { smu.Lock(); defer smu.Unlock(); return synced }}})
+	for i := range 2500 {
+		c.Enqueue(string(rune('a'+i%26)) + string(rune('a'+i/26%26)) + string(rune('a'+i/676)))
+	}
+	smu.Lock()
+	synced = true
+	smu.Unlock()
+	waitFor(t, "ready", c.Ready)
+	c.Enqueue("after")
+	waitFor(t, "Sync of the key queued after the first sync", func() bool { _, b, _ := r.snapshot(); return len(b) > 0 })
+	fulls, batches, _ := r.snapshot()
+	if fulls != 1 || len(batches) != 1 || !slices.Equal(batches[0], []string{"after"}) {
+		t.Errorf("fulls %d, batches %d (first %v): want one Full, then only [after]", fulls, len(batches), batches[0][:min(3, len(batches[0]))])
+	}
+}
