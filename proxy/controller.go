@@ -42,6 +42,7 @@ type Controller struct {
 	health  *HealthChecks // nil = none
 	log     *slog.Logger
 	ctrl    *controller.Controller
+	start   func() error // nil: the back end was started before
 
 	mu      sync.Mutex
 	desired map[string]*model.ServicePort // by port key
@@ -67,8 +68,29 @@ func NewController(tracker *model.ServiceTracker, backend Backend, health *Healt
 	return c
 }
 
+// StartBackendFirst makes Run call start (the back end's Start, which reads what an earlier run left) before
+// anything else, retried until it succeeds: in the proxy's own goroutine, while the informers list, so neither
+// waits for the other. Call it before Run.
+func (c *Controller) StartBackendFirst(start func() error) { c.start = start }
+
 // Run programs every Service once, then follows changes until ctx ends.
-func (c *Controller) Run(ctx context.Context) { c.ctrl.Run(ctx) }
+func (c *Controller) Run(ctx context.Context) {
+	for wait := time.Second; c.start != nil; wait = min(2*wait, 30*time.Second) {
+		t0 := time.Now()
+		err := c.start()
+		if err == nil {
+			c.log.Info("service proxy back end started", "backend", c.backend.Name(), "took", time.Since(t0).Round(time.Millisecond))
+			break
+		}
+		c.log.Error("starting the service proxy back end; retrying", "backend", c.backend.Name(), "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+	c.ctrl.Run(ctx)
+}
 
 // Controller is the proxy's loop (for health and readiness).
 func (c *Controller) Controller() *controller.Controller { return c.ctrl }

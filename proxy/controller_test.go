@@ -145,3 +145,48 @@ func TestControllerIsIncremental(t *testing.T) {
 		t.Fatalf("a deletion synced %v", got)
 	}
 }
+
+// TestControllerStartsBackendFirst: with StartBackendFirst, Run starts the back end (retrying a failure) before
+// its first sync, and no sync reaches the back end before its start succeeded.
+func TestControllerStartsBackendFirst(t *testing.T) {
+	kube := fake.NewSimpleClientset(testService("default", "a", "10.96.0.10"), testSlice("default", "a", "10.244.1.2"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be := &recordingBackend{}
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
+	c := NewController(tracker, be, nil, 0, log)
+	var mu sync.Mutex
+	starts := 0
+	c.StartBackendFirst(func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		starts++
+		if _, have := be.last(); have != 0 {
+			t.Error("the back end was synced before it started")
+		}
+		if starts == 1 {
+			return fmt.Errorf("first start fails")
+		}
+		return nil
+	})
+	factory.Start(ctx.Done())
+	go tracker.Run(ctx)
+	go c.Run(ctx)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, have := be.last(); have == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the service was never programmed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if starts != 2 {
+		t.Fatalf("back end started %d times, want 2 (one failure, retried)", starts)
+	}
+}

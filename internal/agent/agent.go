@@ -105,7 +105,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.kube.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "canopy", Host: cfg.NodeName})
-	a.factory = informers.NewSharedInformerFactory(a.kube, 0)
+	// Every cached object without what no component reads (managedFields; most of a Node): model.Transform.
+	a.factory = informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTransform(model.Transform))
 	if a.ipt, err = ipt.Open(); err != nil {
 		return fmt.Errorf("iptables: %w", err)
 	}
@@ -123,8 +124,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var schedulers []string
 	var backend proxy.Backend
+	var startBackend func() error
 	if cfg.RunServiceProxy {
-		if backend, err = a.proxyBackend(); err != nil {
+		if backend, startBackend, err = a.proxyBackend(); err != nil {
 			return err
 		}
 		schedulers = backend.Schedulers()
@@ -140,7 +142,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.With("component", "services"))
 	a.add(tracker, tracker.Controller())
 	if backend != nil {
-		a.proxy(ctx, tracker, backend)
+		a.proxy(ctx, tracker, backend, startBackend)
 	}
 	if err := a.bgp(tracker, warn); err != nil {
 		return err
@@ -331,18 +333,19 @@ func (a *agent) proxyConfig() backends.Config {
 	return c
 }
 
-// proxyBackend picks and starts the service proxy's back end.
-func (a *agent) proxyBackend() (proxy.Backend, error) {
-	be, err := backends.New(a.proxyConfig())
+// proxyBackend picks the service proxy's back end; start (reading what an earlier run left: seconds at 10,000
+// Services) runs in the proxy's loop, while the informers list.
+func (a *agent) proxyBackend() (proxy.Backend, func() error, error) {
+	be, start, err := backends.Prepare(a.proxyConfig())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	a.log.Info("service proxy", "backend", be.Name())
-	return be, nil
+	return be, start, nil
 }
 
 // proxy runs the service proxy over the Service model, with the health check node ports.
-func (a *agent) proxy(ctx context.Context, tracker *model.ServiceTracker, be proxy.Backend) {
+func (a *agent) proxy(ctx context.Context, tracker *model.ServiceTracker, be proxy.Backend, start func() error) {
 	a.reg.MustRegister(proxy.Collectors()...)
 	hcHost := ""
 	if ip := model.NodeIP(a.self); ip.IsValid() {
@@ -351,6 +354,7 @@ func (a *agent) proxy(ctx context.Context, tracker *model.ServiceTracker, be pro
 	hc := proxy.NewHealthChecks(hcHost, a.log.With("component", "proxy-healthcheck"))
 	context.AfterFunc(ctx, func() { hc.Close(context.Background()) })
 	c := proxy.NewController(tracker, be, hc, a.cfg.ProxyRepair, a.log.With("component", "proxy"))
+	c.StartBackendFirst(start)
 	a.add(c, c.Controller())
 	a.smu.Lock()
 	a.proxyCtrl = c
