@@ -22,6 +22,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
@@ -173,6 +174,9 @@ func BenchmarkAgentAtScale(b *testing.B) {
 	}
 	res.restartWall = time.Since(start)
 	scaleLog("restart: %v (wall %v)", res.restart, res.restartWall.Round(time.Millisecond))
+	res.restartNote = firstSyncNote(node.LogPath)
+	scaleLog("restart, from the agent's log: %s", res.restartNote)
+	scaleLog("the agent's log since its restart (info):\n%s", sinceLastStart(node.LogPath, 80))
 	if err := scaleHeapProfile(ctx, node, "restart"); err != nil {
 		scaleLog("heap profile: %v", err)
 	}
@@ -442,9 +446,12 @@ func (w *scaleWorkload) slice(i int, s sbsService) *discoveryv1.EndpointSlice {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for k := range sl.Endpoints {
-		if i < len(w.epOf) {
-			n := w.podOn[w.epOf[i][k]]
+		if i < len(w.epOf) { // as the endpointslice controller writes them: the node and the pod
+			j := w.epOf[i][k]
+			n := w.podOn[j]
 			sl.Endpoints[k].NodeName = &n
+			sl.Endpoints[k].TargetRef = &corev1.ObjectReference{Kind: "Pod", Namespace: scaleNS(j), Name: fmt.Sprintf("p%05d", j),
+				UID: types.UID(fmt.Sprintf("00000000-0000-0000-0000-%012d", j))}
 		}
 	}
 	return sl
@@ -653,6 +660,7 @@ type scaleResult struct {
 	rssGC, heapGC, rssChurn      float64
 	minute, cpuRest, cpuChurn    time.Duration
 	changes                      int
+	restartNote                  string
 	plusOne, plusOneWatch        []time.Duration
 }
 
@@ -675,6 +683,7 @@ func (r scaleResult) report(b *testing.B) {
 	for _, k := range names {
 		fmt.Fprintf(out, "| first full sync, start -> %s | %v (after a restart: %v) |\n", k, r.firstSync[k].Round(time.Millisecond), r.restart[k].Round(time.Millisecond))
 	}
+	fmt.Fprintf(out, "| restart, from the agent's log | %s |\n", r.restartNote)
 	fmt.Fprintf(out, "| CPU at rest | %.2f s/min |\n", perMin(r.cpuRest))
 	fmt.Fprintf(out, "| CPU under 10 EndpointSlice changes/s (%d changes) | %.2f s/min |\n", r.changes, perMin(r.cpuChurn))
 	fmt.Fprintf(out, "| +1 Service, API write to kernel (median of %d) | %v %v |\n", len(r.plusOne), median(r.plusOne).Round(time.Millisecond), roundAll(r.plusOne))
@@ -702,6 +711,26 @@ func scaleTail(path string, n int) string {
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sinceLastStart is the first n lines of the log after the lab's last start marker.
+func sinceLastStart(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(string(b), "\n")
+	start := 0
+	for i, l := range lines {
+		if labMarkerRE.MatchString(l) {
+			start = i
+		}
+	}
+	lines = lines[start:]
+	if len(lines) > n {
+		lines = lines[:n]
 	}
 	return strings.Join(lines, "\n")
 }
