@@ -12,6 +12,7 @@ import (
 // device an earlier run left (its entries and routes go with it).
 func (a *agent) overlay() error {
 	opts := a.cfg.OverlayOptions()
+	opts.Repair = a.cfg.ResyncInterval // drift on the device is repaired as often as the BGP routes'
 	log := a.log.With("component", "overlay")
 	a.reg.MustRegister(overlay.Collectors()...)
 	h, err := netlink.NewHandle()

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -24,6 +25,9 @@ type Options struct {
 	NodeName     string
 	Mode         Mode
 	ClusterCIDRs []netip.Prefix // a remote pod CIDR must be inside one (none: not checked)
+	// Repair > 0 re-applies the whole state that often: the kernel is read back, so an entry someone removed
+	// or changed is put back.
+	Repair time.Duration
 }
 
 // Controller keeps the tunnel's entries equal to Desired over the Node informer: every Node event queues one
@@ -47,7 +51,7 @@ func NewController(opts Options, factory informers.SharedInformerFactory, kernel
 	inf := factory.Core().V1().Nodes()
 	c := &Controller{opts: opts, kernel: kernel, nodes: inf.Lister(), recorder: recorder, log: log, reported: map[string]string{}}
 	c.ctrl = controller.New(controller.Config{Name: "overlay", Synced: []cache.InformerSynced{inf.Informer().HasSynced}, Log: log,
-		Full: c.sync})
+		Repair: opts.Repair, Full: c.sync})
 	if _, err := inf.Informer().AddEventHandler(model.NodeHandler(nil, func(*corev1.Node, bool) { c.ctrl.EnqueueFull() })); err != nil {
 		return nil, err
 	}
