@@ -537,7 +537,13 @@ func (l *Lab) snapshot() *record {
 	return r
 }
 
+// saveMu makes saves one at a time: the routers start in parallel, and two writers of the one temporary file
+// race (the second rename finds it gone).
+var saveMu sync.Mutex
+
 func (l *Lab) save() error {
+	saveMu.Lock()
+	defer saveMu.Unlock()
 	return writeRecord(l.cfg.StateRoot, l.snapshot())
 }
 
