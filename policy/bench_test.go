@@ -21,37 +21,63 @@ import (
 // workload is the benchmark: nPods pods on one node (50 namespaces) plus remote pods elsewhere in the
 // cluster, and nPolicies policies (20 per namespace) selecting apps, admitting tiers of the same namespace
 // and clients of labelled namespaces on numeric and named ports; every fifth also limits egress to an ipBlock
-// with an except.
+// with an except. family is "ipv4", "ipv6" (pods, pod CIDR and ipBlocks of that family) or "dual" (pods with
+// both addresses, ipBlocks of both families).
 type workload struct {
 	pods     []*Pod
 	nss      []*Namespace
 	policies []*networkingv1.NetworkPolicy
 	local    []LocalPod
+	cidrs    []netip.Prefix
 }
 
-func makeWorkload(nPods, nRemote, nPolicies int) *workload {
+func makeWorkload(nPods, nRemote, nPolicies int, family ...string) *workload {
 	w := &workload{}
+	fam := "ipv4"
+	if len(family) > 0 {
+		fam = family[0]
+	}
+	v4, v6 := fam != "ipv6", fam != "ipv4"
+	if v4 {
+		w.cidrs = append(w.cidrs, netip.MustParsePrefix("10.128.0.0/16"))
+	}
+	if v6 {
+		w.cidrs = append(w.cidrs, netip.MustParsePrefix("fd00:128::/64"))
+	}
 	const nNS = 50
 	for i := range nNS {
 		w.nss = append(w.nss, &Namespace{Name: fmt.Sprintf("ns%d", i), Labels: map[string]string{"team": fmt.Sprintf("t%d", i%10)}})
 	}
 	tiers := []string{"web", "api", "db", "cache"}
-	mkPod := func(i int, node string, base netip.Addr) *Pod {
-		ip := base
+	nth := func(base string, i int) netip.Addr {
+		ip := netip.MustParseAddr(base)
 		for range i {
 			ip = ip.Next()
 		}
-		return &Pod{Namespace: fmt.Sprintf("ns%d", i%nNS), Name: fmt.Sprintf("%s-p%d", node, i), IP: ip, NodeName: node,
+		return ip
+	}
+	mkPod := func(i int, node, base4, base6 string) *Pod {
+		p := &Pod{Namespace: fmt.Sprintf("ns%d", i%nNS), Name: fmt.Sprintf("%s-p%d", node, i), NodeName: node,
 			Labels: map[string]string{"app": fmt.Sprintf("app%d", (i/nNS)%20), "tier": tiers[i%len(tiers)]},
 			Ports:  []NamedPort{{Name: "http", Port: 8080}, {Name: "metrics", Port: 9090}}}
+		if v4 {
+			p.IPs = append(p.IPs, nth(base4, i))
+		}
+		if v6 {
+			p.IPs = append(p.IPs, nth(base6, i))
+		}
+		p.IP = p.IPs[0]
+		return p
 	}
 	for i := range nPods {
-		p := mkPod(i, "n1", netip.MustParseAddr("10.128.0.10"))
+		p := mkPod(i, "n1", "10.128.0.10", "fd00:128::10")
 		w.pods = append(w.pods, p)
-		w.local = append(w.local, LocalPod{Key: p.Namespace + "/" + p.Name, IP: p.IP})
+		for _, a := range p.IPs {
+			w.local = append(w.local, LocalPod{Key: p.Namespace + "/" + p.Name, IP: a})
+		}
 	}
 	for i := range nRemote {
-		w.pods = append(w.pods, mkPod(i, "n2", netip.MustParseAddr("10.160.0.10")))
+		w.pods = append(w.pods, mkPod(i, "n2", "10.160.0.10", "fd00:160::10"))
 	}
 	tcp := corev1.ProtocolTCP
 	for i := range nPolicies {
@@ -69,8 +95,16 @@ func makeWorkload(nPods, nRemote, nPolicies int) *workload {
 			}}
 		if i%5 == 0 {
 			np.Spec.PolicyTypes = []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress}
-			np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{
-				CIDR: fmt.Sprintf("172.%d.0.0/16", 16+i%16), Except: []string{fmt.Sprintf("172.%d.1.0/24", 16+i%16)}}}}}}
+			var to []networkingv1.NetworkPolicyPeer
+			if v4 {
+				to = append(to, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+					CIDR: fmt.Sprintf("172.%d.0.0/16", 16+i%16), Except: []string{fmt.Sprintf("172.%d.1.0/24", 16+i%16)}}})
+			}
+			if v6 {
+				to = append(to, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{
+					CIDR: fmt.Sprintf("fd00:172:%x::/48", 16+i%16), Except: []string{fmt.Sprintf("fd00:172:%x:1::/64", 16+i%16)}}})
+			}
+			np.Spec.Egress = []networkingv1.NetworkPolicyEgressRule{{To: to}}
 		}
 		w.policies = append(w.policies, np)
 	}
@@ -78,33 +112,39 @@ func makeWorkload(nPods, nRemote, nPolicies int) *workload {
 }
 
 func (w *workload) state() *State {
-	return Build(Compute(w.policies, w.pods, w.nss, "n1"), w.local, Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}})
+	return Build(Compute(w.policies, w.pods, w.nss, "n1"), w.local, Options{PodCIDRs: w.cidrs})
 }
 
 // rulesPerPod counts the rules of the per-pod chains, per policed pod.
 func rulesPerPod(st *State) float64 {
 	n := 0
-	for name, rules := range st.Chains {
-		if strings.HasPrefix(name, prefixPodIn) || strings.HasPrefix(name, prefixPodOut) {
-			n += len(rules)
+	for _, chains := range []map[string][]string{st.Chains, st.Chains6} {
+		for name, rules := range chains {
+			if strings.HasPrefix(name, prefixPodIn) || strings.HasPrefix(name, prefixPodOut) {
+				n += len(rules)
+			}
 		}
 	}
-	return float64(n) / float64(len(st.Ready))
+	return float64(n) / float64(st.Pods)
 }
 
 func totalRules(st *State) int {
 	n := 0
-	for _, rules := range st.Chains {
-		n += len(rules)
+	for _, chains := range []map[string][]string{st.Chains, st.Chains6} {
+		for _, rules := range chains {
+			n += len(rules)
+		}
 	}
 	return n + len(st.Ingress) + len(st.Egress)
 }
 
 // BenchmarkPolicy programs 1,000 policies over 5,000 pods of one node from empty, then one pod label change,
 // on the kernel (in a namespace), per iptables flavour. The baseline is what a full rebuild costs for that same
-// label change (what kube-router does on every event): the whole State written again.
+// label change (what kube-router does on every event): the whole State written again. Per family: IPv4, IPv6
+// (ip6tables, inet6 sets) and dual-stack (every pod in both: twice the chains; a label change edits both
+// families' sets).
 func BenchmarkPolicy(b *testing.B) {
-	requireKernel(b)
+	requireKernel6(b)
 	// Rules per pod must not grow with the cluster: the same node in a 5,000 and a 50,000 pod cluster.
 	small, big := makeWorkload(5000, 0, 1000).state(), makeWorkload(5000, 45000, 1000).state()
 	b.ReportMetric(rulesPerPod(small), "rules/pod@5k")
@@ -112,13 +152,17 @@ func BenchmarkPolicy(b *testing.B) {
 	b.Logf("rules per pod: %.2f with 5,000 pods in the cluster, %.2f with 50,000; total rules %d / %d, chains %d, sets %d",
 		rulesPerPod(small), rulesPerPod(big), totalRules(small), totalRules(big), len(small.Chains), len(small.Sets))
 	for _, f := range []ipt.Flavour{ipt.NFT, ipt.Legacy} {
-		b.Run(string(f), func(b *testing.B) { benchPolicy(b, f) })
+		b.Run(string(f), func(b *testing.B) {
+			for _, fam := range []string{"ipv4", "ipv6", "dual"} {
+				b.Run(fam, func(b *testing.B) { benchPolicy(b, f, fam) })
+			}
+		})
 	}
 }
 
-func benchPolicy(b *testing.B, flavour ipt.Flavour) {
+func benchPolicy(b *testing.B, flavour ipt.Flavour, fam string) {
 	for b.Loop() {
-		w := makeWorkload(5000, 0, 1000)
+		w := makeWorkload(5000, 0, 1000, fam)
 		ns := testns.New(b, "pol-bench")
 		var fw *Firewall
 		do := func(f func() error) {
@@ -132,7 +176,7 @@ func benchPolicy(b *testing.B, flavour ipt.Flavour) {
 			return err
 		})
 		do(func() error {
-			return fw.Start(Options{PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.128.0.0/16")}})
+			return fw.Start(Options{PodCIDRs: w.cidrs})
 		})
 
 		t0 := time.Now()
@@ -167,18 +211,23 @@ func benchPolicy(b *testing.B, flavour ipt.Flavour) {
 
 		var rules int
 		do(func() error {
-			out, err := exec.Command("iptables-"+string(flavour)+"-save", "-t", "filter").Output()
-			rules = strings.Count(string(out), "\n-A ")
-			return err
+			for _, tool := range []string{"iptables", "ip6tables"} {
+				out, err := exec.Command(tool+"-"+string(flavour)+"-save", "-t", "filter").Output()
+				if err != nil {
+					return err
+				}
+				rules += strings.Count(string(out), "\n-A ")
+			}
+			return nil
 		})
 		b.ReportMetric(fromEmpty.Seconds()*1000, "ms-from-empty")
 		b.ReportMetric(compute.Seconds()*1000, "ms-compute")
 		b.ReportMetric(labelChange.Seconds()*1000, "ms-label-change")
 		b.ReportMetric(full.Seconds()*1000, "ms-full-rewrite")
 		b.ReportMetric(labelChange.Seconds()/full.Seconds(), "label/full")
-		b.Logf("%s: 1,000 policies x 5,000 pods from empty %v (compute %v; %d chains, %d set ops, %d rules in the kernel); "+
+		b.Logf("%s %s: 1,000 policies x 5,000 pods from empty %v (compute %v; %d chains, %d set ops, %d rules in the kernel); "+
 			"one label change %v (%d chains, %d set ops); the same change as a full rewrite %v: ratio %.3f",
-			flavour, fromEmpty.Round(time.Millisecond), compute.Round(time.Millisecond), stats.Chains, stats.SetOps, rules,
+			flavour, fam, fromEmpty.Round(time.Millisecond), compute.Round(time.Millisecond), stats.Chains, stats.SetOps, rules,
 			labelChange.Round(time.Millisecond), change.Chains, change.SetOps, full.Round(time.Millisecond), labelChange.Seconds()/full.Seconds())
 	}
 }
