@@ -129,9 +129,10 @@ type Problem struct {
 }
 
 // Desired returns the peers the tunnel should have in mode, sorted by node name, and every remote Node that
-// is refused: an invalid, non-IPv4, special or our own node address, or a node address another node has; a pod
-// CIDR outside clusterCIDRs (when any are given), smaller than /30, overlapping ours or another node's, or
-// covering a node address. A node without an IPv4 pod CIDR yet is skipped quietly (it has nothing to route).
+// is refused: a non-IPv4, special or our own node address, or a node address another node has; a pod CIDR
+// outside clusterCIDRs (when any are given), smaller than /30, overlapping ours or another node's, or covering a
+// node address. A node without an IPv4 pod CIDR or without an address yet is skipped quietly (nothing to route,
+// or nowhere to send it, until the API says).
 // In crosssubnet mode nodes inside self.Subnet are left out (native). A refused node gets no tunnel entries;
 // the others are not affected.
 func Desired(mode Mode, self Self, nodes []NodeInfo, clusterCIDRs []netip.Prefix) ([]Peer, []Problem) {
@@ -167,8 +168,7 @@ func Desired(mode Mode, self Self, nodes []NodeInfo, clusterCIDRs []netip.Prefix
 		ip := n.IP.Unmap()
 		switch {
 		case !ip.IsValid():
-			refuse(n.Name, "no node address")
-			continue
+			continue // no address yet (a Node is often registered before its addresses are set): nothing to reach
 		case !ip.Is4():
 			refuse(n.Name, "node address %s is not IPv4 (the overlay is IPv4 only)", ip)
 			continue

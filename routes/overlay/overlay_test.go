@@ -83,7 +83,11 @@ func TestDesiredModes(t *testing.T) {
 	if p, _ := Desired(ModeCrossSubnet, self5, all, cluster); names(p) != "node1,node2,node3" {
 		t.Errorf("crosssubnet from node5: %s", names(p))
 	}
-	// A node without a pod CIDR yet is skipped quietly.
+	// A node without a pod CIDR or an address yet is skipped quietly.
+	noAddr := NodeInfo{Name: "noaddr", PodCIDRs: []netip.Prefix{pfx("10.244.9.0/24")}}
+	if p, probs := Desired(ModeVXLAN, self1, []NodeInfo{n1, noAddr}, cluster); len(p)+len(probs) != 0 {
+		t.Errorf("node without address: %v %v", p, probs)
+	}
 	if p, probs := Desired(ModeVXLAN, self1, []NodeInfo{n1, {Name: "new", IP: addr("10.99.0.20")}}, cluster); len(p)+len(probs) != 0 {
 		t.Errorf("node without pod CIDR: %v %v", p, probs)
 	}
@@ -101,7 +105,6 @@ func TestDesiredRefusesBadNodes(t *testing.T) {
 		n    NodeInfo
 		want string
 	}{
-		{node("noip", "", "10.244.9.0/24"), "no node address"},
 		{node("v6", "fd00::9", "10.244.9.0/24"), "not IPv4"},
 		{node("lo", "127.0.0.9", "10.244.9.0/24"), "cannot be a tunnel end point"},
 		{node("mc", "224.0.0.9", "10.244.9.0/24"), "cannot be a tunnel end point"},
