@@ -275,8 +275,21 @@ func TestRacksFailure(t *testing.T) {
 		if strings.Contains(out, "via "+alive.IP.String()+" ") {
 			dead, alive = alive, dead
 		}
-		podOut, _ := n4.Exec(ctx, "ip", "route", "get", p1.IP.String(), "from", p4.IP.String(), "iif", "canopy0")
-		t.Logf("%s's flows: to the external host %s; to rack1's pod %s", n4.Name, strings.TrimSpace(out), strings.TrimSpace(podOut))
+		// The pod-to-pod stream goes to a pod whose flow is hashed to that ToR too, if there is one (the BGP
+		// routes' ECMP), so that it must fail over by BFD.
+		target, via := p1, alive.Name+" (no pod's flow is hashed to "+dead.Name+")"
+		for _, p := range []*lab.Pod{p1, p2, p3, p5, p6} {
+			o, err := n4.Exec(ctx, "ip", "route", "get", p.IP.String(), "from", p4.IP.String(), "iif", "canopy0")
+			if err != nil {
+				t.Fatalf("ip route get: %v: %s", err, o)
+			}
+			if strings.Contains(o, "via "+dead.IP.String()+" ") {
+				target, via = p, dead.Name
+				break
+			}
+		}
+		t.Logf("%s's flows: to the external host %s; to %s's pod via %s; powering off %s", n4.Name,
+			strings.SplitN(strings.TrimSpace(out), "\n", 2)[0], target.Node.Name, via, dead.Name)
 		before, err := uptimes(ctx, n4)
 		if err != nil {
 			t.Fatal(err)
@@ -284,7 +297,7 @@ func TestRacksFailure(t *testing.T) {
 		if before[alive.IP].IsZero() || before[dead.IP].IsZero() {
 			t.Fatalf("%s: sessions %v, want both ToRs Established", n4.Name, before)
 		}
-		toPod := startStream(p4, "dual-homed pod → rack1 pod", p1.IP, 10*time.Second)
+		toPod := startStream(p4, "dual-homed pod → "+target.Node.Name+" pod", target.IP, 10*time.Second)
 		toExt := startStream(p4, "dual-homed pod → external host", l.Ext.IP, 10*time.Second)
 		fromPod := startStream(p2, "rack1 pod → dual-homed pod", p4.IP, 10*time.Second)
 		time.Sleep(time.Second)
