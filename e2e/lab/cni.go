@@ -104,12 +104,28 @@ func (l *Lab) addPodCNI(ctx context.Context, node *Node, name, ns string, o PodO
 	if err := json.Unmarshal(out, &res); err != nil || len(res.IPs) == 0 {
 		return nil, fmt.Errorf("CNI ADD result %s: %v", out, err)
 	}
-	pfx, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		return nil, err
+	// The first address of each family: IP is the IPv4 one (the IPv6 one on an IPv6-only node), IP6 the IPv6
+	// one beside an IPv4 one (Config.DualStack).
+	var v4, v6, gw4, gw6 netip.Addr
+	for _, ip := range res.IPs {
+		pfx, err := netip.ParsePrefix(ip.Address)
+		if err != nil {
+			return nil, err
+		}
+		gw, _ := netip.ParseAddr(ip.Gateway)
+		switch {
+		case pfx.Addr().Is4() && !v4.IsValid():
+			v4, gw4 = pfx.Addr(), gw
+		case pfx.Addr().Is6() && !v6.IsValid():
+			v6, gw6 = pfx.Addr(), gw
+		}
 	}
-	p.IP = pfx.Addr()
-	p.Gateway, _ = netip.ParseAddr(res.IPs[0].Gateway)
+	p.IP, p.Gateway = v4, gw4
+	if v4.IsValid() {
+		p.IP6, p.Gateway6 = v6, gw6
+	} else {
+		p.IP, p.Gateway = v6, gw6
+	}
 	if o.OnAddress != nil {
 		o.OnAddress(p)
 	}
@@ -156,7 +172,7 @@ func (l *Lab) createPodObject(ctx context.Context, p *Pod, ports []corev1.Contai
 func (l *Lab) setPodStatus(ctx context.Context, p *Pod, created *corev1.Pod) error {
 	now := metav1.Now()
 	created.Status = corev1.PodStatus{
-		Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: []corev1.PodIP{{IP: p.IP.String()}}, HostIP: p.Node.IP.String(),
+		Phase: corev1.PodRunning, PodIP: p.IP.String(), PodIPs: p.podIPs(), HostIP: p.Node.IP.String(),
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
 			{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
 		StartTime: &now,

@@ -61,6 +61,18 @@ type Config struct {
 	ServiceCIDR      netip.Prefix // default 10.96.0.0/16
 	NodeCIDRMaskSize int          // default 24
 	ToRASN           uint32       // default 64500
+	// DualStack adds IPv6 to the lab (dualstack.go): FabricCIDR6 on the rack segment (ToR ::1, control plane ::2,
+	// node i ::10+i hex, e.g. fd00:99::11), the cluster and service CIDRs in both families (nodeipam gives every
+	// Node a pod CIDR of each), both InternalIPs on every Node, IPv6 unicast on the ToR's node sessions, and the
+	// agents' --cluster-cidr and --service-cluster-ip-range in both families (so CNI gives pods both too). The
+	// IPv4 side is the same as without it. Single rack only.
+	DualStack bool `json:",omitempty"`
+	// FabricCIDR6 (default fd00:99::/64), ClusterCIDR6 (default fd00:10:244::/56), ServiceCIDR6 (default
+	// fd00:10:96::/112) and NodeCIDRMaskSize6 (default 64) are the IPv6 side of DualStack.
+	FabricCIDR6       netip.Prefix `json:",omitempty"`
+	ClusterCIDR6      netip.Prefix `json:",omitempty"`
+	ServiceCIDR6      netip.Prefix `json:",omitempty"`
+	NodeCIDRMaskSize6 int          `json:",omitempty"`
 	// NodeDefaultRoute gives every node a static default route via the ToR, as a real server would have. Off by
 	// default: a node then knows only the fabric subnet, and every other route it has came from the agent.
 	NodeDefaultRoute bool
@@ -178,6 +190,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.AgentGroups = []string{"system:masters"}
 	}
 	if err := c.checkRacks(); err != nil {
+		return c, err
+	}
+	if err := c.dualStackDefaults(); err != nil {
 		return c, err
 	}
 	return c, nil

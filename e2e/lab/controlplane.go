@@ -193,6 +193,7 @@ func (l *Lab) startControlPlane() error {
 		"--secure-port=0",
 		"--use-service-account-credentials=false",
 	}
+	apiserver, kcm = c.dualStackControlPlane(apiserver, kcm)
 	l.kcmArgv = kcm
 	for _, p := range []struct {
 		name string
@@ -272,6 +273,7 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 		if n.Rack != nil && l.cfg.multiRack() {
 			node.Labels[RackLabel] = n.Rack.Name
 		}
+		node.Status.Addresses = n.dualStackAddresses(node.Status.Addresses)
 		if n.Rack != nil && n.Rack.NodeASN != 0 {
 			node.Annotations = map[string]string{AnnotationNodeASN: fmt.Sprint(n.Rack.NodeASN)}
 		}
@@ -298,6 +300,9 @@ func (l *Lab) registerNodes(ctx context.Context) error {
 					return fmt.Errorf("node %s: podCIDR %q: %w", n.Name, got.Spec.PodCIDR, err)
 				}
 				n.PodCIDR = p
+				if err := n.setPodCIDR6(got); err != nil {
+					return err
+				}
 				break
 			}
 			if err := l.procsFailed("kube-controller-manager"); err != nil {

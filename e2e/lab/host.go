@@ -96,6 +96,7 @@ func (n *Node) AgentArgs(extra ...string) []string {
 			"--log-level=debug")
 	}
 	args = append(args, n.cniAgentArgs()...)
+	args = append(args, n.dualStackAgentArgs()...)
 	args = append(args, c.AgentArgs...)
 	args = append(args, c.PerNodeArgs[n.Index]...)
 	return append(args, extra...)
@@ -185,6 +186,8 @@ type Pod struct {
 	Host
 	Node    *Node
 	Gateway netip.Addr
+	// IP6 and Gateway6 are the pod's IPv6 address and gateway (Config.DualStack, with the CNI plugin).
+	IP6, Gateway6 netip.Addr
 	// Namespace and Labels are the Pod object's (with the CNI plugin only): "default" and app=<name> unless
 	// PodOptions said otherwise.
 	Namespace string

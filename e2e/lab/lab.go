@@ -76,6 +76,8 @@ type Node struct {
 	PodCIDR        netip.Prefix
 	LogPath        string // the agent's stdout and stderr, appended across restarts
 	KubeconfigPath string // the agent's credentials (user system:canopy:<name>, Config.AgentGroups)
+	// PodCIDR6 is the node's IPv6 pod CIDR (Config.DualStack).
+	PodCIDR6 netip.Prefix
 
 	agent   *Proc
 	nextPod int // pods made so far (addresses .10, .11, …); the first made bridge canopy0
@@ -161,6 +163,11 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	if err := step("FRR answers", func() error { return <-frr }); err != nil {
 		return nil, err
+	}
+	if c.DualStack {
+		if err := step("ToR: IPv6 unicast on the node sessions", func() error { return l.torIPv6(ctx) }); err != nil {
+			return nil, err
+		}
 	}
 	if c.multiRack() {
 		if err := step("fabric routed (ToRs and spine)", func() error { return l.waitFabric(ctx) }); err != nil {
@@ -318,7 +325,10 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return l.buildNetwork6(ctx)
 }
 
 // addNetns records the namespace in the state file, then creates it (so a crash in between leaks nothing).

@@ -1,0 +1,242 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"canopy.io/canopy/e2e/lab"
+)
+
+// TestDualStack runs its own dual-stack lab (lab.Config.DualStack: IPv6 on the fabric, both families in the
+// cluster and service CIDRs, both InternalIPs on every Node, IPv6 unicast on the ToR's node sessions; 3 nodes):
+// the BGP sessions are the IPv4 ones, and over them (MP-BGP) every node announces its IPv6 pod CIDR with its IPv6
+// address as next hop. It checks that the ToR learns and installs every node's IPv6 pod CIDR through that node's
+// IPv6 address, that every node installs every other node's IPv6 pod CIDR the same way (and its IPv4 one through
+// its IPv4 address, as without dual stack), that pods get an address of each family from the CNI plugin, and that
+// pods on different nodes reach each other over IPv6 (ICMPv6, TCP with the source address kept) and still over
+// IPv4. Convergence times from the agents' start are logged.
+func TestDualStack(t *testing.T) {
+	l := lab.New(t, lab.Config{Nodes: 3, DualStack: true, AgentBin: agentBin(), CNIPlugin: cniBin()})
+	start := time.Now() // the agents have just started
+	for _, n := range l.Nodes {
+		if !n.PodCIDR6.IsValid() || !n.IP6().IsValid() {
+			t.Fatalf("%s: IPv6 pod CIDR %v, IPv6 address %v", n.Name, n.PodCIDR6, n.IP6())
+		}
+		t.Logf("%s: %s %s, pod CIDRs %s %s", n.Name, n.IP, n.IP6(), n.PodCIDR, n.PodCIDR6)
+	}
+
+	// The ToR: every node's IPv6 pod CIDR in its BGP table and its kernel, through that node's IPv6 address (and
+	// every IPv4 one through its IPv4 address: each family's time is logged).
+	var at4, at6 time.Duration
+	eventually(t, 60*time.Second, "the ToR learns every IPv6 pod CIDR with the node's IPv6 next hop", func(ctx context.Context) error {
+		if at4 == 0 {
+			rib4, err := l.ToR.Routes(ctx)
+			if err != nil {
+				return err
+			}
+			all := true
+			for _, n := range l.Nodes {
+				all = all && slices.Equal(rib4[n.PodCIDR], []netip.Addr{n.IP})
+			}
+			if all {
+				at4 = time.Since(start)
+			}
+		}
+		rib, err := torRoutes6(ctx, l.ToR)
+		if err != nil {
+			return err
+		}
+		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
+		if err != nil {
+			return err
+		}
+		for _, n := range l.Nodes {
+			if !slices.Equal(rib[n.PodCIDR6], []netip.Addr{n.IP6()}) {
+				return fmt.Errorf("ToR BGP: %s via %v, want %s", n.PodCIDR6, rib[n.PodCIDR6], n.IP6())
+			}
+			if !slices.Equal(kern[n.PodCIDR6], []netip.Addr{n.IP6()}) {
+				return fmt.Errorf("ToR kernel: %s via %v, want %s", n.PodCIDR6, kern[n.PodCIDR6], n.IP6())
+			}
+		}
+		if at6 == 0 {
+			at6 = time.Since(start)
+		}
+		if at4 == 0 {
+			return fmt.Errorf("ToR: not every IPv4 pod CIDR yet")
+		}
+		return nil
+	})
+	t.Logf("ToR has every IPv6 pod CIDR (BGP and kernel) %s after the agents started; every IPv4 one (BGP) %s after",
+		at6.Round(time.Millisecond), at4.Round(time.Millisecond))
+	out, _ := l.ToR.Vtysh(context.Background(), "show bgp ipv6 unicast")
+	t.Logf("ToR: show bgp ipv6 unicast\n%s", out)
+
+	// Every node: every other node's pod CIDRs, each through that node's address of its family (Canopy's route
+	// protocol), and the sessions are the IPv4 ones.
+	eventually(t, 60*time.Second, "every node installs every other node's IPv6 and IPv4 pod CIDR", func(ctx context.Context) error {
+		for _, n := range l.Nodes {
+			st, err := neighbors(ctx, n)
+			if err != nil {
+				return err
+			}
+			r6, err := routesIn(ctx, exec6(n.Exec), "proto", "186")
+			if err != nil {
+				return err
+			}
+			r4, err := kernelRoutes(ctx, n)
+			if err != nil {
+				return err
+			}
+			if st[l.ToR.IP] != "ESTABLISHED" {
+				return fmt.Errorf("%s: ToR session %q", n.Name, st[l.ToR.IP])
+			}
+			for _, o := range l.Nodes {
+				if o == n {
+					continue
+				}
+				if st[o.IP] != "ESTABLISHED" {
+					return fmt.Errorf("%s: session with %s %q", n.Name, o.IP, st[o.IP])
+				}
+				if !slices.Equal(r6[o.PodCIDR6], []netip.Addr{o.IP6()}) {
+					return fmt.Errorf("%s: %s via %v, want %s", n.Name, o.PodCIDR6, r6[o.PodCIDR6], o.IP6())
+				}
+				if !slices.Equal(r4[o.PodCIDR], []netip.Addr{o.IP}) {
+					return fmt.Errorf("%s: %s via %v, want %s", n.Name, o.PodCIDR, r4[o.PodCIDR], o.IP)
+				}
+			}
+			if len(r6) != len(l.Nodes)-1 {
+				return fmt.Errorf("%s: IPv6 routes of Canopy %v, want the other nodes' pod CIDRs only", n.Name, r6)
+			}
+		}
+		return nil
+	})
+	t.Logf("every node has every other node's IPv6 and IPv4 pod CIDR %s after the agents started", time.Since(start).Round(time.Millisecond))
+	out, _ = l.Nodes[0].Exec(context.Background(), "ip", "-6", "route", "show", "proto", "186")
+	t.Logf("node1: ip -6 route show proto 186\n%s", out)
+
+	// Pods get an address of each family, of their node's pod CIDRs.
+	t0 := time.Now()
+	pods := make([]*lab.Pod, len(l.Nodes))
+	for i, n := range l.Nodes {
+		pods[i] = addPod(t, l, n, fmt.Sprintf("ds%d", i+1))
+		p := pods[i]
+		if !n.PodCIDR.Contains(p.IP) || !n.PodCIDR6.Contains(p.IP6) {
+			t.Fatalf("pod on %s: addresses %s %s, want inside %s and %s", n.Name, p.IP, p.IP6, n.PodCIDR, n.PodCIDR6)
+		}
+		t.Logf("pod %s on %s: %s %s", p.Name, n.Name, p.IP, p.IP6)
+	}
+	t.Logf("3 dual-stack pods made in %s", time.Since(t0).Round(time.Millisecond))
+
+	// Pod to pod across nodes: ICMPv6 both ways between every pair, then ICMP (IPv4).
+	t1 := time.Now()
+	for _, a := range pods {
+		for _, b := range pods {
+			if a == b {
+				continue
+			}
+			eventually(t, 10*time.Second, fmt.Sprintf("ping -6 %s -> %s (%s)", a.Name, b.Name, b.IP6), func(ctx context.Context) error {
+				return a.Ping(ctx, b.IP6)
+			})
+			eventually(t, 10*time.Second, fmt.Sprintf("ping %s -> %s (%s)", a.Name, b.Name, b.IP), func(ctx context.Context) error {
+				return a.Ping(ctx, b.IP)
+			})
+		}
+	}
+	t.Logf("ICMPv6 and ICMP between every pair of pods on different nodes (12 pings) in %s", time.Since(t1).Round(time.Millisecond))
+
+	// TCP over IPv6 and over IPv4 across nodes; the server sees the client pod's own address (no NAT).
+	if got := sourceSeenAt(t, &pods[1].Host, pods[1].IP6, pods[0]); got != pods[0].IP6 {
+		t.Errorf("TCP over IPv6 %s -> %s: the server saw %s, want the client pod's %s", pods[0].Name, pods[1].Name, got, pods[0].IP6)
+	}
+	if got := sourceSeenAt(t, &pods[2].Host, pods[2].IP, pods[0]); got != pods[0].IP {
+		t.Errorf("TCP over IPv4 %s -> %s: the server saw %s, want the client pod's %s", pods[0].Name, pods[2].Name, got, pods[0].IP)
+	}
+}
+
+// exec6 turns `ip …` commands into `ip -6 …` ones (for routesIn).
+func exec6(exec func(context.Context, ...string) (string, error)) func(context.Context, ...string) (string, error) {
+	return func(ctx context.Context, args ...string) (string, error) {
+		if len(args) > 0 && args[0] == "ip" {
+			args = append([]string{"ip", "-6"}, args[1:]...)
+		}
+		return exec(ctx, args...)
+	}
+}
+
+// torRoutes6 returns the FRR ToR's IPv6 unicast best and multipaths: prefix → global next hops, sorted.
+func torRoutes6(ctx context.Context, tor *lab.ToR) (map[netip.Prefix][]netip.Addr, error) {
+	var rib struct {
+		Routes map[string][]struct {
+			Valid     bool `json:"valid"`
+			Bestpath  bool `json:"bestpath"`
+			Multipath bool `json:"multipath"`
+			Nexthops  []struct {
+				IP    string `json:"ip"`
+				Scope string `json:"scope"`
+			} `json:"nexthops"`
+		} `json:"routes"`
+	}
+	if err := tor.VtyshJSON(ctx, "show bgp ipv6 unicast", &rib); err != nil {
+		return nil, err
+	}
+	out := map[netip.Prefix][]netip.Addr{}
+	for ps, paths := range rib.Routes {
+		p, err := netip.ParsePrefix(ps)
+		if err != nil {
+			continue
+		}
+		for _, path := range paths {
+			if !path.Valid || !(path.Bestpath || path.Multipath) {
+				continue
+			}
+			for _, nh := range path.Nexthops {
+				if a, err := netip.ParseAddr(nh.IP); err == nil && nh.Scope != "link-local" && !a.IsLinkLocalUnicast() {
+					out[p] = append(out[p], a)
+				}
+			}
+		}
+		slices.SortFunc(out[p], netip.Addr.Compare)
+	}
+	return out, nil
+}
+
+// sourceSeenAt is sourceSeen for a server address of either family: a TCP server in server's namespace answers
+// each connection with the client address it sees; client connects to addr and the address is returned.
+func sourceSeenAt(t *testing.T, server *lab.Host, addr netip.Addr, client *lab.Pod) netip.Addr {
+	t.Helper()
+	const port = "8098"
+	listen := "TCP4-LISTEN:" + port
+	if addr.Is6() {
+		listen = "TCP6-LISTEN:" + port
+	}
+	proc, err := server.Start("echo-source-"+strings.ToLower(listen[:4]), "socat", listen+",reuseaddr,fork", `SYSTEM:echo $SOCAT_PEERADDR`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proc.Kill()
+	var got netip.Addr
+	t0 := time.Now()
+	eventually(t, 10*time.Second, fmt.Sprintf("connect %s -> [%s]:%s", client.Name, addr, port), func(ctx context.Context) error {
+		c, err := client.Dial(ctx, "tcp", net.JoinHostPort(addr.String(), port))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return err
+		}
+		got, err = netip.ParseAddr(strings.Trim(strings.TrimSpace(line), "[]"))
+		return err
+	})
+	t.Logf("TCP %s -> [%s]:%s answered in %s (server start included), source seen %s", client.Name, addr, port, time.Since(t0).Round(time.Millisecond), got)
+	return got
+}
