@@ -26,6 +26,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"canopy.io/canopy/e2e/lab"
 )
 
@@ -275,5 +278,83 @@ func TestOverlayCrossSubnet(t *testing.T) {
 				t.Errorf("%s: %s = %v", c.n.Name, k, v)
 			}
 		}
+	}
+
+	// A Node joining (a node of a fourth subnet, registered by hand: no process runs behind it) gets tunnel
+	// entries on every node, and leaving takes them away; a Node with a pod CIDR outside the cluster's gets an
+	// Event and none.
+	newNode := func(name, ip, cidr string) {
+		t.Helper()
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: cidr, PodCIDRs: []string{cidr}}}
+		created, err := l.Kube.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = l.Kube.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		created.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+		if _, err := l.Kube.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	joined := netip.MustParsePrefix("10.244.200.0/24")
+	hasRoute := func(want bool) func(ctx context.Context) error {
+		return func(ctx context.Context) error {
+			for _, n := range []*lab.Node{n1, n5} {
+				got, err := tunnelRoutes(ctx, n)
+				if err != nil {
+					return err
+				}
+				if _, ok := got[joined]; ok != want {
+					return fmt.Errorf("%s: tunnel route to %s: %v, want %v", n.Name, joined, ok, want)
+				}
+			}
+			return nil
+		}
+	}
+	t4 := time.Now()
+	newNode("ovl-joined", "10.99.50.60", joined.String())
+	eventually(t, 30*time.Second, "tunnel routes to a Node that joined", hasRoute(true))
+	t.Logf("a Node that joined: tunnel route on node1 and node5 %s after it got its address", time.Since(t4).Round(time.Millisecond))
+	if fdb, _ := n5.Exec(ctx, "bridge", "fdb", "show", "dev", "canopy.vxlan"); !strings.Contains(fdb, "02:cb:0a:63:32:3c dst 10.99.50.60") {
+		t.Errorf("node5: no FDB entry for the joined node:\n%s", fdb)
+	}
+	t5 := time.Now()
+	if err := l.Kube.CoreV1().Nodes().Delete(ctx, "ovl-joined", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the deleted Node's tunnel routes gone", hasRoute(false))
+	t.Logf("the Node deleted: its tunnel routes gone from node1 and node5 %s later", time.Since(t5).Round(time.Millisecond))
+	if fdb, _ := n5.Exec(ctx, "bridge", "fdb", "show", "dev", "canopy.vxlan"); strings.Contains(fdb, "10.99.50.60") {
+		t.Errorf("node5: FDB entry of the deleted node left:\n%s", fdb)
+	}
+
+	newNode("ovl-bad", "10.99.50.61", "10.55.0.0/24")
+	eventually(t, 30*time.Second, "Event InvalidOverlayNode on the bad Node, counted", func(ctx context.Context) error {
+		evs, err := l.Kube.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=ovl-bad,reason=InvalidOverlayNode"})
+		if err != nil {
+			return err
+		}
+		var msgs []string
+		for _, e := range evs.Items {
+			msgs = append(msgs, e.Message)
+		}
+		if !strings.Contains(strings.Join(msgs, "\n"), "outside the cluster CIDRs") {
+			return fmt.Errorf("events: %q", msgs)
+		}
+		m, err := metrics(ctx, n5)
+		if err != nil {
+			return err
+		}
+		if m[`canopy_overlay_errors_total{reason="invalid_node"}`] < 1 {
+			return fmt.Errorf("node5: canopy_overlay_errors_total{reason=\"invalid_node\"} = %v", m[`canopy_overlay_errors_total{reason="invalid_node"}`])
+		}
+		return nil
+	})
+	if got, err := tunnelRoutes(ctx, n5); err != nil || len(got) != 4 {
+		t.Errorf("node5 after the bad Node: %v %v", got, err)
+	}
+	// The agents are fine: pod traffic over the tunnel still flows.
+	if err := cli5.Ping(ctx, web1.IP); err != nil {
+		t.Errorf("after the bad Node: %v", err)
 	}
 }
