@@ -109,3 +109,18 @@ func (d *DualStack) Sync(desired map[string]*model.ServicePort, changed []string
 	}
 	return errors.Join(errs...)
 }
+
+// IPv4Only hands be only the IPv4 view of each port (model.ServicePort.ForFamily(false)): ports without an IPv4
+// cluster IP are absent, IPv6 sides ignored. For a back end that programs one family while the model builds
+// both (model.Options.IPv6): the IPVS back end until it reads ServicePort.IPv6.
+func IPv4Only(be Backend) Backend { return NewDualStack(be, noBackend{be}) }
+
+// noBackend programs nothing (the family IPv4Only leaves out); it reports its partner's schedulers.
+type noBackend struct{ partner Backend }
+
+func (n noBackend) Name() string                                     { return n.partner.Name() }
+func (noBackend) Start() error                                       { return nil }
+func (noBackend) Sync(map[string]*model.ServicePort, []string) error { return nil }
+func (noBackend) PruneStale() error                                  { return nil }
+func (noBackend) Cleanup() error                                     { return nil }
+func (n noBackend) Schedulers() []string                             { return n.partner.Schedulers() }

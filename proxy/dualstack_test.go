@@ -199,3 +199,16 @@ func TestDualStackFromTheAPI(t *testing.T) {
 	}
 	v4.mu.Unlock()
 }
+
+// IPv4Only: the back end sees IPv4 views only, an IPv6-only port not at all; its schedulers stay.
+func TestIPv4Only(t *testing.T) {
+	rb := &recordingBackend{}
+	be := IPv4Only(rb)
+	desired := map[string]*model.ServicePort{"a": dsPort("a", "10.96.0.1", "fd00:96::1"), "c": dsPort("c", "", "fd00:96::3")}
+	if err := be.Sync(desired, []string{"a", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(rb.have) != 1 || rb.have["a"] != desired["a"] || !slices.Equal(be.Schedulers(), rb.Schedulers()) || be.Name() != rb.Name() {
+		t.Errorf("have %v, schedulers %v", rb.have, be.Schedulers())
+	}
+}
