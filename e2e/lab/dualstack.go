@@ -210,9 +210,11 @@ func (n *Node) dualStackAgentArgs() []string {
 }
 
 // torIPv6 activates IPv6 unicast for the node peer group on the ToR (FRR), live: the sessions are IPv4 ones and
-// carry IPv6 routes (MP-BGP) once the agents offer the family. The ToR sends a node's IPv6 pod CIDR on to the
-// other nodes with that node's next hop unchanged (as FRR does for IPv4 on a shared segment), so the importers'
-// owner check holds.
+// carry IPv6 routes (MP-BGP) once the agents offer the family. With the node mesh on, a node's best path to
+// another node's pod CIDR is the mesh's (shorter AS path), so what the ToR sends back does not matter (TestDualStack
+// passes without the next-hop line too); the ToR still sends a node's IPv6 pod CIDR on with that node's next hop
+// unchanged, because an agent accepts an IPv6 pod CIDR only through its owner's IPv6 address (a router is known by
+// its IPv4 address only), which matters where nodes hear each other through the ToR alone.
 func (l *Lab) torIPv6(ctx context.Context) error {
 	if k := l.ToR.Kind; k != ToRFRR && k != "" {
 		return fmt.Errorf("lab: DualStack needs an FRR ToR, not %s", l.ToR.Kind)
