@@ -32,7 +32,10 @@ func Detect() Flavour {
 		}
 		return strings.Count(string(out), "\n-A ")
 	}
-	if legacy, nft := count("iptables-legacy-save"), count("iptables-nft-save"); legacy > nft {
+	// Legacy only where it has more rules than nft: with none (the usual case) nft's rules are not counted at
+	// all, since iptables-nft-save of a node's tables with 10,000 Services' chains takes seconds (minutes on a
+	// loaded machine), and the agent does this before anything else.
+	if legacy := count("iptables-legacy-save"); legacy > 0 && legacy > count("iptables-nft-save") {
 		return Legacy
 	}
 	return NFT
