@@ -165,11 +165,12 @@ func (p *testPeer) received6() map[string]string {
 	return out
 }
 
-// TestSpeakerIPv6OverIPv4Session runs a dual-stack speaker (GlobalConfig.Families both) against two in-process
+// TestSpeakerIPv6OverIPv4Session runs a dual-stack speaker (GlobalConfig.Families both) against three in-process
 // GoBGP routers over IPv4 sessions on loopback: the speaker's IPv6 pod CIDR reaches them in MP_REACH_NLRI with
-// the node's IPv6 address as next hop (next to its IPv4 one), and the IPv6 routes they announce are installed
-// only as the import policy allows: a node's IPv6 pod CIDR through its IPv6 address, an --import-allow IPv6
-// prefix as ECMP over both routers; withdrawals take them out again.
+// the node's IPv6 address as next hop (next to its IPv4 one); a router that gets no pod CIDRs gets neither
+// family's, but the VIPs of both; the IPv6 routes the routers announce are installed only as the import policy
+// allows: a node's IPv6 pod CIDR through its IPv6 address, an --import-allow IPv6 prefix as ECMP over two
+// routers; withdrawals take them out again.
 func TestSpeakerIPv6OverIPv4Session(t *testing.T) {
 	const nodeIP, nodeIP6, torA, torB = "127.0.0.1", "fd00:99::11", "127.0.0.2", "127.0.0.3"
 	port := freePort(t, nodeIP)
@@ -194,9 +195,17 @@ func TestSpeakerIPv6OverIPv4Session(t *testing.T) {
 
 	a := startMPPeer(t, torA, 64500, nodeIP, port, 64512)
 	b := startMPPeer(t, torB, 64501, nodeIP, port, 64512)
+	c := startMPPeer(t, "127.0.0.4", 64502, nodeIP, port, 64512) // advertise.podCIDRs: false
 	m.SetPeers([]PeerSpec{
 		{Address: addr(torA), ASN: 64500, Port: uint16(a.port), Kind: PeerKindExternal, Name: "a"},
 		{Address: addr(torB), ASN: 64501, Port: uint16(b.port), Kind: PeerKindExternal, Name: "b"},
+		{Address: addr("127.0.0.4"), ASN: 64502, Port: uint16(c.port), Kind: PeerKindExternal, Name: "c", NoPodCIDRs: true},
+	})
+	// Service VIPs of both families go to every external peer, pod CIDRs of neither family to c (the export
+	// policy's per-family statements).
+	m.SetPaths(GroupVIPs, map[netip.Prefix]Path{
+		pfx("203.0.113.5/32"):     {Prefix: pfx("203.0.113.5/32"), NextHop: addr(nodeIP), VIP: true},
+		pfx("fd00:cafe:5::1/128"): {Prefix: pfx("fd00:cafe:5::1/128"), NextHop: addr(nodeIP6), VIP: true},
 	})
 	t0 := time.Now()
 	m.SetPaths(GroupPodCIDRs, map[netip.Prefix]Path{
@@ -208,6 +217,12 @@ func TestSpeakerIPv6OverIPv4Session(t *testing.T) {
 			a.received6()["fd00:10:244:1::/64"] == nodeIP6 && b.received6()["fd00:10:244:1::/64"] == nodeIP6
 	})
 	t.Logf("IPv6 pod CIDR at both peers %s after SetPaths (sessions coming up included)", time.Since(t0).Round(time.Millisecond))
+	eventually(t, "c receives both VIPs", func() bool {
+		return c.received()["203.0.113.5/32"] == nodeIP && c.received6()["fd00:cafe:5::1/128"] == nodeIP6
+	})
+	if got4, got6 := c.received(), c.received6(); len(got4) != 1 || len(got6) != 1 {
+		t.Fatalf("peer c (no pod CIDRs) received %v and %v, want the VIPs only", got4, got6)
+	}
 
 	t1 := time.Now()
 	a.announce(t, "fd00:10:244:2::/64", "fd00:99::12") // n2's pod CIDR through n2: installed
@@ -227,9 +242,9 @@ func TestSpeakerIPv6OverIPv4Session(t *testing.T) {
 	if got := slices.SortedFunc(slices.Values(sink.get("fd00:cafe:1::/64")), netip.Addr.Compare); !slices.Equal(got, []netip.Addr{addr("fd00:99::2"), addr("fd00:99::3")}) {
 		t.Fatalf("ECMP next hops %v", got)
 	}
-	// Not transit for IPv6 either: b hears only our own pod CIDR.
-	if got := b.received6(); len(got) != 1 {
-		t.Fatalf("peer b received %v over IPv6 unicast, want only our pod CIDR", got)
+	// Not transit for IPv6 either: b hears only our own pod CIDR and VIP.
+	if got := b.received6(); len(got) != 2 || got["fd00:10:244:1::/64"] != nodeIP6 {
+		t.Fatalf("peer b received %v over IPv6 unicast, want only our pod CIDR and VIP", got)
 	}
 	withdraw6 := func(p *testPeer, prefix, nh string) {
 		path, _ := apiPath(Path{Prefix: pfx(prefix), NextHop: addr(nh)}, 0)
@@ -245,6 +260,7 @@ func TestSpeakerIPv6OverIPv4Session(t *testing.T) {
 	eventually(t, "n2's pod CIDR withdrawn", func() bool { return sink.get("fd00:10:244:2::/64") == nil })
 	m.SetPaths(GroupPodCIDRs, map[netip.Prefix]Path{pfx("10.244.1.0/24"): {Prefix: pfx("10.244.1.0/24"), NextHop: addr(nodeIP)}})
 	eventually(t, "our IPv6 pod CIDR withdrawn at the peers, the IPv4 one kept", func() bool {
-		return len(a.received6()) == 0 && a.received()["10.244.1.0/24"] == nodeIP
+		_, has6 := a.received6()["fd00:10:244:1::/64"]
+		return !has6 && a.received()["10.244.1.0/24"] == nodeIP
 	})
 }
