@@ -138,7 +138,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			log.Warn("--service-external-ip-range allows every address: any Service may take any ExternalIP that is not a node's, the API server's, or in the pod or service networks", "range", p)
 		}
 	}
-	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers}, cfg.Admission(), warn,
+	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers,
+		IPv6: cfg.RunServiceProxy && backends.DualStack(a.proxyConfig())}, cfg.Admission(), warn,
 		log.With("component", "services"))
 	a.add(tracker, tracker.Controller())
 	if backend != nil {

@@ -62,10 +62,14 @@ func Prepare(cfg Config) (be proxy.Backend, start func() error, err error) {
 	switch mode {
 	case IPVS:
 		be, err = ipvsproxy.New(ipvsproxy.Config{NodeIPs: cfg.NodeIPs, PodCIDRs: cfg.ClusterCIDRs, IPT: cfg.IPT, Log: cfg.Log.With("component", "proxy-ipvs")})
+		if err == nil && DualStack(cfg) {
+			// The IPVS back end reads the IPv4 side of the model only: IPv6-only ports must not reach it.
+			be = proxy.IPv4Only(be)
+		}
 	case IPTables:
-		be = iptproxy.NewOn(iptables(cfg), cfg.IPT, cfg.Log.With("component", "proxy-iptables"))
+		be, err = NewIPTables(cfg)
 	case NFTables:
-		be, err = nftproxy.NewHost(nftables(cfg), cfg.Log.With("component", "proxy-nftables"))
+		be, err = NewNFTables(cfg)
 	default:
 		return nil, nil, fmt.Errorf("unknown proxy mode %q", mode)
 	}
@@ -82,18 +86,24 @@ func Prepare(cfg Config) (be proxy.Backend, start func() error, err error) {
 	return be, start, nil
 }
 
-// CleanupAll removes what every mode left (the proxy is turned off).
+// CleanupAll removes what every mode left in both families (the proxy is turned off).
 func CleanupAll(cfg Config) error {
-	return errors.Join(cleanup(cfg, IPTables), cleanup(cfg, IPVS), cleanup(cfg, NFTables))
+	return errors.Join(cleanup(cfg, IPTables), cleanup(cfg, IPVS), cleanup(cfg, NFTables), CleanupAll6(cfg))
 }
 
-// cleanupOthers removes what the modes other than mode left, logging what fails.
+// cleanupOthers removes what the modes other than mode left (both families), and mode's own IPv6 side when the
+// cluster is no longer dual-stack, logging what fails.
 func cleanupOthers(cfg Config, mode string) {
 	for _, m := range []string{IPVS, IPTables, NFTables} {
 		if m == mode {
+			if !DualStack(cfg) {
+				if err := Cleanup6(cfg, m); err != nil {
+					cfg.Log.Warn("removing the IPv6 side an earlier dual-stack run left", "mode", m, "err", err)
+				}
+			}
 			continue
 		}
-		if err := cleanup(cfg, m); err != nil {
+		if err := errors.Join(cleanup(cfg, m), Cleanup6(cfg, m)); err != nil {
 			cfg.Log.Warn("removing what another proxy mode left", "mode", m, "now", mode, "err", err)
 		}
 	}
