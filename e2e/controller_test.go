@@ -655,7 +655,8 @@ func TestControllerSplitAgentCapabilities(t *testing.T) {
 	})
 
 	// The init container: it must set what the agent can no longer write.
-	sysctls := []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/bridge/bridge-nf-call-iptables"}
+	sysctls := []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/bridge/bridge-nf-call-iptables",
+		"/proc/sys/net/bridge/bridge-nf-call-ip6tables"}
 	for _, p := range sysctls {
 		if out, err := n.Exec(ctx, "sh", "-c", "echo 0 > "+p); err != nil {
 			t.Fatalf("%s: %v %s", p, err, out)

@@ -373,15 +373,17 @@ func (a *agent) firewall(ctx context.Context) (string, error) {
 		}
 		return "", nil
 	}
-	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables. Written only when not set
-	// already (the DaemonSet's init container sets it; the agent's /proc/sys is read-only there).
-	const brnf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
-	if b, err := os.ReadFile(brnf); err != nil || strings.TrimSpace(string(b)) != "1" {
-		if err != nil {
-			_ = exec.Command("modprobe", "br_netfilter").Run()
-		}
-		if err := os.WriteFile(brnf, []byte("1"), 0o644); err != nil {
-			log.Error("cannot enable br_netfilter: traffic between pods of this node is not policed", "err", err)
+	// Same-node pod traffic crosses the bridge: br_netfilter hands it to iptables (and IPv6 pods' to ip6tables).
+	// Written only when not set already (the DaemonSet's init container sets both; the agent's /proc/sys is
+	// read-only there).
+	for _, brnf := range []string{"/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables"} {
+		if b, err := os.ReadFile(brnf); err != nil || strings.TrimSpace(string(b)) != "1" {
+			if err != nil {
+				_ = exec.Command("modprobe", "br_netfilter").Run()
+			}
+			if err := os.WriteFile(brnf, []byte("1"), 0o644); err != nil {
+				log.Error("cannot enable br_netfilter: traffic between pods of this node is not policed", "sysctl", brnf, "err", err)
+			}
 		}
 	}
 	ctrl := policy.NewController(a.factory, a.kube, fw, a.cfg.NodeName, a.cfg.Policy(), a.cfg.PolicyRepair, log)
