@@ -77,7 +77,7 @@ lab-status:
 # Benchmarks: speed targets live here, never in timed tests.
 bench: deps k8s build
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller \
-	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 180m ./...
 
 # The canopy.io CRD types' generated files: api/v1alpha1/zz_generated.deepcopy.go and manifests/crds/*.yaml.
 generate:
