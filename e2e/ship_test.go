@@ -65,14 +65,17 @@ var binaryPackage = func(name string) string {
 // string literal at the call, with every program they may run. A new such call fails the test until it is
 // listed here, and its programs then need a package in the image.
 var dynamicExecs = map[string][]string{
-	// internal/ipt: the host's flavour's iptables-<flavour>-save (Detect), iptables-<flavour> (New), and
-	// iptables-<flavour>-restore/-save, or plain iptables-restore/-save where those are missing.
-	"canopy.io/canopy/internal/ipt.Detect":                {"iptables-legacy-save", "iptables-nft-save"},
-	"canopy.io/canopy/internal/ipt.New":                   {"iptables-nft", "iptables-legacy"},
-	"canopy.io/canopy/internal/ipt.NewRestorer":           {"iptables-nft-restore", "iptables-nft-save", "iptables-legacy-restore", "iptables-legacy-save"},
-	"canopy.io/canopy/internal/ipt.Restorer.Restore":      {"iptables-nft-restore", "iptables-legacy-restore", "iptables-restore"},
-	"canopy.io/canopy/internal/ipt.Restorer.Save":         {"iptables-nft-save", "iptables-legacy-save", "iptables-save"},
-	"canopy.io/canopy/internal/ipt.Restorer.SaveCounters": {"iptables-nft-save", "iptables-legacy-save", "iptables-save"},
+	// internal/ipt: the host's flavour's iptables-<flavour>-save (Detect), ip[6]tables-<flavour> (newFamily), and
+	// ip[6]tables-<flavour>-restore/-save, or plain ip[6]tables-restore/-save where those are missing.
+	"canopy.io/canopy/internal/ipt.Detect":      {"iptables-legacy-save", "iptables-nft-save"},
+	"canopy.io/canopy/internal/ipt.newFamily":   {"iptables-nft", "iptables-legacy", "ip6tables-nft", "ip6tables-legacy"},
+	"canopy.io/canopy/internal/ipt.newRestorer": {"iptables-nft-restore", "iptables-nft-save", "iptables-legacy-restore", "iptables-legacy-save", "ip6tables-nft-restore", "ip6tables-nft-save", "ip6tables-legacy-restore", "ip6tables-legacy-save"},
+	"canopy.io/canopy/internal/ipt.Restorer.Restore": {"iptables-nft-restore", "iptables-legacy-restore", "iptables-restore",
+		"ip6tables-nft-restore", "ip6tables-legacy-restore", "ip6tables-restore"},
+	"canopy.io/canopy/internal/ipt.Restorer.Save": {"iptables-nft-save", "iptables-legacy-save", "iptables-save",
+		"ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"},
+	"canopy.io/canopy/internal/ipt.Restorer.SaveCounters": {"iptables-nft-save", "iptables-legacy-save", "iptables-save",
+		"ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"},
 	// proxy/ipvs: modprobe ip_vs, found with LookPath.
 	"canopy.io/canopy/proxy/ipvs.available": {"modprobe"},
 	// canopy cleanup: both families, both flavours, and nft.
