@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/internal/testsupport/testns"
@@ -46,6 +47,17 @@ func newDualLab(t testing.TB) *dualLab {
 		p.MustRun(t, "ip", "-6", "route", "add", "default", "via", "fd00:10:244:1::1")
 		for _, port := range []int{80, 81} {
 			serveNet(t, p, "tcp6", fmt.Sprintf("p%d", i+1), port)
+		}
+	}
+	// The links' own link-local addresses still go through duplicate address detection (about a second); until
+	// then neighbour discovery from them fails and the first probes would be dropped on an idle machine.
+	for _, ns := range append([]*testns.NS{l.node, l.out}, l.pods[:]...) {
+		deadline := time.Now().Add(10 * time.Second)
+		for strings.TrimSpace(ns.MustRun(t, "ip", "-6", "addr", "show", "tentative")) != "" {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: addresses still tentative after 10 s:\n%s", ns.Name, ns.MustRun(t, "ip", "-6", "addr"))
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	return l
