@@ -1,10 +1,13 @@
-// Package services decides which Service VIPs this node announces over BGP, and with which attributes: /32
-// host routes for ClusterIPs, ExternalIPs and LoadBalancer ingress IPs (or the service CIDR aggregate instead of
-// the ClusterIPs), opted in or out per Service by annotation, following the Services' traffic policies, with
-// BGP communities and AS-path prepending from the Node's and the Service's annotations.
+// Package services decides which Service VIPs this node announces over BGP, and with which attributes: host
+// routes (/32 for IPv4, /128 for IPv6) for ClusterIPs, ExternalIPs and LoadBalancer ingress IPs (or the service
+// CIDR aggregates instead of the ClusterIPs), opted in or out per Service by annotation, following the Services'
+// traffic policies, with BGP communities and AS-path prepending from the Node's and the Service's annotations.
 //
 // Everything here is a pure function of its inputs: no I/O, no clock, inputs never modified, output sorted and
-// deterministic. IPv4 only, as the service proxy.
+// deterministic. Both families, as the service proxy: each family's VIPs follow the rules on their own, with that
+// family's endpoints (the proxy sends a family's VIP traffic to that family's endpoints only), so an IPv6 VIP of
+// an externalTrafficPolicy Local Service is announced only from a node with a local IPv6 endpoint. A Service
+// has an IPv6 side only when the Service model builds one (model.Options.IPv6: the proxy serves IPv6).
 package services
 
 import (
@@ -65,8 +68,9 @@ type Options struct {
 	AdvertiseClusterIP, AdvertiseExternalIP, AdvertiseLoadBalancerIP bool
 	// --loadbalancer-ip-range: LoadBalancer ingress IPs outside these are not announced (empty = none is).
 	LoadBalancerIPRanges []netip.Prefix
-	// --advertise-service-cidr: announce the IPv4 ServiceCIDRs as aggregates (ServiceCIDRAdvertisements) instead
-	// of one /32 per ClusterIP; see Build for the ClusterIPs still announced as /32s.
+	// --advertise-service-cidr: announce the ServiceCIDRs (both families) as aggregates
+	// (ServiceCIDRAdvertisements) instead of one host route per ClusterIP; see Build for the ClusterIPs still
+	// announced as host routes.
 	AdvertiseServiceCIDR bool
 	ServiceCIDRs         []netip.Prefix
 	// From the Node's canopy.io/communities and canopy.io/as-path-prepend (ParseCommunities, ParsePrepend).
@@ -79,7 +83,7 @@ type Options struct {
 
 // Advertisement is one prefix to announce.
 type Advertisement struct {
-	Prefix      netip.Prefix // a /32, or a service CIDR aggregate
+	Prefix      netip.Prefix // a /32 or /128, or a service CIDR aggregate
 	Kind        string       // KindClusterIP, KindExternalIP, KindLoadBalancerIP or KindServiceCIDR
 	Communities Communities
 	Prepend     uint8    // extra copies of our AS number on the AS path
@@ -92,22 +96,23 @@ type kinds struct{ clusterIP, externalIP, loadBalancerIP bool }
 // Build returns what this node announces for svc, given its ports from model.BuildServicePorts with this
 // node's name (which has already applied the traffic policies and marked the local endpoints), sorted by
 // prefix, one Advertisement per prefix (a VIP that is both an ExternalIP and a LoadBalancer IP is announced
-// once, named by the kind Merge would pick).
+// once, named by the kind Merge would pick). Each family (the ports' IPv4 fields, and their IPv6 side when the
+// model built one) goes through the rules below on its own, with its own endpoints and service CIDRs.
 //
 // Which kinds: the Service's canopy.io/advertise annotation if it is valid, else the flags of opt (with
 // AdvertiseServiceCIDR counting as AdvertiseClusterIP, see below). Then:
 //
-//   - ClusterIPs (IPv4): each as a /32. With internalTrafficPolicy Local, only when this node has a local
-//     endpoint that is ready or serving in the ClusterEndpoints of some port (other nodes would drop it).
-//     With opt.AdvertiseServiceCIDR the aggregate (ServiceCIDRAdvertisements) replaces the /32s, except
-//     for two that stay /32s because the aggregate alone would send traffic where it cannot be served: the
-//     ClusterIPs of an internalTrafficPolicy Local service, from the nodes with a local endpoint (the more
-//     specific route wins at the ToR, as Calico does), and ClusterIPs outside every opt.ServiceCIDRs (e.g.
-//     from a ServiceCIDR object the flag does not list).
+//   - ClusterIPs: each as a host route (/32, /128). With internalTrafficPolicy Local, only when this node has
+//     a local endpoint of that family that is ready or serving in the ClusterEndpoints of some port (other
+//     nodes would drop it). With opt.AdvertiseServiceCIDR the aggregates (ServiceCIDRAdvertisements) replace
+//     the host routes, except for two that stay because the aggregate alone would send traffic where it
+//     cannot be served: the ClusterIPs of an internalTrafficPolicy Local service, from the nodes with a local
+//     endpoint (the more specific route wins at the ToR, as Calico does), and ClusterIPs outside every
+//     opt.ServiceCIDRs (e.g. from a ServiceCIDR object the flag does not list).
 //   - ExternalIPs: those the Service model admitted (internal/model.Admission: inside
 //     --service-external-ip-range, not a node's or the API server's, claimed first; the model warns about the
-//     others). With externalTrafficPolicy Local only from a node with a ready or serving local endpoint in the
-//     ExternalEndpoints of some port.
+//     others). With externalTrafficPolicy Local only from a node with a ready or serving local endpoint of the
+//     VIP's family in the ExternalEndpoints of some port.
 //   - LoadBalancer ingress IPs (type LoadBalancer only; ingress points with ipMode Proxy are skipped by the
 //     proxy): as ExternalIPs, within opt.LoadBalancerIPRanges.
 //
@@ -128,7 +133,7 @@ func Build(svc *corev1.Service, ports []*model.ServicePort, opt Options) (ads []
 	}
 	ports = slices.DeleteFunc(slices.Clone(ports), func(p *model.ServicePort) bool { return p == nil })
 	if len(ports) == 0 {
-		return nil, nil // headless, no (valid) ports, or no IPv4 ClusterIP: BuildServicePorts built none
+		return nil, nil // headless, no (valid) ports, or no ClusterIP the model serves: BuildServicePorts built none
 	}
 	name := svc.Namespace + "/" + svc.Name
 	warnf := func(format string, args ...any) {
@@ -176,51 +181,66 @@ func Build(svc *corev1.Service, ports []*model.ServicePort, opt Options) (ads []
 		}
 	}
 
-	sp := ports[0] // the service-wide fields are the same in every port
 	add := func(ip netip.Addr, kind string) {
 		ads = append(ads, Advertisement{
-			Prefix:      netip.PrefixFrom(ip, 32),
+			Prefix:      netip.PrefixFrom(ip, ip.BitLen()),
 			Kind:        kind,
 			Communities: Communities{Standard: slices.Clone(comms.Standard), Large: slices.Clone(comms.Large)},
 			Prepend:     prepend,
 			Services:    []string{name},
 		})
 	}
+	for _, v6 := range []bool{false, true} {
+		// The ports as this family's back end sees them (ForFamily): its addresses and its endpoints only (the
+		// IPv4 view without its IPv6 side, whose endpoints would count as local ones too).
+		fam := make([]*model.ServicePort, 0, len(ports))
+		for _, p := range ports {
+			f := p.ForFamily(v6)
+			if f != nil && f.IPv6 != nil {
+				c := *f
+				c.IPv6 = nil
+				f = &c
+			}
+			if f != nil {
+				fam = append(fam, f)
+			}
+		}
+		if len(fam) == 0 {
+			continue // no ClusterIP of this family: the proxy serves none of its addresses
+		}
+		buildFamily(svc, fam, opt, want, add, warnf)
+	}
+	if len(ads) == 0 {
+		return nil, warnings
+	}
+	slices.SortFunc(ads, compareAds)
+	return slices.CompactFunc(ads, func(a, b Advertisement) bool { return a.Prefix == b.Prefix }), warnings
+}
 
+// buildFamily adds the advertisements of one family of a Service: ports are that family's views
+// (ServicePort.ForFamily), so every address and endpoint in them is of the family.
+func buildFamily(svc *corev1.Service, ports []*model.ServicePort, opt Options, want kinds, add func(netip.Addr, string), warnf func(string, ...any)) {
+	sp := ports[0] // the service-wide fields are the same in every port
 	if want.clusterIP && (!sp.InternalPolicyLocal || model.HasLocalEndpoint(ports, false)) {
-		var aggregates []netip.Prefix // the ClusterIPs these cover are not announced as /32s
+		var aggregates []netip.Prefix // the ClusterIPs these cover are not announced as host routes
 		if opt.AdvertiseServiceCIDR && !sp.InternalPolicyLocal {
-			aggregates = ipv4Prefixes(opt.ServiceCIDRs)
+			aggregates = validPrefixes(opt.ServiceCIDRs)
 		}
 		for _, ip := range sp.ClusterIPs {
-			ip = ip.Unmap()
-			if !ip.Is4() {
-				continue
+			if ip = ip.Unmap(); !inRanges(ip, aggregates) { // else the aggregate covers it
+				add(ip, KindClusterIP)
 			}
-			if inRanges(ip, aggregates) {
-				continue // the aggregate covers it
-			}
-			add(ip, KindClusterIP)
 		}
 	}
 	external := !sp.ExternalPolicyLocal || model.HasLocalEndpoint(ports, true)
-	if want.externalIP {
+	if want.externalIP && external {
 		for _, ip := range sp.ExternalIPs {
-			ip = ip.Unmap()
-			if !ip.Is4() {
-				continue
-			}
-			if external {
-				add(ip, KindExternalIP)
-			}
+			add(ip.Unmap(), KindExternalIP)
 		}
 	}
 	if want.loadBalancerIP && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 		for _, ip := range sp.LoadBalancerIPs {
 			ip = ip.Unmap()
-			if !ip.Is4() {
-				continue
-			}
 			if !inRanges(ip, opt.LoadBalancerIPRanges) {
 				warnf("load balancer IP %s is outside --loadbalancer-ip-range (%s); not announced", ip, formatRanges(opt.LoadBalancerIPRanges))
 				continue
@@ -230,11 +250,6 @@ func Build(svc *corev1.Service, ports []*model.ServicePort, opt Options) (ads []
 			}
 		}
 	}
-	if len(ads) == 0 {
-		return nil, warnings
-	}
-	slices.SortFunc(ads, compareAds)
-	return slices.CompactFunc(ads, func(a, b Advertisement) bool { return a.Prefix == b.Prefix }), warnings
 }
 
 // compareAds orders by prefix, then by kind rank (so that compacting keeps the kind Merge would pick).
@@ -302,11 +317,12 @@ func formatRanges(ranges []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
-// ipv4Prefixes returns the valid IPv4 prefixes of ps, masked, sorted, each once.
-func ipv4Prefixes(ps []netip.Prefix) []netip.Prefix {
+// validPrefixes returns the valid IPv4 and IPv6 prefixes of ps (not IPv4-mapped IPv6 ones), masked, sorted
+// (IPv4 first), each once.
+func validPrefixes(ps []netip.Prefix) []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range ps {
-		if p.IsValid() && p.Addr().Is4() {
+		if p.IsValid() && !p.Addr().Is4In6() {
 			out = append(out, p.Masked())
 		}
 	}
@@ -315,15 +331,15 @@ func ipv4Prefixes(ps []netip.Prefix) []netip.Prefix {
 }
 
 // ServiceCIDRAdvertisements returns the service CIDR aggregates to announce when opt.AdvertiseServiceCIDR is
-// set (else nil): one per IPv4 prefix of opt.ServiceCIDRs (masked, each once, sorted), Kind KindServiceCIDR,
-// with the node's communities and prepend. They depend on no Service: the caller adds them once, e.g. as one
+// set (else nil): one per prefix of opt.ServiceCIDRs of either family (masked, each once, sorted, IPv4 first),
+// Kind KindServiceCIDR, with the node's communities and prepend. They depend on no Service: the caller adds them once, e.g. as one
 // more element of Merge's input. A Service's canopy.io/advertise cannot withdraw them.
 func ServiceCIDRAdvertisements(opt Options) []Advertisement {
 	if !opt.AdvertiseServiceCIDR {
 		return nil
 	}
 	var ads []Advertisement
-	for _, p := range ipv4Prefixes(opt.ServiceCIDRs) {
+	for _, p := range validPrefixes(opt.ServiceCIDRs) {
 		ads = append(ads, Advertisement{
 			Prefix:      p,
 			Kind:        KindServiceCIDR,

@@ -122,14 +122,30 @@ var (
 	// ClusterEndpoints (weight 0) but takes no new connections.
 	localDraining = epSlice("http", ep("10.244.1.5", nodeName, "rsT"), ep("10.244.2.5", "node-b", ""))
 	localNotReady = epSlice("http", ep("10.244.1.5", nodeName, "rs"), ep("10.244.2.5", "node-b", ""))
+
+	// The IPv6 side: the same endpoints in IPv6 EndpointSlices.
+	localReady6 = epSlice6("http", ep("fd00:10:244:1::5", nodeName, ""), ep("fd00:10:244:2::5", "node-b", ""))
+	remoteOnly6 = epSlice6("http", ep("fd00:10:244:2::5", "node-b", ""), ep("fd00:10:244:3::5", "node-c", ""))
+	localDrain6 = epSlice6("http", ep("fd00:10:244:1::5", nodeName, "rsT"), ep("fd00:10:244:2::5", "node-b", ""))
 )
+
+// epSlice6 is epSlice for IPv6 endpoints (its own name: a Service has a slice per family).
+func epSlice6(port string, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+	s := epSlice(port, eps...)
+	s.Name += "-v6"
+	s.AddressType = discoveryv1.AddressTypeIPv6
+	return s
+}
+
+// dual makes the Service dual-stack: cluster IPs 10.96.0.10 and fd00:96::10.
+var dual = withClusterIPs("10.96.0.10", "fd00:96::10")
 
 func defaultOptions() Options {
 	return Options{
 		AdvertiseExternalIP:     true,
 		AdvertiseLoadBalancerIP: true,
-		LoadBalancerIPRanges:    []netip.Prefix{pfx("198.51.100.0/24"), pfx("192.0.2.0/25")},
-		ServiceCIDRs:            []netip.Prefix{pfx("10.96.0.0/16")},
+		LoadBalancerIPRanges:    []netip.Prefix{pfx("198.51.100.0/24"), pfx("192.0.2.0/25"), pfx("2001:db8:100::/64")},
+		ServiceCIDRs:            []netip.Prefix{pfx("10.96.0.0/16"), pfx("fd00:96::/108")},
 		AllowedCommunities:      mustCommunities("64512:7,64512:100,no-export,large:64512:1:2,large:1:2:3"),
 	}
 }
@@ -142,10 +158,16 @@ func mustCommunities(s string) Communities {
 	return c
 }
 
-// build runs the proxy semantics for this node, then Build.
+// build runs the proxy semantics for this node (a dual-stack one: the model builds the IPv6 side), then Build.
 func build(t testing.TB, svc *corev1.Service, slices []*discoveryv1.EndpointSlice, opt Options) ([]Advertisement, []string) {
 	t.Helper()
-	ports, pwarn := model.BuildServicePorts(svc, slices, model.Options{NodeName: nodeName})
+	return buildWith(t, svc, slices, opt, true)
+}
+
+// buildWith is build; ipv6 false is a node whose proxy serves IPv4 only (the model builds no IPv6 side).
+func buildWith(t testing.TB, svc *corev1.Service, slices []*discoveryv1.EndpointSlice, opt Options, ipv6 bool) ([]Advertisement, []string) {
+	t.Helper()
+	ports, pwarn := model.BuildServicePorts(svc, slices, model.Options{NodeName: nodeName, IPv6: ipv6})
 	if len(pwarn) > 0 {
 		t.Fatalf("proxy warnings: %q", pwarn)
 	}
@@ -189,6 +211,7 @@ func TestBuild(t *testing.T) {
 		opt    func(*Options)
 		want   []string
 		warn   []string // each a substring of the warning at that index
+		v4Only bool     // the node's proxy serves IPv4 only: the model builds no IPv6 side
 	}
 	clusterOn := func(o *Options) { o.AdvertiseClusterIP = true }
 	aggregate := func(o *Options) { o.AdvertiseServiceCIDR = true }
@@ -203,9 +226,15 @@ func TestBuild(t *testing.T) {
 			want: []string{"10.96.0.10/32 cluster-ip"}},
 		{name: "cluster-ip on, no endpoints at all (policy Cluster still announces)", svc: service(), opt: clusterOn,
 			want: []string{"10.96.0.10/32 cluster-ip"}},
-		{name: "cluster-ip dual-stack: IPv4 only", svc: service(withClusterIPs("10.96.0.10", "fd00:96::10")), opt: clusterOn,
+		{name: "cluster-ip dual-stack: a /32 and a /128", svc: service(dual), opt: clusterOn,
+			want: []string{"10.96.0.10/32 cluster-ip", "fd00:96::10/128 cluster-ip"}},
+		{name: "cluster-ip dual-stack, IPv6 first in spec.clusterIPs", svc: service(withClusterIPs("fd00:96::10", "10.96.0.10")), opt: clusterOn,
+			want: []string{"10.96.0.10/32 cluster-ip", "fd00:96::10/128 cluster-ip"}},
+		{name: "IPv6-only cluster IP: a /128", svc: service(withClusterIPs("fd00:96::10")), opt: clusterOn,
+			want: []string{"fd00:96::10/128 cluster-ip"}},
+		{name: "proxy serves IPv4 only: dual-stack cluster IP gives the /32 only", svc: service(dual), opt: clusterOn, v4Only: true,
 			want: []string{"10.96.0.10/32 cluster-ip"}},
-		{name: "IPv6-only cluster IP: nothing", svc: service(withClusterIPs("fd00:96::10")), opt: clusterOn},
+		{name: "proxy serves IPv4 only: IPv6-only cluster IP gives nothing", svc: service(withClusterIPs("fd00:96::10")), opt: clusterOn, v4Only: true},
 		{name: "ITP Local, local ready endpoint", svc: service(itpLocal), slices: sl(localReady), opt: clusterOn,
 			want: []string{"10.96.0.10/32 cluster-ip"}},
 		{name: "ITP Local, only remote endpoints", svc: service(itpLocal), slices: sl(remoteOnly), opt: clusterOn},
@@ -217,6 +246,15 @@ func TestBuild(t *testing.T) {
 		{name: "ITP Local, local endpoint on the second port only", svc: service(itpLocal),
 			slices: sl(epSlice("http", ep("10.244.2.5", "node-b", "")), epSlice("metrics", ep("10.244.1.9", nodeName, ""))),
 			opt:    clusterOn, want: []string{"10.96.0.10/32 cluster-ip"}},
+		{name: "ITP Local dual-stack, local IPv4 endpoint only: the /32 only", svc: service(dual, itpLocal), slices: sl(localReady, remoteOnly6), opt: clusterOn,
+			want: []string{"10.96.0.10/32 cluster-ip"}},
+		{name: "ITP Local dual-stack, local IPv6 endpoint only: the /128 only", svc: service(dual, itpLocal), slices: sl(remoteOnly, localReady6), opt: clusterOn,
+			want: []string{"fd00:96::10/128 cluster-ip"}},
+		{name: "ITP Local dual-stack, local endpoints of both families", svc: service(dual, itpLocal), slices: sl(localReady, localReady6), opt: clusterOn,
+			want: []string{"10.96.0.10/32 cluster-ip", "fd00:96::10/128 cluster-ip"}},
+		{name: "ITP Local dual-stack, local IPv6 endpoint draining", svc: service(dual, itpLocal), slices: sl(remoteOnly, localDrain6), opt: clusterOn},
+		{name: "ITP Local IPv6-only, local endpoint", svc: service(withClusterIPs("fd00:96::10"), itpLocal), slices: sl(localReady6), opt: clusterOn,
+			want: []string{"fd00:96::10/128 cluster-ip"}},
 		{name: "ITP Local does not gate external IPs", svc: service(itpLocal, withExternalIPs("203.0.113.9")), slices: sl(remoteOnly), opt: clusterOn,
 			want: []string{"203.0.113.9/32 external-ip"}},
 
@@ -228,6 +266,14 @@ func TestBuild(t *testing.T) {
 		{name: "aggregate: ITP Local, no local endpoint", svc: service(itpLocal), slices: sl(remoteOnly), opt: aggregate},
 		{name: "aggregate: cluster IP outside the service CIDRs is a /32", svc: service(withClusterIPs("10.97.0.10")), opt: aggregate,
 			want: []string{"10.97.0.10/32 cluster-ip"}},
+		{name: "aggregate dual-stack: both host routes replaced", svc: service(dual), opt: aggregate},
+		{name: "aggregate, IPv4 service CIDR only: the IPv6 cluster IP stays a /128", svc: service(dual),
+			opt:  func(o *Options) { o.AdvertiseServiceCIDR = true; o.ServiceCIDRs = []netip.Prefix{pfx("10.96.0.0/16")} },
+			want: []string{"fd00:96::10/128 cluster-ip"}},
+		{name: "aggregate: IPv6 cluster IP outside the IPv6 service CIDR is a /128", svc: service(withClusterIPs("10.96.0.10", "fd00:97::10")), opt: aggregate,
+			want: []string{"fd00:97::10/128 cluster-ip"}},
+		{name: "aggregate dual-stack: ITP Local keeps the host route of the family with a local endpoint", svc: service(dual, itpLocal),
+			slices: sl(remoteOnly, localReady6), opt: aggregate, want: []string{"fd00:96::10/128 cluster-ip"}},
 		{name: "aggregate: annotation without cluster-ip drops the ITP Local /32", svc: service(itpLocal, annotate(AnnotationAdvertise, "external-ip")),
 			slices: sl(localReady), opt: aggregate},
 
@@ -245,12 +291,23 @@ func TestBuild(t *testing.T) {
 			slices: sl(epSlice("http", ep("10.244.1.5", nodeName, ""))), opt: clusterOn,
 			want: []string{"10.96.0.10/32 cluster-ip", "203.0.113.9/32 external-ip"}},
 
+		{name: "IPv6 external IP", svc: service(dual, withExternalIPs("203.0.113.9", "2001:db8:5::9")),
+			want: []string{"203.0.113.9/32 external-ip", "2001:db8:5::9/128 external-ip"}},
+		{name: "IPv6 external IP of an IPv4-only Service: not served, not announced", svc: service(withExternalIPs("203.0.113.9", "2001:db8:5::9")),
+			want: []string{"203.0.113.9/32 external-ip"}},
+		{name: "IPv6 external IP, proxy serves IPv4 only", svc: service(dual, withExternalIPs("203.0.113.9", "2001:db8:5::9")), v4Only: true,
+			want: []string{"203.0.113.9/32 external-ip"}},
+		{name: "external IPs dual-stack, ETP Local, local IPv6 endpoint only: the /128 only", svc: service(dual, etpLocal, withExternalIPs("203.0.113.9", "2001:db8:5::9")),
+			slices: sl(remoteOnly, localReady6), want: []string{"2001:db8:5::9/128 external-ip"}},
+		{name: "external IPs dual-stack, ETP Local, local IPv4 endpoint only: the /32 only", svc: service(dual, etpLocal, withExternalIPs("203.0.113.9", "2001:db8:5::9")),
+			slices: sl(localReady, remoteOnly6), want: []string{"203.0.113.9/32 external-ip"}},
+
 		// LoadBalancer IPs
 		{name: "LB IP inside the range", svc: service(lb), want: []string{"198.51.100.7/32 loadbalancer-ip"}},
 		{name: "LB IP inside the second range", svc: service(loadBalancer("192.0.2.7")), want: []string{"192.0.2.7/32 loadbalancer-ip"}},
 		{name: "LB IP outside the ranges", svc: service(loadBalancer("198.51.100.7", "192.0.2.200")),
 			want: []string{"198.51.100.7/32 loadbalancer-ip"},
-			warn: []string{"service shop/web: load balancer IP 192.0.2.200 is outside --loadbalancer-ip-range (198.51.100.0/24, 192.0.2.0/25); not announced"}},
+			warn: []string{"service shop/web: load balancer IP 192.0.2.200 is outside --loadbalancer-ip-range (198.51.100.0/24, 192.0.2.0/25, 2001:db8:100::/64); not announced"}},
 		{name: "LB IP with no range configured", svc: service(lb), opt: func(o *Options) { o.LoadBalancerIPRanges = nil },
 			warn: []string{"load balancer IP 198.51.100.7 is outside --loadbalancer-ip-range (none set); not announced"}},
 		{name: "LB ingress on a non-LoadBalancer service is ignored", svc: service(withIngress(corev1.LoadBalancerIngress{IP: "198.51.100.7"}))},
@@ -274,6 +331,16 @@ func TestBuild(t *testing.T) {
 		{name: "LB, ETP Cluster, no endpoints", svc: service(lb), want: []string{"198.51.100.7/32 loadbalancer-ip"}},
 		{name: "everything", svc: service(loadBalancer("198.51.100.7", "198.51.100.8"), withExternalIPs("203.0.113.9", "203.0.113.1")), opt: clusterOn,
 			want: []string{"10.96.0.10/32 cluster-ip", "198.51.100.7/32 loadbalancer-ip", "198.51.100.8/32 loadbalancer-ip", "203.0.113.1/32 external-ip", "203.0.113.9/32 external-ip"}},
+		{name: "LB dual-stack: both ingress IPs inside the ranges", svc: service(dual, loadBalancer("198.51.100.7", "2001:db8:100::7")),
+			want: []string{"198.51.100.7/32 loadbalancer-ip", "2001:db8:100::7/128 loadbalancer-ip"}},
+		{name: "LB IPv6-only", svc: service(withClusterIPs("fd00:96::10"), loadBalancer("2001:db8:100::7")),
+			want: []string{"2001:db8:100::7/128 loadbalancer-ip"}},
+		{name: "LB IPv6 ingress outside the ranges", svc: service(dual, loadBalancer("198.51.100.7", "2001:db8:200::7")),
+			want: []string{"198.51.100.7/32 loadbalancer-ip"},
+			warn: []string{"load balancer IP 2001:db8:200::7 is outside --loadbalancer-ip-range (198.51.100.0/24, 192.0.2.0/25, 2001:db8:100::/64); not announced"}},
+		{name: "LB dual-stack, ETP Local, local IPv6 endpoint only", svc: service(dual, etpLocal, loadBalancer("198.51.100.7", "2001:db8:100::7")),
+			slices: sl(remoteOnly, localReady6), opt: clusterOn,
+			want: []string{"10.96.0.10/32 cluster-ip", "2001:db8:100::7/128 loadbalancer-ip", "fd00:96::10/128 cluster-ip"}},
 		{name: "one IP both external and LB: announced once", svc: service(loadBalancer("198.51.100.7"), withExternalIPs("198.51.100.7")),
 			want: []string{"198.51.100.7/32 external-ip"}},
 
@@ -319,6 +386,11 @@ func TestBuild(t *testing.T) {
 			want: []string{"198.51.100.7/32 loadbalancer-ip"}},
 
 		// communities and prepend
+		{name: "dual-stack: communities and prepend on both families", svc: service(dual, loadBalancer("198.51.100.7", "2001:db8:100::7"),
+			annotate(AnnotationCommunities, "64512:100"), annotate(AnnotationASPathPrepend, "2")),
+			want: []string{"198.51.100.7/32 loadbalancer-ip c=64512:100 p=2", "2001:db8:100::7/128 loadbalancer-ip c=64512:100 p=2"}},
+		{name: "dual-stack: annotation none withdraws both families", svc: service(dual, loadBalancer("198.51.100.7", "2001:db8:100::7"),
+			annotate(AnnotationAdvertise, "none")), opt: clusterOn},
 		{name: "node communities and prepend", svc: service(lb), opt: func(o *Options) {
 			o.NodeCommunities = Communities{Standard: []uint32{64512<<16 | 7}}
 			o.NodePrepend = 2
@@ -359,7 +431,7 @@ func TestBuild(t *testing.T) {
 			if c.opt != nil {
 				c.opt(&opt)
 			}
-			ads, warns := build(t, c.svc, c.slices, opt)
+			ads, warns := buildWith(t, c.svc, c.slices, opt, !c.v4Only)
 			if got := adStrings(ads); !reflect.DeepEqual(got, c.want) {
 				t.Errorf("advertisements:\n got %q\nwant %q", got, c.want)
 			}
@@ -372,8 +444,8 @@ func TestBuild(t *testing.T) {
 				}
 			}
 			for _, a := range ads {
-				if !slices.Equal(a.Services, []string{"shop/web"}) || a.Prefix.Bits() != 32 {
-					t.Errorf("advertisement %+v: want a /32 for service shop/web", a)
+				if !slices.Equal(a.Services, []string{"shop/web"}) || a.Prefix.Bits() != a.Prefix.Addr().BitLen() {
+					t.Errorf("advertisement %+v: want a host route (/32, /128) for service shop/web", a)
 				}
 			}
 		})
@@ -427,7 +499,8 @@ func TestServiceCIDRAdvertisements(t *testing.T) {
 	opt.NodeCommunities = Communities{Standard: []uint32{CommunityNoExport}}
 	opt.NodePrepend = 2
 	got := ServiceCIDRAdvertisements(opt)
-	want := []string{"10.96.0.0/16 service-cidr c=no-export p=2 s=", "10.98.0.0/16 service-cidr c=no-export p=2 s="}
+	want := []string{"10.96.0.0/16 service-cidr c=no-export p=2 s=", "10.98.0.0/16 service-cidr c=no-export p=2 s=",
+		"fd00:96::/108 service-cidr c=no-export p=2 s="}
 	if !reflect.DeepEqual(adStrings(got), want) {
 		t.Fatalf("got %q\nwant %q", adStrings(got), want)
 	}
@@ -461,6 +534,7 @@ func TestMergeSharedVIP(t *testing.T) {
 		"10.96.0.10/32 cluster-ip c=64512:1,64512:100,large:1:2:3 p=3",
 		"10.96.0.20/32 cluster-ip c=64512:1,64512:100,no-export p=1 s=blog/api",
 		"198.51.100.7/32 loadbalancer-ip c=64512:1,64512:100 p=1 s=blog/api,shop/web",
+		"fd00:96::/108 service-cidr c=64512:1 p=1 s=",
 	}
 	if !reflect.DeepEqual(adStrings(got), want) {
 		t.Fatalf("got\n%s\nwant\n%s", strings.Join(adStrings(got), "\n"), strings.Join(want, "\n"))
