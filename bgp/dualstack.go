@@ -5,6 +5,8 @@ import (
 
 	api "github.com/osrg/gobgp/v3/api"
 	corev1 "k8s.io/api/core/v1"
+
+	"canopy.io/canopy/internal/model"
 )
 
 // Dual stack (MP-BGP, RFC 4760): a node of a dual-stack cluster announces its pod CIDR of each family with its
@@ -95,8 +97,20 @@ func nodeIPOf(n *corev1.Node, f AddressFamily) netip.Addr {
 	return netip.Addr{}
 }
 
-// nextHopFor returns the address of a node (ip: its main address, ip6: its IPv6 one or invalid) that is the next
-// hop of its pod CIDR p: the one of p's family, invalid when the node has none.
+// nodeAddrs returns the addresses a node's routes go through: its main address (model.NodeIP) and, when that is
+// an IPv4 one, its IPv6 address (nodeIPOf; invalid when it has none). nextHopFor picks between them per prefix:
+// the pod CIDRs' next hops (NodeController) and the Service VIPs' (VIPController) come from here.
+func nodeAddrs(n *corev1.Node) (ip, ip6 netip.Addr) {
+	ip = model.NodeIP(n)
+	if ip.Is4() {
+		ip6 = nodeIPOf(n, IPv6Unicast)
+	}
+	return ip, ip6
+}
+
+// nextHopFor returns the address of a node (ip: its main address, ip6: its IPv6 one or invalid; see nodeAddrs)
+// that is the next hop of a prefix p it announces (a pod CIDR, a Service VIP): the one of p's family, invalid
+// when the node has none.
 func nextHopFor(p netip.Prefix, ip, ip6 netip.Addr) netip.Addr {
 	switch {
 	case ip.IsValid() && familyOf(ip) == familyOf(p.Addr()):

@@ -210,16 +210,13 @@ func (c *NodeController) sync(context.Context) error {
 		if n.Name == c.cfg.NodeName {
 			self = n
 		}
-		ip := model.NodeIP(n)
+		ip, ip6 := nodeAddrs(n)
 		if !ip.IsValid() {
 			continue
 		}
 		ips = append(ips, ip)
-		var ip6 netip.Addr
-		if ip.Is4() {
-			if ip6 = nodeIPOf(n, IPv6Unicast); ip6.IsValid() {
-				ips = append(ips, ip6)
-			}
+		if ip6.IsValid() {
+			ips = append(ips, ip6)
 		}
 		isSelf := n.Name == c.cfg.NodeName
 		infos = append(infos, NodeInfo{Name: n.Name, IP: ip, IP6: ip6, ASN: c.nodeASN(n, isSelf), PodCIDRs: model.PodCIDRs(n),

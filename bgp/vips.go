@@ -44,7 +44,8 @@ type VIPController struct {
 	// only the sync goroutine uses these
 	perSvc   map[string][]services.Advertisement
 	warnings map[string]string
-	nodeOpts string // last settings applied (cluster generation|communities|prepend)
+	nodeOpts string          // last settings applied (cluster generation|communities|prepend)
+	skipped  []AddressFamily // families whose VIPs were last left out: the node has no address of them
 
 	mu         sync.Mutex
 	cluster    ClusterVIPSettings
@@ -116,20 +117,39 @@ func (c *VIPController) sync(_ context.Context, keys []string) error {
 	if err != nil {
 		return nil // no Node: the node controller withdraws everything
 	}
-	nh := model.NodeIP(self)
+	// Each VIP goes out with this node's address of its family as next hop, as the pod CIDRs do (nodeAddrs,
+	// nextHopFor): an IPv6 VIP with the node's IPv6 InternalIP, over the same (IPv4) sessions.
+	ip, ip6 := nodeAddrs(self)
 	all := make([][]services.Advertisement, 0, len(c.perSvc)+1)
 	for _, ads := range c.perSvc {
 		all = append(all, ads)
 	}
 	if c.opts.AdvertiseServiceCIDR {
-		all = append(all, services.ServiceCIDRAdvertisements(c.opts))
+		aggs := services.ServiceCIDRAdvertisements(c.opts)
+		if !c.tracker.IPv6() {
+			// The proxy serves no IPv6 (IPVS, or an IPv4 pod network): an IPv6 service CIDR would draw traffic
+			// nothing here answers.
+			aggs = slices.DeleteFunc(aggs, func(a services.Advertisement) bool { return familyOf(a.Prefix.Addr()) == IPv6Unicast })
+		}
+		all = append(all, aggs)
 	}
 	desired := map[netip.Prefix]Path{}
+	var skipped []AddressFamily
 	for _, a := range services.Merge(all) {
-		if !nh.IsValid() || a.Prefix.Addr().Is4() != nh.Is4() {
+		nh := nextHopFor(a.Prefix, ip, ip6)
+		if !nh.IsValid() {
+			if f := familyOf(a.Prefix.Addr()); !slices.Contains(skipped, f) {
+				skipped = append(skipped, f)
+			}
 			continue
 		}
 		desired[a.Prefix] = Path{Prefix: a.Prefix, NextHop: nh, VIP: true, Communities: a.Communities.Standard, Large: a.Communities.Large, Prepend: a.Prepend}
+	}
+	if !slices.Equal(skipped, c.skipped) {
+		c.skipped = skipped
+		for _, f := range skipped {
+			c.log.Debug("not announcing this family's Service VIPs: the node has no address of it", "node", self.Name, "family", f.String())
+		}
 	}
 	c.mgr.SetPaths(GroupVIPs, desired)
 	return nil

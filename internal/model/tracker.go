@@ -120,6 +120,9 @@ func (t *ServiceTracker) Subscribe(f func(keys []string)) { t.subs = append(t.su
 // Run follows the informers until ctx ends.
 func (t *ServiceTracker) Run(ctx context.Context) { t.ctrl.Run(ctx) }
 
+// IPv6 reports whether the tracker builds the IPv6 side of Services (Options.IPv6: the proxy serves IPv6).
+func (t *ServiceTracker) IPv6() bool { return t.opts.IPv6 }
+
 // HasSynced reports whether every Service has been computed once (subscribers wait for it).
 func (t *ServiceTracker) HasSynced() bool { return t.ctrl.Ready() }
 
