@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -21,7 +22,8 @@ import (
 // IPv4 addresses), each against its own truth table, so a policy must act on both families alike where it names
 // pods or namespaces, and on its own family only where it names addresses (an IPv6 ipBlock admits no IPv4
 // address, and the other way round). Each matrix has same-node and cross-node cells of every kind. Between cases
-// every policy is deleted and both matrices must be fully open again.
+// every policy is deleted and both matrices must be fully open again. The last case hammers a new pod over both
+// families from the moment CNI gives it its addresses (the no-unprotected-window guarantee for IPv6 too).
 //
 // Placement (node = (namespace index + pod index) mod 2):
 //
@@ -41,6 +43,7 @@ func TestNetpolIPv6(t *testing.T) {
 		{"IPBlockEgressPerFamily", np6IPBlockEgress},
 		{"DefaultDenyEgressKeepsNeighbourDiscovery", np6DefaultDenyEgress},
 		{"RemovingThePolicyRestoresTraffic", np6Removal},
+		{"NoUnprotectedWindowForNewPod", np6NoUnprotectedWindow},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -450,4 +453,164 @@ func np6Removal(t *testing.T, f *np6Env) {
 	t.Logf("policy deleted: over IPv6 y/b → x/a (same node) open %s after the deletion, x/a → y/a (across nodes) %s",
 		dIn.Round(time.Millisecond), dOut.Round(time.Millisecond))
 	f.same(t, "x open again after the deletion", since, allAllowed)
+}
+
+// np6NoUnprotectedWindow is npNoUnprotectedWindow over both families at once: a policy lets pods labelled
+// pod=new in x talk only with pods labelled pod=a (any namespace), both ways; a new such pod is made the way the
+// kubelet makes one (CNI ADD, then status.podIPs 1 s later). From the moment CNI gives it its addresses, four
+// disallowed clients (two on its node, two on the other) hammer its IPv6 and its IPv4 address on TCP and UDP 80,
+// and it hammers two disallowed servers over both families itself, until 3 s after its status is written: not
+// one connection, refusal or UDP reply may come back over either family, and no server may log any of that
+// traffic. The allowed peers get through over both families (how soon after the status is logged; speed belongs
+// to benchmarks).
+func np6NoUnprotectedWindow(t *testing.T, f *np6Env) {
+	const statusAfter, hammerFor = time.Second, 3 * time.Second
+	node := f.node(1)
+	peerA := []networkingv1.NetworkPolicyPeer{nsPodPeer(selp(), selp("pod", "a"))}
+	since := f.create(t, netpol("x", "new-only-with-a", npSpec{PodSelector: sel("pod", "new"),
+		Ingress:     []networkingv1.NetworkPolicyIngressRule{{From: peerA}},
+		Egress:      []networkingv1.NetworkPolicyEgressRule{{To: peerA}},
+		PolicyTypes: []networkingv1.PolicyType{npIngress, npEgress}}))
+	// The policy must be in every agent before the pod appears; it selects no pod yet, so nothing shows it.
+	time.Sleep(2*npFollow - time.Since(since))
+
+	type view struct {
+		env    *netpolEnv
+		newPod *npPod
+		flows  []npFlow
+		h      *hammer // one per family: a hammer keys its flows by pod IDs only
+	}
+	views := []*view{{env: f.v6}, {env: f.v4}}
+	for _, v := range views {
+		v.newPod = &npPod{NS: "x", Name: "new"}
+		v.h = &hammer{stop: make(chan struct{}), firstOK: map[string]time.Time{}}
+		for _, id := range []string{"x/b", "y/c", "y/b", "z/c"} { // x/b and y/c share the new pod's node (node2)
+			v.flows = append(v.flows, npFlow{v.env.pod(id), v.newPod, false})
+		}
+		for _, id := range []string{"x/b", "y/b"} {
+			v.flows = append(v.flows, npFlow{v.newPod, v.env.pod(id), false})
+		}
+		for _, id := range []string{"x/a", "y/a", "z/a"} { // y/a shares the new pod's node
+			v.flows = append(v.flows, npFlow{v.env.pod(id), v.newPod, true})
+		}
+		for _, id := range []string{"x/a", "y/a"} {
+			v.flows = append(v.flows, npFlow{v.newPod, v.env.pod(id), true})
+		}
+	}
+	stop := func() {
+		for _, v := range views {
+			close(v.h.stop)
+			v.h.wg.Wait()
+		}
+	}
+	var addrAt time.Time
+	logFrom := map[string]int64{} // where each disallowed server's log stood when the hammering began
+	f.v4.addPod(t, node, "x", "x-new", map[string]string{"pod": "new"}, npContainerPorts(), func(p *lab.Pod) {
+		addrAt = time.Now()
+		if !p.IP6.IsValid() {
+			return // the hammer needs both addresses: failed below
+		}
+		p6 := *p
+		p6.IP = p.IP6
+		views[0].newPod.Pod, views[1].newPod.Pod = &p6, p
+		for _, fl := range views[1].flows {
+			if !fl.allowed && fl.to != views[1].newPod {
+				if fi, err := os.Stat(fl.to.server.LogPath); err == nil {
+					logFrom[fl.to.ID()] = fi.Size()
+				}
+			}
+		}
+		for _, v := range views {
+			for _, fl := range v.flows {
+				for _, port := range []npPort{tcp80, udp80} {
+					v.h.run(fl, port)
+					if !fl.allowed {
+						v.h.run(fl, port)
+					}
+				}
+			}
+		}
+		srv := f.v4.startServer(t, p, "x/new")
+		views[0].newPod.server, views[1].newPod.server = srv, srv
+		// A kubelet writes the status some time after CNI ADD: keep the pod addressed but unknown a while.
+		time.Sleep(statusAfter)
+	})
+	statusAt := time.Now()
+	newPod := views[1].newPod
+	if newPod.Pod == nil {
+		stop()
+		t.Fatal("the new pod got no IPv6 address from CNI ADD")
+	}
+	time.Sleep(hammerFor)
+	stop()
+	t.Logf("new pod x/new %s %s on %s: CNI addresses at 0, status written at +%s; %d disallowed probes over IPv6 and %d over IPv4 (in and out) in %s",
+		newPod.IP, newPod.IP6, node.Name, statusAt.Sub(addrAt).Round(time.Millisecond), views[0].h.attempts, views[1].h.attempts, time.Since(addrAt).Round(time.Millisecond))
+	for _, v := range views {
+		for i, leak := range v.h.leaks {
+			if i == 10 {
+				t.Errorf("… %d more", len(v.h.leaks)-i)
+				break
+			}
+			t.Errorf("disallowed traffic got through %+dms after the new pod's status was written: %s", leak.at.Sub(statusAt).Milliseconds(), leak.what)
+		}
+	}
+	// What the servers saw, over both families (netpold logs "from 10.244.0.2:port" and "from [fd00:…]:port").
+	bad := map[string][]string{} // server ID → disallowed clients' " from <addr>:" of both families
+	logs := map[string]string{}
+	for _, fl := range views[1].flows {
+		if !fl.allowed {
+			bad[fl.to.ID()] = append(bad[fl.to.ID()], " from "+fl.from.IP.String()+":", " from ["+fl.from.IP6.String()+"]:")
+			logs[fl.to.ID()] = fl.to.server.LogPath
+		}
+	}
+	for id, clients := range bad {
+		b, err := os.ReadFile(logs[id])
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		off := logFrom[id]
+		if off > int64(len(b)) {
+			off = 0
+		}
+		var lines []string
+		for _, line := range strings.Split(string(b[off:]), "\n") {
+			for _, c := range clients {
+				if strings.Contains(line, c) {
+					lines = append(lines, line)
+				}
+			}
+		}
+		if len(lines) > 0 {
+			t.Errorf("the server of %s logged %d connections or datagrams from disallowed clients, the first: %s", id, len(lines), lines[0])
+		}
+	}
+	// The allowed flows: their first answer during the hammering, or (on a slow machine) a later one.
+	for _, v := range views {
+		var firsts []string
+		for _, fl := range v.flows {
+			if !fl.allowed {
+				continue
+			}
+			for _, port := range []npPort{tcp80, udp80} {
+				if first, ok := v.h.firstOK[fl.key(port)]; ok {
+					firsts = append(firsts, fmt.Sprintf("%+dms", first.Sub(statusAt).Milliseconds()))
+					continue
+				}
+				eventually(t, np6Settle, fmt.Sprintf("allowed %s to %s gets through", fl.key(port), fl.to.IP), func(ctx context.Context) error {
+					return probeOne(ctx, &fl.from.Host, fl.to.IP, port, fl.to.ID(), time.Second)
+				})
+				firsts = append(firsts, fmt.Sprintf("%s (after the hammering)", time.Since(statusAt).Round(time.Millisecond)))
+			}
+		}
+		t.Logf("allowed flows to and from x/new over %s (in: x/a y/a z/a, out: x/a y/a; TCP, UDP each): first answers relative to the status: %s",
+			map[bool]string{true: "IPv6", false: "IPv4"}[v.env == f.v6], strings.Join(firsts, " "))
+	}
+	// Finally both matrices with the new pod in them.
+	f2 := &np6Env{v4: &netpolEnv{l: f.v4.l, netpold: f.v4.netpold}, v6: &netpolEnv{l: f.v6.l, netpold: f.v6.netpold}}
+	f2.v4.pods = append(append([]*npPod(nil), f.v4.pods...), views[1].newPod)
+	f2.v6.pods = append(append([]*npPod(nil), f.v6.pods...), views[0].newPod)
+	f2.same(t, "with x/new", statusAt, func(from, to *npPod, _ npPort) bool {
+		return (to.ID() != "x/new" || from.Name == "a") && (from.ID() != "x/new" || to.Name == "a")
+	})
 }
