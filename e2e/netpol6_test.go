@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // TestNetpolIPv6 is the NetworkPolicy suite over IPv6 (issue 13), in its own dual-stack lab (lab.Config.DualStack,
@@ -22,7 +25,8 @@ import (
 // IPv4 addresses), each against its own truth table, so a policy must act on both families alike where it names
 // pods or namespaces, and on its own family only where it names addresses (an IPv6 ipBlock admits no IPv4
 // address, and the other way round). Each matrix has same-node and cross-node cells of every kind. Between cases
-// every policy is deleted and both matrices must be fully open again. The last case hammers a new pod over both
+// every policy is deleted and both matrices must be fully open again. One case reaches a policed pod through a
+// dual-stack ClusterIP (the policy sees the client's address of each family), and the last one hammers a new pod over both
 // families from the moment CNI gives it its addresses (the no-unprotected-window guarantee for IPv6 too).
 //
 // Placement (node = (namespace index + pod index) mod 2):
@@ -43,6 +47,7 @@ func TestNetpolIPv6(t *testing.T) {
 		{"IPBlockEgressPerFamily", np6IPBlockEgress},
 		{"DefaultDenyEgressKeepsNeighbourDiscovery", np6DefaultDenyEgress},
 		{"RemovingThePolicyRestoresTraffic", np6Removal},
+		{"IngressThroughDualStackClusterIP", np6IngressThroughService},
 		{"NoUnprotectedWindowForNewPod", np6NoUnprotectedWindow},
 	}
 	for _, c := range cases {
@@ -453,6 +458,62 @@ func np6Removal(t *testing.T, f *np6Env) {
 	t.Logf("policy deleted: over IPv6 y/b → x/a (same node) open %s after the deletion, x/a → y/a (across nodes) %s",
 		dIn.Round(time.Millisecond), dOut.Round(time.Millisecond))
 	f.same(t, "x open again after the deletion", since, allAllowed)
+}
+
+// Through a dual-stack ClusterIP (one Service, a cluster IP of each family) the policy still sees the client
+// pod's own address of that family (the proxy's DNAT, ip6tables for the IPv6 one, changes only the destination):
+// x/a behind the Service accepts y/b only, through either cluster IP.
+func np6IngressThroughService(t *testing.T, f *np6Env) {
+	l := f.v4.l
+	dual := corev1.IPFamilyPolicyRequireDualStack
+	svc := createService(t, l, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "x"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"pod": "a"}, IPFamilyPolicy: &dual,
+			IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol},
+			Ports: []corev1.ServicePort{
+				{Name: "tcp", Port: 8080, TargetPort: intstr.FromString("serve-80-tcp"), Protocol: corev1.ProtocolTCP},
+				{Name: "udp", Port: 8080, TargetPort: intstr.FromString("serve-80-udp"), Protocol: corev1.ProtocolUDP}}}})
+	var vips []netip.Addr
+	for _, s := range svc.Spec.ClusterIPs {
+		vips = append(vips, netip.MustParseAddr(s))
+	}
+	if len(vips) != 2 || !vips[0].Is4() || !vips[1].Is6() {
+		t.Fatalf("Service x/a: cluster IPs %v, want an IPv4 and an IPv6 one", svc.Spec.ClusterIPs)
+	}
+	checks := func(onlyYB bool) []npCheck {
+		var cs []npCheck
+		for _, p := range f.v4.pods {
+			if p.ID() == "x/a" { // hairpin through its own Service: not a policy question
+				continue
+			}
+			for _, vip := range vips {
+				for _, port := range []npPort{{8080, corev1.ProtocolTCP}, {8080, corev1.ProtocolUDP}} {
+					cs = append(cs, npCheck{&p.Host, vip, "x/a", port, !onlyYB || p.ID() == "y/b"})
+				}
+			}
+		}
+		return cs
+	}
+	t0 := time.Now()
+	eventually(t, 60*time.Second, fmt.Sprintf("every pod reaches x/a through its cluster IPs %s and %s", vips[0], vips[1]), func(context.Context) error {
+		if wrong := runChecks(checks(false)); len(wrong) > 0 {
+			return errors.New(strings.Join(wrong, "; "))
+		}
+		return nil
+	})
+	t.Logf("x/a answers through %s and %s (after %s)", vips[0], vips[1], time.Since(t0).Round(time.Millisecond))
+	since := f.create(t, netpol("x", "a-from-yb", npSpec{PodSelector: sel("pod", "a"), Ingress: from(nsPodPeer(selp("ns", "y"), selp("pod", "b")))}))
+	f.same(t, "x/a from y/b", since, func(from, to *npPod, _ npPort) bool { return to.ID() != "x/a" || from.ID() == "y/b" })
+	var wrong []string
+	for round := 1; ; round++ {
+		if wrong = runChecks(checks(true)); len(wrong) == 0 {
+			break
+		}
+		if round >= npMinRounds && time.Since(since) > np6Settle {
+			t.Errorf("through the cluster IPs: %d probes wrong %s after the policy:\n%s", len(wrong), time.Since(since).Round(time.Millisecond), strings.Join(wrong, "\n"))
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // np6NoUnprotectedWindow is npNoUnprotectedWindow over both families at once: a policy lets pods labelled
