@@ -26,8 +26,8 @@ import (
 // pods or namespaces, and on its own family only where it names addresses (an IPv6 ipBlock admits no IPv4
 // address, and the other way round). Each matrix has same-node and cross-node cells of every kind. Between cases
 // every policy is deleted and both matrices must be fully open again. One case reaches a policed pod through a
-// dual-stack ClusterIP (the policy sees the client's address of each family), and the last one hammers a new pod over both
-// families from the moment CNI gives it its addresses (the no-unprotected-window guarantee for IPv6 too).
+// dual-stack ClusterIP (the policy sees the client's address of each family), and the last one hammers a new pod
+// over both families from the moment CNI gives it its addresses (the no-unprotected-window guarantee for IPv6).
 //
 // Placement (node = (namespace index + pod index) mod 2):
 //
