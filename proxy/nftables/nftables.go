@@ -1,7 +1,8 @@
 // Package nftables is the native nftables back end of Canopy's service proxy (--proxy-mode=nftables):
 // kube-proxy's nftables mode with Canopy's semantics (those of proxy/iptables, rule for rule), written
-// incrementally through knftables (one `nft -f` transaction per Sync, touching only the changed service
-// ports).
+// incrementally: one transaction per Sync, touching only the changed service ports — small ones straight over
+// netlink (netlink.go: nft 1.0.6 reads every chain of the table before it adds one rule), the shared objects
+// and large ones (the bulk load, repairs) through knftables (`nft -f`).
 //
 // Everything lives in one table per family, `ip canopy` (New, NewHost) and `ip6 canopy` (New6, NewHost6: the
 // same objects with ip6 matches and ipv6_addr keys, for the IPv6 view of each service port; NewDualStack runs
@@ -127,6 +128,7 @@ type Proxier struct {
 	podCIDRs []netip.Prefix
 	static   []chainPlan
 	nft      knftables.Interface
+	nl       *nlTransport // nil: every transaction through nft
 	ct       Conntrack
 	log      *slog.Logger
 
@@ -196,7 +198,9 @@ func NewHost(cfg Config, log *slog.Logger) (*Proxier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(cfg, nft, netlinkConntrack{}, log), nil
+	p := New(cfg, nft, netlinkConntrack{}, log)
+	p.nl = newNLTransport(ipv4)
+	return p, nil
 }
 
 // NewHost6 is NewHost for IPv6: table `ip6 canopy`, IPv6 conntrack cleanup.
@@ -205,7 +209,9 @@ func NewHost6(cfg Config, log *slog.Logger) (*Proxier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New6(cfg, nft, netlinkConntrack{v6: true}, log), nil
+	p := New6(cfg, nft, netlinkConntrack{v6: true}, log)
+	p.nl = newNLTransport(ipv6)
+	return p, nil
 }
 
 // NewDualStack returns the dual-stack back end on the calling thread's network namespace: NewHost and
@@ -499,15 +505,30 @@ func (p *Proxier) run(ctx context.Context, c *changes) (deferred bool, err error
 	if c.count() == 0 && !c.static {
 		return false, nil
 	}
-	err = p.nft.Run(ctx, c.tx(p, true))
+	err = p.write(ctx, c, true)
 	if err == nil || !c.hasDeletions() {
 		return false, err
 	}
-	if err2 := p.nft.Run(ctx, c.tx(p, false)); err2 != nil {
+	if err2 := p.write(ctx, c, false); err2 != nil {
 		return false, err
 	}
 	p.log.Info("nftables: deleting chains and sets refused, retried later", "chains", len(c.chainDel), "sets", len(c.setDel), "err", err)
 	return true, nil
+}
+
+// write runs c as one transaction (without deletions of chains and sets if !deletions): over netlink when the
+// proxier has the netlink transport and c is small and compiles (netlink.go), else through nft.
+func (p *Proxier) write(ctx context.Context, c *changes, deletions bool) error {
+	if p.nl != nil {
+		b, err := p.nl.compile(c, deletions)
+		if err == nil {
+			err = p.nl.run(b)
+		}
+		if !errors.Is(err, errUnsupported) {
+			return err
+		}
+	}
+	return p.nft.Run(ctx, c.tx(p, deletions))
 }
 
 // commit records what a successful transaction changed in the table.
@@ -575,7 +596,7 @@ func (p *Proxier) deleteDeferred(ctx context.Context) {
 	if c.count() == 0 {
 		return
 	}
-	if err := p.nft.Run(ctx, c.tx(p, true)); err != nil {
+	if err := p.write(ctx, c, true); err != nil {
 		p.log.Debug("nftables: deferred deletions refused again", "chains", len(c.chainDel), "sets", len(c.setDel), "err", err)
 		return
 	}
