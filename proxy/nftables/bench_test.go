@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"runtime"
 	"slices"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,7 +65,7 @@ func heapInUse() int64 {
 }
 
 // BenchmarkSync programs 10,000 service ports x 2 endpoints from empty into a test namespace with the real nft
-// binary, then one more service port, one endpoint change and one removal on top of them (each 5 times, the
+// binary (and small transactions over netlink, as NewHost), then one more service port, one endpoint change and one removal on top of them (each 5 times, the
 // median reported), then a full resync
 // (the periodic repair: it reads the table, writes nothing when nothing drifted), then a restart (a new
 // proxier adopting the table: Start, the first full sync rewriting every chain, PruneStale). The same
@@ -157,12 +160,17 @@ func BenchmarkSync(b *testing.B) {
 		}
 
 		cn := &countingNFT{}
+		var nl *nlTransport
 		run("nft", func() (proxy.Backend, error) {
 			nft, err := knftables.New(ipv4.nft, TableName)
 			cn.Interface = nft
-			return New(cfg, cn, netlinkConntrack{}, nil), err
+			p := New(cfg, cn, netlinkConntrack{}, nil)
+			p.nl = newNLTransport(ipv4) // as NewHost: small transactions over netlink
+			nl = p.nl
+			return p, err
 		}, func(step string) {
-			ops[step], cn.ops = cn.ops, 0
+			ops[step], cn.ops = cn.ops+nl.ops, 0
+			nl.ops = 0
 		})
 		run("ipt", func() (proxy.Backend, error) {
 			return iptproxy.NewHost(iptproxy.Config{ClusterCIDRs: cfg.ClusterCIDRs}, nil)
@@ -187,4 +195,159 @@ func BenchmarkSync(b *testing.B) {
 	b.Logf("iptables (same run): from empty %v, +1 %v, endpoint change %v, removal %v, full resync %v, restart %v, cleanup %v",
 		metrics["ipt-10k-ms"]/nb, metrics["ipt-add1-ms"]/nb, metrics["ipt-epchange-ms"]/nb, metrics["ipt-del1-ms"]/nb,
 		metrics["ipt-fullresync-ms"]/nb, metrics["ipt-restart-ms"]/nb, metrics["ipt-cleanup-ms"]/nb)
+}
+
+// timedNFT times the nft runs (the process: fork, exec, its cache fetch, the kernel).
+type timedNFT struct {
+	knftables.Interface
+	took time.Duration
+	runs int
+}
+
+func (c *timedNFT) Run(ctx context.Context, tx *knftables.Transaction) error {
+	t0 := time.Now()
+	err := c.Interface.Run(ctx, tx)
+	c.took += time.Since(t0)
+	c.runs++
+	return err
+}
+
+// cpuTime is the CPU time (user + system) of this process and its waited-for children (nft,
+// iptables-nft-restore).
+func cpuTime() time.Duration {
+	var self, kids syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
+	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
+	return tv(self.Utime) + tv(self.Stime) + tv(kids.Utime) + tv(kids.Stime)
+}
+
+// BenchmarkSyncSmall is issue 16's "+1 Service at 10k" below the e2e level: 10,000 service ports x 2
+// endpoints (CANOPY_BENCH_PORTS) are loaded from empty into three test namespaces — the nftables back end as
+// the agent runs it (small transactions over netlink, netlink.go), the same back end with every transaction
+// through the nft binary (as before), and the iptables back end — then +1 service port and one endpoint change
+// are synced 7 times each, the three back ends taking turns (so they share the machine's load), and the
+// medians are reported with the split of the nftables syncs: in the kernel (netlink) or in nft (process,
+// cache fetch, kernel) against the rest of Sync (planning and building the transaction in Go). Also the CPU
+// time (this process and its children) of each bulk load, and the ratios iptables / nftables.
+//
+//	go test -run '^$' -bench BenchmarkSyncSmall -benchtime 1x ./proxy/nftables/
+func BenchmarkSyncSmall(b *testing.B) {
+	requireNft(b)
+	testns.Require(b, "iptables-nft-restore")
+	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("CANOPY_BENCH_PORTS")); err == nil && v > 0 {
+		n = v
+	}
+	const reps = 7
+	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/14")}}
+	type side struct {
+		name    string
+		ns      *testns.NS
+		be      proxy.Backend
+		d       map[string]*model.ServicePort
+		keys    []string
+		nl      *nlTransport
+		cli     *timedNFT
+		loadCPU time.Duration
+		loadT   time.Duration
+		step    map[string][]time.Duration // step -> total per rep
+		inside  map[string][]time.Duration // step -> transport time per rep
+	}
+	var sides []*side
+	for b.Loop() {
+		b.StopTimer()
+		sides = nil
+		for _, name := range []string{"nl", "cli", "ipt"} {
+			s := &side{name: name, ns: testns.New(b, "nft-small-"+name), step: map[string][]time.Duration{}, inside: map[string][]time.Duration{}}
+			if err := s.ns.Do(func() error {
+				if name == "ipt" {
+					be, err := iptproxy.NewHost(iptproxy.Config{ClusterCIDRs: cfg.ClusterCIDRs}, nil)
+					s.be = be
+					return err
+				}
+				nft, err := knftables.New(ipv4.nft, TableName)
+				s.cli = &timedNFT{Interface: nft}
+				p := New(cfg, s.cli, netlinkConntrack{}, nil)
+				if name == "nl" {
+					p.nl = newNLTransport(ipv4)
+					s.nl = p.nl
+				}
+				s.be = p
+				return err
+			}); err != nil {
+				b.Fatal(err)
+			}
+			s.d, s.keys = benchServices(n)
+			c0, t0 := cpuTime(), time.Now()
+			if err := s.ns.Do(func() error { return s.be.Sync(s.d, s.keys) }); err != nil {
+				b.Fatalf("%s: %v", name, err)
+			}
+			s.loadT, s.loadCPU = time.Since(t0), cpuTime()-c0
+			sides = append(sides, s)
+		}
+		inside := func(s *side) time.Duration {
+			var d time.Duration
+			if s.nl != nil {
+				d += s.nl.took
+			}
+			if s.cli != nil {
+				d += s.cli.took
+			}
+			return d
+		}
+		do := func(s *side, step string, keys ...string) {
+			in0, t0 := inside(s), time.Now()
+			if err := s.ns.Do(func() error { return s.be.Sync(s.d, keys) }); err != nil {
+				b.Fatalf("%s %s: %v", s.name, step, err)
+			}
+			s.step[step] = append(s.step[step], time.Since(t0))
+			s.inside[step] = append(s.inside[step], inside(s)-in0)
+		}
+		for i := range reps {
+			for _, s := range sides {
+				add := benchService(n + i)
+				s.d[add.Key] = add
+				do(s, "add1", add.Key)
+			}
+			for _, s := range sides {
+				chg := s.d[s.keys[n/2+i]]
+				chg.ClusterEndpoints = []model.Endpoint{chg.ClusterEndpoints[0], {IP: netip.AddrFrom4([4]byte{10, 250, 0, byte(i + 1)}), Port: 8080, Ready: true, Serving: true}}
+				chg.ExternalEndpoints = chg.ClusterEndpoints
+				do(s, "epchange", chg.Key)
+			}
+		}
+		for _, s := range sides {
+			if err := s.ns.Do(s.be.Cleanup); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+	}
+	median := func(ds []time.Duration) time.Duration {
+		ds = slices.Clone(ds)
+		slices.Sort(ds)
+		return ds[len(ds)/2]
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	by := map[string]*side{}
+	for _, s := range sides {
+		by[s.name] = s
+		b.ReportMetric(ms(s.loadCPU), s.name+"-load-cpu-ms")
+		for _, step := range []string{"add1", "epchange"} {
+			b.ReportMetric(ms(median(s.step[step])), s.name+"-"+step+"-ms")
+			if s.name != "ipt" {
+				b.ReportMetric(ms(median(s.inside[step])), s.name+"-"+step+"-transport-ms")
+			}
+		}
+		b.Logf("%-3s: %d ports from empty %v (CPU %v); +1 %v (transport %v); endpoint change %v (transport %v); medians of %d",
+			s.name, n, s.loadT.Round(time.Millisecond), s.loadCPU.Round(time.Millisecond),
+			median(s.step["add1"]).Round(10*time.Microsecond), median(s.inside["add1"]).Round(10*time.Microsecond),
+			median(s.step["epchange"]).Round(10*time.Microsecond), median(s.inside["epchange"]).Round(10*time.Microsecond), reps)
+	}
+	for _, step := range []string{"add1", "epchange"} {
+		b.ReportMetric(float64(median(by["ipt"].step[step]))/float64(median(by["nl"].step[step])), "ipt/nft-"+step)
+		b.ReportMetric(float64(median(by["cli"].step[step]))/float64(median(by["nl"].step[step])), "nftcli/nft-"+step)
+	}
+	b.ReportMetric(float64(by["ipt"].loadCPU)/float64(by["nl"].loadCPU), "ipt/nft-load-cpu")
 }
