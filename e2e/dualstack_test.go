@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"canopy.io/canopy/e2e/lab"
 )
 
@@ -239,4 +242,164 @@ func sourceSeenAt(t *testing.T, server *lab.Host, addr netip.Addr, client *lab.P
 	})
 	t.Logf("TCP %s -> [%s]:%s answered in %s (server start included), source seen %s", client.Name, addr, port, time.Since(t0).Round(time.Millisecond), got)
 	return got
+}
+
+// TestDualStackServiceVIPs runs its own dual-stack lab (3 nodes; agents with --advertise-cluster-ip and an
+// ExternalIP range of each family) and a RequireDualStack Service with an ExternalIP of each family, backed by
+// dual-stack pods on two nodes: every node announces the IPv6 ClusterIP and ExternalIP to the ToR as /128s
+// through its IPv6 address (over the IPv4 sessions) and the IPv4 ones as /32s through its IPv4 address; the ToR
+// installs them as ECMP routes over the three nodes; TCP from the ToR's namespace to each IPv6 VIP (and to the
+// IPv4 ClusterIP) reaches both backend pods (the nodes' IPv6 proxy). Deleting the Service withdraws the /128s.
+// Times from the Service's creation are logged.
+func TestDualStackServiceVIPs(t *testing.T) {
+	const extRange6, ext6, extRange4, ext4 = "fd00:e1::/64", "fd00:e1::9", "10.201.0.0/22", "10.201.0.9"
+	l := lab.New(t, lab.Config{Nodes: 3, DualStack: true, AgentBin: agentBin(), CNIPlugin: cniBin(),
+		AgentArgs: []string{"--advertise-cluster-ip", "--service-external-ip-range=" + extRange4 + "," + extRange6}})
+	// Backends on node1 and node2, answering their name over both families.
+	for i, name := range []string{"va", "vb"} {
+		p, err := l.AddPodWith(context.Background(), l.Nodes[i], name, lab.PodOptions{Labels: map[string]string{"app": "vip6"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := l.DeletePod(p); err != nil {
+				t.Errorf("delete pod %s: %v", name, err)
+			}
+		})
+		if _, err := p.Start("web-"+name, "socat", "TCP6-LISTEN:8080,reuseaddr,fork,ipv6only=0", "SYSTEM:echo "+name); err != nil {
+			t.Fatal(err)
+		}
+		if !p.IP6.IsValid() {
+			t.Fatalf("pod %s has no IPv6 address", name)
+		}
+	}
+	policy := corev1.IPFamilyPolicyRequireDualStack
+	svc := webService("vip6", "vip6")
+	svc.Spec.Ports = svc.Spec.Ports[:1] // http: 80 -> 8080
+	svc.Spec.IPFamilyPolicy = &policy
+	svc.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	svc.Spec.ExternalIPs = []string{ext4, ext6}
+	t0 := time.Now()
+	created := createService(t, l, svc)
+	var cip4, cip6 netip.Addr
+	for _, s := range created.Spec.ClusterIPs {
+		a := netip.MustParseAddr(s)
+		if a.Is4() {
+			cip4 = a
+		} else {
+			cip6 = a
+		}
+	}
+	if !cip4.IsValid() || !cip6.IsValid() {
+		t.Fatalf("cluster IPs %v: want one of each family", created.Spec.ClusterIPs)
+	}
+	t.Logf("Service vip6: cluster IPs %s %s, external IPs %s %s", cip4, cip6, ext4, ext6)
+
+	var all4, all6 []netip.Addr
+	for _, n := range l.Nodes {
+		all4, all6 = append(all4, n.IP), append(all6, n.IP6())
+	}
+	slices.SortFunc(all4, netip.Addr.Compare)
+	slices.SortFunc(all6, netip.Addr.Compare)
+	vips6 := []netip.Prefix{netip.PrefixFrom(cip6, 128), netip.MustParsePrefix(ext6 + "/128")}
+	vips4 := []netip.Prefix{netip.PrefixFrom(cip4, 32), netip.MustParsePrefix(ext4 + "/32")}
+	var bgpAt time.Duration
+	var lastErr string // each new reason logged once (the machine may be loaded: see how far it got)
+	logNew := func(err error) error {
+		if err != nil && err.Error() != lastErr {
+			lastErr = err.Error()
+			t.Logf("%s after the Service: %v", time.Since(t0).Round(time.Millisecond), err)
+		}
+		return err
+	}
+	eventually(t, 90*time.Second, "the ToR routes the IPv6 VIPs as /128s over every node's IPv6 address", func(ctx context.Context) error {
+		rib, err := torRoutes6(ctx, l.ToR)
+		if err != nil {
+			return logNew(err)
+		}
+		for _, v := range vips6 {
+			if !slices.Equal(rib[v], all6) {
+				return logNew(fmt.Errorf("ToR BGP: %s via %v, want %v", v, rib[v], all6))
+			}
+		}
+		if bgpAt == 0 {
+			bgpAt = time.Since(t0)
+		}
+		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
+		if err != nil {
+			return logNew(err)
+		}
+		for _, v := range vips6 {
+			if !slices.Equal(kern[v], all6) {
+				return logNew(fmt.Errorf("ToR kernel: %s via %v, want %v", v, kern[v], all6))
+			}
+		}
+		return nil
+	})
+	t.Logf("IPv6 VIPs %v at the ToR: BGP %s, kernel (ECMP over %d nodes) %s after the Service was created",
+		vips6, bgpAt.Round(time.Millisecond), len(all6), time.Since(t0).Round(time.Millisecond))
+	out, _ := l.ToR.Vtysh(context.Background(), "show bgp ipv6 unicast")
+	t.Logf("ToR: show bgp ipv6 unicast\n%s", out)
+	eventually(t, 30*time.Second, "the ToR routes the IPv4 VIPs as /32s over every node's IPv4 address", func(ctx context.Context) error {
+		rib, err := l.ToR.Routes(ctx)
+		if err != nil {
+			return err
+		}
+		for _, v := range vips4 {
+			if !slices.Equal(rib[v], all4) {
+				return fmt.Errorf("ToR BGP: %s via %v, want %v", v, rib[v], all4)
+			}
+		}
+		return nil
+	})
+	t.Logf("IPv4 VIPs %v at the ToR %s after the Service was created", vips4, time.Since(t0).Round(time.Millisecond))
+
+	// Traffic from the ToR's namespace (source fd00:99::1) to each VIP reaches both backends.
+	for _, vip := range []netip.Addr{cip6, netip.MustParseAddr(ext6), cip4} {
+		t1 := time.Now()
+		addr := net.JoinHostPort(vip.String(), "80")
+		eventually(t, 30*time.Second, "TCP from the ToR to "+addr+" reaches both backends", func(ctx context.Context) error {
+			if s := spread(t, &l.ToR.Host, addr, 16); s["va"] == 0 || s["vb"] == 0 {
+				return fmt.Errorf("answers %v", s)
+			}
+			return nil
+		})
+		t.Logf("TCP from the ToR to %s answered by both backends in %s (%s after the Service was created)",
+			addr, time.Since(t1).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
+	}
+
+	// No node installs the VIPs (they go to the ToR only).
+	for _, n := range l.Nodes {
+		r6, err := routesIn(context.Background(), exec6(n.Exec), "proto", "186")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vips6 {
+			if _, ok := r6[v]; ok {
+				t.Errorf("%s installed a route to the VIP %s", n.Name, v)
+			}
+		}
+	}
+
+	t2 := time.Now()
+	if err := l.Kube.CoreV1().Services("default").Delete(context.Background(), "vip6", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the IPv6 VIPs withdrawn at the ToR", func(ctx context.Context) error {
+		rib, err := torRoutes6(ctx, l.ToR)
+		if err != nil {
+			return err
+		}
+		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
+		if err != nil {
+			return err
+		}
+		for _, v := range vips6 {
+			if len(rib[v])+len(kern[v]) > 0 {
+				return fmt.Errorf("%s still BGP %v kernel %v", v, rib[v], kern[v])
+			}
+		}
+		return nil
+	})
+	t.Logf("IPv6 VIPs withdrawn at the ToR (BGP and kernel) %s after the Service was deleted", time.Since(t2).Round(time.Millisecond))
 }

@@ -363,8 +363,12 @@ func routesIn(ctx context.Context, exec func(context.Context, ...string) (string
 		dst := r.Dst
 		if dst == "default" {
 			dst = "0.0.0.0/0"
-		} else if !strings.Contains(dst, "/") {
-			dst += "/32"
+		} else if !strings.Contains(dst, "/") { // a host route: /32, or /128 for IPv6 (ip -6)
+			if strings.Contains(dst, ":") {
+				dst += "/128"
+			} else {
+				dst += "/32"
+			}
 		}
 		p, err := netip.ParsePrefix(dst)
 		if err != nil {
