@@ -228,8 +228,9 @@ func cpuTime() time.Duration {
 // through the nft binary (as before), and the iptables back end — then +1 service port and one endpoint change
 // are synced 7 times each, the three back ends taking turns (so they share the machine's load), and the
 // medians are reported with the split of the nftables syncs: in the kernel (netlink) or in nft (process,
-// cache fetch, kernel) against the rest of Sync (planning and building the transaction in Go). Also the CPU
-// time (this process and its children) of each bulk load, and the ratios iptables / nftables.
+// cache fetch, kernel) against the rest of Sync (planning and building the transaction in Go), and the CPU
+// time (this process and its children: robust to the machine's load) of each step and each bulk load, and the
+// ratios iptables / nftables.
 //
 //	go test -run '^$' -bench BenchmarkSyncSmall -benchtime 1x ./proxy/nftables/
 func BenchmarkSyncSmall(b *testing.B) {
@@ -253,13 +254,14 @@ func BenchmarkSyncSmall(b *testing.B) {
 		loadT   time.Duration
 		step    map[string][]time.Duration // step -> total per rep
 		inside  map[string][]time.Duration // step -> transport time per rep
+		cpu     map[string][]time.Duration // step -> CPU time (process and children) per rep
 	}
 	var sides []*side
 	for b.Loop() {
 		b.StopTimer()
 		sides = nil
 		for _, name := range []string{"nl", "cli", "ipt"} {
-			s := &side{name: name, ns: testns.New(b, "nft-small-"+name), step: map[string][]time.Duration{}, inside: map[string][]time.Duration{}}
+			s := &side{name: name, ns: testns.New(b, "nft-small-"+name), step: map[string][]time.Duration{}, inside: map[string][]time.Duration{}, cpu: map[string][]time.Duration{}}
 			if err := s.ns.Do(func() error {
 				if name == "ipt" {
 					be, err := iptproxy.NewHost(iptproxy.Config{ClusterCIDRs: cfg.ClusterCIDRs}, nil)
@@ -297,11 +299,12 @@ func BenchmarkSyncSmall(b *testing.B) {
 			return d
 		}
 		do := func(s *side, step string, keys ...string) {
-			in0, t0 := inside(s), time.Now()
+			in0, c0, t0 := inside(s), cpuTime(), time.Now()
 			if err := s.ns.Do(func() error { return s.be.Sync(s.d, keys) }); err != nil {
 				b.Fatalf("%s %s: %v", s.name, step, err)
 			}
 			s.step[step] = append(s.step[step], time.Since(t0))
+			s.cpu[step] = append(s.cpu[step], cpuTime()-c0)
 			s.inside[step] = append(s.inside[step], inside(s)-in0)
 		}
 		for i := range reps {
@@ -336,18 +339,23 @@ func BenchmarkSyncSmall(b *testing.B) {
 		b.ReportMetric(ms(s.loadCPU), s.name+"-load-cpu-ms")
 		for _, step := range []string{"add1", "epchange"} {
 			b.ReportMetric(ms(median(s.step[step])), s.name+"-"+step+"-ms")
+			b.ReportMetric(ms(median(s.cpu[step])), s.name+"-"+step+"-cpu-ms")
 			if s.name != "ipt" {
 				b.ReportMetric(ms(median(s.inside[step])), s.name+"-"+step+"-transport-ms")
 			}
 		}
-		b.Logf("%-3s: %d ports from empty %v (CPU %v); +1 %v (transport %v); endpoint change %v (transport %v); medians of %d",
+		r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+		b.Logf("%-3s: %d ports from empty %v (CPU %v); +1 %v (transport %v, CPU %v); endpoint change %v (transport %v, CPU %v); medians of %d",
 			s.name, n, s.loadT.Round(time.Millisecond), s.loadCPU.Round(time.Millisecond),
-			median(s.step["add1"]).Round(10*time.Microsecond), median(s.inside["add1"]).Round(10*time.Microsecond),
-			median(s.step["epchange"]).Round(10*time.Microsecond), median(s.inside["epchange"]).Round(10*time.Microsecond), reps)
+			r(median(s.step["add1"])), r(median(s.inside["add1"])), r(median(s.cpu["add1"])),
+			r(median(s.step["epchange"])), r(median(s.inside["epchange"])), r(median(s.cpu["epchange"])), reps)
 	}
 	for _, step := range []string{"add1", "epchange"} {
 		b.ReportMetric(float64(median(by["ipt"].step[step]))/float64(median(by["nl"].step[step])), "ipt/nft-"+step)
 		b.ReportMetric(float64(median(by["cli"].step[step]))/float64(median(by["nl"].step[step])), "nftcli/nft-"+step)
+	}
+	for _, step := range []string{"add1", "epchange"} {
+		b.ReportMetric(float64(median(by["ipt"].cpu[step]))/float64(median(by["nl"].cpu[step])), "ipt/nft-"+step+"-cpu")
 	}
 	b.ReportMetric(float64(by["ipt"].loadCPU)/float64(by["nl"].loadCPU), "ipt/nft-load-cpu")
 }
