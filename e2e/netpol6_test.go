@@ -34,6 +34,9 @@ import (
 //	node1: x/a x/c y/b z/a z/c
 //	node2: x/b y/a y/c z/b
 func TestNetpolIPv6(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: no lab")
+	}
 	l := lab.New(t, lab.Config{Nodes: 2, DualStack: true, AgentBin: agentBin(), CNIPlugin: cniBin()})
 	f := setupNetpol6(t, l)
 	t0 := time.Now()
