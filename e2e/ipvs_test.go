@@ -135,7 +135,9 @@ func (il *ipvsLab) testChoseIPVS(t *testing.T) {
 		t.Fatalf("the agent in the VM fell back to iptables:\n%s", log)
 	}
 	// kubernetes = 10.96.0.1:443 → "TCP  0A600001:01BB rr"
-	eventually(t, 10*time.Second, "the kubernetes Service in /proc/net/ip_vs", func(ctx context.Context) error {
+	// Generous deadlines for everything that goes through vmguest: the VM is emulated (TCG), and on a loaded host
+	// one exec can take seconds.
+	eventually(t, 60*time.Second, "the kubernetes Service in /proc/net/ip_vs", func(ctx context.Context) error {
 		out, err := il.vm.Exec(ctx, "cat", "/proc/net/ip_vs")
 		if err != nil {
 			return err
@@ -384,11 +386,20 @@ func (il *ipvsLab) testAffinity(t *testing.T) {
 		_, err = readLine(ctx, client, "tcp", vip)
 		return err
 	})
-	if s := spread(t, client, vip, 20); len(s) != 1 {
-		t.Fatalf("with ClientIP affinity the client reached %v", s)
-	} else {
-		t.Logf("affinity: %v", s)
+	// A request lost in the emulated VM's control channel (an i/o timeout on a loaded host) is not a second
+	// backend: only the answers count, and most must come.
+	s := spread(t, client, vip, 20)
+	answered, backends := 0, 0
+	for k, n := range s {
+		if !strings.HasPrefix(k, "error: ") {
+			answered += n
+			backends++
+		}
 	}
+	if backends != 1 || answered < 15 {
+		t.Fatalf("with ClientIP affinity the client reached %v", s)
+	}
+	t.Logf("affinity: %v", s)
 }
 
 // A UDP "cluster DNS" service (e2e/dnsd behind ClusterIP 10.96.0.10:53) keeps answering one resolver flow (same
@@ -433,6 +444,6 @@ func (il *ipvsLab) testDNSMove(t *testing.T, dnsd string) {
 	}
 	label(dns2.PodObjectName())
 	t0 := time.Now()
-	eventually(t, 15*time.Second, "DNS answers again from the moved pod, on the same flow", resolve)
+	eventually(t, 60*time.Second, "DNS answers again from the moved pod, on the same flow", resolve)
 	t.Logf("DNS answered again %s after the moved pod joined the service", time.Since(t0).Round(time.Millisecond))
 }
