@@ -2,6 +2,12 @@
 // cluster needs no other load balancer controller. It writes status.loadBalancer.ingress[].ip of the Services
 // of its class (spec.loadBalancerClass unset, or equal to Config.Class), only through the status subresource.
 // One node allocates at a time: the holder of a coordination.k8s.io Lease.
+//
+// Dual stack: the ranges may be of both families, and a Service gets one address of each family of its
+// spec.ipFamilies that has a range (in that order in the status): a PreferDualStack or RequireDualStack Service
+// two when both families have ranges, an IPv6-only Service an IPv6 address. A Service with none of its
+// families in the ranges gets none (Warning LoadBalancerIPUnavailable). Each family is allocated on its own,
+// from its own Pool.
 package loadbalancer
 
 import (
@@ -35,8 +41,8 @@ import (
 const (
 	// DefaultClass is the spec.loadBalancerClass served besides the default (unset) class.
 	DefaultClass = "canopy.io/loadbalancer"
-	// AnnotationIPs requests an address: "10.200.0.5". A comma list is accepted as MetalLB's is, but as
-	// only IPv4 is served it may hold one address. It takes precedence over spec.loadBalancerIP.
+	// AnnotationIPs requests addresses: "10.200.0.5", or one per family for a dual-stack Service
+	// ("10.200.0.5,fd00:200::5"), as MetalLB's. It takes precedence over spec.loadBalancerIP.
 	AnnotationIPs = "canopy.io/loadbalancer-ips"
 	// LeaseName is the coordination.k8s.io/v1 Lease that elects the allocating node.
 	LeaseName = "canopy-loadbalancer"
@@ -111,16 +117,20 @@ func New(cfg Config, kube kubernetes.Interface, factory informers.SharedInformer
 	if cfg.LeaseNamespace == "" || cfg.Identity == "" {
 		return nil, errors.New("load balancer allocator: lease namespace and identity (node name) are required")
 	}
-	pool, err := NewPool(cfg.Ranges)
+	pools, err := newPools(cfg.Ranges)
 	if err != nil {
 		return nil, fmt.Errorf("load balancer allocator: %w", err)
+	}
+	var size uint64
+	for _, p := range pools {
+		size = satAdd(size, p.Size())
 	}
 	if log == nil {
 		log = slog.Default()
 	}
 	inf := factory.Core().V1().Services()
 	a := &Allocator{
-		cfg: cfg, size: pool.Size(), kube: kube, lister: inf.Lister(), synced: inf.Informer().HasSynced,
+		cfg: cfg, size: size, kube: kube, lister: inf.Lister(), synced: inf.Informer().HasSynced,
 		recorder: recorder, log: log,
 	}
 	// Validate the election settings now rather than at Run.
@@ -318,14 +328,42 @@ func (a *Allocator) ours(svc *corev1.Service) bool {
 	return c == nil || *c == a.cfg.Class
 }
 
-// wantsIPv4 reports whether svc has the IPv4 family (or none set yet).
-func wantsIPv4(svc *corev1.Service) bool {
-	return len(svc.Spec.IPFamilies) == 0 || slices.Contains(svc.Spec.IPFamilies, corev1.IPv4Protocol)
+// familyOf is the IP family of an address.
+func familyOf(a netip.Addr) corev1.IPFamily {
+	if a.Is4() || a.Is4In6() {
+		return corev1.IPv4Protocol
+	}
+	return corev1.IPv6Protocol
 }
 
-// RequestedIP returns the address svc asks for: the annotation, else spec.loadBalancerIP; the zero Addr when
-// it asks for none.
-func RequestedIP(svc *corev1.Service) (netip.Addr, error) {
+// newPools splits ranges by family into a Pool each.
+func newPools(ranges []Range) (map[corev1.IPFamily]*Pool, error) {
+	by := map[corev1.IPFamily][]Range{}
+	for _, r := range ranges {
+		by[familyOf(r.First)] = append(by[familyOf(r.First)], r)
+	}
+	pools := map[corev1.IPFamily]*Pool{}
+	for f, rs := range by {
+		p, err := NewPool(rs)
+		if err != nil {
+			return nil, err
+		}
+		pools[f] = p
+	}
+	return pools, nil
+}
+
+// families returns svc's IP families in its order (IPv4 when none is set yet).
+func families(svc *corev1.Service) []corev1.IPFamily {
+	if len(svc.Spec.IPFamilies) == 0 {
+		return []corev1.IPFamily{corev1.IPv4Protocol}
+	}
+	return svc.Spec.IPFamilies
+}
+
+// RequestedIPs returns the addresses svc asks for, at most one per family: the annotation, else
+// spec.loadBalancerIP; none when it asks for none.
+func RequestedIPs(svc *corev1.Service) ([]netip.Addr, error) {
 	if v := strings.TrimSpace(svc.Annotations[AnnotationIPs]); v != "" {
 		var ips []netip.Addr
 		for _, s := range strings.Split(v, ",") {
@@ -335,28 +373,37 @@ func RequestedIP(svc *corev1.Service) (netip.Addr, error) {
 			}
 			ip, err := netip.ParseAddr(s)
 			if err != nil {
-				return netip.Addr{}, fmt.Errorf("annotation %s: %q is not an IP address", AnnotationIPs, s)
+				return nil, fmt.Errorf("annotation %s: %q is not an IP address", AnnotationIPs, s)
 			}
-			if !slices.Contains(ips, ip) {
-				ips = append(ips, ip)
+			ip = ip.Unmap()
+			if slices.Contains(ips, ip) {
+				continue
 			}
+			if slices.ContainsFunc(ips, func(o netip.Addr) bool { return familyOf(o) == familyOf(ip) }) {
+				return nil, fmt.Errorf("annotation %s: %q lists more than one %s address; at most one per family is supported", AnnotationIPs, v, familyOf(ip))
+			}
+			ips = append(ips, ip)
 		}
-		switch len(ips) {
-		case 0:
-			return netip.Addr{}, nil
-		case 1:
-			return ips[0], nil
-		}
-		return netip.Addr{}, fmt.Errorf("annotation %s: %q lists %d addresses; only one (IPv4) is supported", AnnotationIPs, v, len(ips))
+		return ips, nil
 	}
 	if v := strings.TrimSpace(svc.Spec.LoadBalancerIP); v != "" {
 		ip, err := netip.ParseAddr(v)
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("spec.loadBalancerIP: %q is not an IP address", v)
+			return nil, fmt.Errorf("spec.loadBalancerIP: %q is not an IP address", v)
 		}
-		return ip, nil
+		return []netip.Addr{ip.Unmap()}, nil
 	}
-	return netip.Addr{}, nil
+	return nil, nil
+}
+
+// requestFor is the address of family f in reqs (from RequestedIPs); the zero Addr when none.
+func requestFor(reqs []netip.Addr, f corev1.IPFamily) netip.Addr {
+	for _, ip := range reqs {
+		if familyOf(ip) == f {
+			return ip
+		}
+	}
+	return netip.Addr{}
 }
 
 // statusIPs returns the parseable addresses in svc's status.loadBalancer.ingress.
@@ -364,7 +411,7 @@ func statusIPs(svc *corev1.Service) []netip.Addr {
 	var out []netip.Addr
 	for _, in := range svc.Status.LoadBalancer.Ingress {
 		if ip, err := netip.ParseAddr(in.IP); err == nil {
-			out = append(out, ip)
+			out = append(out, ip.Unmap())
 		}
 	}
 	return out
@@ -374,16 +421,16 @@ func statusIPs(svc *corev1.Service) []netip.Addr {
 // single worker.
 type term struct {
 	a       *Allocator
-	pool    *Pool
+	pools   map[corev1.IPFamily]*Pool // a Pool per family that has ranges
 	queue   workqueue.TypedRateLimitingInterface[string]
 	waiting map[string]bool   // Services that want an address that is not free; requeued when one is released
 	warned  map[string]string // last warning per Service, so a retry does not repeat it
 }
 
 func newTerm(a *Allocator) *term {
-	pool, _ := NewPool(a.cfg.Ranges) // validated in New
+	pools, _ := newPools(a.cfg.Ranges) // validated in New
 	return &term{
-		a: a, pool: pool, waiting: map[string]bool{}, warned: map[string]string{},
+		a: a, pools: pools, waiting: map[string]bool{}, warned: map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "lballoc"}),
 	}
@@ -409,22 +456,38 @@ func (t *term) rebuild(ctx context.Context) error {
 	})
 	for i := range items {
 		svc := &items[i]
-		if !t.a.ours(svc) || !wantsIPv4(svc) {
+		if !t.a.ours(svc) {
 			continue
 		}
-		req, reqErr := RequestedIP(svc)
-		for _, ip := range statusIPs(svc) {
-			if reqErr == nil && req.IsValid() && req != ip {
-				continue // the request changed; sync moves the Service
+		reqs, reqErr := RequestedIPs(svc)
+		for _, f := range families(svc) {
+			pool := t.pools[f]
+			if pool == nil {
+				continue
 			}
-			if t.pool.Assign(key(svc), ip) == nil {
-				break
+			req := requestFor(reqs, f)
+			for _, ip := range statusIPs(svc) {
+				if familyOf(ip) != f || (reqErr == nil && req.IsValid() && req != ip) {
+					continue // another family's, or the request changed (sync moves the Service)
+				}
+				if pool.Assign(key(svc), ip) == nil {
+					break
+				}
 			}
 		}
 	}
-	allocatedIPs.Set(float64(t.pool.InUse()))
-	t.a.log.Info("rebuilt LoadBalancer IP allocations from Service status", "in_use", t.pool.InUse(), "pool_size", t.pool.Size())
+	allocatedIPs.Set(float64(t.inUse()))
+	t.a.log.Info("rebuilt LoadBalancer IP allocations from Service status", "in_use", t.inUse(), "pool_size", t.a.size)
 	return nil
+}
+
+// inUse is the number of addresses held, over both families.
+func (t *term) inUse() int {
+	n := 0
+	for _, p := range t.pools {
+		n += p.InUse()
+	}
+	return n
 }
 
 func key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }
@@ -436,23 +499,26 @@ func (t *term) released() {
 	}
 }
 
+// release frees what key holds in every family.
 func (t *term) release(key string) {
-	if ip, ok := t.pool.Release(key); ok {
-		t.a.log.Info("released LoadBalancer IP", "service", key, "ip", ip)
-		t.released()
+	for _, p := range t.pools {
+		if ip, ok := p.Release(key); ok {
+			t.a.log.Info("released LoadBalancer IP", "service", key, "ip", ip)
+			t.released()
+		}
 	}
 }
 
 // sync brings one Service's allocation and status in line.
 func (t *term) sync(ctx context.Context, k string) error {
-	defer func() { allocatedIPs.Set(float64(t.pool.InUse())) }()
+	defer func() { allocatedIPs.Set(float64(t.inUse())) }()
 	ns, name, err := cache.SplitMetaNamespaceKey(k)
 	if err != nil {
 		return nil
 	}
 	svc, err := t.a.lister.Services(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		if _, held := t.pool.Lookup(k); held {
+		if t.holds(k) {
 			// The cache may lag a Service just created: ask the API server before freeing its address.
 			svc, err = t.a.kube.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 		}
@@ -469,66 +535,113 @@ func (t *term) sync(ctx context.Context, k string) error {
 	if !t.a.ours(svc) {
 		return t.disown(ctx, svc)
 	}
-	if !wantsIPv4(svc) {
-		t.release(k)
-		t.fail(svc, ReasonUnavailable, failUnavailable, "Service %s has no IPv4 family and only IPv4 load balancer ranges are configured", k)
-		return t.writeStatus(ctx, svc, netip.Addr{})
+	fams := families(svc)
+	served := slices.DeleteFunc(slices.Clone(fams), func(f corev1.IPFamily) bool { return t.pools[f] == nil })
+	for f, p := range t.pools { // a family the Service no longer has gives its address back
+		if !slices.Contains(served, f) {
+			if ip, ok := p.Release(k); ok {
+				t.a.log.Info("released LoadBalancer IP", "service", k, "ip", ip, "family", f)
+				t.released()
+			}
+		}
+	}
+	if len(served) == 0 {
+		t.fail(svc, ReasonUnavailable, failUnavailable, "Service %s has no family with a load balancer range (its families %v, the ranges %s)", k, fams, rangesString(t.a.cfg.Ranges))
+		return t.writeStatus(ctx, svc, nil)
 	}
 
-	req, reqErr := RequestedIP(svc)
-	cur, has := t.pool.Lookup(k)
-	var ip netip.Addr
+	reqs, reqErr := RequestedIPs(svc)
+	if reqErr == nil {
+		for _, r := range reqs {
+			if !slices.Contains(served, familyOf(r)) {
+				t.fail(svc, ReasonUnavailable, failUnavailable, "requested load balancer IP %s is not available: %s is %v", r, r, ErrNotInPool)
+			}
+		}
+	}
+	var ips []netip.Addr
+	ok := true
+	for _, f := range served {
+		ip := t.syncFamily(svc, f, requestFor(reqs, f), reqErr)
+		if ip.IsValid() {
+			ips = append(ips, ip)
+		} else {
+			ok = false
+		}
+	}
+	if reqErr != nil {
+		var kept []string
+		for _, ip := range ips {
+			kept = append(kept, ip.String())
+		}
+		keep := "no address assigned"
+		if len(kept) > 0 {
+			keep = "keeping " + strings.Join(kept, ",")
+		}
+		// A bad request keeps what the Service has (a typo must not take a working address away).
+		t.fail(svc, ReasonInvalidRequest, failInvalid, "%v; %s", reqErr, keep)
+	} else if ok {
+		delete(t.waiting, k)
+		delete(t.warned, k)
+	}
+	return t.writeStatus(ctx, svc, ips)
+}
+
+// holds reports whether key holds an address of some family.
+func (t *term) holds(key string) bool {
+	for _, p := range t.pools {
+		if _, ok := p.Lookup(key); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// syncFamily brings one family's allocation of svc in line with its request req of that family (reqErr: the
+// request does not parse, keep what it has) and returns the address it holds (the zero Addr: none).
+func (t *term) syncFamily(svc *corev1.Service, f corev1.IPFamily, req netip.Addr, reqErr error) netip.Addr {
+	k, pool := key(svc), t.pools[f]
+	cur, has := pool.Lookup(k)
 	switch {
 	case reqErr != nil:
-		// A bad request keeps what the Service has (a typo must not take a working address away).
-		t.fail(svc, ReasonInvalidRequest, failInvalid, "%v; %s", reqErr, keeping(cur, has))
-		ip = cur
+		return cur
 	case req.IsValid():
 		if has && cur == req {
-			ip = cur
-			break
+			return cur
 		}
-		if err := t.pool.Assign(k, req); err != nil {
+		if err := pool.Assign(k, req); err != nil {
 			if has {
-				t.release(k)
+				if ip, ok := pool.Release(k); ok {
+					t.a.log.Info("released LoadBalancer IP", "service", k, "ip", ip)
+					t.released()
+				}
 			}
 			var inUse *InUseError
 			if errors.As(err, &inUse) {
 				t.waiting[k] = true
 			}
 			t.fail(svc, ReasonUnavailable, failUnavailable, "requested load balancer IP %s is not available: %v", req, err)
-			break
+			return netip.Addr{}
 		}
 		if has {
 			t.a.log.Info("released LoadBalancer IP", "service", k, "ip", cur)
 			t.released()
 		}
-		ip = req
+		return req
 	case has:
-		ip = cur
-	default:
-		ip = t.adoptOrAllocate(svc)
+		return cur
 	}
-	if ip.IsValid() {
-		delete(t.waiting, k)
-		delete(t.warned, k)
-	}
-	return t.writeStatus(ctx, svc, ip)
+	return t.adoptOrAllocate(svc, f)
 }
 
-func keeping(cur netip.Addr, has bool) string {
-	if has {
-		return "keeping " + cur.String()
-	}
-	return "no address assigned"
-}
-
-// adoptOrAllocate gives a Service that holds nothing the address its status shows, when that is in the
-// ranges and free, else the lowest free one.
-func (t *term) adoptOrAllocate(svc *corev1.Service) netip.Addr {
-	k := key(svc)
+// adoptOrAllocate gives a Service that holds no address of family f the address of f its status shows, when
+// that is in the ranges and free, else the lowest free one.
+func (t *term) adoptOrAllocate(svc *corev1.Service, f corev1.IPFamily) netip.Addr {
+	k, pool := key(svc), t.pools[f]
 	for _, ip := range statusIPs(svc) {
-		err := t.pool.Assign(k, ip)
+		if familyOf(ip) != f {
+			continue
+		}
+		err := pool.Assign(k, ip)
 		if err == nil {
 			t.a.log.Info("adopted LoadBalancer IP from Service status", "service", k, "ip", ip)
 			return ip
@@ -537,13 +650,13 @@ func (t *term) adoptOrAllocate(svc *corev1.Service) netip.Addr {
 		if errors.As(err, &inUse) {
 			t.warn(svc, ReasonConflict, "status load balancer IP %s is in use by %s; allocating another", ip, inUse.Owner)
 		} else {
-			t.warn(svc, ReasonOutOfRange, "status load balancer IP %s is outside the configured ranges %s; allocating another", ip, rangesString(t.pool.Ranges()))
+			t.warn(svc, ReasonOutOfRange, "status load balancer IP %s is outside the configured ranges %s; allocating another", ip, rangesString(pool.Ranges()))
 		}
 	}
-	ip, err := t.pool.AllocateAny(k)
+	ip, err := pool.AllocateAny(k)
 	if err != nil {
 		t.waiting[k] = true
-		t.fail(svc, ReasonExhausted, failExhausted, "no free load balancer IP: all %d addresses of %s are in use; waiting for one to be released", t.pool.Size(), rangesString(t.pool.Ranges()))
+		t.fail(svc, ReasonExhausted, failExhausted, "no free load balancer IP: all %d addresses of %s are in use; waiting for one to be released", pool.Size(), rangesString(pool.Ranges()))
 		return netip.Addr{}
 	}
 	return ip
@@ -563,18 +676,22 @@ func rangesString(rs []Range) string {
 // keeps everything but the address this term gave it, as its own controller owns its status.
 func (t *term) disown(ctx context.Context, svc *corev1.Service) error {
 	k := key(svc)
-	ip, had := t.pool.Release(k)
-	if had {
-		t.a.log.Info("released LoadBalancer IP of a Service no longer served", "service", k, "ip", ip, "type", svc.Spec.Type)
-		t.released()
+	var freed []netip.Addr
+	for _, p := range t.pools {
+		if ip, had := p.Release(k); had {
+			t.a.log.Info("released LoadBalancer IP of a Service no longer served", "service", k, "ip", ip, "type", svc.Spec.Type)
+			t.released()
+			freed = append(freed, ip)
+		}
 	}
 	delete(t.waiting, k)
 	delete(t.warned, k)
+	inRanges := func(a netip.Addr) bool { p := t.pools[familyOf(a)]; return p != nil && p.Contains(a) }
 	var keep []corev1.LoadBalancerIngress
 	var removed []string
 	for _, in := range svc.Status.LoadBalancer.Ingress {
 		a, err := netip.ParseAddr(in.IP)
-		if err == nil && ((had && a == ip) || (svc.Spec.Type != corev1.ServiceTypeLoadBalancer && t.pool.Contains(a))) {
+		if a = a.Unmap(); err == nil && (slices.Contains(freed, a) || (svc.Spec.Type != corev1.ServiceTypeLoadBalancer && inRanges(a))) {
 			removed = append(removed, in.IP)
 			continue
 		}
@@ -595,15 +712,15 @@ func (t *term) disown(ctx context.Context, svc *corev1.Service) error {
 	return nil
 }
 
-// writeStatus makes svc's status.loadBalancer.ingress hold exactly ip (nothing for the zero Addr).
-func (t *term) writeStatus(ctx context.Context, svc *corev1.Service, ip netip.Addr) error {
+// writeStatus makes svc's status.loadBalancer.ingress hold exactly ips, in that order (nothing for none).
+func (t *term) writeStatus(ctx context.Context, svc *corev1.Service, ips []netip.Addr) error {
 	var want []corev1.LoadBalancerIngress
-	if ip.IsValid() {
-		vip := corev1.LoadBalancerIPModeVIP
-		want = []corev1.LoadBalancerIngress{{IP: ip.String(), IPMode: &vip}}
+	vip := corev1.LoadBalancerIPModeVIP
+	for _, ip := range ips {
+		want = append(want, corev1.LoadBalancerIngress{IP: ip.String(), IPMode: &vip})
 	}
 	have := svc.Status.LoadBalancer.Ingress
-	if len(have) == len(want) && (len(want) == 0 || (have[0].IP == want[0].IP && have[0].Hostname == "")) {
+	if slices.EqualFunc(have, want, func(h, w corev1.LoadBalancerIngress) bool { return h.IP == w.IP && h.Hostname == "" }) {
 		return nil
 	}
 	old := statusIPs(svc)
@@ -616,9 +733,9 @@ func (t *term) writeStatus(ctx context.Context, svc *corev1.Service, ip netip.Ad
 		}
 		return err
 	}
-	if ip.IsValid() {
-		t.a.log.Info("assigned LoadBalancer IP", "service", key(svc), "ip", ip)
-		t.event(svc, corev1.EventTypeNormal, ReasonAllocated, "assigned load balancer IP "+ip.String())
+	if len(ips) > 0 {
+		t.a.log.Info("assigned LoadBalancer IP", "service", key(svc), "ip", addrsString(ips))
+		t.event(svc, corev1.EventTypeNormal, ReasonAllocated, "assigned load balancer IP "+addrsString(ips))
 	} else if len(old) > 0 {
 		t.event(svc, corev1.EventTypeNormal, ReasonReleased, "cleared load balancer IP "+addrsString(old))
 	}

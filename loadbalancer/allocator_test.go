@@ -582,14 +582,14 @@ func TestStaleCacheDoesNotFree(t *testing.T) {
 	if err := tm.sync(ctx, "default/a"); err != nil {
 		t.Fatal(err)
 	}
-	if ip, ok := tm.pool.Lookup("default/a"); !ok || ip.String() != "10.0.0.1" {
+	if ip, ok := tm.pools[corev1.IPv4Protocol].Lookup("default/a"); !ok || ip.String() != "10.0.0.1" {
 		t.Fatalf("a holds %v %v after a sync from a cache that lags", ip, ok)
 	}
 	del(t, kube, "a")
 	if err := tm.sync(ctx, "default/a"); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := tm.pool.Lookup("default/a"); ok || tm.pool.InUse() != 0 {
+	if _, ok := tm.pools[corev1.IPv4Protocol].Lookup("default/a"); ok || tm.inUse() != 0 {
 		t.Fatal("a's address not freed after it was deleted")
 	}
 }

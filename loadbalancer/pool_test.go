@@ -2,7 +2,10 @@ package loadbalancer
 
 import (
 	"errors"
+	"fmt"
+	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -35,8 +38,21 @@ func TestParseRanges(t *testing.T) {
 		{in: []string{"", " , "}, want: "", size: 0},
 		{in: []string{"10.200.0.0/33"}, wantErr: `"10.200.0.0/33"`},
 		{in: []string{"10.200.0.1/24"}, wantErr: "did you mean 10.200.0.0/24"},
-		{in: []string{"fd00::/64"}, wantErr: "only IPv4"},
-		{in: []string{"10.0.0.1-fd00::1"}, wantErr: "only IPv4"},
+		// IPv6: a prefix leaves out its Subnet-Router anycast address (not below /127); a /64 has more addresses
+		// than a uint64 counts.
+		{in: []string{"fd00:200::/120"}, want: "fd00:200::1-fd00:200::ff", size: 255},
+		{in: []string{"fd00:200::/127"}, want: "fd00:200::-fd00:200::1", size: 2},
+		{in: []string{"fd00:200::7/128"}, want: "fd00:200::7", size: 1},
+		{in: []string{"fd00:200::/64"}, want: "fd00:200::1-fd00:200::ffff:ffff:ffff:ffff", size: math.MaxUint64},
+		{in: []string{"fd00:200::/63"}, want: "fd00:200::1-fd00:200:0:1:ffff:ffff:ffff:ffff", size: math.MaxUint64},
+		{in: []string{"fd00:200::a - fd00:200::c"}, want: "fd00:200::a-fd00:200::c", size: 3},
+		{in: []string{"fd00:200::/120,10.200.0.0/30"}, want: "10.200.0.1-10.200.0.2,fd00:200::1-fd00:200::ff", size: 257},
+		{in: []string{"::/0"}, wantErr: "a range of every address"},
+		{in: []string{"fd00:200::1/120"}, wantErr: "did you mean fd00:200::/120"},
+		{in: []string{"::ffff:10.0.0.0/120"}, wantErr: "IPv4-mapped"},
+		{in: []string{"::ffff:10.0.0.1-::ffff:10.0.0.2"}, wantErr: "IPv4-mapped"},
+		{in: []string{"fd00:200::/120", "fd00:200::80-fd00:200::1:0"}, wantErr: "overlap"},
+		{in: []string{"10.0.0.1-fd00::1"}, wantErr: "different families"},
 		{in: []string{"10.0.0.9-10.0.0.1"}, wantErr: "after last address"},
 		{in: []string{"10.0.0.1-bogus"}, wantErr: `"10.0.0.1-bogus"`},
 		{in: []string{"nope"}, wantErr: `"nope"`},
@@ -68,7 +84,8 @@ func TestNewPoolRejectsBadRanges(t *testing.T) {
 	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.5")
 	for _, rs := range [][]Range{
 		{{First: b, Last: a}},
-		{{First: netip.MustParseAddr("fd00::1"), Last: netip.MustParseAddr("fd00::2")}},
+		{{First: netip.MustParseAddr("10.0.0.1"), Last: netip.MustParseAddr("fd00::2")}},
+		{{First: netip.MustParseAddr("::ffff:10.0.0.1"), Last: netip.MustParseAddr("::ffff:10.0.0.2")}},
 		{{First: a, Last: b}, {First: b, Last: b}},
 		{{}},
 	} {
@@ -205,6 +222,43 @@ func TestPoolErrorsAreTyped(t *testing.T) {
 }
 
 // TestPoolLargeRange hands out a whole /20 in order and refills holes lowest first, fast.
+// An IPv6 pool hands out its addresses in order, one per key, next to an IPv4 one of the same size; a /64
+// counts as math.MaxUint64 addresses and is never exhausted.
+func TestPoolIPv6(t *testing.T) {
+	p, err := NewPool(mustRanges(t, "fd00:200::/126", "fd00:201::5"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Size() != 4 || !p.Contains(netip.MustParseAddr("fd00:200::3")) || p.Contains(netip.MustParseAddr("fd00:200::")) ||
+		p.Contains(netip.MustParseAddr("10.0.0.1")) || !p.Contains(netip.MustParseAddr("fd00:201::5")) {
+		t.Fatalf("size %d, or Contains wrong", p.Size())
+	}
+	var got []string
+	for _, k := range []string{"a", "b", "c", "d"} {
+		ip, err := p.AllocateAny(k)
+		if err != nil {
+			t.Fatal(k, err)
+		}
+		got = append(got, ip.String())
+	}
+	if want := []string{"fd00:200::1", "fd00:200::2", "fd00:200::3", "fd00:201::5"}; !slices.Equal(got, want) {
+		t.Fatalf("allocated %v, want %v", got, want)
+	}
+	if _, err := p.AllocateAny("e"); !errors.Is(err, ErrExhausted) {
+		t.Fatal(err)
+	}
+	if err := p.Assign("a", netip.MustParseAddr("10.0.0.1")); !errors.Is(err, ErrNotInPool) {
+		t.Fatal(err)
+	}
+	big, _ := NewPool(mustRanges(t, "fd00:300::/64", "fd00:301::/64"))
+	if big.Size() != math.MaxUint64 {
+		t.Fatalf("size %d", big.Size())
+	}
+	if ip, err := big.AllocateAny("x"); err != nil || ip != netip.MustParseAddr("fd00:300::1") {
+		t.Fatal(ip, err)
+	}
+}
+
 func TestPoolLargeRange(t *testing.T) {
 	p, _ := NewPool(mustRanges(t, "10.8.0.0/20"))
 	n := int(p.Size())
@@ -246,7 +300,27 @@ func TestPrefixes(t *testing.T) {
 			t.Errorf("%d: %s, want %s", i, got[i], want[i])
 		}
 	}
-	for _, bad := range []string{"10.0.0.9-10.0.0.1", "x-y", "10.0.0.1/33", "0.0.0.0/0"} {
+	ranges6, err := ParseRanges([]string{"fd00:200::/64", "fd00:201::5-fd00:201::8"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got6 := Prefixes(ranges6)
+	want6 := []string{"fd00:200::1/128", "fd00:200::2/127", "fd00:200::4/126", "fd00:200::8/125"}
+	if len(got6) != 64+3 {
+		t.Fatalf("%d prefixes for %v: %v", len(got6), ranges6, got6)
+	}
+	for i := range want6 {
+		if got6[i].String() != want6[i] {
+			t.Errorf("IPv6 %d: %s, want %s", i, got6[i], want6[i])
+		}
+	}
+	if last := got6[63].String(); last != "fd00:200:0:0:8000::/65" {
+		t.Errorf("IPv6 63: %s", last)
+	}
+	if tail := fmt.Sprint(got6[64:]); tail != "[fd00:201::5/128 fd00:201::6/127 fd00:201::8/128]" {
+		t.Errorf("IPv6 tail %s", tail)
+	}
+	for _, bad := range []string{"10.0.0.9-10.0.0.1", "x-y", "10.0.0.1/33", "0.0.0.0/0", "::/0"} {
 		if _, err := ParseRanges([]string{bad}); err == nil {
 			t.Errorf("ParseRanges(%q) succeeded", bad)
 		}

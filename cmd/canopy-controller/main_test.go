@@ -84,8 +84,8 @@ func TestFlagsAllProblemsAtOnce(t *testing.T) {
 			t.Errorf("error does not name %s:\n%v", want, err)
 		}
 	}
-	// A bad range is named too; overlapping ranges are refused.
-	for _, bad := range []string{"10.200.0.0/33", "2001:db8::/64", "10.200.0.0/24,10.200.0.128/25", "10.200.0.9-10.200.0.1"} {
+	// A bad range is named too (every IPv6 address, mixed families); overlapping ranges are refused.
+	for _, bad := range []string{"10.200.0.0/33", "::/0", "2001:db8::1-10.0.0.1", "10.200.0.0/24,10.200.0.128/25", "10.200.0.9-10.200.0.1"} {
 		if _, err := parse(t, "--loadbalancer-ip-range="+bad); err == nil || !strings.Contains(err.Error(), "--loadbalancer-ip-range") {
 			t.Errorf("range %q: %v", bad, err)
 		}
