@@ -48,6 +48,7 @@ func TestNetpolIPv6(t *testing.T) {
 		{"PodAndNamespaceSelectors", np6Selectors},
 		{"IPBlockIngressPerFamily", np6IPBlockIngress},
 		{"IPBlockEgressPerFamily", np6IPBlockEgress},
+		{"NamedPortsAndEndPort", np6Ports},
 		{"DefaultDenyEgressKeepsNeighbourDiscovery", np6DefaultDenyEgress},
 		{"RemovingThePolicyRestoresTraffic", np6Removal},
 		{"IngressThroughDualStackClusterIP", np6IngressThroughService},
@@ -342,6 +343,35 @@ func np6IPBlockEgress(t *testing.T, f *np6Env) {
 		return true
 	}
 	f.expect(t, fmt.Sprintf("x/a out to %s except %s; x/b out to %s only", c.ClusterCIDR6, zc6, n2.PodCIDR), since, exp4, exp6)
+}
+
+// Ports over both families: named ports resolve against each pod's container ports for its addresses of both
+// families (ingress: the target's; egress: every destination's), and a port range (endPort) applies to both.
+// x/a accepts TCP serve-81-tcp and UDP serve-80-udp; x/c accepts TCP 81-82 and UDP 79-80 (ranges); y/a sends
+// only to UDP serve-81-udp and serve-80-tcp (any namespace).
+func np6Ports(t *testing.T, f *np6Env) {
+	since := f.create(t,
+		netpol("x", "a-named", npSpec{PodSelector: sel("pod", "a"), Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			Ports: []networkingv1.NetworkPolicyPort{namedPort(corev1.ProtocolTCP, "serve-81-tcp"), namedPort(corev1.ProtocolUDP, "serve-80-udp")}}}}),
+		netpol("x", "c-ranges", npSpec{PodSelector: sel("pod", "c"), Ingress: []networkingv1.NetworkPolicyIngressRule{{
+			Ports: []networkingv1.NetworkPolicyPort{portRange(corev1.ProtocolTCP, 81, 82), portRange(corev1.ProtocolUDP, 79, 80)}}}}),
+		netpol("y", "a-out-named", npSpec{PodSelector: sel("pod", "a"), PolicyTypes: []networkingv1.PolicyType{npEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{
+				To:    []networkingv1.NetworkPolicyPeer{nsPeer(selp())},
+				Ports: []networkingv1.NetworkPolicyPort{namedPort(corev1.ProtocolUDP, "serve-81-udp"), namedPort("", "serve-80-tcp")}}}}),
+	)
+	f.same(t, "x/a on serve-81-tcp and serve-80-udp; x/c on TCP 81-82 and UDP 79-80; y/a out on serve-81-udp and serve-80-tcp", since,
+		func(from, to *npPod, p npPort) bool {
+			ok := true
+			switch to.ID() {
+			case "x/a", "x/c":
+				ok = p == tcp81 || p == udp80
+			}
+			if from.ID() == "y/a" {
+				ok = ok && (p == udp81 || p == tcp80)
+			}
+			return ok
+		})
 }
 
 // Namespace x denies everything both ways, except that x/a may send to y/b (on its own node, node1: the same
