@@ -39,8 +39,9 @@ func TestFamilies(t *testing.T) {
 	}
 	g := &GoBGP{cfg: GlobalConfig{Families: []AddressFamily{IPv4Unicast, IPv6Unicast}, GracefulRestart: true}}
 	ap := g.peer(PeerSpec{Address: addr("10.99.0.1"), ASN: 64500, MaxPrefixes: 100})
+	// MaxPrefixes is the prefix guard's, never GoBGP's own PrefixLimits (quadratic: see prefixGuard).
 	if len(ap.AfiSafis) != 2 || ap.AfiSafis[1].Config.Family.Afi != api.Family_AFI_IP6 || ap.AfiSafis[1].MpGracefulRestart == nil ||
-		ap.AfiSafis[1].PrefixLimits.GetFamily().GetAfi() != api.Family_AFI_IP6 {
+		ap.AfiSafis[0].PrefixLimits != nil || ap.AfiSafis[1].PrefixLimits != nil {
 		t.Fatalf("dual-stack peer AfiSafis %v", ap.AfiSafis)
 	}
 	g.cfg.Families = []AddressFamily{IPv4Unicast}

@@ -184,13 +184,15 @@ var familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNIC
 
 // GoBGP is a Router backed by an embedded GoBGP server.
 type GoBGP struct {
-	s   *server.BgpServer
-	cfg GlobalConfig
+	s     *server.BgpServer
+	cfg   GlobalConfig
+	guard *prefixGuard // each peer's MaxPrefixes
+	stop  context.CancelFunc
 }
 
 // StartGoBGP starts an embedded GoBGP server with the global config, multipath on, and the local-only export policy.
 func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP, error) {
-	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("lib", "gobgp"), onPrefixLimit: cfg.OnPrefixLimit})}
+	opts := []server.ServerOption{server.LoggerOption(&slogAdapter{l: log.With("lib", "gobgp")})}
 	if cfg.GRPCAddr != "" {
 		opts = append(opts, server.GrpcListenAddress(cfg.GRPCAddr), server.GrpcOption(adminAPIOptions(cfg.GRPCAllowWrites)))
 	}
@@ -326,7 +328,10 @@ func StartGoBGP(ctx context.Context, cfg GlobalConfig, log *slog.Logger) (*GoBGP
 			return nil, fmt.Errorf("install policy %s: %w", pol.p.Name, err)
 		}
 	}
-	return &GoBGP{s: s, cfg: cfg}, nil
+	gctx, stop := context.WithCancel(context.Background())
+	gb := &GoBGP{s: s, cfg: cfg, guard: newPrefixGuard(s, log, cfg.OnPrefixLimit), stop: stop}
+	go gb.guard.run(gctx)
+	return gb, nil
 }
 
 func (g *GoBGP) peer(p PeerSpec) *api.Peer {
@@ -371,11 +376,8 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 	} else if p.TTLSecurity {
 		ap.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: 255}
 	}
-	if p.MaxPrefixes > 0 {
-		for _, as := range ap.AfiSafis { // GoBGP counts per family
-			as.PrefixLimits = &api.PrefixLimit{Family: as.Config.Family, MaxPrefixes: p.MaxPrefixes, ShutdownThresholdPct: 80}
-		}
-	}
+	// p.MaxPrefixes is the guard's (prefixlimit.go), not GoBGP's PrefixLimits: those count the whole Adj-RIB-In
+	// on every UPDATE.
 	if p.RRClient && p.RRClusterID.Is4() {
 		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: p.RRClusterID.String()}
 	}
@@ -417,20 +419,34 @@ func (g *GoBGP) AddPeer(ctx context.Context, p PeerSpec) error {
 			return fmt.Errorf("neighbor set %s: %w", set, err)
 		}
 	}
-	return g.s.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)})
+	g.guard.remove(p.Address) // a new peer starts afresh
+	if err := g.s.AddPeer(ctx, &api.AddPeerRequest{Peer: g.peer(p)}); err != nil {
+		return err
+	}
+	g.guard.set(p.Address, p.MaxPrefixes)
+	return nil
 }
 
 func hostPrefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
 func (g *GoBGP) UpdatePeer(ctx context.Context, p PeerSpec) error {
-	_, err := g.s.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: g.peer(p)})
-	return err
+	if _, err := g.s.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: g.peer(p)}); err != nil {
+		return err
+	}
+	switch stillTripped, cleared := g.guard.set(p.Address, p.MaxPrefixes); {
+	case cleared: // a new limit: the peer may try again
+		return g.s.EnablePeer(ctx, &api.EnablePeerRequest{Address: p.Address.String()})
+	case stillTripped: // an update that re-created the session must not let it back in past its limit
+		_ = g.s.DisablePeer(ctx, &api.DisablePeerRequest{Address: p.Address.String(), Communication: "maximum number of prefixes reached"})
+	}
+	return nil
 }
 
 func (g *GoBGP) DeletePeer(ctx context.Context, addr netip.Addr) error {
 	if err := g.s.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
 		return err
 	}
+	g.guard.remove(addr)
 	// Out of every neighbor set (not in one: nothing to remove, and no harm).
 	for _, set := range []string{nodeNeighborSet, noPodCIDRsNeighborSet, noVIPsNeighborSet, reflectNeighborSet} {
 		_ = g.s.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: &api.DefinedSet{
@@ -531,6 +547,9 @@ func (g *GoBGP) DeletePath(ctx context.Context, p Path) error {
 // Stop closes every session with a Cease notification (peers flush our routes at once) and stops the server.
 // An agent that restarts and wants traffic to keep flowing does not call it (graceful restart keeps our routes).
 func (g *GoBGP) Stop(ctx context.Context) {
+	if g.stop != nil {
+		g.stop()
+	}
 	_ = g.s.StopBgp(ctx, &api.StopBgpRequest{})
 	g.s.Stop()
 }
@@ -565,6 +584,7 @@ func (g *GoBGP) Watch(ctx context.Context, w Watcher) error {
 			}
 			if len(batch) > 0 {
 				w.BestPaths(batch)
+				g.guard.nudge()
 			}
 		case *api.WatchEventResponse_Peer:
 			st := ev.Peer.GetPeer().GetState()
@@ -607,22 +627,12 @@ func FromAPIPath(p *api.Path) (LearnedPath, error) {
 	return lp, nil
 }
 
-// slogAdapter sends GoBGP's log lines to slog, and tells of prefix-limit teardowns (GoBGP reports them only in
-// its log).
+// slogAdapter sends GoBGP's log lines to slog.
 type slogAdapter struct {
-	l             *slog.Logger
-	onPrefixLimit func(netip.Addr)
+	l *slog.Logger
 }
 
 func (a *slogAdapter) log(level slog.Level, msg string, fields gobgplog.Fields) {
-	if msg == "prefix limit reached" && fields["Pct"] == nil { // the limit itself, not the early warning
-		if peer, err := netip.ParseAddr(fmt.Sprint(fields["Key"])); err == nil {
-			prefixLimitTeardowns.WithLabelValues(peer.String()).Inc()
-			if a.onPrefixLimit != nil {
-				a.onPrefixLimit(peer)
-			}
-		}
-	}
 	if !a.l.Enabled(context.Background(), level) {
 		return
 	}

@@ -17,6 +17,7 @@ import (
 
 	api "github.com/osrg/gobgp/v3/api"
 	"github.com/osrg/gobgp/v3/pkg/server"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -392,7 +393,7 @@ func TestSpeakerPrefixLimit(t *testing.T) {
 	a := startTestPeer(t, flood, 64500, nodeIP, port, 64512, "")
 	b := startTestPeer(t, calm, 64501, nodeIP, port, 64512, "")
 	m.SetPeers([]PeerSpec{
-		{Address: addr(flood), ASN: 64500, Port: uint16(a.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "flood"},
+		{Address: addr(flood), ASN: 64500, Port: uint16(a.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "flood", Passive: true},
 		{Address: addr(calm), ASN: 64501, Port: uint16(b.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "calm"},
 	})
 	eventually(t, "both sessions up", func() bool {
@@ -413,6 +414,24 @@ func TestSpeakerPrefixLimit(t *testing.T) {
 	eventually(t, "the flooding session is down, the other up with its route", func() bool {
 		return sessions.State(addr(flood)) != StateEstablished && sessions.State(addr(calm)) == StateEstablished &&
 			len(sink.get("100.64.1.0/24")) == 1
+	})
+	// Counted once, and the session stays down (it is not retried into the same flood).
+	time.Sleep(3 * time.Second)
+	if got := testutil.ToFloat64(prefixLimitTeardowns.WithLabelValues(flood)); got != 1 {
+		t.Errorf("teardowns counted for %s: %v, want 1", flood, got)
+	}
+	if st := sessions.State(addr(flood)); st == StateEstablished {
+		t.Errorf("the flooding session came back past its limit")
+	}
+	// A higher limit lets the peer in again, with its routes. (The speaker is passive towards it here: two GoBGPs
+	// that both dial after a reset can keep refusing each other in step, each in its 5 s idle hold when the other
+	// dials.)
+	m.SetPeers([]PeerSpec{
+		{Address: addr(flood), ASN: 64500, Port: uint16(a.port), MaxPrefixes: 100, Kind: PeerKindExternal, Name: "flood", Passive: true},
+		{Address: addr(calm), ASN: 64501, Port: uint16(b.port), MaxPrefixes: 10, Kind: PeerKindExternal, Name: "calm"},
+	})
+	eventually(t, "the flooding peer back under its raised limit, with its routes", func() bool {
+		return sessions.State(addr(flood)) == StateEstablished && len(sink.get("100.65.19.0/24")) == 1
 	})
 	// The operator removes the flooding peer (the lab's canopy.io/peers annotation deleted): the manager stays
 	// responsive and the peer is gone from the speaker.

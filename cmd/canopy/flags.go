@@ -55,7 +55,7 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.IntVar(&r.BFDMultiplier, "bfd-multiplier", 3, "BFD detection multiplier: a peer is down after this many intervals without a packet")
 	fs.BoolVar(&r.BGPObjects, "bgp-objects", true, "read the canopy.io BGPPeer and BGPConfiguration objects (they win over flags and annotations; skipped when the CRDs are not installed) and write this node's BGPNodeStatus")
 	fs.StringVar(&r.SecretNamespace, "bgp-secret-namespace", defaultNamespace(), "the only namespace a BGPPeer's passwordSecretRef may name (the agent reads those Secrets by name; default: $POD_NAMESPACE, then kube-system)")
-	fs.IntVar(&r.MaxPrefixes, "max-prefixes", 16384, "most prefixes a BGP peer may send; past it its session is torn down, with an Event and a metric (0 = no limit; per peer: maxPrefixes in canopy.io/peers)")
+	fs.IntVar(&r.MaxPrefixes, "max-prefixes", 16384, "most prefixes a BGP peer may send (per family); past it its session is shut down until its limit changes or the agent restarts, with an Event and a metric (0 = no limit; per peer: maxPrefixes in canopy.io/peers)")
 	fs.DurationVar(&r.HoldTime, "hold-time", 90*time.Second, "BGP hold time")
 	fs.DurationVar(&r.Keepalive, "keepalive-interval", 30*time.Second, "BGP keepalive interval (at most a third of the hold time)")
 	fs.DurationVar(&r.ConnectRetry, "connect-retry", 5*time.Second, "wait between connection attempts to a peer")
