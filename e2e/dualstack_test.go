@@ -244,17 +244,20 @@ func sourceSeenAt(t *testing.T, server *lab.Host, addr netip.Addr, client *lab.P
 	return got
 }
 
-// TestDualStackServiceVIPs runs its own dual-stack lab (3 nodes; agents with --advertise-cluster-ip and an
-// ExternalIP range of each family) and a RequireDualStack Service with an ExternalIP of each family, backed by
-// dual-stack pods on two nodes: every node announces the IPv6 ClusterIP and ExternalIP to the ToR as /128s
-// through its IPv6 address (over the IPv4 sessions) and the IPv4 ones as /32s through its IPv4 address; the ToR
-// installs them as ECMP routes over the three nodes; TCP from the ToR's namespace to each IPv6 VIP (and to the
-// IPv4 ClusterIP) reaches both backend pods (the nodes' IPv6 proxy). Deleting the Service withdraws the /128s.
-// Times from the Service's creation are logged.
+// TestDualStackServiceVIPs runs its own dual-stack lab (3 nodes; agents with --advertise-cluster-ip, an
+// ExternalIP range and a LoadBalancer range of each family, --run-loadbalancer) and a RequireDualStack Service
+// with an ExternalIP of each family, backed by dual-stack pods on two nodes: every node announces the IPv6
+// ClusterIP and ExternalIP to the ToR as /128s through its IPv6 address (over the IPv4 sessions) and the IPv4
+// ones as /32s through its IPv4 address; the ToR installs them as ECMP routes over the three nodes; TCP from the
+// ToR's namespace to each IPv6 VIP (and to the IPv4 ClusterIP) reaches both backend pods (the nodes' IPv6
+// proxy). A RequireDualStack LoadBalancer Service gets an address of each family from the allocator, and its
+// IPv6 one is announced and reachable the same way. Deleting the Services withdraws the /128s. Times are logged.
 func TestDualStackServiceVIPs(t *testing.T) {
 	const extRange6, ext6, extRange4, ext4 = "fd00:e1::/64", "fd00:e1::9", "10.201.0.0/22", "10.201.0.9"
+	const lbRange4, lbRange6 = "10.200.0.0/24", "fd00:200::/120"
 	l := lab.New(t, lab.Config{Nodes: 3, DualStack: true, AgentBin: agentBin(), CNIPlugin: cniBin(),
-		AgentArgs: []string{"--advertise-cluster-ip", "--service-external-ip-range=" + extRange4 + "," + extRange6}})
+		AgentArgs: []string{"--advertise-cluster-ip", "--service-external-ip-range=" + extRange4 + "," + extRange6,
+			"--run-loadbalancer", "--loadbalancer-ip-range=" + lbRange4 + "," + lbRange6}})
 	// Backends on node1 and node2, answering their name over both families.
 	for i, name := range []string{"va", "vb"} {
 		p, err := l.AddPodWith(context.Background(), l.Nodes[i], name, lab.PodOptions{Labels: map[string]string{"app": "vip6"}})
@@ -381,9 +384,68 @@ func TestDualStackServiceVIPs(t *testing.T) {
 		}
 	}
 
+	// A dual-stack LoadBalancer Service: an address of each family from the allocator (status in spec.ipFamilies
+	// order), the IPv6 one announced as a /128 by every node and reachable from the ToR.
+	lb := webService("lb6", "vip6")
+	lb.Spec.Ports = lb.Spec.Ports[:1]
+	lb.Spec.Type = corev1.ServiceTypeLoadBalancer
+	lb.Spec.IPFamilyPolicy = &policy
+	lb.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}
+	t3 := time.Now()
+	createService(t, l, lb)
+	var lb4, lb6 netip.Addr
+	eventually(t, 60*time.Second, "an address of each family from the allocator", func(ctx context.Context) error {
+		s, err := l.Kube.CoreV1().Services("default").Get(ctx, "lb6", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			got = append(got, in.IP)
+		}
+		if len(got) != 2 {
+			return fmt.Errorf("status %v", got)
+		}
+		lb6, lb4 = netip.MustParseAddr(got[0]), netip.MustParseAddr(got[1])
+		if !netip.MustParsePrefix(lbRange6).Contains(lb6) || !netip.MustParsePrefix(lbRange4).Contains(lb4) {
+			return fmt.Errorf("status %v: want an address of %s, then one of %s", got, lbRange6, lbRange4)
+		}
+		return nil
+	})
+	allocAt := time.Since(t3)
+	lbVIP6 := netip.PrefixFrom(lb6, 128)
+	eventually(t, 60*time.Second, "the ToR routes the IPv6 LoadBalancer IP over every node's IPv6 address", func(ctx context.Context) error {
+		rib, err := torRoutes6(ctx, l.ToR)
+		if err != nil {
+			return err
+		}
+		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(rib[lbVIP6], all6) || !slices.Equal(kern[lbVIP6], all6) {
+			return fmt.Errorf("ToR: %s BGP %v kernel %v, want %v", lbVIP6, rib[lbVIP6], kern[lbVIP6], all6)
+		}
+		return nil
+	})
+	t.Logf("LoadBalancer IPs %s and %s allocated %s after the Service was created; %s at the ToR (BGP and kernel, ECMP) %s after",
+		lb6, lb4, allocAt.Round(time.Millisecond), lbVIP6, time.Since(t3).Round(time.Millisecond))
+	t4 := time.Now()
+	lbAddr := net.JoinHostPort(lb6.String(), "80")
+	eventually(t, 30*time.Second, "TCP from the ToR to "+lbAddr+" reaches both backends", func(ctx context.Context) error {
+		if s := spread(t, &l.ToR.Host, lbAddr, 16); s["va"] == 0 || s["vb"] == 0 {
+			return fmt.Errorf("answers %v", s)
+		}
+		return nil
+	})
+	t.Logf("TCP from the ToR to %s answered by both backends in %s", lbAddr, time.Since(t4).Round(time.Millisecond))
+	vips6 = append(vips6, lbVIP6)
+
 	t2 := time.Now()
-	if err := l.Kube.CoreV1().Services("default").Delete(context.Background(), "vip6", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"vip6", "lb6"} {
+		if err := l.Kube.CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	eventually(t, 30*time.Second, "the IPv6 VIPs withdrawn at the ToR", func(ctx context.Context) error {
 		rib, err := torRoutes6(ctx, l.ToR)
@@ -401,5 +463,5 @@ func TestDualStackServiceVIPs(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("IPv6 VIPs withdrawn at the ToR (BGP and kernel) %s after the Service was deleted", time.Since(t2).Round(time.Millisecond))
+	t.Logf("IPv6 VIPs %v withdrawn at the ToR (BGP and kernel) %s after the Services were deleted", vips6, time.Since(t2).Round(time.Millisecond))
 }
