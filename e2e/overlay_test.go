@@ -93,6 +93,9 @@ func linkMTU(ctx context.Context, h *lab.Host, dev string) (int, error) {
 }
 
 func TestOverlayCrossSubnet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: this test brings up a lab of its own")
+	}
 	cfg := lab.Config{
 		Nodes: 5, Racks: 3,
 		PerRack:  []lab.RackConfig{{Nodes: 2, NodeASN: 65001}, {Nodes: 2, NodeASN: 65002}, {NoNodePeering: true, Nodes: 1}},

@@ -40,6 +40,9 @@ type racksCase struct {
 }
 
 func TestRacksEBGP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: this test brings up a lab of its own")
+	}
 	for _, c := range []racksCase{
 		{name: "frr-as-override", kind: lab.ToRFRR},
 		{name: "bird-allowas-in", kind: lab.ToRBIRD, allowOwnAS: true},
