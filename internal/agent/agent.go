@@ -140,8 +140,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			log.Warn("--service-external-ip-range allows every address: any Service may take any ExternalIP that is not a node's, the API server's, or in the pod or service networks", "range", p)
 		}
 	}
+	// The IPv6 side of Services only where the back end serves it (not IPVS, which gets IPv4 only): the VIP
+	// announcer reads the same model and must not announce an IPv6 VIP nothing on this node answers.
 	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers,
-		IPv6: cfg.RunServiceProxy && backends.DualStack(a.proxyConfig())}, cfg.Admission(), warn,
+		IPv6: cfg.RunServiceProxy && backends.DualStack(a.proxyConfig()) && backend.Name() != backends.IPVS}, cfg.Admission(), warn,
 		log.With("component", "services"))
 	a.add(tracker, tracker.Controller())
 	if backend != nil {
