@@ -250,8 +250,9 @@ func sourceSeenAt(t *testing.T, server *lab.Host, addr netip.Addr, client *lab.P
 // ClusterIP and ExternalIP to the ToR as /128s through its IPv6 address (over the IPv4 sessions) and the IPv4
 // ones as /32s through its IPv4 address; the ToR installs them as ECMP routes over the three nodes; TCP from the
 // ToR's namespace to each IPv6 VIP (and to the IPv4 ClusterIP) reaches both backend pods (the nodes' IPv6
-// proxy). A RequireDualStack LoadBalancer Service gets an address of each family from the allocator, and its
-// IPv6 one is announced and reachable the same way. Deleting the Services withdraws the /128s. Times are logged.
+// proxy). With externalTrafficPolicy Local only the nodes with a local IPv6 endpoint announce the IPv6
+// ExternalIP and the backend sees the client's own address. A RequireDualStack LoadBalancer Service gets an
+// address of each family from the allocator, and its IPv6 one is announced and reachable the same way. Deleting the Services withdraws the /128s. Times are logged.
 func TestDualStackServiceVIPs(t *testing.T) {
 	const extRange6, ext6, extRange4, ext4 = "fd00:e1::/64", "fd00:e1::9", "10.201.0.0/22", "10.201.0.9"
 	const lbRange4, lbRange6 = "10.200.0.0/24", "fd00:200::/120"
@@ -270,6 +271,9 @@ func TestDualStackServiceVIPs(t *testing.T) {
 			}
 		})
 		if _, err := p.Start("web-"+name, "socat", "TCP6-LISTEN:8080,reuseaddr,fork,ipv6only=0", "SYSTEM:echo "+name); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Start("peer-"+name, "socat", "TCP6-LISTEN:8081,reuseaddr,fork,ipv6only=0", `SYSTEM:echo $SOCAT_PEERADDR`); err != nil {
 			t.Fatal(err)
 		}
 		if !p.IP6.IsValid() {
@@ -384,6 +388,50 @@ func TestDualStackServiceVIPs(t *testing.T) {
 		}
 	}
 
+	// externalTrafficPolicy Local over IPv6: only the nodes with a local IPv6 endpoint (node1, node2) announce the
+	// IPv6 ExternalIP, and the backend sees the client's own address (the ToR's), not a node's.
+	const extLocal6 = "fd00:e1::10"
+	etp := webService("etp6", "vip6")
+	etp.Spec.Ports = etp.Spec.Ports[1:2] // peer: 81 -> 8081, answers the client address it sees
+	etp.Spec.IPFamilyPolicy = &policy
+	etp.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	etp.Spec.ExternalIPs = []string{extLocal6}
+	etp.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	t5 := time.Now()
+	createService(t, l, etp)
+	local6 := []netip.Addr{l.Nodes[0].IP6(), l.Nodes[1].IP6()}
+	slices.SortFunc(local6, netip.Addr.Compare)
+	etpVIP := netip.MustParsePrefix(extLocal6 + "/128")
+	eventually(t, 60*time.Second, "the ToR routes the ETP Local IPv6 ExternalIP over the nodes with a local endpoint only", func(ctx context.Context) error {
+		rib, err := torRoutes6(ctx, l.ToR)
+		if err != nil {
+			return err
+		}
+		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(rib[etpVIP], local6) || !slices.Equal(kern[etpVIP], local6) {
+			return fmt.Errorf("ToR: %s BGP %v kernel %v, want %v", etpVIP, rib[etpVIP], kern[etpVIP], local6)
+		}
+		return nil
+	})
+	t.Logf("ETP Local %s at the ToR via %v (not node3) %s after the Service was created", etpVIP, local6, time.Since(t5).Round(time.Millisecond))
+	etpAddr := net.JoinHostPort(extLocal6, "81")
+	for i := range 4 { // ECMP may pick either node: each answer must show the ToR's own address
+		var seen string
+		eventually(t, 30*time.Second, "TCP from the ToR to "+etpAddr, func(ctx context.Context) error {
+			var err error
+			seen, err = readLine(ctx, &l.ToR.Host, "tcp", etpAddr)
+			return err
+		})
+		if got, err := netip.ParseAddr(strings.Trim(seen, "[]")); err != nil || got != l.ToR.IP6() {
+			t.Fatalf("connection %d to %s: the backend saw %q, want the ToR's own %s (ETP Local keeps the client address)", i, etpAddr, seen, l.ToR.IP6())
+		}
+	}
+	t.Logf("ETP Local over IPv6: the backend sees the client's own address %s", l.ToR.IP6())
+	vips6 = append(vips6, etpVIP)
+
 	// A dual-stack LoadBalancer Service: an address of each family from the allocator (status in spec.ipFamilies
 	// order), the IPv6 one announced as a /128 by every node and reachable from the ToR.
 	lb := webService("lb6", "vip6")
@@ -442,7 +490,7 @@ func TestDualStackServiceVIPs(t *testing.T) {
 	vips6 = append(vips6, lbVIP6)
 
 	t2 := time.Now()
-	for _, name := range []string{"vip6", "lb6"} {
+	for _, name := range []string{"vip6", "etp6", "lb6"} {
 		if err := l.Kube.CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
