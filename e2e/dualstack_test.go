@@ -163,6 +163,25 @@ func TestDualStack(t *testing.T) {
 	}
 }
 
+// torRoutesVia6 checks that the ToR routes each of prefixes over exactly the next hops want (sorted), in its BGP
+// table and its kernel (FRR's routes); want nil: none of them is there.
+func torRoutesVia6(ctx context.Context, tor *lab.ToR, want []netip.Addr, prefixes ...netip.Prefix) error {
+	rib, err := torRoutes6(ctx, tor)
+	if err != nil {
+		return err
+	}
+	kern, err := routesIn(ctx, exec6(tor.Exec), "proto", "bgp")
+	if err != nil {
+		return err
+	}
+	for _, p := range prefixes {
+		if !slices.Equal(rib[p], want) || !slices.Equal(kern[p], want) {
+			return fmt.Errorf("ToR: %s BGP %v kernel %v, want %v", p, rib[p], kern[p], want)
+		}
+	}
+	return nil
+}
+
 // exec6 turns `ip …` commands into `ip -6 …` ones (for routesIn).
 func exec6(exec func(context.Context, ...string) (string, error)) func(context.Context, ...string) (string, error) {
 	return func(ctx context.Context, args ...string) (string, error) {
@@ -362,15 +381,19 @@ func TestDualStackServiceVIPs(t *testing.T) {
 	t.Logf("IPv4 VIPs %v at the ToR %s after the Service was created", vips4, time.Since(t0).Round(time.Millisecond))
 
 	// Traffic from the ToR's namespace (source fd00:99::1) to each VIP reaches both backends.
-	for _, vip := range []netip.Addr{cip6, netip.MustParseAddr(ext6), cip4} {
-		t1 := time.Now()
-		addr := net.JoinHostPort(vip.String(), "80")
+	reachesBoth := func(addr string) {
+		t.Helper()
 		eventually(t, 30*time.Second, "TCP from the ToR to "+addr+" reaches both backends", func(ctx context.Context) error {
 			if s := spread(t, &l.ToR.Host, addr, 16); s["va"] == 0 || s["vb"] == 0 {
 				return fmt.Errorf("answers %v", s)
 			}
 			return nil
 		})
+	}
+	for _, vip := range []netip.Addr{cip6, netip.MustParseAddr(ext6), cip4} {
+		t1 := time.Now()
+		addr := net.JoinHostPort(vip.String(), "80")
+		reachesBoth(addr)
 		t.Logf("TCP from the ToR to %s answered by both backends in %s (%s after the Service was created)",
 			addr, time.Since(t1).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
@@ -403,18 +426,7 @@ func TestDualStackServiceVIPs(t *testing.T) {
 	slices.SortFunc(local6, netip.Addr.Compare)
 	etpVIP := netip.MustParsePrefix(extLocal6 + "/128")
 	eventually(t, 60*time.Second, "the ToR routes the ETP Local IPv6 ExternalIP over the nodes with a local endpoint only", func(ctx context.Context) error {
-		rib, err := torRoutes6(ctx, l.ToR)
-		if err != nil {
-			return err
-		}
-		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
-		if err != nil {
-			return err
-		}
-		if !slices.Equal(rib[etpVIP], local6) || !slices.Equal(kern[etpVIP], local6) {
-			return fmt.Errorf("ToR: %s BGP %v kernel %v, want %v", etpVIP, rib[etpVIP], kern[etpVIP], local6)
-		}
-		return nil
+		return torRoutesVia6(ctx, l.ToR, local6, etpVIP)
 	})
 	t.Logf("ETP Local %s at the ToR via %v (not node3) %s after the Service was created", etpVIP, local6, time.Since(t5).Round(time.Millisecond))
 	etpAddr := net.JoinHostPort(extLocal6, "81")
@@ -463,29 +475,13 @@ func TestDualStackServiceVIPs(t *testing.T) {
 	allocAt := time.Since(t3)
 	lbVIP6 := netip.PrefixFrom(lb6, 128)
 	eventually(t, 60*time.Second, "the ToR routes the IPv6 LoadBalancer IP over every node's IPv6 address", func(ctx context.Context) error {
-		rib, err := torRoutes6(ctx, l.ToR)
-		if err != nil {
-			return err
-		}
-		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
-		if err != nil {
-			return err
-		}
-		if !slices.Equal(rib[lbVIP6], all6) || !slices.Equal(kern[lbVIP6], all6) {
-			return fmt.Errorf("ToR: %s BGP %v kernel %v, want %v", lbVIP6, rib[lbVIP6], kern[lbVIP6], all6)
-		}
-		return nil
+		return torRoutesVia6(ctx, l.ToR, all6, lbVIP6)
 	})
 	t.Logf("LoadBalancer IPs %s and %s allocated %s after the Service was created; %s at the ToR (BGP and kernel, ECMP) %s after",
 		lb6, lb4, allocAt.Round(time.Millisecond), lbVIP6, time.Since(t3).Round(time.Millisecond))
 	t4 := time.Now()
 	lbAddr := net.JoinHostPort(lb6.String(), "80")
-	eventually(t, 30*time.Second, "TCP from the ToR to "+lbAddr+" reaches both backends", func(ctx context.Context) error {
-		if s := spread(t, &l.ToR.Host, lbAddr, 16); s["va"] == 0 || s["vb"] == 0 {
-			return fmt.Errorf("answers %v", s)
-		}
-		return nil
-	})
+	reachesBoth(lbAddr)
 	t.Logf("TCP from the ToR to %s answered by both backends in %s", lbAddr, time.Since(t4).Round(time.Millisecond))
 	vips6 = append(vips6, lbVIP6)
 
@@ -496,20 +492,7 @@ func TestDualStackServiceVIPs(t *testing.T) {
 		}
 	}
 	eventually(t, 30*time.Second, "the IPv6 VIPs withdrawn at the ToR", func(ctx context.Context) error {
-		rib, err := torRoutes6(ctx, l.ToR)
-		if err != nil {
-			return err
-		}
-		kern, err := routesIn(ctx, exec6(l.ToR.Exec), "proto", "bgp")
-		if err != nil {
-			return err
-		}
-		for _, v := range vips6 {
-			if len(rib[v])+len(kern[v]) > 0 {
-				return fmt.Errorf("%s still BGP %v kernel %v", v, rib[v], kern[v])
-			}
-		}
-		return nil
+		return torRoutesVia6(ctx, l.ToR, nil, vips6...)
 	})
 	t.Logf("IPv6 VIPs %v withdrawn at the ToR (BGP and kernel) %s after the Services were deleted", vips6, time.Since(t2).Round(time.Millisecond))
 }
