@@ -26,6 +26,9 @@ import (
 // pods on different nodes reach each other over IPv6 (ICMPv6, TCP with the source address kept) and still over
 // IPv4. Convergence times from the agents' start are logged.
 func TestDualStack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: this test brings up a lab of its own")
+	}
 	l := lab.New(t, lab.Config{Nodes: 3, DualStack: true, AgentBin: agentBin(), CNIPlugin: cniBin()})
 	start := time.Now() // the agents have just started
 	for _, n := range l.Nodes {
@@ -273,6 +276,9 @@ func sourceSeenAt(t *testing.T, server *lab.Host, addr netip.Addr, client *lab.P
 // ExternalIP and the backend sees the client's own address. A RequireDualStack LoadBalancer Service gets an
 // address of each family from the allocator, and its IPv6 one is announced and reachable the same way. Deleting the Services withdraws the /128s. Times are logged.
 func TestDualStackServiceVIPs(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: this test brings up a lab of its own")
+	}
 	const extRange6, ext6, extRange4, ext4 = "fd00:e1::/64", "fd00:e1::9", "10.201.0.0/22", "10.201.0.9"
 	const lbRange4, lbRange6 = "10.200.0.0/24", "fd00:200::/120"
 	l := lab.New(t, lab.Config{Nodes: 3, DualStack: true, AgentBin: agentBin(), CNIPlugin: cniBin(),
