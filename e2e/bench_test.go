@@ -457,3 +457,91 @@ func BenchmarkToRRestartReconnect(b *testing.B) {
 	b.ReportMetric(samples[1].Seconds(), "reconnect-s")
 	waitConverged(b, l)
 }
+
+// BenchmarkPrefixFlood measures the agent's memory under a 100,000-prefix flood from one peer, in the two ways
+// a peer can flood: past the default --max-prefixes (16,384: the session is torn down, nothing installed), and
+// within a raised limit but outside what the import policy accepts (every path refused and counted, none kept
+// by Canopy: GoBGP's Adj-RIB-In holds them while the session lasts). RSS from the agent's own metric.
+func BenchmarkPrefixFlood(b *testing.B) {
+	l := needLab(b)
+	ctx := context.Background()
+	n := l.Nodes[0]
+	m := func() map[string]float64 {
+		m, err := metrics(ctx, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m
+	}
+	rss := func() float64 { return m()["process_resident_memory_bytes"] / (1 << 20) }
+	// The measured agent logs at info: at debug GoBGP writes a line per update and the importer one per refusal.
+	if err := n.StopAgent(); err != nil {
+		b.Fatal(err)
+	}
+	if err := n.StartAgent("--log-level=info"); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		_ = n.StopAgent()
+		_ = n.StartAgent()
+		waitConverged(b, l)
+	})
+	waitConverged(b, l)
+	const count = 100_000
+	for _, c := range []struct {
+		name, annotation string
+		from             netip.Addr
+	}{
+		{"past-the-limit", `[{"ip":"%s","asn":65099}]`, netip.MustParseAddr("10.244.128.0")},
+		{"refused", `[{"ip":"%s","asn":65099,"maxPrefixes":200000}]`, netip.MustParseAddr("198.18.0.0")},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			inj := injectorTo(b, l, "fl"+c.name[:3], n.IP, 64512)
+			before := rss()
+			rejected := m()[`canopy_bgp_rejected_routes_total{reason="outside_allowed"}`]
+			annotatePeers(b, l, n, fmt.Sprintf(c.annotation, inj.host.IP))
+			eventually(b, 30*time.Second, n.Name+" peers with the flooding peer", func(ctx context.Context) error {
+				st, err := neighbors(ctx, n)
+				if err != nil {
+					return err
+				}
+				if st[inj.host.IP] != "ESTABLISHED" {
+					return fmt.Errorf("session is %q", st[inj.host.IP])
+				}
+				return nil
+			})
+			t0 := time.Now()
+			inj.announceFrom(b, c.from, count)
+			injected := time.Since(t0) // the injecting gobgpd's own ingest: it sends while it takes them in
+			eventually(b, 10*time.Minute, "the flood handled", func(ctx context.Context) error {
+				mm, err := metrics(ctx, n)
+				if err != nil {
+					return err
+				}
+				if c.name == "refused" {
+					if got := mm[`canopy_bgp_rejected_routes_total{reason="outside_allowed"}`] - rejected; got < count {
+						return fmt.Errorf("%.0f refused", got)
+					}
+					return nil
+				}
+				if mm[fmt.Sprintf(`canopy_bgp_prefix_limit_teardowns_total{peer=%q}`, inj.host.IP)] < 1 {
+					return fmt.Errorf("no teardown yet")
+				}
+				return nil
+			})
+			took := time.Since(t0)
+			time.Sleep(2 * time.Second) // let the speaker settle before reading memory
+			mm := m()
+			after, heap := mm["process_resident_memory_bytes"]/(1<<20), mm["go_memstats_heap_alloc_bytes"]/(1<<20)
+			b.ReportMetric(before, "MiB-rss-before")
+			b.ReportMetric(after, "MiB-rss-after")
+			b.ReportMetric(heap, "MiB-heap-after")
+			b.ReportMetric(took.Seconds(), "s-to-handle")
+			b.ReportMetric(injected.Seconds(), "s-injector-ingest")
+			b.Logf("%s: %d prefixes handled in %v (the injector took them in in %v); agent RSS %.0f MiB before, %.0f MiB after (Go heap %.0f MiB)",
+				c.name, count, took.Round(time.Millisecond), injected.Round(time.Millisecond), before, after, heap)
+			annotatePeers(b, l, n, "")
+			waitConverged(b, l)
+		})
+	}
+}
