@@ -437,7 +437,15 @@ func (a *agent) firewall(ctx context.Context) (string, error) {
 
 // nodeSetup prepares the node's data path: forwarding, the CNI plugin and conflist, pod egress masquerade.
 func (a *agent) nodeSetup(hintSocket string) error {
-	setup := nodesetup.New(a.cfg.NodeSetup(hintSocket), a.ipt, a.log.With("component", "nodesetup"))
+	cfg := a.cfg.NodeSetup(hintSocket)
+	setup := nodesetup.New(cfg, a.ipt, a.log.With("component", "nodesetup"))
+	if cfg.CNIIPv6 { // an IPv6 cluster CIDR: the IPv6 egress masquerade, FORWARD accept and BGP guard
+		if h6, err := ipt.OpenFlavour6(a.ipt.Flavour); err == nil {
+			setup.WithIPv6(h6)
+		} else {
+			a.log.Warn("ip6tables unavailable: IPv6 pod egress cannot be masqueraded", "err", err)
+		}
+	}
 	if err := setup.Start(a.factory); err != nil {
 		return err
 	}

@@ -51,7 +51,10 @@ type Config struct {
 type Setup struct {
 	cfg Config
 	ipt egress.IPTables // nil when PodEgress is off and nothing is to be removed
-	log *slog.Logger
+	// ipt6 is the IPv6 handle (ip6tables): the IPv6 chains of a node with an IPv6 pod CIDR; nil: none
+	// (such a node then reports an error when PodEgress is on).
+	ipt6 egress.IPTables
+	log  *slog.Logger
 
 	ctrl *controller.Controller
 
@@ -65,6 +68,13 @@ func New(cfg Config, ipt egress.IPTables, log *slog.Logger) *Setup {
 		cfg.SysctlRoot = "/proc/sys"
 	}
 	return &Setup{cfg: cfg, ipt: ipt, log: log}
+}
+
+// WithIPv6 adds the IPv6 handle (ip6tables, same flavour as ipt): the IPv6 egress masquerade for a node with an
+// IPv6 pod CIDR, and the IPv6 FORWARD accept and BGP guard for IPv6 cluster CIDRs. Call it before Start.
+func (s *Setup) WithIPv6(it6 egress.IPTables) *Setup {
+	s.ipt6 = it6
+	return s
 }
 
 // Start does what needs no pod CIDR (forwarding, the plugin binary, the FORWARD accept chain) and registers a
@@ -89,9 +99,22 @@ func (s *Setup) Start(factory informers.SharedInformerFactory) error {
 			return fmt.Errorf("dropping pod traffic to BGP's port: %w", err)
 		}
 	}
-	if !s.cfg.PodEgress && s.ipt != nil {
-		if err := egress.Remove(s.ipt); err != nil {
-			s.log.Warn("removing the pod egress chain", "err", err)
+	if hasIPv6(s.cfg.ClusterCIDRs) && s.ipt6 != nil {
+		if err := egress.ApplyForward6(s.ipt6, s.cfg.ClusterCIDRs); err != nil {
+			return fmt.Errorf("FORWARD accept for IPv6 pod traffic: %w", err)
+		}
+		if err := egress.ApplyBGPGuard6(s.ipt6, s.cfg.ClusterCIDRs); err != nil {
+			return fmt.Errorf("dropping IPv6 pod traffic to BGP's port: %w", err)
+		}
+	}
+	if !s.cfg.PodEgress {
+		for _, it := range []egress.IPTables{s.ipt, s.ipt6} {
+			if it == nil {
+				continue
+			}
+			if err := egress.Remove(it); err != nil {
+				s.log.Warn("removing the pod egress chain", "err", err)
+			}
 		}
 	}
 	inf := factory.Core().V1().Nodes()
@@ -174,7 +197,20 @@ func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
 		if err := egress.Apply(s.ipt, v4, s.cfg.NoMasqTo, s.log); err != nil {
 			return fmt.Errorf("pod egress masquerade: %w", err)
 		}
+		if hasIPv6(podCIDRs) {
+			if s.ipt6 == nil {
+				return fmt.Errorf("pod egress masquerade is on and the node has an IPv6 pod CIDR but ip6tables is unavailable")
+			}
+			if err := egress.Apply6(s.ipt6, podCIDRs, s.cfg.NoMasqTo, s.log); err != nil {
+				return fmt.Errorf("IPv6 pod egress masquerade: %w", err)
+			}
+		}
 	}
 	s.applied = slices.Clone(podCIDRs)
 	return nil
+}
+
+// hasIPv6 reports whether ps holds an IPv6 prefix.
+func hasIPv6(ps []netip.Prefix) bool {
+	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return !p.Addr().Is4() })
 }

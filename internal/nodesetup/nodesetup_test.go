@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -105,5 +106,78 @@ func TestConflistFamilies(t *testing.T) {
 				t.Errorf("podCIDRs %s, want %s", b, tc.want)
 			}
 		})
+	}
+}
+
+// A dual-stack node writes each family's chains through its own handle: the IPv4 ones through iptables, the
+// IPv6 ones (masquerade, FORWARD accept, BGP guard) through ip6tables, each with its family's prefixes only.
+func TestSetupDualStackEgress(t *testing.T) {
+	dir := t.TempDir()
+	_ = os.MkdirAll(filepath.Join(dir, "net/ipv4"), 0o755)
+	_ = os.WriteFile(filepath.Join(dir, "net/ipv4/ip_forward"), []byte("1\n"), 0o644)
+	cluster := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}
+	noMasq := append(slices.Clone(cluster), netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:10:96::/112"))
+	cfg := Config{NodeName: "n1", PodEgress: true, NoMasqTo: noMasq, ClusterCIDRs: cluster, SysctlRoot: dir}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f4, f6 := ipt.NewFake(), ipt.NewFake()
+	s := New(cfg, f4, quiet).WithIPv6(f6)
+	if err := s.Start(informers.NewSharedInformerFactory(fake.NewSimpleClientset(), 0)); err != nil {
+		t.Fatal(err)
+	}
+	dual := []netip.Prefix{netip.MustParsePrefix("10.244.3.0/24"), netip.MustParsePrefix("fd00:10:244:3::/64")}
+	if err := s.Apply(dual); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name         string
+		f            *ipt.Fake
+		table, chain string
+		want         string
+	}{
+		{"IPv4 masquerade", f4, "nat", "CANOPY-POSTROUTING", "-d 10.244.0.0/16 | -d 10.96.0.0/16 | -s 10.244.3.0/24"},
+		{"IPv6 masquerade", f6, "nat", "CANOPY-POSTROUTING", "-d fd00:10:244::/56 | -d fd00:10:96::/112 | -s fd00:10:244:3::/64"},
+		{"IPv4 FORWARD accept", f4, "filter", "CANOPY-FORWARD-ACCEPT", "-s 10.244.0.0/16 | -d 10.244.0.0/16"},
+		{"IPv6 FORWARD accept", f6, "filter", "CANOPY-FORWARD-ACCEPT", "-s fd00:10:244::/56 | -d fd00:10:244::/56"},
+		{"IPv4 BGP guard", f4, "filter", "CANOPY-BGP-GUARD", "-s 10.244.0.0/16"},
+		{"IPv6 BGP guard", f6, "filter", "CANOPY-BGP-GUARD", "-s fd00:10:244::/56"},
+	} {
+		var got []string
+		for _, r := range tc.f.Rules(tc.table, tc.chain) {
+			got = append(got, strings.Join(strings.Fields(r)[:2], " "))
+		}
+		if strings.Join(got, " | ") != tc.want {
+			t.Errorf("%s: %q, want %s", tc.name, tc.f.Rules(tc.table, tc.chain), tc.want)
+		}
+	}
+	if r := f6.Rules("nat", "POSTROUTING"); len(r) != 1 || !strings.Contains(r[0], "-j CANOPY-POSTROUTING") {
+		t.Errorf("ip6tables POSTROUTING %q, want the jump", r)
+	}
+
+	// Without an ip6tables handle a node with an IPv6 pod CIDR says so (and the IPv4 side is still written).
+	g4 := ipt.NewFake()
+	if err := New(cfg, g4, quiet).Apply(dual); err == nil || !strings.Contains(err.Error(), "ip6tables") {
+		t.Errorf("no ip6tables handle: err %v, want one naming ip6tables", err)
+	}
+	if len(g4.Rules("nat", "CANOPY-POSTROUTING")) != 3 {
+		t.Errorf("IPv4 chain without ip6tables: %q", g4.Rules("nat", "CANOPY-POSTROUTING"))
+	}
+	// An IPv4-only node writes nothing through ip6tables.
+	h6 := ipt.NewFake()
+	if err := New(Config{NodeName: "n1", PodEgress: true, NoMasqTo: noMasq, SysctlRoot: dir}, ipt.NewFake(), quiet).WithIPv6(h6).
+		Apply(dual[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if h6.Restores+h6.Edits != 0 {
+		t.Errorf("an IPv4-only node wrote ip6tables %d times", h6.Restores+h6.Edits)
+	}
+
+	// Pod egress off: the chain goes from both families.
+	off := cfg
+	off.PodEgress = false
+	if err := New(off, f4, quiet).WithIPv6(f6).Start(informers.NewSharedInformerFactory(fake.NewSimpleClientset(), 0)); err != nil {
+		t.Fatal(err)
+	}
+	if f4.HasChain("nat", "CANOPY-POSTROUTING") || f6.HasChain("nat", "CANOPY-POSTROUTING") {
+		t.Errorf("pod egress off left a masquerade chain: IPv4 %v, IPv6 %v", f4.HasChain("nat", "CANOPY-POSTROUTING"), f6.HasChain("nat", "CANOPY-POSTROUTING"))
 	}
 }
