@@ -18,6 +18,8 @@ import (
 //	node i         10.99.0.10+i   fd00:99::(10+i hex) (both are InternalIPs of its Node)
 //	pods           10.244.0.0/16  fd00:10:244::/56    (nodeipam: a /24 and a /64 per node)
 //	services       10.96.0.0/16   fd00:10:96::/112
+//	ToR ext        203.0.113.1    2001:db8:203::1/64 (the link to the external host, ExternalCIDR6)
+//	external host  203.0.113.10   2001:db8:203::10   (default route via the ToR in both families)
 //
 // The BGP sessions stay the IPv4 ones: the agents carry IPv6 unicast over them (MP-BGP) because their
 // --cluster-cidr has both families, each IPv6 pod CIDR with its node's IPv6 address as next hop. IPv6 addresses
@@ -65,6 +67,11 @@ func (c *Config) dualStackDefaults() error {
 	return nil
 }
 
+// ExternalCIDR6 is the IPv6 prefix of the link from the ToR to the external host (DualStack): the ToR ::1, the
+// external host ::10 (Ext.IP6()). Like the IPv4 ExternalCIDR, the nodes have no route to it unless a test adds
+// one (via the ToR's fabric address).
+var ExternalCIDR6 = netip.MustParsePrefix("2001:db8:203::/64")
+
 // nthAddr6 is the address i places after the start of IPv6 prefix p (i small).
 func nthAddr6(p netip.Prefix, i int) netip.Addr {
 	a := p.Masked().Addr().As16()
@@ -75,7 +82,8 @@ func nthAddr6(p netip.Prefix, i int) netip.Addr {
 }
 
 // IP6 is the host's IPv6 address on the fabric (Config.DualStack; invalid otherwise): the ToR ::1, the control
-// plane ::2, node i ::10+i in hex (node1 fd00:99::11). Pods have theirs in Pod.IP6.
+// plane ::2, node i ::10+i in hex (node1 fd00:99::11); the external host's is on its link, ExternalCIDR6 ::10.
+// Pods have theirs in Pod.IP6.
 func (h *Host) IP6() netip.Addr {
 	if h.lab == nil || !h.lab.cfg.DualStack || !h.lab.cfg.FabricCIDR6.IsValid() {
 		return netip.Addr{}
@@ -85,6 +93,8 @@ func (h *Host) IP6() netip.Addr {
 		return nthAddr6(h.lab.cfg.FabricCIDR6, 1)
 	case h == h.lab.CP:
 		return nthAddr6(h.lab.cfg.FabricCIDR6, 2)
+	case h == h.lab.Ext:
+		return nthAddr6(ExternalCIDR6, 0x10)
 	}
 	for _, n := range h.lab.Nodes {
 		if h == &n.Host {
@@ -95,14 +105,20 @@ func (h *Host) IP6() netip.Addr {
 }
 
 // buildNetwork6 gives the fabric its IPv6 side (DualStack only): addresses on the ToR's bridge, the control
-// plane and the nodes, and IPv6 forwarding on the ToR and the nodes.
+// plane and the nodes, the ToR's link to the external host and the external host itself (ExternalCIDR6, default
+// route via the ToR), and IPv6 forwarding on the ToR and the nodes.
 func (l *Lab) buildNetwork6(ctx context.Context) error {
 	c := l.cfg
 	if !c.DualStack {
 		return nil
 	}
 	bits := c.FabricCIDR6.Bits()
-	if err := ipBatch(ctx, l.ToR.NS, fmt.Sprintf("addr add %s/%d dev br0 nodad", l.ToR.IP6(), bits)); err != nil {
+	if err := ipBatch(ctx, l.ToR.NS, fmt.Sprintf("addr add %s/%d dev br0 nodad", l.ToR.IP6(), bits),
+		fmt.Sprintf("addr add %s/%d dev ext nodad", nthAddr6(ExternalCIDR6, 1), ExternalCIDR6.Bits())); err != nil {
+		return err
+	}
+	if err := ipBatch(ctx, l.Ext.NS, fmt.Sprintf("addr add %s/%d dev eth0 nodad", l.Ext.IP6(), ExternalCIDR6.Bits()),
+		fmt.Sprintf("route add default via %s", nthAddr6(ExternalCIDR6, 1))); err != nil {
 		return err
 	}
 	if err := sysctlIn(ctx, l.ToR.NS, "net.ipv6.conf.all.forwarding=1"); err != nil {
