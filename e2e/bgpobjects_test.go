@@ -252,16 +252,21 @@ func TestBGPObjects(t *testing.T) {
 			return nil
 		})
 		t.Logf("BGPPeer created -> node1's BGPNodeStatus shows it Established with prefixes: %v", time.Since(t0).Round(time.Millisecond))
-		st, err := objNodeStatus(ctx, dyn, n3.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s := objSession(st, rtr.IP); s != nil {
-			t.Errorf("node3 is not selected but reports %+v", *s)
-		}
-		if st.Status.Established < 3 {
-			t.Errorf("node3: %s established, want the ToR and both other nodes", st.Status.Summary)
-		}
+		// node3's status is written periodically: an earlier test may have restarted its agent, so wait for a
+		// status that has its sessions up again.
+		eventually(t, 30*time.Second, "node3's BGPNodeStatus: the ToR and both other nodes, not the BGPPeer's router", func(ctx context.Context) error {
+			st, err := objNodeStatus(ctx, dyn, n3.Name)
+			if err != nil {
+				return err
+			}
+			if s := objSession(st, rtr.IP); s != nil {
+				return fmt.Errorf("node3 is not selected but reports %+v", *s)
+			}
+			if st.Status.Established < 3 {
+				return fmt.Errorf("node3: %s established, want the ToR and both other nodes", st.Status.Summary)
+			}
+			return nil
+		})
 		out, err := l.Kubectl(ctx, "get", "bgppeers,bgpnodestatuses")
 		t.Logf("kubectl get bgppeers,bgpnodestatuses (%v):\n%s", err, out)
 	})
