@@ -32,7 +32,7 @@ import (
 // BenchmarkProxySideBySide times Canopy's service proxy and kube-proxy (v1.35.4, hack/build-kube-proxy.sh) in
 // one lab, on the same API objects at the same time: node1 runs the Canopy agent with its proxy, node2 runs
 // kube-proxy and a Canopy agent with --run-service-proxy=false (so only kube-proxy programs Services there).
-// Phase 1 pairs Canopy's default mode on this kernel (iptables: no IPVS) with kube-proxy nftables; phase 2
+// Phase 1 pairs Canopy --proxy-mode=iptables with kube-proxy nftables; phase 2
 // pairs Canopy --proxy-mode=nftables with kube-proxy iptables (every object deleted in between, both proxies
 // restarted in the new mode on a clean kernel state).
 //
@@ -90,7 +90,7 @@ func BenchmarkProxySideBySide(b *testing.B) {
 	}
 	// The agents log at info: at debug the proxy logs a line per sync.
 	cfg := lab.Config{Nodes: 2, AgentBin: agentBin(), AgentArgs: []string{"--log-level=info"},
-		PerNodeArgs: map[int][]string{2: {"--run-service-proxy=false"}}}
+		PerNodeArgs: map[int][]string{1: {"--proxy-mode=iptables"}, 2: {"--run-service-proxy=false"}}}
 	cfg.Logf = sbsLog // b.Logf keeps only 10 lines of a benchmark's output
 	l := lab.New(b, cfg)
 	ctx := context.Background()
@@ -115,9 +115,8 @@ func BenchmarkProxySideBySide(b *testing.B) {
 	results := map[string]*sbsResult{}
 	baselines := map[string]*sbsResult{} // node2's agent without the proxy, per phase
 	for phase, pm := range []struct{ canopyMode, kpMode string }{{"iptables", "nftables"}, {"nftables", "iptables"}} {
-		var canopyArgs []string // phase 1: the agent's default (ipvs, which is iptables on this kernel)
+		canopyArgs := []string{"--proxy-mode=" + pm.canopyMode} // named in both phases: the default is nftables here
 		if phase > 0 {
-			canopyArgs = []string{"--proxy-mode=" + pm.canopyMode}
 			// Everything from phase 1 goes while no proxy runs; each proxy then starts on a clean kernel state.
 			if err := kp.Stop(); err != nil {
 				sbsLog("stopping kube-proxy: %v", err)

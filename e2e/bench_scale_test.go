@@ -46,7 +46,7 @@ import (
 // default (what make bench runs) is 5,000 Nodes and 1,000 NetworkPolicies but a quarter of the Services,
 // endpoints and Pods: writing them is most of the time, and on this 2-core machine shared with other labs the
 // API server took 19 minutes for the full set (nodes 44 s, pods 5 min, Services with their slices 13 min).
-// CANOPY_SCALE_PROXY_MODE=nftables runs the agent with --proxy-mode=nftables (default: iptables, the agent's
+// CANOPY_SCALE_PROXY_MODE=iptables runs the agent with --proxy-mode=iptables (default: nftables, the agent's
 // default on a kernel without IPVS). The agent runs with --nodes-full-mesh=false
 // (ToR peering only, so no session to the fake nodes), --log-level=info and --pprof. It is stopped while the
 // objects are written (32 writers, no client-side throttling), then started: from its start to each
@@ -65,7 +65,7 @@ func BenchmarkAgentAtScale(b *testing.B) {
 		b.Skip("-short: no lab")
 	}
 	sz := scaleSizes(b)
-	mode := "iptables" // the agent's default on this kernel (ipvs, which has no IPVS here)
+	mode := "nftables" // the agent's default on this kernel (ipvs, which has no IPVS here)
 	args := []string{"--log-level=info", "--nodes-full-mesh=false", "--pprof"}
 	if v := os.Getenv("CANOPY_SCALE_PROXY_MODE"); v != "" {
 		mode = v

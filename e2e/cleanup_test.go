@@ -89,7 +89,7 @@ func runCleanupOn(t *testing.T, n *lab.Node, extra ...string) (cleanupReport, in
 }
 
 // canopyState is what of Canopy's a node holds: its routes, every line of the four iptables back ends that
-// declares or jumps to a CANOPY- chain, its ipsets.
+// declares or jumps to a CANOPY- chain, its nftables tables (the service proxy's), its ipsets.
 func canopyState(ctx context.Context, n *lab.Node) (string, error) {
 	var b strings.Builder
 	out, err := n.Exec(ctx, "ip", "route", "show", "table", "all", "proto", "186")
@@ -110,6 +110,15 @@ func canopyState(ctx context.Context, n *lab.Node) (string, error) {
 			if strings.HasPrefix(l, ":CANOPY-") || strings.Contains(l, "-j CANOPY-") || strings.Contains(l, "-g CANOPY-") {
 				fmt.Fprintf(&b, "%s: %s\n", save, l)
 			}
+		}
+	}
+	out, err = n.Exec(ctx, "nft", "list", "tables")
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "table" && f[2] == "canopy" {
+			fmt.Fprintf(&b, "nft %s\n", l)
 		}
 	}
 	out, err = n.Exec(ctx, "ipset", "list", "-n")
@@ -177,7 +186,7 @@ func TestCleanup(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, want := range []string{"route ", ":CANOPY-SERVICES ", ":CANOPY-POL-FORWARD ", "ipset CANOPY-POL-READY"} {
+		for _, want := range []string{"route ", "nft table ip canopy", ":CANOPY-POL-FORWARD ", "ipset CANOPY-POL-READY"} {
 			if !strings.Contains(st, want) {
 				return fmt.Errorf("no %q yet in\n%s", want, st)
 			}
@@ -285,7 +294,7 @@ func TestCleanup(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for _, want := range []string{":CANOPY-SERVICES ", ":CANOPY-POL-FORWARD ", "ipset CANOPY-POL-READY"} {
+		for _, want := range []string{"nft table ip canopy", ":CANOPY-POL-FORWARD ", "ipset CANOPY-POL-READY"} {
 			if !strings.Contains(st, want) {
 				return fmt.Errorf("no %q yet", want)
 			}

@@ -230,7 +230,7 @@ func TestServiceDNSPath(t *testing.T) {
 	ctx := context.Background()
 	dnsd := buildDNSD(t)
 	// The lab runs no namespace controller (a deleted namespace would stay Terminating for good), so my-ns is
-	// created once and kept: TestServiceProxyOnNFTables runs this case again in the same lab, and each run
+	// created once and kept: TestServiceProxyOnIPTables runs this case again in the same lab, and each run
 	// removes only its own objects.
 	if _, err := l.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "my-ns"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)

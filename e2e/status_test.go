@@ -46,7 +46,7 @@ func TestCanopyStatus(t *testing.T) {
 		if st.Routes.Installed != len(rt) || st.Routes.Stale != 0 {
 			return fmt.Errorf("routes %+v, the kernel has %d of ours", st.Routes, len(rt))
 		}
-		if st.Proxy == nil || st.Proxy.Mode != "iptables" || st.Proxy.ServicePorts < 1 || st.Policy == nil {
+		if st.Proxy == nil || st.Proxy.Mode != "nftables" || st.Proxy.ServicePorts < 1 || st.Policy == nil {
 			return fmt.Errorf("proxy %+v policy %+v", st.Proxy, st.Policy)
 		}
 		return nil
@@ -55,7 +55,7 @@ func TestCanopyStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Canopy on node " + n.Name, "Established", l.ToR.IP.String(), "service proxy: iptables"} {
+	for _, want := range []string{"Canopy on node " + n.Name, "Established", l.ToR.IP.String(), "service proxy: nftables"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("canopy status lacks %q:\n%s", want, out)
 		}

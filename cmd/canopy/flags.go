@@ -76,7 +76,7 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.StringVar(&r.Overlay, "overlay", "none", "VXLAN overlay (canopy.vxlan) for pod traffic to nodes BGP does not reach: none, vxlan (a tunnel route to every node) or crosssubnet (only to nodes outside this node's subnet); a BGP-learned route always wins; pods get the MTU minus 50")
 	fs.BoolVar(&r.PodEgress, "enable-pod-egress", true, "masquerade pod traffic leaving the cluster's pod and service networks to the node IP")
 	fs.BoolVar(&r.RunServiceProxy, "run-service-proxy", true, "proxy Services (replaces kube-proxy): ClusterIP, NodePort, ExternalIPs, LoadBalancer IPs")
-	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, iptables or nftables (iptables is used when ipvs is asked for and the kernel has no IPVS)")
+	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, iptables or nftables (when ipvs is asked for and the kernel has no IPVS: nftables, or iptables where nft cannot run)")
 	fs.BoolVar(&r.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to service IPs, also from pods")
 	fs.BoolVar(&r.RunFirewall, "run-firewall", true, "enforce NetworkPolicy on this node's pods (iptables + ipset, CANOPY-POL-* chains); false removes those chains")
 	fs.BoolVar(&r.PolicyReject, "policy-reject", false, "reject packets a NetworkPolicy denies (TCP reset, else ICMP port unreachable) instead of dropping them")

@@ -69,3 +69,41 @@ func TestModeSwitchLeavesNothingBehind(t *testing.T) {
 		t.Errorf("CleanupAll removed a rule that is not ours:\n%s", out)
 	}
 }
+
+// Asked for IPVS on a kernel without it (this host's), the node gets the nftables back end, and the iptables
+// one where nft cannot run.
+func TestIPVSMissingPicksNFTables(t *testing.T) {
+	testns.Require(t, "iptables-save", "iptables-restore", "nft")
+	if ok, _ := ipvsproxy.Available(); ok {
+		t.Skip("this kernel has IPVS: the fallback is not taken")
+	}
+	ns := testns.New(t, "be")
+	cfg := Config{Mode: IPVS, NodeIPs: []netip.Addr{netip.MustParseAddr("10.99.0.11")},
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Log: slog.New(slog.DiscardHandler)}
+	pick := func() string {
+		var name string
+		if err := ns.Do(func() error {
+			h, err := ipt.Open()
+			if err != nil {
+				return err
+			}
+			cfg.IPT = h
+			be, _, err := Prepare(cfg)
+			if err != nil {
+				return err
+			}
+			name = be.Name()
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	if got := pick(); got != NFTables {
+		t.Errorf("without IPVS: %s, want %s", got, NFTables)
+	}
+	t.Setenv("PATH", t.TempDir()+":/nonexistent") // no nft (nor anything else) on PATH
+	if err := nftablesUsable(); err == nil {
+		t.Fatal("nft found on an empty PATH")
+	}
+}

@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// Every proxy case again with every agent on the native nftables back end (--proxy-mode=nftables). The agents
-// restart into it (removing the iptables back end's rules: no mode's leftovers steer traffic), and back at the
-// end, so the other tests see the lab as it was.
-func TestServiceProxyOnNFTables(t *testing.T) {
+// Every proxy case again with every agent on the iptables back end (--proxy-mode=iptables; the lab's default is
+// nftables: its kernel has no IPVS). The agents restart into it (removing the nftables back end's table: no
+// mode's leftovers steer traffic), and back at the end, so the other tests see the lab as it was.
+func TestServiceProxyOnIPTables(t *testing.T) {
 	l := needLab(t)
 	switchMode := func(args ...string) {
 		t.Helper()
@@ -25,20 +25,25 @@ func TestServiceProxyOnNFTables(t *testing.T) {
 		}
 		waitConverged(t, l)
 	}
-	switchMode("--proxy-mode=nftables")
+	switchMode("--proxy-mode=iptables")
 	t.Cleanup(func() { switchMode() })
 	for _, n := range l.Nodes {
-		eventually(t, 20*time.Second, n.Name+" programs nftables and no iptables service chain", func(ctx context.Context) error {
-			out, err := n.Exec(ctx, "nft", "list", "tables")
-			if err != nil || !strings.Contains(out, "canopy") {
-				return fmt.Errorf("nft tables: %v %s", err, out)
-			}
+		eventually(t, 20*time.Second, n.Name+" programs iptables and no nftables table of ours", func(ctx context.Context) error {
 			save, err := n.Exec(ctx, "iptables-save", "-t", "nat")
 			if err != nil {
 				return err
 			}
-			if strings.Contains(save, "CANOPY-SERVICES") {
-				return fmt.Errorf("the iptables back end's chains are still there")
+			if !strings.Contains(save, ":CANOPY-SERVICES") {
+				return fmt.Errorf("no CANOPY-SERVICES chain yet")
+			}
+			out, err := n.Exec(ctx, "nft", "list", "tables")
+			if err != nil {
+				return fmt.Errorf("nft tables: %v %s", err, out)
+			}
+			for _, l := range strings.Split(out, "\n") {
+				if strings.HasSuffix(strings.TrimSpace(l), " canopy") {
+					return fmt.Errorf("the nftables back end's table is still there: %s", l)
+				}
 			}
 			return nil
 		})
