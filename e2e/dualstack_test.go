@@ -55,7 +55,7 @@ func TestDualStack(t *testing.T) {
 				at4 = time.Since(start)
 			}
 		}
-		rib, err := torRoutes6(ctx, l.ToR)
+		rib, err := l.ToR.Routes6(ctx)
 		if err != nil {
 			return err
 		}
@@ -169,7 +169,7 @@ func TestDualStack(t *testing.T) {
 // torRoutesVia6 checks that the ToR routes each of prefixes over exactly the next hops want (sorted), in its BGP
 // table and its kernel (FRR's routes); want nil: none of them is there.
 func torRoutesVia6(ctx context.Context, tor *lab.ToR, want []netip.Addr, prefixes ...netip.Prefix) error {
-	rib, err := torRoutes6(ctx, tor)
+	rib, err := tor.Routes6(ctx)
 	if err != nil {
 		return err
 	}
@@ -193,43 +193,6 @@ func exec6(exec func(context.Context, ...string) (string, error)) func(context.C
 		}
 		return exec(ctx, args...)
 	}
-}
-
-// torRoutes6 returns the FRR ToR's IPv6 unicast best and multipaths: prefix → global next hops, sorted.
-func torRoutes6(ctx context.Context, tor *lab.ToR) (map[netip.Prefix][]netip.Addr, error) {
-	var rib struct {
-		Routes map[string][]struct {
-			Valid     bool `json:"valid"`
-			Bestpath  bool `json:"bestpath"`
-			Multipath bool `json:"multipath"`
-			Nexthops  []struct {
-				IP    string `json:"ip"`
-				Scope string `json:"scope"`
-			} `json:"nexthops"`
-		} `json:"routes"`
-	}
-	if err := tor.VtyshJSON(ctx, "show bgp ipv6 unicast", &rib); err != nil {
-		return nil, err
-	}
-	out := map[netip.Prefix][]netip.Addr{}
-	for ps, paths := range rib.Routes {
-		p, err := netip.ParsePrefix(ps)
-		if err != nil {
-			continue
-		}
-		for _, path := range paths {
-			if !path.Valid || !(path.Bestpath || path.Multipath) {
-				continue
-			}
-			for _, nh := range path.Nexthops {
-				if a, err := netip.ParseAddr(nh.IP); err == nil && nh.Scope != "link-local" && !a.IsLinkLocalUnicast() {
-					out[p] = append(out[p], a)
-				}
-			}
-		}
-		slices.SortFunc(out[p], netip.Addr.Compare)
-	}
-	return out, nil
 }
 
 // sourceSeenAt is sourceSeen for a server address of either family: a TCP server in server's namespace answers
@@ -345,7 +308,7 @@ func TestDualStackServiceVIPs(t *testing.T) {
 		return err
 	}
 	eventually(t, 90*time.Second, "the ToR routes the IPv6 VIPs as /128s over every node's IPv6 address", func(ctx context.Context) error {
-		rib, err := torRoutes6(ctx, l.ToR)
+		rib, err := l.ToR.Routes6(ctx)
 		if err != nil {
 			return logNew(err)
 		}

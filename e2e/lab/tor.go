@@ -524,17 +524,32 @@ func (t *ToR) Routes(ctx context.Context) (map[netip.Prefix][]netip.Addr, error)
 	if t.Kind == ToRBIRD || t.Kind == ToRGoBGP {
 		return t.KernelRoutes(ctx)
 	}
+	return t.frrRoutes(ctx, "show ip bgp")
+}
+
+// Routes6 is Routes for IPv6 unicast (FRR only: the dual-stack lab's ToR), without link-local next hops.
+func (t *ToR) Routes6(ctx context.Context) (map[netip.Prefix][]netip.Addr, error) {
+	if t.Kind == ToRBIRD || t.Kind == ToRGoBGP {
+		return nil, fmt.Errorf("Routes6: the %s ToR has no IPv6 in the lab", t.Kind)
+	}
+	return t.frrRoutes(ctx, "show bgp ipv6 unicast")
+}
+
+// frrRoutes reads FRR's table (cmd: "show ip bgp", "show bgp ipv6 unicast"): prefix → the global next hops of the
+// valid best and multipaths, sorted.
+func (t *ToR) frrRoutes(ctx context.Context, cmd string) (map[netip.Prefix][]netip.Addr, error) {
 	var rib struct {
 		Routes map[string][]struct {
 			Valid     bool `json:"valid"`
 			Bestpath  bool `json:"bestpath"`
 			Multipath bool `json:"multipath"`
 			Nexthops  []struct {
-				IP string `json:"ip"`
+				IP    string `json:"ip"`
+				Scope string `json:"scope"`
 			} `json:"nexthops"`
 		} `json:"routes"`
 	}
-	if err := t.VtyshJSON(ctx, "show ip bgp", &rib); err != nil {
+	if err := t.VtyshJSON(ctx, cmd, &rib); err != nil {
 		return nil, err
 	}
 	out := map[netip.Prefix][]netip.Addr{}
@@ -548,7 +563,7 @@ func (t *ToR) Routes(ctx context.Context) (map[netip.Prefix][]netip.Addr, error)
 				continue
 			}
 			for _, nh := range path.Nexthops {
-				if a, err := netip.ParseAddr(nh.IP); err == nil {
+				if a, err := netip.ParseAddr(nh.IP); err == nil && nh.Scope != "link-local" && !a.IsLinkLocalUnicast() {
 					out[p] = append(out[p], a)
 				}
 			}
