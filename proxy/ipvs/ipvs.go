@@ -6,6 +6,14 @@
 // back through this node), except external traffic to externalTrafficPolicy: Local services, and a local pod's
 // connection that IPVS sent back to the same pod (hairpin).
 //
+// Both families live in the one IPVS table: a dual-stack or IPv6-only service port (model.ServicePort.IPv6)
+// gets IPv6 virtual services on its IPv6 cluster IPs, ExternalIPs and LoadBalancer IPs (bound to canopy-ipvs0 as
+// /128s) and, for a NodePort, on the node's IPv6 addresses (Config.NodeIPs), each with the real servers of its
+// own family only (as the iptables and nftables back ends' proxy.DualStack: a family a port has no cluster IP
+// of is not served). The IPv6 twin of the chain lives in ip6tables (Config.IPT6). When a UDP real server goes,
+// or a UDP virtual service gets its first one, the conntrack entries of the flows it leaves wrong are deleted
+// (both families), as kube-proxy does.
+//
 // Sync is incremental: what is applied is kept in memory (rebuilt from the kernel by New), and a Sync diffs
 // only the keys it is given, issuing netlink calls only for what differs. Nothing is ever flushed.
 //
@@ -82,6 +90,12 @@ type Config struct {
 	PodCIDRs []netip.Prefix
 	// IPT programs the masquerade chain; nil leaves masquerading alone (IPVS and addresses only).
 	IPT IPTables
+	// IPT6 programs the IPv6 twin of the chain (ip6tables, in the same namespace); nil leaves IPv6
+	// masquerading alone.
+	IPT6 IPTables
+	// Conntrack deletes stale UDP conntrack entries; nil: netlink in NetNS. NoConntrack turns it off.
+	Conntrack   Conntrack
+	NoConntrack bool
 	// Handle and Addresses default to netlink in NetNS.
 	Handle    Handle
 	Addresses Addresses
@@ -122,7 +136,8 @@ type keyWant struct {
 	vs     map[vsKey]*vsState
 	addrs  map[netip.Addr]bool // bound to Interface
 	locals map[vsKey]bool      // external virtual services not to masquerade (externalTrafficPolicy: Local)
-	// hairpins are the IPv4 endpoints on this node: a pod IPVS sends its own connection to is masqueraded.
+	// hairpins are the endpoints on this node (both families): a pod IPVS sends its own connection to is
+	// masqueraded.
 	hairpins map[netip.Addr]bool
 }
 
@@ -133,7 +148,9 @@ type Backend struct {
 	h     Handle
 	addrs Addresses
 	log   *slog.Logger
-	masq  *masq
+	masq  *masq // IPv4 (nil without Config.IPT)
+	masq6 *masq // IPv6 (nil without Config.IPT6)
+	ct    Conntrack
 
 	applied map[vsKey]*vsState  // in the kernel
 	owner   map[vsKey]string    // key claiming each virtual service
@@ -144,6 +161,7 @@ type Backend struct {
 	hairpin map[netip.Addr]int  // keys wanting a hairpin rule for each local endpoint
 	retry   map[vsKey]bool      // virtual services whose deletion failed
 	unbind  []netip.Addr        // addresses whose removal failed
+	stale   []Flow              // UDP conntrack entries to delete at the end of this Sync or Prune
 	closers []func()
 }
 
@@ -197,12 +215,30 @@ func New(cfg Config) (*Backend, error) {
 		return nil, err
 	}
 	if cfg.IPT != nil {
-		m, err := newMasq(cfg.IPT, cfg.PodCIDRs, log)
+		m, err := newMasq(cfg.IPT, false, cfg.PodCIDRs, log)
 		if err != nil {
 			b.Close()
 			return nil, err
 		}
 		b.masq = m
+	}
+	if cfg.IPT6 != nil {
+		m, err := newMasq(cfg.IPT6, true, cfg.PodCIDRs, log)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.masq6 = m
+	}
+	b.ct = cfg.Conntrack
+	if b.ct == nil && !cfg.NoConntrack {
+		ct, err := newNetlinkConntrack(cfg.NetNS)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.ct = ct
+		b.closers = append(b.closers, ct.close)
 	}
 	return b, nil
 }
@@ -285,6 +321,7 @@ func keyOf(s *mobyipvs.Service) (vsKey, bool) {
 func (b *Backend) Sync(desired map[string]*model.ServicePort, changed []string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer b.flushConntrack()
 	var errs []error
 	// Earlier failed deletions first (none in a healthy run: a no-op Sync writes nothing).
 	for _, k := range sortedKeys(b.retry) {
@@ -367,26 +404,26 @@ func (b *Backend) syncKey(key string, sp *model.ServicePort) error {
 		}
 	}
 
-	if b.masq != nil {
-		if err := b.masq.update(old.locals, want.locals); err != nil {
+	touched := map[netip.Addr]bool{}
+	for a := range want.hairpins {
+		if !old.hairpins[a] {
+			b.hairpin[a]++
+		}
+		touched[a] = true
+	}
+	for a := range old.hairpins {
+		if !want.hairpins[a] {
+			if b.hairpin[a]--; b.hairpin[a] <= 0 {
+				delete(b.hairpin, a)
+			}
+		}
+		touched[a] = true
+	}
+	for _, m := range b.masqs() {
+		if err := m.update(old.locals, want.locals); err != nil {
 			errs = append(errs, err)
 		}
-		touched := map[netip.Addr]bool{}
-		for a := range want.hairpins {
-			if !old.hairpins[a] {
-				b.hairpin[a]++
-			}
-			touched[a] = true
-		}
-		for a := range old.hairpins {
-			if !want.hairpins[a] {
-				if b.hairpin[a]--; b.hairpin[a] <= 0 {
-					delete(b.hairpin, a)
-				}
-			}
-			touched[a] = true
-		}
-		if err := b.masq.hairpin(touched, b.hairpin); err != nil {
+		if err := m.hairpin(touched, b.hairpin); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -426,6 +463,11 @@ func (b *Backend) reconcile(k vsKey, w *vsState) (err error) {
 	}()
 	svc := toService(k, w)
 	cur := b.applied[k]
+	if k.proto == syscall.IPPROTO_UDP {
+		// Computed before the writes: a write that fails is retried by the next Sync of the key, and deleting
+		// an entry twice is harmless.
+		b.stale = append(b.stale, udpFlows(k, cur, w)...)
+	}
 	if cur == nil {
 		if err := b.h.NewService(svc); err != nil {
 			return fmt.Errorf("create %v: %w", k, err)
@@ -469,7 +511,8 @@ func (b *Backend) reconcile(k vsKey, w *vsState) (err error) {
 }
 
 func (b *Backend) delete(k vsKey) error {
-	if _, ok := b.applied[k]; !ok {
+	cur, ok := b.applied[k]
+	if !ok {
 		return nil
 	}
 	if err := b.h.DelService(toService(k, &vsState{})); err != nil {
@@ -477,7 +520,23 @@ func (b *Backend) delete(k vsKey) error {
 		return fmt.Errorf("delete %v: %w", k, err)
 	}
 	delete(b.applied, k)
+	b.stale = append(b.stale, udpFlows(k, cur, nil)...)
 	return nil
+}
+
+// flushConntrack deletes the conntrack entries of b.stale. A failure is logged, not returned: the virtual
+// services are right, and a retried Sync would not know the flows any more (the entries time out by themselves).
+func (b *Backend) flushConntrack() {
+	flows := b.stale
+	b.stale = nil
+	if len(flows) == 0 || b.ct == nil {
+		return
+	}
+	if err := b.ct.DeleteUDP(flows); err != nil {
+		b.log.Warn("deleting stale UDP conntrack entries", "flows", len(flows), "err", err)
+		return
+	}
+	b.log.Debug("stale UDP conntrack entries deleted", "flows", flows)
 }
 
 // refresh re-reads one virtual service from the kernel after a failed write.
@@ -502,6 +561,7 @@ func (b *Backend) refresh(k vsKey) {
 func (b *Backend) Prune() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	defer b.flushConntrack()
 	var errs []error
 	for _, k := range sortedKeys(b.applied) {
 		if _, ok := b.owner[k]; ok {
@@ -525,24 +585,37 @@ func (b *Backend) Prune() error {
 		}
 		delete(b.bound, a)
 	}
-	if b.masq != nil {
-		claimed := map[vsKey]bool{}
-		for _, w := range b.claims {
-			for k := range w.locals {
-				claimed[k] = true
-			}
+	claimed := map[vsKey]bool{}
+	for _, w := range b.claims {
+		for k := range w.locals {
+			claimed[k] = true
 		}
-		if err := b.masq.prune(claimed); err != nil {
+	}
+	for _, m := range b.masqs() {
+		if err := m.prune(claimed); err != nil {
 			errs = append(errs, err)
 		}
-		if err := b.masq.hairpin(maps.Clone(b.masq.hairpins), b.hairpin); err != nil {
+		if err := m.hairpin(maps.Clone(m.hairpins), b.hairpin); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// build turns a service port into the virtual services, addresses and masquerade exceptions it needs.
+// masqs are the masquerade chains programmed (IPv4, IPv6: those configured).
+func (b *Backend) masqs() []*masq {
+	var out []*masq
+	for _, m := range []*masq{b.masq, b.masq6} {
+		if m != nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// build turns a service port into the virtual services, addresses and masquerade exceptions it needs: those
+// of its IPv4 side (the port's own fields) and of its IPv6 side (sp.IPv6), each address with the endpoints of
+// its family. A family the port has no cluster IP of gets nothing (no NodePort on the node's addresses of it).
 func (b *Backend) build(sp *model.ServicePort) *keyWant {
 	w := &keyWant{vs: map[vsKey]*vsState{}, addrs: map[netip.Addr]bool{}, locals: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
 	if sp == nil {
@@ -552,10 +625,25 @@ func (b *Backend) build(sp *model.ServicePort) *keyWant {
 	if proto == 0 {
 		return w
 	}
-	for _, eps := range [][]model.Endpoint{sp.ClusterEndpoints, sp.ExternalEndpoints} {
+	clusterIPs, externalIPs, lbIPs := sp.ClusterIPs, sp.ExternalIPs, sp.LoadBalancerIPs
+	clusterEps, externalEps := sp.ClusterEndpoints, sp.ExternalEndpoints
+	if f := sp.IPv6; f != nil {
+		clusterIPs = slices.Concat(clusterIPs, f.ClusterIPs)
+		externalIPs = slices.Concat(externalIPs, f.ExternalIPs)
+		lbIPs = slices.Concat(lbIPs, f.LoadBalancerIPs)
+		clusterEps = slices.Concat(clusterEps, f.ClusterEndpoints)
+		externalEps = slices.Concat(externalEps, f.ExternalEndpoints)
+	}
+	var served [2]bool // by family: IPv4, IPv6
+	for _, ip := range clusterIPs {
+		if ip = ip.Unmap(); ip.IsValid() {
+			served[fam(ip)] = true
+		}
+	}
+	for _, eps := range [][]model.Endpoint{clusterEps, externalEps} {
 		for _, e := range eps {
-			if e.Local && e.IP.Unmap().Is4() {
-				w.hairpins[e.IP.Unmap()] = true
+			if a := e.IP.Unmap(); e.Local && a.IsValid() && served[fam(a)] {
+				w.hairpins[a] = true
 			}
 		}
 	}
@@ -574,7 +662,7 @@ func (b *Backend) build(sp *model.ServicePort) *keyWant {
 	}
 	add := func(ip netip.Addr, port uint16, eps []model.Endpoint, bind, local bool) {
 		ip = ip.Unmap()
-		if !ip.IsValid() || port == 0 {
+		if !ip.IsValid() || port == 0 || !served[fam(ip)] {
 			return
 		}
 		k := vsKey{proto, ip, port}
@@ -586,21 +674,29 @@ func (b *Backend) build(sp *model.ServicePort) *keyWant {
 			w.locals[k] = true
 		}
 	}
-	for _, ip := range sp.ClusterIPs {
-		add(ip, sp.Port, sp.ClusterEndpoints, true, false)
+	for _, ip := range clusterIPs {
+		add(ip, sp.Port, clusterEps, true, false)
 	}
 	if sp.NodePort != 0 {
 		for _, ip := range b.cfg.NodeIPs {
-			add(ip, sp.NodePort, sp.ExternalEndpoints, false, sp.ExternalPolicyLocal)
+			add(ip, sp.NodePort, externalEps, false, sp.ExternalPolicyLocal)
 		}
 	}
-	for _, ip := range sp.ExternalIPs {
-		add(ip, sp.Port, sp.ExternalEndpoints, true, sp.ExternalPolicyLocal)
+	for _, ip := range externalIPs {
+		add(ip, sp.Port, externalEps, true, sp.ExternalPolicyLocal)
 	}
-	for _, ip := range sp.LoadBalancerIPs {
-		add(ip, sp.Port, sp.ExternalEndpoints, true, sp.ExternalPolicyLocal)
+	for _, ip := range lbIPs {
+		add(ip, sp.Port, externalEps, true, sp.ExternalPolicyLocal)
 	}
 	return w
+}
+
+// fam is an (unmapped) address's family index: 0 IPv4, 1 IPv6.
+func fam(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
 }
 
 // Weights is the real servers of a virtual service of one address family: ready endpoints weigh 1; while any

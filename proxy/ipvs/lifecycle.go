@@ -30,14 +30,18 @@ func (b *Backend) Cleanup() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	err := Cleanup(b.cfg.NetNS, b.cfg.NodeIPs, b.cfg.IPT)
+	if b.cfg.IPT6 != nil {
+		err = errors.Join(err, RemoveMasq(b.cfg.IPT6))
+	}
 	b.applied, b.owner, b.claims = map[vsKey]*vsState{}, map[vsKey]string{}, map[string]*keyWant{}
 	b.bound, b.users, b.hairpin = map[netip.Addr]bool{}, map[netip.Addr]int{}, map[netip.Addr]int{}
 	return err
 }
 
 // Cleanup removes what the IPVS back end programs in the namespace at nsPath ("" = this one), without a Backend:
-// the virtual services on addresses bound to Interface or on nodeIPs (others' virtual services stay), Interface
-// itself, and with ipt the masquerade chain and its jump. Used when the proxy mode changes or the proxy is turned
+// the virtual services of both families on addresses bound to Interface or on nodeIPs (others' virtual services
+// stay), Interface itself, and with ipt the masquerade chain and its jump (RemoveMasq with an ip6tables handle
+// removes the IPv6 one). Used when the proxy mode changes or the proxy is turned
 // off; a kernel without IPVS has nothing to remove but the interface and the chain. Without Interface the IPVS
 // back end never ran here (it makes Interface before any virtual service), so no virtual service is touched:
 // kube-proxy's IPVS NodePorts on the node's addresses stay when Canopy runs with its proxy off next to it.
@@ -95,6 +99,9 @@ func Cleanup(nsPath string, nodeIPs []netip.Addr, ipt IPTables) error {
 	}
 	return errors.Join(errs...)
 }
+
+// RemoveMasq deletes the masquerade chain and the jump to it from it (iptables or ip6tables).
+func RemoveMasq(it IPTables) error { return removeMasq(it) }
 
 // removeMasq deletes the masquerade chain and the jump to it.
 func removeMasq(it IPTables) error {

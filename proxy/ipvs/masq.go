@@ -13,7 +13,8 @@ import (
 
 // Chain is the nat chain, jumped to from POSTROUTING, that masquerades IPVS traffic from outside the pod
 // network. With net.ipv4.vs.conntrack=1 the nat table sees IPVS connections after IPVS picked the real server;
-// the xt_ipvs match (-m ipvs) finds them without one rule per virtual service.
+// the xt_ipvs match (-m ipvs) finds them without one rule per virtual service. Its IPv6 twin, of the same name
+// and shape, is in ip6tables (Config.IPT6), holding the IPv6 pod networks, exceptions and hairpin rules.
 const Chain = "CANOPY-POSTROUTING-IPVS"
 
 const (
@@ -36,19 +37,38 @@ var masqJump = ipt.Jump{Table: "nat", Chain: "POSTROUTING", Rule: []string{"-m",
 
 type masq struct {
 	ipt      IPTables
+	v6       bool // ip6tables: holds the IPv6 exceptions and hairpin rules only
 	log      *slog.Logger
 	have     map[vsKey]bool      // Local exceptions in the chain
 	hairpins map[netip.Addr]bool // hairpin rules in the chain
 }
 
 // StaticRules is the chain's tail: pod-network sources keep their address, every other IPVS connection is
-// masqueraded (Local exceptions go before it).
+// masqueraded (Local exceptions go before it). podCIDRs are those of the chain's family.
 func StaticRules(podCIDRs []netip.Prefix) [][]string {
 	var out [][]string
 	for _, p := range podCIDRs {
 		out = append(out, []string{"-s", p.Masked().String(), "-j", "RETURN"})
 	}
 	return append(out, []string{"-m", "ipvs", "--ipvs", "-j", "MASQUERADE"})
+}
+
+// mine reports whether an (unmapped) address is of the chain's family.
+func (m *masq) mine(a netip.Addr) bool { return a.Is4() != m.v6 }
+
+// ofFamily are the prefixes of one family (v6: IPv6), unmapped.
+func ofFamily(ps []netip.Prefix, v6 bool) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if a := p.Addr().Unmap(); a.Is4() != v6 {
+			bits := p.Bits()
+			if p.Addr().Is4In6() {
+				bits -= 96
+			}
+			out = append(out, netip.PrefixFrom(a, bits))
+		}
+	}
+	return out
 }
 
 func localRule(k vsKey) []string {
@@ -81,8 +101,9 @@ func parseHairpin(line string) (netip.Addr, bool) {
 
 // newMasq makes sure the chain, its jump and its static rules exist (rewriting the chain, in one restore, only
 // when its static rules differ) and reads back the Local exceptions and hairpin rules it holds.
-func newMasq(it IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, error) {
-	m := &masq{ipt: it, log: log, have: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
+func newMasq(it IPTables, v6 bool, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, error) {
+	m := &masq{ipt: it, v6: v6, log: log, have: map[vsKey]bool{}, hairpins: map[netip.Addr]bool{}}
+	podCIDRs = ofFamily(podCIDRs, v6)
 	lines, err := it.List("nat", Chain)
 	exists := err == nil
 	var static []string
@@ -119,7 +140,7 @@ func newMasq(it IPTables, podCIDRs []netip.Prefix, log *slog.Logger) (*masq, err
 		if err := it.Restore("nat", tx.Bytes("nat")); err != nil {
 			return nil, fmt.Errorf("nat %s: %w", Chain, err)
 		}
-		log.Info("IPVS masquerade chain programmed", "chain", Chain, "pod_cidrs", podCIDRs)
+		log.Info("IPVS masquerade chain programmed", "chain", Chain, "ipv6", v6, "pod_cidrs", podCIDRs)
 	}
 	if err := ipt.EnsureJumps(it, masqJump); err != nil {
 		return nil, err
@@ -169,13 +190,13 @@ func (m *masq) update(old, want map[vsKey]bool) error {
 	var tx ipt.Tx
 	var add, del []vsKey
 	for _, k := range sortedKeys(want) {
-		if !m.have[k] {
+		if m.mine(k.addr) && !m.have[k] {
 			tx.Raw("-I " + Chain + " 1 " + ipt.Spec(localRule(k)) + "\n")
 			add = append(add, k)
 		}
 	}
 	for _, k := range sortedKeys(old) {
-		if !want[k] && m.have[k] {
+		if !want[k] && m.have[k] && m.mine(k.addr) {
 			tx.Raw("-D " + Chain + " " + ipt.Spec(localRule(k)) + "\n")
 			del = append(del, k)
 		}
@@ -200,6 +221,9 @@ func (m *masq) hairpin(addrs map[netip.Addr]bool, users map[netip.Addr]int) erro
 	var tx ipt.Tx
 	var add, del []netip.Addr
 	for _, a := range sortedAddrs(addrs) {
+		if !m.mine(a) {
+			continue
+		}
 		switch want := users[a] > 0; {
 		case want && !m.hairpins[a]:
 			tx.Raw("-I " + Chain + " 1 " + ipt.Spec(hairpinRule(a)) + "\n")

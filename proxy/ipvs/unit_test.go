@@ -57,7 +57,7 @@ func (r *rig) open(t *testing.T) {
 	t.Helper()
 	b, err := New(Config{
 		NodeIPs: []netip.Addr{nodeIP}, PodCIDRs: []netip.Prefix{podNet},
-		Handle: r.h, Addresses: r.a, IPT: r.ipt, SkipSysctls: true, Log: quiet,
+		Handle: r.h, Addresses: r.a, IPT: r.ipt, SkipSysctls: true, Log: quiet, Conntrack: &fakeConntrack{},
 	})
 	if err != nil {
 		t.Fatal(err)
