@@ -140,10 +140,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			log.Warn("--service-external-ip-range allows every address: any Service may take any ExternalIP that is not a node's, the API server's, or in the pod or service networks", "range", p)
 		}
 	}
-	// The IPv6 side of Services only where the back end serves it (not IPVS, which gets IPv4 only): the VIP
-	// announcer reads the same model and must not announce an IPv6 VIP nothing on this node answers.
+	// The IPv6 side of Services only where the back end serves it (every mode does on a dual-stack node): the
+	// VIP announcer reads the same model and must not announce an IPv6 VIP nothing on this node answers.
 	tracker := model.NewServiceTracker(a.factory, model.Options{NodeName: cfg.NodeName, Schedulers: schedulers,
-		IPv6: cfg.RunServiceProxy && backends.DualStack(a.proxyConfig()) && backend.Name() != backends.IPVS}, cfg.Admission(), warn,
+		IPv6: cfg.RunServiceProxy && backends.DualStack(a.proxyConfig())}, cfg.Admission(), warn,
 		log.With("component", "services"))
 	a.add(tracker, tracker.Controller())
 	if backend != nil {
@@ -356,6 +356,17 @@ func (a *agent) proxyConfig() backends.Config {
 	c := a.cfg.Proxy()
 	if ip := model.NodeIP(a.self); ip.IsValid() {
 		c.NodeIPs = []netip.Addr{ip}
+	}
+	// A dual-stack node's IPv6 InternalIP too: IPv6 node ports listen there, as IPv4 ones on the IPv4 address (the
+	// IPVS back end makes a virtual service per listed address; without it, IPVS would have no IPv6 NodePort).
+	if backends.DualStack(c) && a.self != nil {
+		for _, na := range a.self.Status.Addresses {
+			if ip, err := netip.ParseAddr(na.Address); err == nil && na.Type == corev1.NodeInternalIP && ip.Is6() && !ip.Is4In6() &&
+				!slices.Contains(c.NodeIPs, ip) {
+				c.NodeIPs = append(c.NodeIPs, ip)
+				break
+			}
+		}
 	}
 	c.IPT = a.ipt
 	c.Log = a.log.With("component", "proxy")

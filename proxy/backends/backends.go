@@ -67,11 +67,7 @@ func Prepare(cfg Config) (be proxy.Backend, start func() error, err error) {
 	}
 	switch mode {
 	case IPVS:
-		be, err = ipvsproxy.New(ipvsproxy.Config{NodeIPs: cfg.NodeIPs, PodCIDRs: cfg.ClusterCIDRs, IPT: cfg.IPT, Log: cfg.Log.With("component", "proxy-ipvs")})
-		if err == nil && DualStack(cfg) {
-			// The IPVS back end reads the IPv4 side of the model only: IPv6-only ports must not reach it.
-			be = proxy.IPv4Only(be)
-		}
+		be, err = NewIPVS(cfg)
 	case IPTables:
 		be, err = NewIPTables(cfg)
 	case NFTables:

@@ -7,12 +7,13 @@ import (
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/proxy"
 	iptproxy "canopy.io/canopy/proxy/iptables"
+	ipvsproxy "canopy.io/canopy/proxy/ipvs"
 	nftproxy "canopy.io/canopy/proxy/nftables"
 )
 
 // DualStack reports whether the cluster has IPv6 (a --cluster-cidr of that family): then the iptables and
-// nftables modes program both families (ip6tables, table ip6 canopy). An IPv4-only cluster gets exactly the
-// IPv4 back end, as before.
+// nftables modes program both families (ip6tables, table ip6 canopy), and the IPVS mode IPv6 virtual services
+// with its masquerade chain in ip6tables too. An IPv4-only cluster gets exactly the IPv4 back end, as before.
 func DualStack(cfg Config) bool {
 	for _, c := range cfg.ClusterCIDRs {
 		if c.Addr().Is6() && !c.Addr().Is4In6() {
@@ -46,10 +47,38 @@ func NewNFTables(cfg Config) (proxy.Backend, error) {
 	return nftproxy.NewDualStack(nftables(cfg), log)
 }
 
-// Cleanup6 removes what mode's IPv6 side left (ip6tables chains, table ip6 canopy); nothing for IPVS (its
-// back end keeps one table for both families) and nothing where the tool is missing.
+// NewIPVS is the IPVS mode's back end: one back end for both families (IPVS keeps one table; it reads the IPv6
+// side of each port itself), with DualStack(cfg) its masquerade chain in the same flavour's ip6tables too.
+func NewIPVS(cfg Config) (proxy.Backend, error) {
+	c := ipvsproxy.Config{NodeIPs: cfg.NodeIPs, PodCIDRs: cfg.ClusterCIDRs, IPT: cfg.IPT, Log: cfg.Log.With("component", "proxy-ipvs")}
+	if DualStack(cfg) && cfg.IPT != nil {
+		h6, err := ipt.OpenFlavour6(cfg.IPT.Flavour)
+		if err != nil {
+			return nil, err
+		}
+		c.IPT6 = h6
+	}
+	return ipvsproxy.New(c)
+}
+
+// Cleanup6 removes what mode's IPv6 side left (ip6tables chains, table ip6 canopy; for IPVS its ip6tables
+// masquerade chain: Cleanup of the IPv4 side removes the IPv6 virtual services and addresses already, IPVS
+// keeping one table for both families) and nothing where the tool is missing.
 func Cleanup6(cfg Config, mode string) error {
 	switch mode {
+	case IPVS:
+		if _, err := exec.LookPath("ip6tables"); err != nil {
+			return nil
+		}
+		f := ipt.Detect()
+		if cfg.IPT != nil {
+			f = cfg.IPT.Flavour
+		}
+		h6, err := ipt.OpenFlavour6(f)
+		if err != nil {
+			return err
+		}
+		return ipvsproxy.RemoveMasq(h6)
 	case IPTables:
 		if _, err := exec.LookPath("ip6tables"); err != nil {
 			return nil
@@ -78,5 +107,5 @@ func Cleanup6(cfg Config, mode string) error {
 
 // CleanupAll6 is Cleanup6 for every mode.
 func CleanupAll6(cfg Config) error {
-	return errors.Join(Cleanup6(cfg, IPTables), Cleanup6(cfg, NFTables))
+	return errors.Join(Cleanup6(cfg, IPTables), Cleanup6(cfg, NFTables), Cleanup6(cfg, IPVS))
 }
