@@ -29,13 +29,14 @@ func NewBFDLink(srv *bfd.Server, mgr *Manager, sessions *Sessions, timers BFDTim
 	return &BFDLink{srv: srv, mgr: mgr, sessions: sessions, timers: timers, log: log, peers: map[netip.Addr]bool{}}
 }
 
-// SetPeers keeps a BFD session, from local, with each of peers that wants one (PeerSpec.BFD, directly
-// connected), and none with the others.
-func (b *BFDLink) SetPeers(local netip.Addr, peers []PeerSpec) {
+// SetPeers keeps a BFD session, from the address of locals of the peer's family (the node's addresses), with each
+// of peers that wants one (PeerSpec.BFD, directly connected), and none with the others.
+func (b *BFDLink) SetPeers(locals []netip.Addr, peers []PeerSpec) {
 	var want []bfd.PeerConfig
 	set := map[netip.Addr]bool{}
 	for _, p := range peers {
-		if !p.BFD || p.MultihopTTL > 1 || p.Address.Is4() != local.Is4() {
+		local := localAddressFor(p.Address, locals)
+		if !p.BFD || p.MultihopTTL > 1 || !local.IsValid() {
 			continue
 		}
 		t := b.timers

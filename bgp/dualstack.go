@@ -11,8 +11,8 @@ import (
 
 // Dual stack (MP-BGP, RFC 4760): a node of a dual-stack cluster announces its pod CIDR of each family with its
 // own address of that family as the next hop, over whatever sessions it has (the node mesh and the ToR sessions
-// are IPv4 ones in a dual-stack fabric): every session negotiates unicast for each family of the pod network
-// (GlobalConfig.Families) besides its own address's. A learned IPv6 pod CIDR must come through its node's IPv6
+// are IPv4 ones in a dual-stack fabric): every IPv4 session negotiates unicast for each family of the pod network
+// (GlobalConfig.Families) besides its own address's (an IPv6 session, ipv6.go, carries IPv6 only). A learned IPv6 pod CIDR must come through its node's IPv6
 // address (or a configured router's), as an IPv4 one through its IPv4 address. Without an IPv6 cluster CIDR
 // nothing changes: the sessions carry their own family only, as before.
 
@@ -66,9 +66,13 @@ func FamiliesOf(prefixes []netip.Prefix) []AddressFamily {
 	return out
 }
 
-// sessionFamilies are the families a session with peer carries: the peer address's own first, then extra.
+// sessionFamilies are the families a session with peer carries: the peer address's own first, then, on an IPv4
+// session, extra (an IPv6 session carries IPv6 unicast only: see ipv6.go).
 func sessionFamilies(peer netip.Addr, extra []AddressFamily) []AddressFamily {
 	out := []AddressFamily{familyOf(peer)}
+	if out[0] == IPv6Unicast {
+		return out
+	}
 	for _, f := range extra {
 		if f != out[0] && (len(out) == 1 || f != out[1]) {
 			out = append(out, f)

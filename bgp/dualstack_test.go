@@ -30,7 +30,7 @@ func TestFamilies(t *testing.T) {
 		{"10.99.0.1", nil, []AddressFamily{IPv4Unicast}},
 		{"10.99.0.1", []AddressFamily{IPv4Unicast}, []AddressFamily{IPv4Unicast}}, // an IPv4 cluster: as before
 		{"10.99.0.1", []AddressFamily{IPv4Unicast, IPv6Unicast}, []AddressFamily{IPv4Unicast, IPv6Unicast}},
-		{"fd00:99::1", []AddressFamily{IPv4Unicast, IPv6Unicast}, []AddressFamily{IPv6Unicast, IPv4Unicast}},
+		{"fd00:99::1", []AddressFamily{IPv4Unicast, IPv6Unicast}, []AddressFamily{IPv6Unicast}}, // IPv6 sessions: IPv6 only
 		{"fd00:99::1", []AddressFamily{IPv6Unicast}, []AddressFamily{IPv6Unicast}},
 	} {
 		if got := sessionFamilies(addr(c.peer), c.extra); !slices.Equal(got, c.want) {

@@ -13,12 +13,24 @@ import (
 	"canopy.io/canopy/internal/controller"
 )
 
-// Identity is what a BGP speaker cannot change without a restart: its AS number and router ID, and the address
+// Identity is what a BGP speaker cannot change without a restart: its AS number and router ID, and the addresses
 // it listens on.
 type Identity struct {
 	ASN      uint32
 	RouterID netip.Addr
 	NodeIP   netip.Addr
+	// NodeIP6 is the node's IPv6 address when NodeIP is an IPv4 one (dual stack): the speaker listens on it too,
+	// and dials its IPv6 peers from it. Invalid otherwise.
+	NodeIP6 netip.Addr
+}
+
+// listen returns the addresses the speaker listens on: NodeIP, then NodeIP6 if valid.
+func (id Identity) listen() []netip.Addr {
+	out := []netip.Addr{id.NodeIP}
+	if id.NodeIP6.IsValid() && id.NodeIP6 != id.NodeIP {
+		out = append(out, id.NodeIP6)
+	}
+	return out
 }
 
 // Path groups: each controller owns the paths of its group.
@@ -193,7 +205,8 @@ func (m *Manager) reconcile(ctx context.Context) error {
 	}
 	if m.inst != nil && m.inst.id != d.id {
 		m.log.Warn("BGP identity changed: restarting the speaker (all sessions reset)", "old_asn", m.inst.id.ASN, "asn", d.id.ASN,
-			"old_router_id", m.inst.id.RouterID, "router_id", d.id.RouterID, "old_node_ip", m.inst.id.NodeIP, "node_ip", d.id.NodeIP)
+			"old_router_id", m.inst.id.RouterID, "router_id", d.id.RouterID, "old_node_ip", m.inst.id.NodeIP, "node_ip", d.id.NodeIP,
+			"old_node_ip6", m.inst.id.NodeIP6, "node_ip6", d.id.NodeIP6)
 		m.stop(true)
 	}
 	if m.inst == nil {
@@ -237,7 +250,7 @@ func (m *Manager) startInstance(ctx context.Context, id Identity) error {
 		f()
 	}
 	cfg := m.base
-	cfg.ASN, cfg.RouterID, cfg.ListenAddresses = id.ASN, id.RouterID, []netip.Addr{id.NodeIP}
+	cfg.ASN, cfg.RouterID, cfg.ListenAddresses = id.ASN, id.RouterID, id.listen()
 	r, err := m.start(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("start the BGP speaker: %w", err)
@@ -251,7 +264,11 @@ func (m *Manager) startInstance(ctx context.Context, id Identity) error {
 	}
 	m.inst = &instance{id: id, r: r, cancel: cancel, peers: map[netip.Addr]PeerSpec{}, paths: map[string]map[netip.Prefix]Path{}}
 	speakerStarts.Inc()
-	m.log.Info("BGP speaker started", "asn", id.ASN, "router_id", id.RouterID, "listen", fmt.Sprintf("%s:%d", id.NodeIP, cfg.ListenPort), "grpc", cfg.GRPCAddr)
+	listen := make([]string, 0, 2)
+	for _, a := range cfg.ListenAddresses {
+		listen = append(listen, netip.AddrPortFrom(a, uint16(cfg.ListenPort)).String())
+	}
+	m.log.Info("BGP speaker started", "asn", id.ASN, "router_id", id.RouterID, "listen", listen, "grpc", cfg.GRPCAddr)
 	return nil
 }
 

@@ -74,6 +74,7 @@ type NodeController struct {
 	conflicts      string  // the peer conflicts last reported
 	badRRValue     string  // this node's invalid canopy.io/route-reflector value last reported
 	reflectors     string  // the route reflectors last logged
+	ridReport      string  // the derived router ID (and its collisions) last logged
 
 	cmu          sync.Mutex
 	conflictList []string // the same, for status
@@ -277,13 +278,8 @@ func (c *NodeController) sync(context.Context) error {
 	if asn == 0 {
 		asn = clusterASN
 	}
-	rid := c.cfg.RouterID
-	if !rid.IsValid() {
-		if !selfIP.Is4() {
-			return fmt.Errorf("node %s has no IPv4 InternalIP to use as router ID; set --router-id", self.Name)
-		}
-		rid = selfIP
-	}
+	rid, derived := routerIDFor(c.cfg.RouterID, self.Name, selfIP)
+	c.reportRouterID(rid, derived, infos)
 
 	// Peers from the annotation: a bad value keeps the last good list and the sessions it made.
 	// (nil, not "", stands for "no bad value": "" is the annotation removed, which must clear the peers.)
@@ -335,7 +331,7 @@ func (c *NodeController) sync(context.Context) error {
 		c.log.Info("node pod CIDRs", "node", self.Name, "pod_cidrs", ownCIDRs)
 		c.lastOwnCIDRs = ownCIDRs
 	}
-	c.mgr.SetIdentity(Identity{ASN: asn, RouterID: rid, NodeIP: selfIP})
+	c.mgr.SetIdentity(Identity{ASN: asn, RouterID: rid, NodeIP: selfIP, NodeIP6: selfInfo.IP6})
 	c.mgr.SetPaths(GroupPodCIDRs, paths)
 	c.logReflectors(infos, mesh.FullMesh)
 	peers, conflicts := DesiredPeers(selfInfo, infos, PeerSources{ClusterASN: clusterASN, Mesh: mesh, MaxPrefixes: maxPrefixes,
@@ -343,9 +339,35 @@ func (c *NodeController) sync(context.Context) error {
 	c.reportConflicts(self, conflicts)
 	c.mgr.SetPeers(peers)
 	if c.bfd != nil {
-		c.bfd.SetPeers(selfIP, peers)
+		c.bfd.SetPeers(selfIPs, peers)
 	}
 	return nil
+}
+
+// reportRouterID logs a derived router ID (an IPv6-only node without --router-id) when it changes, and warns
+// about the other IPv6-only nodes whose names derive the same ID (they cannot peer over iBGP).
+func (c *NodeController) reportRouterID(rid netip.Addr, derived bool, infos []NodeInfo) {
+	if !derived {
+		c.ridReport = ""
+		return
+	}
+	var same []string
+	for _, n := range infos {
+		if n.Name != c.cfg.NodeName && !n.IP.Is4() && DeriveRouterID(n.Name) == rid {
+			same = append(same, n.Name)
+		}
+	}
+	slices.Sort(same)
+	report := rid.String() + " " + strings.Join(same, ",")
+	if report == c.ridReport {
+		return
+	}
+	c.ridReport = report
+	c.log.Info("no IPv4 InternalIP and no --router-id: BGP router ID derived from the node name", "node", c.cfg.NodeName, "router_id", rid)
+	if len(same) > 0 {
+		c.log.Warn("the derived BGP router ID is also that of other nodes: iBGP sessions between them fail; set --router-id or give the nodes IPv4 addresses",
+			"node", c.cfg.NodeName, "router_id", rid, "nodes", same)
+	}
 }
 
 // ReasonPeerConflict is the Event reason for a peer address that more than one source configures.

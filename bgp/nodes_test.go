@@ -26,7 +26,11 @@ type fakeStarts struct {
 func (f *fakeStarts) start(_ context.Context, cfg GlobalConfig) (Router, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.ids = append(f.ids, Identity{ASN: cfg.ASN, RouterID: cfg.RouterID, NodeIP: cfg.ListenAddresses[0]})
+	id := Identity{ASN: cfg.ASN, RouterID: cfg.RouterID, NodeIP: cfg.ListenAddresses[0]}
+	if len(cfg.ListenAddresses) > 1 {
+		id.NodeIP6 = cfg.ListenAddresses[1]
+	}
+	f.ids = append(f.ids, id)
 	return f.r, nil
 }
 

@@ -128,9 +128,9 @@ type GlobalConfig struct {
 	ReflectPrefixes []netip.Prefix
 	// OnPrefixLimit, if set, hears of each session torn down because its peer sent more than MaxPrefixes.
 	OnPrefixLimit func(peer netip.Addr)
-	// Families are the pod network's families (FamiliesOf the cluster CIDRs): every session negotiates unicast
-	// for each of them besides its own address's family (a dual-stack node's IPv6 pod CIDR goes over its IPv4
-	// sessions). Empty: each session carries its own address's family only.
+	// Families are the pod network's families (FamiliesOf the cluster CIDRs): every IPv4 session negotiates
+	// unicast for each of them besides IPv4 (a dual-stack node's IPv6 pod CIDR goes over its IPv4 sessions); an
+	// IPv6 session carries IPv6 only. Empty: each session carries its own address's family only.
 	Families []AddressFamily
 }
 
@@ -367,9 +367,9 @@ func (g *GoBGP) peer(p PeerSpec) *api.Peer {
 		}
 	}
 	ap.Transport = &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive}
-	if len(g.cfg.ListenAddresses) > 0 && g.cfg.ListenAddresses[0].Is4() == p.Address.Is4() {
-		// Dial from the node address, which is what the peer has configured for us.
-		ap.Transport.LocalAddress = g.cfg.ListenAddresses[0].String()
+	if local := localAddressFor(p.Address, g.cfg.ListenAddresses); local.IsValid() {
+		// Dial from the node address of the peer's family, which is what the peer has configured for us.
+		ap.Transport.LocalAddress = local.String()
 	}
 	if p.MultihopTTL > 1 {
 		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.MultihopTTL)}
