@@ -75,6 +75,7 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.IntVar(&r.CNIMTU, "cni-mtu", 0, "pod interface MTU written into the conflist (0 = the plugin detects the uplink's)")
 	fs.StringVar(&r.Overlay, "overlay", "none", "VXLAN overlay (canopy.vxlan) for pod traffic to nodes BGP does not reach: none, vxlan (a tunnel route to every node) or crosssubnet (only to nodes outside this node's subnet); a BGP-learned route always wins; pods get the MTU minus 50")
 	fs.BoolVar(&r.PodEgress, "enable-pod-egress", true, "masquerade pod traffic leaving the cluster's pod and service networks to the node IP")
+	fs.BoolVar(&r.PodEgress6, "enable-pod-egress-ipv6", true, "with --enable-pod-egress, masquerade IPv6 pod traffic too (to the node's IPv6 address); false: IPv6 pods keep their own addresses outside the cluster (a fabric that routes them)")
 	fs.BoolVar(&r.RunServiceProxy, "run-service-proxy", true, "proxy Services (replaces kube-proxy): ClusterIP, NodePort, ExternalIPs, LoadBalancer IPs")
 	fs.StringVar(&r.ProxyMode, "proxy-mode", "ipvs", "service proxy back end: ipvs, iptables or nftables (when ipvs is asked for and the kernel has no IPVS: nftables, or iptables where nft cannot run)")
 	fs.BoolVar(&r.MasqueradeAll, "masquerade-all", false, "masquerade all traffic to service IPs, also from pods")

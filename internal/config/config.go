@@ -70,6 +70,7 @@ type Raw struct {
 	CNIDataDir   string
 	CNIMTU       int
 	PodEgress    bool
+	PodEgress6   bool
 	ServiceCIDRs []string
 	Overlay      string
 
@@ -141,6 +142,7 @@ type Config struct {
 	CNIDataDir   string
 	CNIMTU       int
 	PodEgress    bool
+	PodEgress6   bool // masquerade IPv6 pod egress too (with PodEgress)
 	ServiceCIDRs []netip.Prefix
 	Overlay      overlay.Mode // none, vxlan or crosssubnet
 
@@ -206,6 +208,7 @@ func (r Raw) Validate() (*Config, error) {
 		CNIDataDir:      r.CNIDataDir,
 		CNIMTU:          r.CNIMTU,
 		PodEgress:       r.PodEgress,
+		PodEgress6:      r.PodEgress6,
 		RunServiceProxy: r.RunServiceProxy,
 		ProxyMode:       strings.ToLower(r.ProxyMode),
 		MasqueradeAll:   r.MasqueradeAll,

@@ -58,7 +58,7 @@ func (c *Config) Proxy() backends.Config {
 func (c *Config) NodeSetup(hintSocket string) nodesetup.Config {
 	return nodesetup.Config{
 		NodeName: c.NodeName, CNIConfDir: c.CNIConfDir, CNIBinDir: c.CNIBinDir, CNIPlugin: c.CNIPlugin,
-		CNIDataDir: c.CNIDataDir, CNIMTU: c.CNIMTU, PodEgress: c.PodEgress, CNIAgentSocket: hintSocket, CNIOverlayOverhead: c.overlayOverhead(),
+		CNIDataDir: c.CNIDataDir, CNIMTU: c.CNIMTU, PodEgress: c.PodEgress, NoPodEgress6: !c.PodEgress6, CNIAgentSocket: hintSocket, CNIOverlayOverhead: c.overlayOverhead(),
 		NoMasqTo: append(slices.Clone(c.ClusterCIDRs), c.ServiceCIDRs...), ClusterCIDRs: slices.Clone(c.ClusterCIDRs),
 		// An IPv6 cluster CIDR is the operator's choice of IPv6 pods (the BGP side announces them too).
 		CNIIPv6: slices.Contains(bgp.FamiliesOf(c.ClusterCIDRs), bgp.IPv6Unicast),

@@ -40,7 +40,10 @@ type Config struct {
 	// plugin supports dual-stack and IPv6-only). Off: IPv4 only, as long as NetworkPolicy does not police IPv6.
 	CNIIPv6   bool
 	PodEgress bool
-	NoMasqTo  []netip.Prefix // the cluster's pod and service networks
+	// NoPodEgress6 keeps IPv6 pod traffic unmasqueraded while PodEgress masquerades IPv4 (a fabric that routes
+	// the pods' IPv6 addresses directly); the IPv6 chain is then removed.
+	NoPodEgress6 bool
+	NoMasqTo     []netip.Prefix // the cluster's pod and service networks
 	// ClusterCIDRs are the pod networks: forwarded traffic from or to them is accepted at the end of FORWARD
 	// (hosts whose FORWARD policy is DROP). None: no such chain.
 	ClusterCIDRs []netip.Prefix
@@ -107,14 +110,13 @@ func (s *Setup) Start(factory informers.SharedInformerFactory) error {
 			return fmt.Errorf("dropping IPv6 pod traffic to BGP's port: %w", err)
 		}
 	}
-	if !s.cfg.PodEgress {
-		for _, it := range []egress.IPTables{s.ipt, s.ipt6} {
-			if it == nil {
-				continue
-			}
-			if err := egress.Remove(it); err != nil {
-				s.log.Warn("removing the pod egress chain", "err", err)
-			}
+	for i, it := range []egress.IPTables{s.ipt, s.ipt6} {
+		v6 := i == 1
+		if it == nil || (s.cfg.PodEgress && !(v6 && s.cfg.NoPodEgress6)) {
+			continue
+		}
+		if err := egress.Remove(it); err != nil {
+			s.log.Warn("removing the pod egress chain", "ipv6", v6, "err", err)
 		}
 	}
 	inf := factory.Core().V1().Nodes()
@@ -197,7 +199,7 @@ func (s *Setup) Apply(podCIDRs []netip.Prefix) error {
 		if err := egress.Apply(s.ipt, v4, s.cfg.NoMasqTo, s.log); err != nil {
 			return fmt.Errorf("pod egress masquerade: %w", err)
 		}
-		if hasIPv6(podCIDRs) {
+		if hasIPv6(podCIDRs) && !s.cfg.NoPodEgress6 {
 			if s.ipt6 == nil {
 				return fmt.Errorf("pod egress masquerade is on and the node has an IPv6 pod CIDR but ip6tables is unavailable")
 			}

@@ -171,6 +171,27 @@ func TestSetupDualStackEgress(t *testing.T) {
 		t.Errorf("an IPv4-only node wrote ip6tables %d times", h6.Restores+h6.Edits)
 	}
 
+	// IPv6 pod egress off (--enable-pod-egress-ipv6=false): the IPv6 chain goes, the IPv4 one stays and is
+	// still written; nothing new is masqueraded in IPv6.
+	no6 := cfg
+	no6.NoPodEgress6 = true
+	s6 := New(no6, f4, quiet).WithIPv6(f6)
+	if err := s6.Start(informers.NewSharedInformerFactory(fake.NewSimpleClientset(), 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s6.Apply(dual); err != nil {
+		t.Fatal(err)
+	}
+	if f6.HasChain("nat", "CANOPY-POSTROUTING") || len(f6.Rules("nat", "POSTROUTING")) != 0 {
+		t.Errorf("IPv6 pod egress off left the IPv6 masquerade: chain %v, POSTROUTING %q", f6.HasChain("nat", "CANOPY-POSTROUTING"), f6.Rules("nat", "POSTROUTING"))
+	}
+	if len(f4.Rules("nat", "CANOPY-POSTROUTING")) != 3 {
+		t.Errorf("IPv6 pod egress off touched the IPv4 chain: %q", f4.Rules("nat", "CANOPY-POSTROUTING"))
+	}
+	if len(f6.Rules("filter", "CANOPY-BGP-GUARD")) == 0 {
+		t.Errorf("IPv6 pod egress off removed the IPv6 BGP guard")
+	}
+
 	// Pod egress off: the chain goes from both families.
 	off := cfg
 	off.PodEgress = false
