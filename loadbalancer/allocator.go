@@ -6,8 +6,9 @@
 // Dual stack: the ranges may be of both families, and a Service gets one address of each family of its
 // spec.ipFamilies that has a range (in that order in the status): a PreferDualStack or RequireDualStack Service
 // two when both families have ranges, an IPv6-only Service an IPv6 address. A Service with none of its
-// families in the ranges gets none (Warning LoadBalancerIPUnavailable). Each family is allocated on its own,
-// from its own Pool.
+// families in the ranges gets none (Warning LoadBalancerIPUnavailable). A RequireDualStack Service of which only
+// one family has a range gets that family's address and the same Warning naming the missing family: the
+// Service asked for both. Each family is allocated on its own, from its own Pool.
 package loadbalancer
 
 import (
@@ -550,6 +551,20 @@ func (t *term) sync(ctx context.Context, k string) error {
 		return t.writeStatus(ctx, svc, nil)
 	}
 
+	// RequireDualStack with a range of one family only: serve it, and say what it misses (each sync keeps the
+	// warning, so it is not cleared below until a range of the other family exists).
+	partial := svc.Spec.IPFamilyPolicy != nil && *svc.Spec.IPFamilyPolicy == corev1.IPFamilyPolicyRequireDualStack && len(served) < len(fams)
+	if partial {
+		var missing []corev1.IPFamily
+		for _, f := range fams {
+			if !slices.Contains(served, f) {
+				missing = append(missing, f)
+			}
+		}
+		t.fail(svc, ReasonUnavailable, failUnavailable, "Service %s requires dual stack but no load balancer range is %v (the ranges %s): it gets a %v address only",
+			k, missing, rangesString(t.a.cfg.Ranges), served)
+	}
+
 	reqs, reqErr := RequestedIPs(svc)
 	if reqErr == nil {
 		for _, r := range reqs {
@@ -579,9 +594,11 @@ func (t *term) sync(ctx context.Context, k string) error {
 		}
 		// A bad request keeps what the Service has (a typo must not take a working address away).
 		t.fail(svc, ReasonInvalidRequest, failInvalid, "%v; %s", reqErr, keep)
-	} else if ok {
+	} else if ok && !partial {
 		delete(t.waiting, k)
 		delete(t.warned, k)
+	} else if ok {
+		delete(t.waiting, k)
 	}
 	return t.writeStatus(ctx, svc, ips)
 }

@@ -269,10 +269,13 @@ func eventually(t *testing.T, what string, f func() bool) {
 func waitIP(t *testing.T, kube *fake.Clientset, name, want string) {
 	t.Helper()
 	var got string
-	eventually(t, fmt.Sprintf("%s to have IP %q", name, want), func() bool {
-		got = ips(t, kube, name)
-		return got == want
-	})
+	deadline := time.Now().Add(5 * time.Second)
+	for got = ips(t, kube, name); got != want; got = ips(t, kube, name) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s to have IP %q: it has %q", name, want, got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // settle waits long enough for a leading allocator to have handled earlier changes, for checks that

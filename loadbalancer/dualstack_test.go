@@ -91,3 +91,31 @@ func TestDualStackAllocation(t *testing.T) {
 		}
 	}
 }
+
+// TestRequireDualStackOneRange: with ranges of one family only, a RequireDualStack Service gets that family's
+// address and a Warning (once, not per sync) naming the family it misses; a PreferDualStack one gets the address
+// and no Warning.
+func TestRequireDualStackOneRange(t *testing.T) {
+	kube := newKube()
+	r := start(t, kube, testConfig("n1", "10.0.0.1-10.0.0.5"))
+	waitLeading(t, r)
+	require, prefer := corev1.IPFamilyPolicyRequireDualStack, corev1.IPFamilyPolicyPreferDualStack
+	create(t, kube, svc("req", withFamilies(v4, v6), func(s *corev1.Service) { s.Spec.IPFamilyPolicy = &require }))
+	create(t, kube, svc("pref", withFamilies(v4, v6), func(s *corev1.Service) { s.Spec.IPFamilyPolicy = &prefer }))
+	waitIP(t, kube, "req", "10.0.0.1")
+	waitIP(t, kube, "pref", "10.0.0.2")
+	eventually(t, "a warning for the RequireDualStack Service", func() bool {
+		return len(r.rec.find("default/req", ReasonUnavailable)) == 1
+	})
+	if e := r.rec.find("default/req", ReasonUnavailable)[0]; !strings.Contains(e.msg, "requires dual stack") || !strings.Contains(e.msg, "IPv6") {
+		t.Errorf("event %+v, want one naming the missing IPv6 range", e)
+	}
+	update(t, kube, "req", func(s *corev1.Service) { s.Labels = map[string]string{"touched": "1"} }) // another sync
+	settle()
+	if n := len(r.rec.find("default/req", ReasonUnavailable)); n != 1 {
+		t.Errorf("%d warnings for the RequireDualStack Service after another sync, want 1", n)
+	}
+	if ev := r.rec.find("default/pref", ReasonUnavailable); len(ev) != 0 {
+		t.Errorf("PreferDualStack Service warned: %+v", ev)
+	}
+}
