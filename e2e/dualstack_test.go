@@ -24,7 +24,8 @@ import (
 // IPv6 address, that every node installs every other node's IPv6 pod CIDR the same way (and its IPv4 one through
 // its IPv4 address, as without dual stack), that pods get an address of each family from the CNI plugin, and that
 // pods on different nodes reach each other over IPv6 (ICMPv6, TCP with the source address kept) and still over
-// IPv4. Convergence times from the agents' start are logged.
+// IPv4, and that a pod resolves a name over IPv6 through a dual-stack DNS Service (checkDNSOverIPv6). Convergence
+// times from the agents' start are logged.
 func TestDualStack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: this test brings up a lab of its own")
@@ -164,6 +165,9 @@ func TestDualStack(t *testing.T) {
 	if got := sourceSeenAt(t, &pods[2].Host, pods[2].IP, pods[0]); got != pods[0].IP {
 		t.Errorf("TCP over IPv4 %s -> %s: the server saw %s, want the client pod's %s", pods[0].Name, pods[2].Name, got, pods[0].IP)
 	}
+
+	// The cluster DNS over IPv6.
+	checkDNSOverIPv6(t, l, pods)
 }
 
 // torRoutesVia6 checks that the ToR routes each of prefixes over exactly the next hops want (sorted), in its BGP

@@ -1,13 +1,15 @@
 // Command dnsd is the lab's cluster DNS: a small authoritative server (github.com/miekg/dns) that answers A
-// queries from records given on the command line, over UDP and TCP. The e2e tests run it in a pod behind the
-// cluster-DNS ClusterIP, so a pod resolves my-svc.my-ns.svc.cluster.local the way it would in a cluster.
+// and AAAA queries from records given on the command line (an IPv4 address is an A record, an IPv6 one an AAAA
+// record), over UDP and TCP, on both families. The e2e tests run it in a pod behind the cluster-DNS ClusterIP,
+// so a pod resolves my-svc.my-ns.svc.cluster.local the way it would in a cluster.
 //
-//	dnsd -listen :53 -record my-svc.my-ns.svc.cluster.local=10.96.0.20 [-record …]
+//	dnsd -listen :53 -record my-svc.my-ns.svc.cluster.local=10.96.0.20 [-record name=fd00:96::20 …]
 //
 // As a client (-query) it asks a server from a fixed source port, so successive queries share one UDP flow
 // (one conntrack entry) as a long-lived resolver's would, and prints each answer (or error) on a line:
 //
 //	dnsd -query my-svc.my-ns.svc.cluster.local -server 10.96.0.10:53 -sport 40053 -count 1
+//	dnsd -query my-svc.my-ns.svc.cluster.local -type AAAA -server [fd00:96::a]:53
 package main
 
 import (
@@ -30,12 +32,13 @@ func (r records) String() string { return fmt.Sprint(map[string][]netip.Addr(r))
 func (r records) Set(v string) error {
 	name, addr, ok := strings.Cut(v, "=")
 	if !ok {
-		return fmt.Errorf("%q: want name=ipv4", v)
+		return fmt.Errorf("%q: want name=address", v)
 	}
 	a, err := netip.ParseAddr(addr)
-	if err != nil || !a.Is4() {
-		return fmt.Errorf("%q: not an IPv4 address", addr)
+	if err != nil || a.Zone() != "" {
+		return fmt.Errorf("%q: not an IP address", addr)
 	}
+	a = a.Unmap()
 	fq := dns.Fqdn(strings.ToLower(name))
 	r[fq] = append(r[fq], a)
 	return nil
@@ -44,15 +47,21 @@ func (r records) Set(v string) error {
 func main() {
 	recs := records{}
 	listen := flag.String("listen", ":53", "address to serve on (UDP and TCP)")
-	flag.Var(recs, "record", "name=ipv4 (repeatable)")
+	flag.Var(recs, "record", "name=address (repeatable): an A record for an IPv4 address, AAAA for IPv6")
 	query := flag.String("query", "", "client mode: the name to resolve")
+	qtype := flag.String("type", "A", "client mode: the record type to ask for, A or AAAA")
 	server := flag.String("server", "", "client mode: server address")
 	sport := flag.Int("sport", 0, "client mode: source port (0 = any)")
 	count := flag.Int("count", 1, "client mode: queries to send")
 	interval := flag.Duration("interval", 200*time.Millisecond, "client mode: wait between queries")
 	flag.Parse()
 	if *query != "" {
-		os.Exit(client(*query, *server, *sport, *count, *interval))
+		t, ok := map[string]uint16{"A": dns.TypeA, "AAAA": dns.TypeAAAA}[strings.ToUpper(*qtype)]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "dnsd: -type %q: want A or AAAA\n", *qtype)
+			os.Exit(2)
+		}
+		os.Exit(client(*query, t, *server, *sport, *count, *interval))
 	}
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
@@ -64,11 +73,14 @@ func main() {
 				m.Rcode = dns.RcodeNameError
 				continue
 			}
-			if question.Qtype != dns.TypeA {
-				continue
-			}
 			for _, a := range addrs {
-				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: question.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5}, A: a.AsSlice()})
+				hdr := dns.RR_Header{Name: question.Name, Rrtype: question.Qtype, Class: dns.ClassINET, Ttl: 5}
+				switch {
+				case question.Qtype == dns.TypeA && a.Is4():
+					m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: a.AsSlice()})
+				case question.Qtype == dns.TypeAAAA && a.Is6():
+					m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: a.AsSlice()})
+				}
 			}
 		}
 		_ = w.WriteMsg(m)
@@ -84,7 +96,7 @@ func main() {
 	os.Exit(1)
 }
 
-func client(name, server string, sport, count int, interval time.Duration) int {
+func client(name string, qtype uint16, server string, sport, count int, interval time.Duration) int {
 	failed := 0
 	for i := range count {
 		if i > 0 {
@@ -107,7 +119,7 @@ func client(name, server string, sport, count int, interval time.Duration) int {
 		}
 		c := &dns.Conn{Conn: conn}
 		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		m.SetQuestion(dns.Fqdn(name), qtype)
 		_ = c.SetDeadline(time.Now().Add(time.Second))
 		err = c.WriteMsg(m)
 		var r *dns.Msg
@@ -123,7 +135,15 @@ func client(name, server string, sport, count int, interval time.Duration) int {
 			fmt.Println("error: no answer, rcode", dns.RcodeToString[r.Rcode])
 			failed++
 		default:
-			fmt.Println(r.Answer[0].(*dns.A).A)
+			switch rr := r.Answer[0].(type) {
+			case *dns.A:
+				fmt.Println(rr.A)
+			case *dns.AAAA:
+				fmt.Println(rr.AAAA)
+			default:
+				fmt.Println("error: unexpected answer", rr)
+				failed++
+			}
 		}
 	}
 	if failed > 0 {
