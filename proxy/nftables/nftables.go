@@ -57,8 +57,13 @@
 //
 // State: the back end remembers what it wrote (per chain a hash of its rules, per map element its value, who
 // owns what) and writes only differences. Start reads the table an earlier run left (chains, sets, map
-// elements: they keep serving), and rewrites the shared chains in one transaction; chains found there are
-// rewritten when a key produces them (their rules are unknown) and deleted by PruneStale otherwise. A full
+// elements: they keep serving), and rewrites the shared chains in one transaction. The first rule of every
+// per-service chain carries a comment with the hash of the chain's rules and their number ("canopy h=… n=3"):
+// read back in one netlink dump of the table's rules (comments only, well under a second at 10,000 services),
+// a chain found there whose comment matches what a key produces now is kept as it is; one without (or with
+// another number of rules) is rewritten when a key produces it, and deleted by PruneStale otherwise. So the
+// first sync after a restart writes only what changed meanwhile (at 10,000 services it rewrote all 30,000
+// chains through nft: 5-7 s, BenchmarkRestart). A full
 // Sync after the first (the periodic repair) reads the table's chains, sets and map elements again and
 // repairs what is missing, changed or foreign (after PruneStale), without rewriting what is right, and
 // rewrites the shared chains. It does not notice rules edited inside a per-service chain that still exists
@@ -247,6 +252,19 @@ func (p *Proxier) Name() string { return "nftables" }
 // Schedulers implements proxy.Backend: endpoints are picked at random (numgen random).
 func (p *Proxier) Schedulers() []string { return []string{"random"} }
 
+// hashComment is the comment of a per-service chain's first rule: the hash of the chain's rules and their
+// number, so a restarted agent knows what an earlier run wrote into every chain from one netlink dump of the
+// table's rules (nlTransport.chainHashes) instead of rewriting them all (30,000 chains at 10,000 services).
+func hashComment(h uint64, n int) string { return fmt.Sprintf("canopy h=%016x n=%d", h, n) }
+
+// parseHashComment reads hashComment back.
+func parseHashComment(s string) (h uint64, n int, ok bool) {
+	if _, err := fmt.Sscanf(s, "canopy h=%016x n=%d", &h, &n); err != nil || h == 0 {
+		return 0, 0, false
+	}
+	return h, n, true
+}
+
 func hashRules(rules []string) uint64 {
 	h := fnv.New64a()
 	for _, r := range rules {
@@ -312,14 +330,21 @@ func (p *Proxier) inventory(ctx context.Context) error {
 	staticOK := true
 	present := map[string]bool{}
 	newChains := map[string]chainState{}
+	var written map[string]uint64 // what the chains we do not know hold, from their comments
 	for _, name := range chains {
 		present[name] = true
 		if !perServiceChain.MatchString(name) {
 			continue // shared (checked below), or not ours
 		}
 		st, ok := p.chains[name]
+		if !ok && p.nl != nil && written == nil {
+			if written, err = p.nl.chainHashes(); err != nil {
+				p.log.Warn("nftables: reading the rules' comments (rewriting the chains of an earlier run instead)", "err", err)
+				written = map[string]uint64{}
+			}
+		}
 		if !ok {
-			st = chainState{} // unknown rules
+			st = chainState{hash: written[name]} // 0: unknown rules
 		}
 		newChains[name] = st
 	}
@@ -433,10 +458,15 @@ func (c *changes) writeChain(ch chainPlan, exists bool) {
 		c.add(phAddChain, vAdd, &knftables.Chain{Name: ch.name})
 		c.chainsAdded++
 	}
-	for _, r := range ch.rules {
-		c.add(phRule, vAdd, &knftables.Rule{Chain: ch.name, Rule: r})
+	h := hashRules(ch.rules)
+	for i, r := range ch.rules {
+		rule := &knftables.Rule{Chain: ch.name, Rule: r}
+		if i == 0 {
+			rule.Comment = knftables.PtrTo(hashComment(h, len(ch.rules)))
+		}
+		c.add(phRule, vAdd, rule)
 	}
-	c.chainPut[ch.name] = chainState{hash: hashRules(ch.rules)}
+	c.chainPut[ch.name] = chainState{hash: h}
 }
 
 func (c *changes) deleteChain(name string) {
