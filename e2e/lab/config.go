@@ -73,6 +73,11 @@ type Config struct {
 	ClusterCIDR6      netip.Prefix `json:",omitempty"`
 	ServiceCIDR6      netip.Prefix `json:",omitempty"`
 	NodeCIDRMaskSize6 int          `json:",omitempty"`
+	// IPv6Only makes the lab IPv6-only (ipv6only.go): the fabric, the external link, the cluster and the service
+	// CIDRs are IPv6 prefixes (defaults fd00:99::/64, 2001:db8:203::/64, fd00:10:244::/56 with a /64 per node,
+	// fd00:10:96::/112), every Host.IP is an IPv6 address, the control plane is single-stack IPv6 and the FRR ToR
+	// peers with the nodes over IPv6 (IPv6 unicast only). Single rack, FRR ToR, pods through the CNI plugin.
+	IPv6Only bool `json:",omitempty"`
 	// NodeDefaultRoute gives every node a static default route via the ToR, as a real server would have. Off by
 	// default: a node then knows only the fabric subnet, and every other route it has came from the agent.
 	NodeDefaultRoute bool
@@ -154,6 +159,9 @@ func (c Config) withDefaults() (Config, error) {
 	if !prefixRE.MatchString(c.Prefix) {
 		return c, fmt.Errorf("lab: Prefix %q: want lowercase letters, digits and '-', at most 16 characters", c.Prefix)
 	}
+	if err := c.ipv6OnlyDefaults(); err != nil {
+		return c, err
+	}
 	def := func(p *netip.Prefix, s string) {
 		if !p.IsValid() {
 			*p = netip.MustParsePrefix(s)
@@ -170,16 +178,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ToRASN == 0 {
 		c.ToRASN = 64500
 	}
-	for _, p := range []netip.Prefix{c.FabricCIDR, c.ExternalCIDR, c.ClusterCIDR, c.ServiceCIDR} {
-		if !p.Addr().Is4() {
-			return c, fmt.Errorf("lab: %s: only IPv4 for now", p)
-		}
-	}
-	if c.FabricCIDR.Bits() > 24 || 10+c.Nodes >= 1<<(32-c.FabricCIDR.Bits())-1 { // node i is .10+i in every rack
-		return c, fmt.Errorf("lab: FabricCIDR %s too small for %d nodes", c.FabricCIDR, c.Nodes)
-	}
-	if c.NodeCIDRMaskSize <= c.ClusterCIDR.Bits() || c.NodeCIDRMaskSize > 28 {
-		return c, fmt.Errorf("lab: NodeCIDRMaskSize %d does not fit ClusterCIDR %s", c.NodeCIDRMaskSize, c.ClusterCIDR)
+	if err := c.checkFamilies(); err != nil {
+		return c, err
 	}
 	for _, i := range c.VMNodes {
 		if i < 1 || i > c.Nodes {
@@ -275,8 +275,11 @@ func randString(n int) string {
 	return string(b)
 }
 
-// nthAddr is the address i places after the start of p.
+// nthAddr is the address i places after the start of p (of either family; i small for IPv6).
 func nthAddr(p netip.Prefix, i int) netip.Addr {
+	if p.Addr().Is6() {
+		return nthAddr6(p, i)
+	}
 	a := p.Masked().Addr().As4()
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	v += uint32(i)

@@ -82,7 +82,7 @@ func makePKI(dir string, apiIP netip.Addr, serviceCIDR netip.Prefix, nodes []str
 		NotBefore: now, NotAfter: now.Add(10 * 365 * 24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:    []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"},
-		IPAddresses: []net.IP{apiIP.AsSlice(), net.IPv4(127, 0, 0, 1), nthAddr(serviceCIDR, 1).AsSlice()},
+		IPAddresses: []net.IP{apiIP.AsSlice(), net.IPv4(127, 0, 0, 1), net.IPv6loopback, nthAddr(serviceCIDR, 1).AsSlice()},
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, &srvKey.PublicKey, caKey)
 	if err != nil {
@@ -164,7 +164,7 @@ func (l *Lab) startControlPlane() error {
 	}
 	apiserver := []string{filepath.Join(c.K8sBinDir, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379",
-		"--bind-address=0.0.0.0", // inside the cp namespace: its loopback and its fabric address only
+		"--bind-address=" + c.bindAddress(), // inside the cp namespace: its loopback and its fabric address only
 		"--advertise-address=" + l.CP.IP.String(),
 		fmt.Sprintf("--secure-port=%d", apiPort),
 		"--tls-cert-file=" + l.pki.certFile, "--tls-private-key-file=" + l.pki.keyFile,

@@ -249,6 +249,9 @@ func (l *Lab) AddPodWith(ctx context.Context, node *Node, name string, o PodOpti
 	if o.Namespace != "" || o.Labels != nil || o.Ports != nil || o.OnAddress != nil {
 		return nil, fmt.Errorf("pod %s: PodOptions need Config.CNIPlugin", name)
 	}
+	if !node.PodCIDR.Addr().Is4() {
+		return nil, fmt.Errorf("pod %s: node %s has an IPv6 pod CIDR (%s): its pods need Config.CNIPlugin", name, node.Name, node.PodCIDR)
+	}
 	gw := node.PodCIDR.Addr().Next()
 	bits := node.PodCIDR.Bits()
 	node.podMu.Lock() // one pod at a time per node: the bridge and the address counter

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -50,7 +51,7 @@ func (l *Lab) ServiceAccountKubeconfig(ctx context.Context, namespace, name stri
 		return "", err
 	}
 	path := filepath.Join(dir, namespace+"-"+name+".kubeconfig")
-	server := fmt.Sprintf("https://%s:%d", l.CP.IP, apiPort)
+	server := "https://" + netip.AddrPortFrom(l.CP.IP, apiPort).String()
 	if err := writeKubeconfig(path, server, l.pki.caPEM, "system:serviceaccount:"+namespace+":"+name, tr.Status.Token); err != nil {
 		return "", err
 	}

@@ -267,10 +267,10 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 	tor := []string{
 		"link set lo up",
 		"link add br0 type bridge",
-		fmt.Sprintf("addr add %s/%d dev br0", l.ToR.IP, fabricBits),
+		fmt.Sprintf("addr add %s/%d dev br0%s", l.ToR.IP, fabricBits, c.nodad()),
 		"link set br0 up",
 		fmt.Sprintf("link add ext type veth peer name eth0 netns %s", l.Ext.NS),
-		fmt.Sprintf("addr add %s/%d dev ext", nthAddr(c.ExternalCIDR, 1), c.ExternalCIDR.Bits()),
+		fmt.Sprintf("addr add %s/%d dev ext%s", nthAddr(c.ExternalCIDR, 1), c.ExternalCIDR.Bits(), c.nodad()),
 		"link set ext up",
 	}
 	for i, m := range members {
@@ -289,18 +289,18 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 	if err := ipBatch(ctx, l.ToR.NS, tor...); err != nil {
 		return err
 	}
-	if err := sysctlIn(ctx, l.ToR.NS, "net.ipv4.ip_forward=1"); err != nil {
+	if err := sysctlIn(ctx, l.ToR.NS, c.forwardingSysctl()); err != nil {
 		return err
 	}
 	if err := ipBatch(ctx, l.Ext.NS, "link set lo up",
-		fmt.Sprintf("addr add %s/%d dev eth0", l.Ext.IP, c.ExternalCIDR.Bits()), "link set eth0 up",
+		fmt.Sprintf("addr add %s/%d dev eth0%s", l.Ext.IP, c.ExternalCIDR.Bits(), c.nodad()), "link set eth0 up",
 		fmt.Sprintf("route add default via %s", nthAddr(c.ExternalCIDR, 1))); err != nil {
 		return err
 	}
 	// The control plane has a default route via the ToR (it may need to reach pods); nodes only with
 	// Config.NodeDefaultRoute, else every route beyond the fabric comes from BGP.
 	if err := ipBatch(ctx, l.CP.NS, "link set lo up",
-		fmt.Sprintf("addr add %s/%d dev eth0", l.CP.IP, fabricBits), "link set eth0 up",
+		fmt.Sprintf("addr add %s/%d dev eth0%s", l.CP.IP, fabricBits, c.nodad()), "link set eth0 up",
 		fmt.Sprintf("route add default via %s", l.ToR.IP)); err != nil {
 		return err
 	}
@@ -313,7 +313,7 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmds := []string{"link set lo up", fmt.Sprintf("addr add %s/%d dev eth0", n.IP, fabricBits), "link set eth0 up"}
+			cmds := []string{"link set lo up", fmt.Sprintf("addr add %s/%d dev eth0%s", n.IP, fabricBits, c.nodad()), "link set eth0 up"}
 			if c.NodeDefaultRoute {
 				cmds = append(cmds, fmt.Sprintf("route add default via %s", l.ToR.IP))
 			}
@@ -321,7 +321,7 @@ func (l *Lab) buildNetwork(ctx context.Context) error {
 				errs[i] = err
 				return
 			}
-			errs[i] = sysctlIn(ctx, n.NS, "net.ipv4.ip_forward=1")
+			errs[i] = sysctlIn(ctx, n.NS, c.forwardingSysctl())
 		}()
 	}
 	wg.Wait()
@@ -352,7 +352,7 @@ func (l *Lab) writeCredentials() error {
 		return err
 	}
 	l.pki = p
-	server := fmt.Sprintf("https://%s:%d", l.CP.IP, apiPort)
+	server := "https://" + netip.AddrPortFrom(l.CP.IP, apiPort).String()
 	if err := writeKubeconfig(l.AdminKubeconfig, server, p.caPEM, "admin", p.adminToken); err != nil {
 		return err
 	}

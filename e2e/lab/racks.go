@@ -191,6 +191,9 @@ func (c Config) rackOf(i int) int {
 
 // rackSubnet is rack r's subnet: FabricCIDR moved on by r-1 blocks of its size.
 func (c Config) rackSubnet(r int) netip.Prefix {
+	if r <= 1 { // also the single rack of an IPv6-only lab, whose /64 cannot be counted in IPv4 blocks
+		return c.FabricCIDR.Masked()
+	}
 	return netip.PrefixFrom(nthAddr(c.FabricCIDR, (r-1)<<(32-c.FabricCIDR.Bits())), c.FabricCIDR.Bits())
 }
 

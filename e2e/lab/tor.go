@@ -63,6 +63,9 @@ func (t *ToR) bgpdConf(c Config) string {
 		subnet, rc = t.rack.Subnet, c.rack(t.rack.Index)
 	}
 	conf := t.baseBgpdConf(subnet)
+	if c.IPv6Only {
+		conf = t.bgpdConf6(subnet)
+	}
 	if !c.multiRack() && !rc.NoNodePeering && !rc.NoASOverride {
 		return conf
 	}
@@ -466,7 +469,7 @@ func (t *ToR) VtyshJSON(ctx context.Context, cmd string, v any) error {
 	return nil
 }
 
-// Peers returns the ToR's IPv4 BGP neighbours and their state ("Established", "Active", …; BIRD's and gobgpd's
+// Peers returns the ToR's BGP neighbours (IPv4 and IPv6 unicast ones) and their state ("Established", "Active", …; BIRD's and gobgpd's
 // states are given FRR's names).
 func (t *ToR) Peers(ctx context.Context) (map[netip.Addr]string, error) {
 	switch t.Kind {
@@ -475,20 +478,24 @@ func (t *ToR) Peers(ctx context.Context) (map[netip.Addr]string, error) {
 	case ToRGoBGP:
 		return t.gobgpPeers(ctx)
 	}
+	type afPeers struct {
+		Peers map[string]struct {
+			State string `json:"state"`
+		} `json:"peers"`
+	}
 	var sum struct {
-		IPv4Unicast struct {
-			Peers map[string]struct {
-				State string `json:"state"`
-			} `json:"peers"`
-		} `json:"ipv4Unicast"`
+		IPv4Unicast afPeers `json:"ipv4Unicast"`
+		IPv6Unicast afPeers `json:"ipv6Unicast"`
 	}
 	if err := t.VtyshJSON(ctx, "show bgp summary", &sum); err != nil {
 		return nil, err
 	}
 	out := map[netip.Addr]string{}
-	for a, p := range sum.IPv4Unicast.Peers {
-		if ip, err := netip.ParseAddr(a); err == nil {
-			out[ip] = p.State
+	for _, af := range []afPeers{sum.IPv6Unicast, sum.IPv4Unicast} { // a peer of both: its IPv4 unicast state
+		for a, p := range af.Peers {
+			if ip, err := netip.ParseAddr(a); err == nil {
+				out[ip] = p.State
+			}
 		}
 	}
 	return out, nil
