@@ -47,13 +47,29 @@ type Controller struct {
 	mu      sync.Mutex
 	desired map[string]*model.ServicePort // by port key
 	bySvc   map[string][]string           // service key -> its port keys
+
+	// Coalescing: the keys the model changed that no sync has taken yet, and when the last one came. An
+	// incremental sync waits until no key came for quiet (at most hold) and then takes every dirty key, so a
+	// Service and its EndpointSlice arriving a few ms apart make one back-end transaction, not two (at 10,000
+	// Services each nftables transaction that adds a jump costs the kernel ~55 ms of validation).
+	dmu         sync.Mutex
+	dirty       map[string]bool
+	lastDirty   time.Time
+	quiet, hold time.Duration
 }
+
+// Coalescing defaults (Controller.quiet and hold): a lone change waits SyncQuiet, a burst at most SyncHold.
+const (
+	SyncQuiet = 10 * time.Millisecond
+	SyncHold  = 30 * time.Millisecond
+)
 
 // NewController subscribes to the tracker. repair > 0 re-applies every port that often (the back end repairs
 // drift without rewriting what is right). health (nil = none) follows the Local LoadBalancer services.
 func NewController(tracker *model.ServiceTracker, backend Backend, health *HealthChecks, repair time.Duration, log *slog.Logger) *Controller {
 	c := &Controller{backend: backend, tracker: tracker, health: health, log: log,
-		desired: map[string]*model.ServicePort{}, bySvc: map[string][]string{}}
+		desired: map[string]*model.ServicePort{}, bySvc: map[string][]string{},
+		dirty: map[string]bool{}, quiet: SyncQuiet, hold: SyncHold}
 	syncErrors.WithLabelValues(backend.Name()) // the series exists from the start (0)
 	c.ctrl = controller.New(controller.Config{
 		Name: "proxy", Synced: []cache.InformerSynced{tracker.HasSynced},
@@ -64,8 +80,54 @@ func NewController(tracker *model.ServiceTracker, backend Backend, health *Healt
 			}
 		},
 	})
-	tracker.Subscribe(func(keys []string) { c.ctrl.Enqueue(keys...) })
+	tracker.Subscribe(func(keys []string) {
+		c.dmu.Lock()
+		for _, k := range keys {
+			c.dirty[k] = true
+		}
+		c.lastDirty = time.Now()
+		c.dmu.Unlock()
+		c.ctrl.Enqueue(keys...)
+	})
 	return c
+}
+
+// takeDirty waits until the model has been quiet for c.quiet (at most c.hold from now) if any of keys is still
+// dirty, then takes every dirty key (those of this batch and those that came meanwhile). Keys of the batch that
+// an earlier sync took already are not returned: it applied them as the model was then or later.
+func (c *Controller) takeDirty(keys []string) []string {
+	deadline := time.Now().Add(c.hold)
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !slices.ContainsFunc(keys, func(k string) bool { return c.dirty[k] }) {
+		return nil
+	}
+	for {
+		now := time.Now()
+		wait := min(c.quiet-now.Sub(c.lastDirty), deadline.Sub(now))
+		if wait <= 0 {
+			break
+		}
+		c.dmu.Unlock()
+		time.Sleep(wait)
+		c.dmu.Lock()
+	}
+	taken := make([]string, 0, len(c.dirty))
+	for k := range c.dirty {
+		taken = append(taken, k)
+	}
+	clear(c.dirty)
+	slices.Sort(taken)
+	return taken
+}
+
+// redirty gives keys back after a failed sync (the retry takes them again).
+func (c *Controller) redirty(keys []string) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	for _, k := range keys {
+		c.dirty[k] = true
+	}
 }
 
 // StartBackendFirst makes Run call start (the back end's Start, which reads what an earlier run left) before
@@ -98,6 +160,9 @@ func (c *Controller) Controller() *controller.Controller { return c.ctrl }
 // full syncs every Service the model has and every one programmed before; the back end is called even when
 // nothing changed (the first sync lets it take over what a previous run left, also with no Service at all).
 func (c *Controller) full(context.Context) error {
+	c.dmu.Lock() // before reading the model: a key dirtied from now on is synced again after this
+	clear(c.dirty)
+	c.dmu.Unlock()
 	keys := c.tracker.Keys()
 	c.mu.Lock()
 	for k := range c.bySvc {
@@ -108,7 +173,17 @@ func (c *Controller) full(context.Context) error {
 	return c.apply(slices.Compact(keys), true)
 }
 
-func (c *Controller) sync(_ context.Context, keys []string) error { return c.apply(keys, false) }
+func (c *Controller) sync(_ context.Context, keys []string) error {
+	taken := c.takeDirty(keys)
+	if len(taken) == 0 {
+		return nil
+	}
+	if err := c.apply(taken, false); err != nil {
+		c.redirty(taken)
+		return err
+	}
+	return nil
+}
 
 // apply rebuilds the given Services from the model and syncs the back end for their old and new port keys.
 func (c *Controller) apply(keys []string, force bool) error {

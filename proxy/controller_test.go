@@ -190,3 +190,89 @@ func TestControllerStartsBackendFirst(t *testing.T) {
 		t.Fatalf("back end started %d times, want 2 (one failure, retried)", starts)
 	}
 }
+
+// flakyBackend fails Sync while fail > 0.
+type flakyBackend struct {
+	recordingBackend
+	fail int
+}
+
+func (f *flakyBackend) Sync(desired map[string]*model.ServicePort, changed []string) error {
+	f.mu.Lock()
+	if f.fail > 0 && len(changed) > 0 {
+		f.fail--
+		f.mu.Unlock()
+		return fmt.Errorf("sync fails")
+	}
+	f.mu.Unlock()
+	return f.recordingBackend.Sync(desired, changed)
+}
+
+// TestControllerCoalesces: a Service and its EndpointSlice written a few ms apart reach the back end in one
+// Sync (with both endpoints), not two; a lone change still syncs after the quiet time; a failed coalesced sync
+// is retried with every key it took.
+func TestControllerCoalesces(t *testing.T) {
+	kube := fake.NewSimpleClientset(testService("default", "a", "10.96.0.10"), testSlice("default", "a", "10.244.1.2"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be := &flakyBackend{}
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
+	c := NewController(tracker, be, nil, 0, log)
+	c.quiet, c.hold = 300*time.Millisecond, time.Second // the machine may be loaded: timings far from 3 ms
+	factory.Start(ctx.Done())
+	go tracker.Run(ctx)
+	go c.Run(ctx)
+	wait := func(what string, f func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !f(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out: %s", what)
+			}
+		}
+	}
+	syncs := func() int { be.mu.Lock(); defer be.mu.Unlock(); return len(be.syncs) }
+	wait("the first sync", func() bool { _, have := be.last(); return have == 1 })
+
+	for i, failFirst := range []bool{false, true} {
+		be.mu.Lock()
+		be.fail = map[bool]int{false: 0, true: 1}[failFirst]
+		be.mu.Unlock()
+		before := syncs()
+		name := fmt.Sprintf("new%d", i)
+		key := "other/" + name + ":http/TCP"
+		if _, err := kube.CoreV1().Services("other").Create(ctx, testService("other", name, fmt.Sprintf("10.96.200.%d", i+1)), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Millisecond)
+		if _, err := kube.DiscoveryV1().EndpointSlices("other").Create(ctx, testSlice("other", name, "10.244.1.9", "10.244.2.9"), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		wait("the new service with its endpoints", func() bool {
+			be.mu.Lock()
+			defer be.mu.Unlock()
+			p := be.have[key]
+			return p != nil && len(p.ClusterEndpoints) == 2
+		})
+		time.Sleep(2 * c.hold) // anything still queued shows
+		if n := syncs() - before; n != 1 {
+			t.Errorf("fail first %v: a Service and its slice 3 ms apart made %d back-end syncs, want 1: %v", failFirst, n, be.syncs[before:])
+		}
+	}
+
+	// A lone change syncs once, after the quiet time.
+	before := syncs()
+	t0 := time.Now()
+	if err := kube.CoreV1().Services("default").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the deletion", func() bool { be.mu.Lock(); defer be.mu.Unlock(); return be.have["default/a:http/TCP"] == nil })
+	if took := time.Since(t0); took < c.quiet {
+		t.Errorf("a lone change synced after %v, before the quiet time %v", took, c.quiet)
+	}
+	time.Sleep(2 * c.hold)
+	if n := syncs() - before; n != 1 {
+		t.Errorf("a lone deletion made %d syncs", n)
+	}
+}
