@@ -276,3 +276,24 @@ func TestUDPConntrackCleanup(t *testing.T) {
 	r.sync(t, d, tcpPort.Key)
 	wantFlows()
 }
+
+// The ip6tables chain's lines parse back like the iptables chain's: Local exceptions, hairpin rules; the static
+// tail takes the pod networks of its family only (an IPv4-mapped prefix is IPv4).
+func TestIPv6RulesParseBack(t *testing.T) {
+	k := tcp("fd00:99::1", 30080)
+	line := "-A " + Chain + " " + spec(localRule(k))
+	if got, ok := parseLocal(line); !ok || got != k {
+		t.Errorf("parseLocal(%q) = %v %v, want %v", line, got, ok, k)
+	}
+	a := a6("fd00:10:244::5")
+	if got, ok := parseHairpin("-A " + Chain + " " + spec(hairpinRule(a))); !ok || got != a {
+		t.Errorf("parseHairpin = %v %v", got, ok)
+	}
+	mixed := []netip.Prefix{podNet, podNet6, netip.MustParsePrefix("::ffff:10.245.0.0/112")}
+	if got := ofFamily(mixed, false); !slices.Equal(got, []netip.Prefix{podNet, netip.MustParsePrefix("10.245.0.0/16")}) {
+		t.Errorf("IPv4 pod networks %v", got)
+	}
+	if got := ofFamily(mixed, true); !slices.Equal(got, []netip.Prefix{podNet6}) {
+		t.Errorf("IPv6 pod networks %v", got)
+	}
+}

@@ -42,6 +42,7 @@ type node struct {
 	h        *countingHandle
 	a        *countingAddrs
 	b        *Backend
+	dual     bool // open a dual-stack back end (newNode6)
 }
 
 // newNode wires the namespaces and starts a Backend on the node namespace.
@@ -123,11 +124,21 @@ func (n *node) open() {
 		t.Fatal(err)
 	}
 	n.h, n.a = &countingHandle{Handle: h}, &countingAddrs{Addresses: la}
-	b, err := New(Config{
+	cfg := Config{
 		NetNS: path, NodeIPs: []netip.Addr{netip.MustParseAddr("192.168.0.1")},
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
 		IPT:      &nsIPT{ns: n.node, ipt: it}, Handle: n.h, Addresses: n.a, Log: quiet,
-	})
+	}
+	if n.dual {
+		var it6 *ipt.Host
+		if err := n.node.Do(func() (err error) { it6, err = ipt.OpenFlavour6(it.Flavour); return err }); err != nil {
+			t.Fatal(err)
+		}
+		cfg.IPT6 = &nsIPT{ns: n.node, ipt: it6}
+		cfg.NodeIPs = append(cfg.NodeIPs, netip.MustParseAddr(nodeIP6VM))
+		cfg.PodCIDRs = append(cfg.PodCIDRs, netip.MustParsePrefix("fd00:244::/32"))
+	}
+	b, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
