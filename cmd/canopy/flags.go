@@ -32,7 +32,7 @@ func bindFlags(fs *pflag.FlagSet, r *config.Raw) {
 	fs.StringVar(&r.Kubeconfig, "kubeconfig", "", "path to a kubeconfig; empty = in-cluster config")
 	fs.StringVar(&r.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, then the hostname)")
 	fs.UintVar(&r.ClusterASN, "cluster-asn", 64512, "AS number of the nodes (a node's canopy.io/node-asn annotation overrides it)")
-	fs.StringVar(&r.RouterID, "router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
+	fs.StringVar(&r.RouterID, "router-id", "", "BGP router ID (default: the node's IPv4 InternalIP; a node without one derives it from its node name)")
 	fs.IntVar(&r.BGPPort, "bgp-port", 179, "TCP port the BGP speaker listens on, on the node IP")
 	fs.StringVar(&r.GRPCAddr, "grpc-addr", "127.0.0.1:50051", "address of the GoBGP gRPC admin API for the gobgp CLI (read-only unless --grpc-allow-writes); empty disables it")
 	fs.BoolVar(&r.GRPCAllowWrites, "grpc-allow-writes", false, "let the gRPC admin API change BGP state (add paths, peers, stop the speaker): any process in the node's network namespace could then")
