@@ -76,10 +76,14 @@ func (c *Controller) sync(context.Context) error {
 	if err != nil {
 		return nil // no Node (yet, or any more): what is programmed stays
 	}
-	ip := model.NodeIP(self).Unmap()
-	if !ip.Is4() {
+	// The underlay: the IPv4 node address; an IPv6-only node's IPv6 one (every peer is then reached over IPv6).
+	ip, ip6 := nodeIPs(self)
+	if !ip.IsValid() {
+		ip = ip6
+	}
+	if !ip.IsValid() {
 		errorsTotal.WithLabelValues(reasonLocal).Inc()
-		return fmt.Errorf("overlay: this node (%s) has no IPv4 InternalIP (%v): the overlay is IPv4 only", c.opts.NodeName, ip)
+		return fmt.Errorf("overlay: this node (%s) has no InternalIP yet", c.opts.NodeName)
 	}
 	subnet, err := c.kernel.LocalSubnet(ip)
 	if err != nil {
@@ -96,7 +100,8 @@ func (c *Controller) sync(context.Context) error {
 		if n.DeletionTimestamp != nil {
 			continue // on its way out: its entries go now
 		}
-		infos = append(infos, NodeInfo{Name: n.Name, IP: model.NodeIP(n), PodCIDRs: model.PodCIDRs(n)})
+		_, ip6 := nodeIPs(n)
+		infos = append(infos, NodeInfo{Name: n.Name, IP: model.NodeIP(n), IP6: ip6, PodCIDRs: model.PodCIDRs(n)})
 		objs[n.Name] = n
 	}
 	me := Self{Name: self.Name, IP: ip, Subnet: subnet, PodCIDRs: model.PodCIDRs(self)}
@@ -112,9 +117,9 @@ func (c *Controller) sync(context.Context) error {
 	c.mu.Unlock()
 	peersGauge.Set(float64(len(peers)))
 	if changed {
-		c.log.Info("overlay peers", "mode", c.opts.Mode, "subnet", subnet, "peers", len(peers), "refused", len(problems))
+		c.log.Info("overlay peers", "mode", c.opts.Mode, "underlay", ip, "subnet", subnet, "peers", len(peers), "refused", len(problems))
 		for _, p := range peers {
-			c.log.Debug("overlay peer", "node", p.Node, "ip", p.IP, "vtep", p.VTEP, "mac", p.MAC.String(), "pod_cidrs", p.PodCIDRs)
+			c.log.Debug("overlay peer", "node", p.Node, "ip", p.IP, "vtep", p.VTEP, "vtep6", p.VTEP6, "mac", p.MAC.String(), "pod_cidrs", p.PodCIDRs)
 		}
 	}
 	return nil
@@ -139,4 +144,24 @@ func (c *Controller) report(problems []Problem, objs map[string]*corev1.Node) {
 		}
 	}
 	c.reported = now
+}
+
+// nodeIPs returns n's IPv4 and IPv6 node addresses: the first InternalIP of each family, else the first
+// ExternalIP (model.NodeIP's order).
+func nodeIPs(n *corev1.Node) (v4, v6 netip.Addr) {
+	for _, t := range []corev1.NodeAddressType{corev1.NodeInternalIP, corev1.NodeExternalIP} {
+		for _, a := range n.Status.Addresses {
+			ip, err := netip.ParseAddr(a.Address)
+			if a.Type != t || err != nil {
+				continue
+			}
+			ip = ip.Unmap()
+			if ip.Is4() && !v4.IsValid() {
+				v4 = ip
+			} else if ip.Is6() && !v6.IsValid() {
+				v6 = ip
+			}
+		}
+	}
+	return v4, v6
 }

@@ -127,3 +127,76 @@ func TestControllerFollowsNodes(t *testing.T) {
 	default:
 	}
 }
+
+// dsNode is a Node with an address and a pod CIDR per family (either may be empty).
+func dsNode(name, ip, ip6, cidr, cidr6 string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name)}}
+	for _, c := range []string{cidr, cidr6} {
+		if c != "" {
+			n.Spec.PodCIDRs = append(n.Spec.PodCIDRs, c)
+		}
+	}
+	if len(n.Spec.PodCIDRs) > 0 {
+		n.Spec.PodCIDR = n.Spec.PodCIDRs[0]
+	}
+	for _, a := range []string{ip, ip6} {
+		if a != "" {
+			n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: a})
+		}
+	}
+	return n
+}
+
+// Dual stack: the IPv4 underlay carries both families; a changed IPv6 pod CIDR moves its route and VTEP. An
+// IPv6-only node tunnels over its IPv6 address.
+func TestControllerDualStack(t *testing.T) {
+	clusterDS := []netip.Prefix{pfx("10.244.0.0/16"), pfx("fd00:10:244::/56")}
+	client := fake.NewClientset(dsNode("node1", "10.99.0.11", "fd00:99::11", "10.244.1.0/24", "fd00:10:244:1::/64"),
+		dsNode("node2", "10.99.1.12", "fd00:99::12", "10.244.2.0/24", "fd00:10:244:2::/64"))
+	factory := informers.NewSharedInformerFactory(client, 0)
+	k := &fakeKernel{}
+	c, err := NewController(Options{NodeName: "node1", Mode: ModeVXLAN, ClusterCIDRs: clusterDS}, factory, k, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	factory.Start(ctx.Done())
+	go c.Run(ctx)
+	peer := func(want string) func() error {
+		return func() error {
+			k.mu.Lock()
+			defer k.mu.Unlock()
+			var got []string
+			for _, p := range k.peers {
+				got = append(got, p.String())
+			}
+			if s := strings.Join(got, ";"); !strings.Contains(s, want) {
+				return fmt.Errorf("peers %s (local %s), want %s", s, k.local, want)
+			}
+			return nil
+		}
+	}
+	waitFor(t, "node2 with both families over IPv4", peer("node2 (10.99.1.12, vtep 10.244.2.0 fd00:10:244:2:: 02:cb:0a:63:01:0c, [10.244.2.0/24 fd00:10:244:2::/64])"))
+	if k.local != addr("10.99.0.11") {
+		t.Errorf("local %s, want the IPv4 address", k.local)
+	}
+	n2, _ := client.CoreV1().Nodes().Get(ctx, "node2", metav1.GetOptions{})
+	n2.Spec.PodCIDRs[1] = "fd00:10:244:22::/64"
+	if _, err := client.CoreV1().Nodes().Update(ctx, n2, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node2's new IPv6 pod CIDR", peer("vtep 10.244.2.0 fd00:10:244:22:: 02:cb:0a:63:01:0c, [10.244.2.0/24 fd00:10:244:22::/64]"))
+
+	// node1 loses its IPv4 address (IPv6-only): the underlay is IPv6, peers by their IPv6 addresses.
+	n1, _ := client.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{})
+	n1.Status.Addresses = n1.Status.Addresses[1:]
+	if _, err := client.CoreV1().Nodes().Update(ctx, n1, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := MAC(addr("fd00:99::12"))
+	waitFor(t, "IPv6 underlay", peer("node2 (fd00:99::12, vtep 10.244.2.0 fd00:10:244:22:: "+m.String()))
+	if k.local != addr("fd00:99::11") {
+		t.Errorf("local %s, want the IPv6 address", k.local)
+	}
+}

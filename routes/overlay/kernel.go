@@ -6,7 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -38,6 +41,10 @@ type TunnelConfig struct {
 	VNI    int    // DefaultVNI
 	Port   int    // DefaultPort
 	Table  int    // the routes' table; 0 = main
+	// Sysctl sets a sysctl of the device's namespace (path relative to /proc/sys, "/"-separated: the device name
+	// has a dot) if it is not value already; nil writes /proc/sys of the calling thread's namespace (right when
+	// the handle is of that namespace, as the agent's is).
+	Sysctl func(path, value string) error
 }
 
 // NewTunnel returns a Tunnel acting through h (nil: the calling thread's namespace).
@@ -60,12 +67,19 @@ func NewTunnel(h *netlink.Handle, cfg TunnelConfig, log *slog.Logger) *Tunnel {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Sysctl == nil {
+		cfg.Sysctl = procSysctl
+	}
 	return &Tunnel{h: h, cfg: cfg, log: log}
 }
 
 // uplink returns the link holding local address ip and the address's prefix.
 func (t *Tunnel) uplink(ip netip.Addr) (netlink.Link, netip.Prefix, error) {
-	addrs, err := t.h.AddrList(nil, netlink.FAMILY_V4)
+	fam := netlink.FAMILY_V4
+	if ip.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	addrs, err := t.h.AddrList(nil, fam)
 	if err != nil {
 		return nil, netip.Prefix{}, fmt.Errorf("overlay: list addresses: %w", err)
 	}
@@ -104,6 +118,9 @@ func (t *Tunnel) ensure(ip netip.Addr) (netlink.Link, error) {
 		return nil, err
 	}
 	mtu := up.Attrs().MTU - Overhead
+	if ip.Is6() {
+		mtu = up.Attrs().MTU - Overhead6
+	}
 	want := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: t.cfg.Device, HardwareAddr: mac, MTU: mtu},
 		VxlanId: t.cfg.VNI, VtepDevIndex: up.Attrs().Index, SrcAddr: net.IP(ip.AsSlice()), Port: t.cfg.Port, Learning: false}
 	if l, err := t.h.LinkByName(t.cfg.Device); err == nil {
@@ -154,16 +171,38 @@ func (t *Tunnel) Apply(ip netip.Addr, peers []Peer) error {
 	wantNeigh := map[netip.Addr]string{}
 	wantFDB := map[string]netip.Addr{}
 	wantRoute := map[netip.Prefix]netip.Addr{}
+	ipv6 := false // IPv6 routes through the device: it needs IPv6 on
 	for _, p := range peers {
-		wantNeigh[p.VTEP] = p.MAC.String()
 		wantFDB[p.MAC.String()] = p.IP
+		for _, v := range []netip.Addr{p.VTEP, p.VTEP6} {
+			if v.IsValid() {
+				wantNeigh[v] = p.MAC.String()
+			}
+		}
 		for _, c := range p.PodCIDRs {
-			wantRoute[c] = p.VTEP
+			if c.Addr().Is4() && p.VTEP.IsValid() {
+				wantRoute[c] = p.VTEP
+			} else if c.Addr().Is6() && p.VTEP6.IsValid() {
+				wantRoute[c] = p.VTEP6
+				ipv6 = true
+			}
+		}
+	}
+	if ipv6 {
+		// A device with IPv6 disabled takes no IPv6 route (EACCES) and drops the IPv6 packets it receives; a
+		// new device inherits net.ipv6.conf.default.disable_ipv6.
+		if err := t.cfg.Sysctl("net/ipv6/conf/"+t.cfg.Device+"/disable_ipv6", "0"); err != nil {
+			return fmt.Errorf("overlay: enable IPv6 on %s: %w", t.cfg.Device, err)
 		}
 	}
 	neighs, err := t.h.NeighList(idx, netlink.FAMILY_V4)
 	if err != nil {
 		return fmt.Errorf("overlay: list neighbours of %s: %w", t.cfg.Device, err)
+	}
+	if neighs6, err := t.h.NeighList(idx, netlink.FAMILY_V6); err == nil {
+		neighs = append(neighs, neighs6...)
+	} else if ipv6 {
+		return fmt.Errorf("overlay: list IPv6 neighbours of %s: %w", t.cfg.Device, err)
 	}
 	have := map[netip.Addr]bool{}
 	for _, n := range neighs {
@@ -172,6 +211,9 @@ func (t *Tunnel) Apply(ip netip.Addr, peers []Peer) error {
 		}
 		a, _ := netip.AddrFromSlice(n.IP)
 		a = a.Unmap()
+		if n.State&netlink.NUD_NOARP != 0 || a.IsMulticast() || a.IsLinkLocalUnicast() {
+			continue // the kernel's own (IPv6 multicast, link-local): never ours
+		}
 		if m, ok := wantNeigh[a]; ok && m == n.HardwareAddr.String() && n.State == netlink.NUD_PERMANENT {
 			have[a] = true
 			continue
@@ -215,19 +257,30 @@ func (t *Tunnel) Apply(ip netip.Addr, peers []Peer) error {
 				errs = append(errs, fmt.Errorf("overlay: FDB entry %s dst %s (%s): %w", p.MAC, p.IP, p.Node, err))
 			}
 		}
-		if !have[p.VTEP] {
-			e := &netlink.Neigh{LinkIndex: idx, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT, Type: syscall.RTN_UNICAST,
-				IP: net.IP(p.VTEP.AsSlice()), HardwareAddr: p.MAC}
+		for _, v := range []netip.Addr{p.VTEP, p.VTEP6} {
+			if !v.IsValid() || have[v] {
+				continue
+			}
+			fam := netlink.FAMILY_V4
+			if v.Is6() {
+				fam = netlink.FAMILY_V6
+			}
+			e := &netlink.Neigh{LinkIndex: idx, Family: fam, State: netlink.NUD_PERMANENT, Type: syscall.RTN_UNICAST,
+				IP: net.IP(v.AsSlice()), HardwareAddr: p.MAC}
 			if err := t.h.NeighSet(e); err != nil {
-				errs = append(errs, fmt.Errorf("overlay: neighbour %s lladdr %s (%s): %w", p.VTEP, p.MAC, p.Node, err))
+				errs = append(errs, fmt.Errorf("overlay: neighbour %s lladdr %s (%s): %w", v, p.MAC, p.Node, err))
 			}
 		}
 	}
 	// Routes: pod CIDR via VTEP onlink, our protocol and metric.
-	routes, err := t.h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: idx, Table: t.cfg.Table},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("overlay: list routes on %s: %w", t.cfg.Device, err))...)
+	var routes []netlink.Route
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := t.h.RouteListFiltered(fam, &netlink.Route{LinkIndex: idx, Table: t.cfg.Table},
+			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+		if err != nil && (fam == netlink.FAMILY_V4 || ipv6) {
+			return errors.Join(append(errs, fmt.Errorf("overlay: list routes on %s: %w", t.cfg.Device, err))...)
+		}
+		routes = append(routes, rs...)
 	}
 	haveRoute := map[netip.Prefix]bool{}
 	for _, r := range routes {
@@ -238,7 +291,7 @@ func (t *Tunnel) Apply(ip netip.Addr, peers []Peer) error {
 		ones, _ := r.Dst.Mask.Size()
 		dst := netip.PrefixFrom(a.Unmap(), ones)
 		gw, _ := netip.AddrFromSlice(r.Gw)
-		if w, ok := wantRoute[dst]; ok && w == gw.Unmap() && r.Protocol == Protocol && r.Priority == Metric && r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+		if w, ok := wantRoute[dst]; ok && w == gw.Unmap() && r.Protocol == Protocol && r.Priority == metric(dst) && r.Flags&int(netlink.FLAG_ONLINK) != 0 {
 			haveRoute[dst] = true
 			continue
 		}
@@ -259,8 +312,8 @@ func (t *Tunnel) Apply(ip netip.Addr, peers []Peer) error {
 		if haveRoute[d] {
 			continue
 		}
-		r := &netlink.Route{LinkIndex: idx, Dst: &net.IPNet{IP: d.Addr().AsSlice(), Mask: net.CIDRMask(d.Bits(), 32)},
-			Gw: net.IP(wantRoute[d].AsSlice()), Flags: int(netlink.FLAG_ONLINK), Protocol: Protocol, Priority: Metric,
+		r := &netlink.Route{LinkIndex: idx, Dst: &net.IPNet{IP: d.Addr().AsSlice(), Mask: net.CIDRMask(d.Bits(), d.Addr().BitLen())},
+			Gw: net.IP(wantRoute[d].AsSlice()), Flags: int(netlink.FLAG_ONLINK), Protocol: Protocol, Priority: metric(d),
 			Table: t.cfg.Table, Scope: netlink.SCOPE_UNIVERSE, Type: syscall.RTN_UNICAST}
 		if err := t.h.RouteReplace(r); err != nil {
 			errs = append(errs, fmt.Errorf("overlay: route %s via %s dev %s onlink: %w", d, wantRoute[d], t.cfg.Device, err))
@@ -310,4 +363,21 @@ func removeDevice(h *netlink.Handle, name string, dryRun bool) (bool, error) {
 		return true, fmt.Errorf("overlay: delete %s: %w", name, err)
 	}
 	return true, nil
+}
+
+// procSysctl sets /proc/sys/<path> to value unless it is already.
+func procSysctl(path, value string) error {
+	f := filepath.Join("/proc/sys", path)
+	if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == value {
+		return nil
+	}
+	return os.WriteFile(f, []byte(value), 0o644)
+}
+
+// metric is the tunnel route metric of dst's family.
+func metric(dst netip.Prefix) int {
+	if dst.Addr().Is6() {
+		return Metric6
+	}
+	return Metric
 }
