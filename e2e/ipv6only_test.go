@@ -23,8 +23,9 @@ import (
 // IPv6 neighbours; 2 nodes): the agents derive their BGP router IDs from their node names, peer with the ToR and
 // with each other over IPv6 sessions (GTSM on both), the ToR learns and installs every node's pod CIDR through that
 // node's address, every node installs the other's, pods get IPv6 addresses from the CNI plugin and reach each other
-// across nodes (ICMPv6, TCP with the source address kept), and a pod reaches a single-stack IPv6 ClusterIP Service
-// backed by a pod on the other node. Times from the agents' start are logged.
+// across nodes (ICMPv6, TCP with the source address kept) but not the nodes' BGP port (the IPv6 BGP guard), and a
+// pod reaches a single-stack IPv6 ClusterIP Service backed by a pod on the other node. Times from the agents'
+// start are logged.
 func TestIPv6Only(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: this test brings up a lab of its own")
@@ -149,6 +150,20 @@ func TestIPv6Only(t *testing.T) {
 	}
 	if got := sourceSeenAt(t, &pods[1].Host, pods[1].IP, pods[0]); got != pods[0].IP {
 		t.Errorf("TCP %s -> %s: the server saw %s, want the client pod's %s", pods[0].Name, pods[1].Name, got, pods[0].IP)
+	}
+	// Pods cannot speak BGP: the IPv6 CANOPY-BGP-GUARD drops their TCP/179, to their own node and to another.
+	for _, n := range l.Nodes {
+		out, err := n.Exec(context.Background(), "ip6tables", "-S", "CANOPY-BGP-GUARD")
+		if err != nil || !strings.Contains(out, "-s "+cfg.ClusterCIDR.String()+" -p tcp -m tcp --dport 179 -j DROP") {
+			t.Errorf("%s: ip6tables CANOPY-BGP-GUARD (%v):\n%s", n.Name, err, out)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := pods[0].Dial(ctx, "tcp", net.JoinHostPort(n.IP.String(), "179"))
+		cancel()
+		if err == nil {
+			c.Close()
+			t.Errorf("pod %s reached %s's BGP port [%s]:179", pods[0].Name, n.Name, n.IP)
+		}
 	}
 
 	// A ClusterIP Service (single-stack IPv6, the cluster's only family) backed by the pod on node2, reached from
