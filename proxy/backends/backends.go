@@ -133,6 +133,9 @@ func cleanup(cfg Config, mode string) error {
 		if _, err := exec.LookPath("nft"); err != nil {
 			return nil // no nft on this host: no table of ours either
 		}
+		if ok, err := nftproxy.HasTable(false); err == nil && !ok {
+			return nil
+		}
 		p, err := nftproxy.NewHost(nftables(cfg), cfg.Log)
 		if err != nil {
 			return err

@@ -96,6 +96,9 @@ func Cleanup6(cfg Config, mode string) error {
 		if _, err := exec.LookPath("nft"); err != nil {
 			return nil
 		}
+		if ok, err := nftproxy.HasTable(true); err == nil && !ok {
+			return nil // no table: not even nft's start-up checks (seconds next to a big ip canopy table)
+		}
 		p, err := nftproxy.NewHost6(nftables(cfg), cfg.Log)
 		if err != nil {
 			return err
