@@ -564,10 +564,13 @@ func (g *GoBGP) Watch(ctx context.Context, w Watcher) error {
 			{Type: api.WatchEventRequest_Table_Filter_EOR},
 		}},
 	}
-	return g.s.WatchEvent(ctx, req, func(r *api.WatchEventResponse) {
+	q := newWatchQueue(w) // GoBGP raises an event per path: the queue merges those that come while w is busy
+	w = q
+	var batch []LearnedPath // reused: the queue copies
+	err := g.s.WatchEvent(ctx, req, func(r *api.WatchEventResponse) {
 		switch ev := r.Event.(type) {
 		case *api.WatchEventResponse_Table:
-			var batch []LearnedPath
+			batch = batch[:0]
 			for _, p := range ev.Table.Paths {
 				if p.Nlri == nil { // End-of-RIB marker
 					if a, err := netip.ParseAddr(p.NeighborIp); err == nil {
@@ -575,7 +578,7 @@ func (g *GoBGP) Watch(ctx context.Context, w Watcher) error {
 					}
 					continue
 				}
-				lp, err := FromAPIPath(p)
+				lp, err := learnedPath(p)
 				if err != nil {
 					rejectedRoutes.WithLabelValues(RejectWrongFamily).Inc()
 					continue
@@ -593,6 +596,10 @@ func (g *GoBGP) Watch(ctx context.Context, w Watcher) error {
 			}
 		}
 	})
+	if err == nil {
+		go q.run(ctx)
+	}
+	return err
 }
 
 // FromAPIPath decodes the parts of a GoBGP API path the importer needs.
