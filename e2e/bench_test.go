@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -84,17 +85,32 @@ func BenchmarkAgentStartToToR(b *testing.B) {
 // BenchmarkLearnedRouteInstall measures how fast the agent installs routes a gobgpd peer announces: from the
 // first announcement until the node's kernel holds all N (and the same for the withdrawal). It reports routes/s
 // end to end (gobgpd → BGP → GoBGP → import policy → netlink), and the bare netlink rate in the same run as the
-// baseline (`ip -batch route add` of the same prefixes in a scratch namespace).
+// baseline (`ip -batch route add` of the same prefixes in a scratch namespace), and where the CPU went:
+//
+//	ratio-vs-baseline, ratio-withdraw-vs-baseline  routes/s (install, withdraw) ÷ ip -batch routes/s
+//	s-injector-ingest      how long the injecting gobgpd took to take the N paths in (it sends meanwhile)
+//	cpu-s-agent-install, cpu-s-agent-withdraw  the measured agent's CPU seconds in each phase
+//	cpu-s-injector-install the injecting gobgpd's CPU seconds while the agent installs
+//	cpu-s-peers-withdraw   the other nodes' agents' CPU seconds during the withdrawal (GoBGP sends each of
+//	                       its peers a withdrawal per route, advertised or not)
+//
+// With CANOPY_BENCH_PPROF_DIR set the agent runs with --pprof and CPU profiles of 5 s are taken back to back
+// through each phase, into learned-<install|withdraw>-<N>-<i>.pprof there (merge: go tool pprof -proto a b … > m).
 func BenchmarkLearnedRouteInstall(b *testing.B) {
 	l := needLab(b)
 	ctx := context.Background()
 	inj := injector(b, l)
 	n := l.Nodes[0]
+	pprofDir := os.Getenv("CANOPY_BENCH_PPROF_DIR")
 	// The measured agent logs at info: GoBGP's debug log writes a line per update.
+	args := []string{"--log-level=info"}
+	if pprofDir != "" {
+		args = append(args, "--pprof")
+	}
 	if err := n.StopAgent(); err != nil {
 		b.Fatal(err)
 	}
-	if err := n.StartAgent("--log-level=info"); err != nil {
+	if err := n.StartAgent(args...); err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
@@ -113,35 +129,109 @@ func BenchmarkLearnedRouteInstall(b *testing.B) {
 		}
 		return nil
 	})
+	cpu := func(p *lab.Proc) time.Duration {
+		if p == nil {
+			return 0
+		}
+		u, err := p.Usage()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return u.CPU()
+	}
+	peersCPU := func() (d time.Duration) {
+		for _, o := range l.Nodes[1:] {
+			d += cpu(o.Agent())
+		}
+		return d
+	}
 	for _, count := range []int{10_000, 100_000} {
 		b.Run(fmt.Sprintf("routes=%d", count), func(b *testing.B) {
 			base := installed(b, n)
+			a0, i0 := cpu(n.Agent()), cpu(inj.proc)
+			stop := profilePhase(b, n, pprofDir, fmt.Sprintf("install-%d", count))
 			t0 := time.Now()
 			inj.announce(b, count)
+			injected := time.Since(t0)
 			waitInstalled(b, n, base+count)
 			add := time.Since(t0)
+			stop()
+			a1, i1, p1 := cpu(n.Agent()), cpu(inj.proc), peersCPU()
+			stop = profilePhase(b, n, pprofDir, fmt.Sprintf("withdraw-%d", count))
 			t1 := time.Now()
 			inj.withdrawAll(b)
 			waitInstalled(b, n, base)
 			del := time.Since(t1)
+			stop()
+			a2, p2 := cpu(n.Agent()), peersCPU()
 			nl := netlinkBaseline(b, l, count)
 			bird := birdBaseline(b, l, count)
 			b.ReportMetric(float64(count)/add.Seconds(), "routes/s-install")
 			b.ReportMetric(float64(count)/del.Seconds(), "routes/s-withdraw")
 			b.ReportMetric(float64(count)/nl.Seconds(), "routes/s-baseline-ip-batch")
 			b.ReportMetric(nl.Seconds()/add.Seconds(), "ratio-vs-baseline")
+			b.ReportMetric(nl.Seconds()/del.Seconds(), "ratio-withdraw-vs-baseline")
 			b.ReportMetric(float64(count)/bird.Seconds(), "routes/s-bird")
 			b.ReportMetric(bird.Seconds()/add.Seconds(), "ratio-vs-bird")
-			b.Logf("%d routes: installed in %v (%.0f/s), withdrawn in %v; bare `ip -batch` adds them in %v; BIRD 2 fed by "+
-				"the same kind of gobgpd peer has them in its kernel in %v", count, add.Round(time.Millisecond),
-				float64(count)/add.Seconds(), del.Round(time.Millisecond), nl.Round(time.Millisecond), bird.Round(time.Millisecond))
+			b.ReportMetric(injected.Seconds(), "s-injector-ingest")
+			b.ReportMetric((a1 - a0).Seconds(), "cpu-s-agent-install")
+			b.ReportMetric((a2 - a1).Seconds(), "cpu-s-agent-withdraw")
+			b.ReportMetric((i1 - i0).Seconds(), "cpu-s-injector-install")
+			b.ReportMetric((p2 - p1).Seconds(), "cpu-s-peers-withdraw")
+			b.Logf("%d routes: installed in %v (%.0f/s; the injector took them in in %v), withdrawn in %v; bare `ip -batch` adds them in %v; BIRD 2 fed by "+
+				"the same kind of gobgpd peer has them in its kernel in %v. CPU: agent %v installing, %v withdrawing; injector %v; the other agents %v during the withdrawal",
+				count, add.Round(time.Millisecond), float64(count)/add.Seconds(), injected.Round(time.Millisecond), del.Round(time.Millisecond),
+				nl.Round(time.Millisecond), bird.Round(time.Millisecond), (a1 - a0), (a2 - a1), (i1 - i0), (p2 - p1))
 		})
 	}
 	_ = ctx
 }
 
+// profilePhase takes 5-s CPU profiles of n's agent back to back into dir (nothing when dir is empty) until the
+// returned stop is called; stop waits for the profile under way.
+func profilePhase(b testing.TB, n *lab.Node, dir, name string) (stop func()) {
+	if dir == "" {
+		return func() {}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			req, err := newRequest(context.Background(), "http://127.0.0.1:9469/debug/pprof/profile?seconds=5")
+			if err != nil {
+				return
+			}
+			resp, err := n.HTTPClient().Do(req)
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, fmt.Sprintf("learned-%s-%d.pprof", name, i)), body, 0o644)
+			}
+			if err != nil {
+				b.Logf("profile: %v", err)
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
 type gobgpInjector struct {
 	host   *lab.Host
+	proc   *lab.Proc
 	client api.GobgpApiClient
 }
 
@@ -179,7 +269,8 @@ func injectorTo(b testing.TB, l *lab.Lab, name string, peer netip.Addr, peerAS u
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	if _, err := h.Start("gobgpd", "gobgpd", "-f", path, "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-l", "warn"); err != nil {
+	proc, err := h.Start("gobgpd", "gobgpd", "-f", path, "--api-hosts", "127.0.0.1:50051", "--pprof-disable", "-l", "warn")
+	if err != nil {
 		b.Fatal(err)
 	}
 	conn, err := grpc.NewClient("passthrough:///127.0.0.1:50051",
@@ -189,7 +280,7 @@ func injectorTo(b testing.TB, l *lab.Lab, name string, peer netip.Addr, peerAS u
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	inj := &gobgpInjector{host: h, client: api.NewGobgpApiClient(conn)}
+	inj := &gobgpInjector{host: h, proc: proc, client: api.NewGobgpApiClient(conn)}
 	eventually(b, 20*time.Second, "gobgpd answers", func(ctx context.Context) error {
 		_, err := inj.client.GetBgp(ctx, &api.GetBgpRequest{})
 		return err
