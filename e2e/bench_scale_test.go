@@ -497,7 +497,12 @@ func (w *scaleWorkload) writeService(ctx context.Context, i int) error {
 		_, err := w.cs.CoreV1().Services(s.ns).Create(ctx, svc, metav1.CreateOptions{})
 		return err
 	}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
+		// A retry whose first attempt reached the API server (its answer lost to a timeout) is refused with "the
+		// ClusterIP is already allocated", not AlreadyExists: the Service is there (a full-size load failed so
+		// at Service 7,780 of 10,000 on a machine at load 38).
+		if got, gerr := w.cs.CoreV1().Services(s.ns).Get(ctx, s.name, metav1.GetOptions{}); gerr != nil || got.Spec.ClusterIP != svc.Spec.ClusterIP {
+			return err
+		}
 	}
 	return w.create(func() error {
 		_, err := w.cs.DiscoveryV1().EndpointSlices(s.ns).Create(ctx, w.slice(i, s), metav1.CreateOptions{})
