@@ -24,6 +24,18 @@ func TestOverlayFlag(t *testing.T) {
 			t.Errorf("--overlay=%q: CNI overlayOverhead %d", in, overhead)
 		}
 	}
+	// An IPv6-only cluster tunnels over IPv6: 20 bytes more per packet; a dual-stack one over IPv4.
+	for cidrs, want := range map[string]int{"fd00:10:244::/56": overlay.Overhead6, "10.244.0.0/16,fd00:10:244::/56": overlay.Overhead} {
+		r := validRaw()
+		r.Overlay, r.ClusterCIDRs = "vxlan", strings.Split(cidrs, ",")
+		c, err := r.Validate()
+		if err != nil {
+			t.Fatalf("--cluster-cidr=%s: %v", cidrs, err)
+		}
+		if got := c.NodeSetup("").CNIOverlayOverhead; got != want {
+			t.Errorf("--cluster-cidr=%s: CNI overlayOverhead %d, want %d", cidrs, got, want)
+		}
+	}
 	r := validRaw()
 	r.Overlay = "ipip"
 	if _, err := r.Validate(); err == nil || !strings.Contains(err.Error(), "--overlay") {
