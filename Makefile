@@ -66,7 +66,7 @@ unit:
 
 # A 3-node cluster + FRR ToR + control plane in network namespaces, left running. `make lab-down` removes it.
 lab: deps k8s build
-	CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) $(GO) run ./e2e/labctl up -nodes $(LAB_NODES) $(if $(RACKS),-racks $(RACKS)) -agent $(BIN)/canopy
+	CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) $(GO) run ./e2e/labctl up -nodes $(LAB_NODES) $(if $(RACKS),-racks $(RACKS)) $(if $(FAMILY),-family $(FAMILY)) -agent $(BIN)/canopy
 
 lab-down:
 	$(GO) run ./e2e/labctl down

@@ -21,6 +21,9 @@ import (
 // demoLBRange is where the demo's LoadBalancer addresses come from (the agents' --loadbalancer-ip-range).
 const demoLBRange = "10.200.0.0/24"
 
+// demoLBRange6 is the IPv6 LoadBalancer range of a dual-stack or IPv6-only lab (-family).
+const demoLBRange6 = "fd00:200::/120"
+
 // demo shows the product after the routing tables: canopy-controller allocating a LoadBalancer address, the ToR
 // learning the VIP from every node, a page fetched through it from the external host, and NetworkPolicy
 // refusing and then allowing that fetch — one printed line per step with its timing.

@@ -74,7 +74,16 @@ func up(ctx context.Context, args []string) error {
 	workroot := fs.String("workroot", "", "where to make the work directory canopy-lab-<prefix> (default $TMPDIR)")
 	stateRoot := fs.String("state", lab.DefaultStateRoot, "state directory")
 	force := fs.Bool("force", false, "bring up another lab even if one is up")
+	family := fs.String("family", "ipv4", "address families of the lab (single rack): ipv4, dual (IPv6 next to IPv4: pods, Services, routes of both) or ipv6 (IPv6-only: fabric, sessions, pods, Services)")
 	_ = fs.Parse(args)
+	switch *family {
+	case "ipv4", "dual", "ipv6":
+	default:
+		return fmt.Errorf("-family %q: want ipv4, dual or ipv6", *family)
+	}
+	if *family != "ipv4" && (*racks > 1 || *torKinds != "") {
+		return fmt.Errorf("-family %s: single rack with an FRR ToR only", *family)
+	}
 
 	if !*force {
 		if st, err := lab.List(*stateRoot); err == nil {
@@ -108,7 +117,7 @@ func up(ctx context.Context, args []string) error {
 		}
 	}
 	// The demo's LoadBalancer range (canopy-controller allocates from it, the agents announce it), then the caller's.
-	agentFlags := []string{"--loadbalancer-ip-range=" + demoLBRange}
+	agentFlags := []string{"--loadbalancer-ip-range=" + map[string]string{"ipv4": demoLBRange, "dual": demoLBRange + "," + demoLBRange6, "ipv6": demoLBRange6}[*family]}
 	var perRack []lab.RackConfig
 	if *racks > 1 {
 		// RFC 7938: every node peers with its own rack's ToR only, each rack's nodes in their own AS.
@@ -132,7 +141,7 @@ func up(ctx context.Context, args []string) error {
 		Nodes:     *nodes, AgentBin: *agent, AgentArgs: agentFlags,
 		Racks: *racks, PerRack: perRack,
 		Prefix: *prefix, WorkRoot: *workroot, StateRoot: *stateRoot, Keep: true,
-		Logf: log.Printf,
+		Logf: log.Printf, DualStack: *family == "dual", IPv6Only: *family == "ipv6",
 	}
 	if err := lab.Preflight(cfg); err != nil {
 		return fmt.Errorf("%w (make deps k8s)", err)
@@ -160,6 +169,10 @@ func up(ctx context.Context, args []string) error {
 	}
 	if cerr != nil {
 		return fmt.Errorf("the lab is up (make lab-down removes it), but: %w", cerr)
+	}
+	if *family == "ipv6" {
+		fmt.Println("(the Service and NetworkPolicy demo runs on IPv4 labs: this IPv6-only lab is left as it is)")
+		return nil
 	}
 	controller := filepath.Join(filepath.Dir(*agent), "canopy-controller")
 	if !fileExists(controller) {
@@ -218,16 +231,26 @@ func converge(ctx context.Context, l *lab.Lab) error {
 	}
 	var errs []error
 	for _, dst := range pods[1:] {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := retry(pctx, func() error { return pods[0].Ping(pctx, dst.IP) })
-		cancel()
-		res := "ok"
-		if err != nil {
-			res = "no reply for 10s"
-			errs = append(errs, fmt.Errorf("ping %s -> %s: no reply", pods[0].IP, dst.IP))
+		targets := []netip.Addr{dst.IP}
+		if dst.IP6.IsValid() && dst.IP6 != dst.IP { // dual stack: the pod's IPv6 address too
+			targets = append(targets, dst.IP6)
 		}
-		fmt.Printf("ping pod %s on %s (%s) -> pod %s on %s (%s): %s\n", pods[0].Name, pods[0].Node.Name, pods[0].IP,
-			dst.Name, dst.Node.Name, dst.IP, res)
+		for _, to := range targets {
+			src := pods[0].IP
+			if to.Is6() && pods[0].IP6.IsValid() {
+				src = pods[0].IP6
+			}
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := retry(pctx, func() error { return pods[0].Ping(pctx, to) })
+			cancel()
+			res := "ok"
+			if err != nil {
+				res = "no reply for 10s"
+				errs = append(errs, fmt.Errorf("ping %s -> %s: no reply", src, to))
+			}
+			fmt.Printf("ping pod %s on %s (%s) -> pod %s on %s (%s): %s\n", pods[0].Name, pods[0].Node.Name, src,
+				dst.Name, dst.Node.Name, to, res)
+		}
 	}
 	return errors.Join(errs...)
 }
