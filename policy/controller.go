@@ -133,6 +133,9 @@ func ToPodInfo(obj any) (any, error) {
 		return obj, nil
 	}
 	info := &PodInfo{Finished: p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed}
+	// Shared across pods (model.InternLabels): the pods of one ReplicaSet have the same labels, and 20,000 pods
+	// live in far fewer namespaces on far fewer nodes.
+	p.Namespace, p.Spec.NodeName, p.Labels = model.Intern(p.Namespace), model.Intern(p.Spec.NodeName), model.InternLabels(p.Labels)
 	info.Name, info.Namespace, info.Labels = p.Name, p.Namespace, p.Labels
 	info.Pod = *FromPod(p)
 	return info, nil

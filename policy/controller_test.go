@@ -248,3 +248,22 @@ func TestControllerHint(t *testing.T) {
 		t.Error("hint kept after the API caught up")
 	}
 }
+
+// TestPodInfoSharesLabels: pods with the same labels share one label map in the cache (model.InternLabels),
+// and the PodInfo still reads as the pod.
+func TestPodInfoSharesLabels(t *testing.T) {
+	mk := func(name, tier string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", Labels: map[string]string{"app": "web", "tier": tier}},
+			Spec:   corev1.PodSpec{NodeName: "n1"},
+			Status: corev1.PodStatus{PodIP: "10.244.1.5"}}
+	}
+	get := func(p *corev1.Pod) *PodInfo { o, _ := ToPodInfo(p); return o.(*PodInfo) }
+	a, b, c := get(mk("a", "web")), get(mk("b", "web")), get(mk("c", "db"))
+	if reflect.ValueOf(a.Labels).UnsafePointer() != reflect.ValueOf(b.Labels).UnsafePointer() {
+		t.Error("equal label sets are not shared")
+	}
+	if c.Labels["tier"] != "db" || a.Pod.Labels["tier"] != "web" || a.Pod.Name != "a" || a.Pod.Namespace != "ns" || a.Pod.NodeName != "n1" ||
+		a.Pod.IP.String() != "10.244.1.5" || a.Name != "a" || a.Namespace != "ns" {
+		t.Errorf("PodInfo: %+v %+v", a, c)
+	}
+}

@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -19,7 +20,15 @@ import (
 //     status.addresses stay (what NodeIP, NodeAddresses, PodCIDRs, NodeChanged and the BGP, routes, policy and
 //     node setup controllers read; no one writes a Node from the cache).
 //   - EndpointSlice: each endpoint's targetRef, hints, zone and deprecatedTopology go (the Service model reads
-//     addresses, conditions and nodeName).
+//     addresses, conditions and nodeName), and so do ownerReferences, generateName, finalizers, every label but
+//     kubernetes.io/service-name and every annotation but the canopy.io ones (no one writes a slice).
+//   - Namespace, NetworkPolicy: every annotation but the canopy.io ones (kubectl's last-applied-configuration
+//     is a copy of the whole object; no one writes them). Not Services: the LoadBalancer allocator updates a
+//     Service's status from a cached copy, and a status update writes the labels and annotations it carries.
+//
+// What repeats across objects is shared (intern.go): namespace names, node names and label strings, a slice's
+// service-name label set, node name and port name pointers, and its endpoints' condition pointers. Cached
+// objects are read-only: nothing may write through them.
 //
 // Objects are transformed in place (the informer hands the transform a fresh object); tombstones and other
 // types pass with only their managedFields dropped.
@@ -33,28 +42,67 @@ func Transform(obj any) (any, error) {
 	case *corev1.Node:
 		return slimNode(o), nil
 	case *discoveryv1.EndpointSlice:
-		for i := range o.Endpoints {
-			e := &o.Endpoints[i]
-			e.TargetRef, e.Hints, e.Zone, e.DeprecatedTopology = nil, nil, nil, nil
-		}
+		slimSlice(o)
+	case *corev1.Namespace:
+		o.Annotations = canopyAnnotations(o.Annotations)
+	case *networkingv1.NetworkPolicy:
+		o.Namespace = Intern(o.Namespace)
+		o.Annotations = canopyAnnotations(o.Annotations)
+	case *corev1.Service:
+		o.Namespace = Intern(o.Namespace)
 	}
 	return obj, nil
+}
+
+// slimSlice drops from an EndpointSlice what the Service model does not read and shares what repeats (see
+// Transform).
+func slimSlice(o *discoveryv1.EndpointSlice) {
+	o.Namespace = Intern(o.Namespace)
+	o.GenerateName, o.OwnerReferences, o.Finalizers = "", nil, nil
+	o.Annotations = canopyAnnotations(o.Annotations)
+	if svc, ok := o.Labels[discoveryv1.LabelServiceName]; ok {
+		o.Labels = InternLabels(map[string]string{discoveryv1.LabelServiceName: svc})
+	} else {
+		o.Labels = nil
+	}
+	for i := range o.Ports {
+		p := &o.Ports[i]
+		p.Name, p.AppProtocol = internPtr(p.Name), internPtr(p.AppProtocol)
+		if p.Protocol != nil {
+			p.Protocol = protocolPtr(*p.Protocol)
+		}
+	}
+	for i := range o.Endpoints {
+		e := &o.Endpoints[i]
+		e.TargetRef, e.Hints, e.Zone, e.DeprecatedTopology = nil, nil, nil, nil
+		e.NodeName, e.Hostname = internPtr(e.NodeName), internPtr(e.Hostname)
+		c := &e.Conditions
+		c.Ready, c.Serving, c.Terminating = internBool(c.Ready), internBool(c.Serving), internBool(c.Terminating)
+	}
+}
+
+// canopyAnnotations is a (without what no one reads: every annotation but the canopy.io/ ones, e.g. kubectl's
+// last-applied-configuration, a copy of the whole object), nil if none is left.
+func canopyAnnotations(a map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range a {
+		if strings.Contains(k, AnnotationPrefix) {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // slimNode is n with only what the agent reads (see Transform).
 func slimNode(n *corev1.Node) *corev1.Node {
 	out := &corev1.Node{TypeMeta: n.TypeMeta, ObjectMeta: metav1.ObjectMeta{
 		Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion, Generation: n.Generation,
-		CreationTimestamp: n.CreationTimestamp, DeletionTimestamp: n.DeletionTimestamp, Labels: n.Labels,
+		CreationTimestamp: n.CreationTimestamp, DeletionTimestamp: n.DeletionTimestamp, Labels: internStrings(n.Labels),
 	}}
-	for k, v := range n.Annotations {
-		if strings.Contains(k, "canopy.io/") {
-			if out.Annotations == nil {
-				out.Annotations = map[string]string{}
-			}
-			out.Annotations[k] = v
-		}
-	}
+	out.Annotations = canopyAnnotations(n.Annotations)
 	out.Spec.PodCIDR, out.Spec.PodCIDRs = n.Spec.PodCIDR, n.Spec.PodCIDRs
 	out.Status.Addresses = n.Status.Addresses
 	return out

@@ -1,10 +1,12 @@
 package model
 
 import (
+	"reflect"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -62,5 +64,46 @@ func TestTransformSliceAndOthers(t *testing.T) {
 	tomb := cache.DeletedFinalStateUnknown{Key: "x", Obj: svc}
 	if out, err := Transform(tomb); err != nil || out.(cache.DeletedFinalStateUnknown).Key != "x" {
 		t.Errorf("tombstone: %v %v", out, err)
+	}
+}
+
+func TestTransformSharesAndStrips(t *testing.T) {
+	mk := func(name, node string) *discoveryv1.EndpointSlice {
+		yes, no, port, http, tcp := true, false, int32(8080), "http", corev1.ProtocolTCP
+		return &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", GenerateName: "svc-",
+			Labels:          map[string]string{discoveryv1.LabelServiceName: "svc", discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"},
+			Annotations:     map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "x", "canopy.io/x": "y"},
+			OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "svc"}}},
+			Ports: []discoveryv1.EndpointPort{{Name: &http, Port: &port, Protocol: &tcp}},
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node,
+				Conditions: discoveryv1.EndpointConditions{Ready: &yes, Serving: &yes, Terminating: &no}}}}
+	}
+	a, _ := Transform(mk("a", "n1"))
+	b, _ := Transform(mk("b", "n1"))
+	sa, sb := a.(*discoveryv1.EndpointSlice), b.(*discoveryv1.EndpointSlice)
+	if len(sa.Labels) != 1 || sa.Labels[discoveryv1.LabelServiceName] != "svc" || len(sa.OwnerReferences) != 0 || sa.GenerateName != "" ||
+		len(sa.Annotations) != 1 || sa.Annotations["canopy.io/x"] != "y" {
+		t.Errorf("slice meta: %+v", sa.ObjectMeta)
+	}
+	ea, eb := sa.Endpoints[0], sb.Endpoints[0]
+	if ea.NodeName != eb.NodeName || *ea.NodeName != "n1" || ea.Conditions.Ready != eb.Conditions.Ready || !*ea.Conditions.Ready ||
+		!*ea.Conditions.Serving || *ea.Conditions.Terminating || sa.Ports[0].Name != sb.Ports[0].Name || *sa.Ports[0].Name != "http" ||
+		*sa.Ports[0].Protocol != corev1.ProtocolTCP || *sa.Ports[0].Port != 8080 {
+		t.Errorf("endpoints not shared or changed: %+v %+v", ea, sa.Ports)
+	}
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns",
+		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{...}"}}}
+	out, _ := Transform(np)
+	if g := out.(*networkingv1.NetworkPolicy); g.Annotations != nil || g.Name != "p" {
+		t.Errorf("policy: %+v", g.ObjectMeta)
+	}
+	l1 := InternLabels(map[string]string{"app": "a", "tier": "web"})
+	l2 := InternLabels(map[string]string{"tier": "web", "app": "a"})
+	l3 := InternLabels(map[string]string{"app": "a", "tier": "db"})
+	if reflect.ValueOf(l1).UnsafePointer() != reflect.ValueOf(l2).UnsafePointer() || l3["tier"] != "db" || len(l1) != 2 || l1["tier"] != "web" {
+		t.Errorf("InternLabels: %v %v %v", l1, l2, l3)
+	}
+	if InternLabels(nil) != nil {
+		t.Error("InternLabels(nil) is not nil")
 	}
 }
