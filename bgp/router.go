@@ -188,6 +188,7 @@ type GoBGP struct {
 	cfg   GlobalConfig
 	guard *prefixGuard // each peer's MaxPrefixes
 	stop  context.CancelFunc
+	adv   advertised // the last count of what each peer is sent (Peers)
 }
 
 // StartGoBGP starts an embedded GoBGP server with the global config, multipath on, and the local-only export policy.
