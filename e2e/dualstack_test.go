@@ -241,7 +241,8 @@ func sourceSeenAt(t *testing.T, server *lab.Host, addr netip.Addr, client *lab.P
 // ToR's namespace to each IPv6 VIP (and to the IPv4 ClusterIP) reaches both backend pods (the nodes' IPv6
 // proxy). With externalTrafficPolicy Local only the nodes with a local IPv6 endpoint announce the IPv6
 // ExternalIP and the backend sees the client's own address. A RequireDualStack LoadBalancer Service gets an
-// address of each family from the allocator, and its IPv6 one is announced and reachable the same way. Deleting the Services withdraws the /128s. Times are logged.
+// address of each family from the allocator, and its IPv6 one is announced and reachable the same way, and both
+// of its addresses from the external host. Deleting the Services withdraws the /128s. Times are logged.
 func TestDualStackServiceVIPs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: this test brings up a lab of its own")
@@ -457,6 +458,31 @@ func TestDualStackServiceVIPs(t *testing.T) {
 	reachesBoth(lbAddr)
 	t.Logf("TCP from the ToR to %s answered by both backends in %s", lbAddr, time.Since(t4).Round(time.Millisecond))
 	vips6 = append(vips6, lbVIP6)
+
+	// From the external host (a client outside the rack, behind the ToR): both LoadBalancer IPs, IPv6 and IPv4,
+	// reach both backends. The nodes reach its links through the ToR, as a real node's uplink would (the routes
+	// live in the lab's namespaces).
+	for _, n := range l.Nodes {
+		for _, r := range [][]string{
+			{"ip", "route", "replace", l.Config().ExternalCIDR.String(), "via", l.ToR.IP.String()},
+			{"ip", "-6", "route", "replace", lab.ExternalCIDR6.String(), "via", l.ToR.IP6().String()},
+		} {
+			if out, err := n.Exec(context.Background(), r...); err != nil {
+				t.Fatalf("%s: %v: %v: %s", n.Name, r, err, out)
+			}
+		}
+	}
+	for _, vip := range []netip.Addr{lb6, lb4} {
+		t5 := time.Now()
+		addr := net.JoinHostPort(vip.String(), "80")
+		eventually(t, 30*time.Second, "TCP from the external host to "+addr+" reaches both backends", func(ctx context.Context) error {
+			if s := spread(t, l.Ext, addr, 16); s["va"] == 0 || s["vb"] == 0 {
+				return fmt.Errorf("answers %v", s)
+			}
+			return nil
+		})
+		t.Logf("TCP from the external host (%s, %s) to %s answered by both backends in %s", l.Ext.IP, l.Ext.IP6(), addr, time.Since(t5).Round(time.Millisecond))
+	}
 
 	t2 := time.Now()
 	for _, name := range []string{"vip6", "etp6", "lb6"} {
