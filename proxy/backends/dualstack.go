@@ -66,7 +66,7 @@ func NewIPVS(cfg Config) (proxy.Backend, error) {
 // keeping one table for both families) and nothing where the tool is missing.
 func Cleanup6(cfg Config, mode string) error {
 	switch mode {
-	case IPVS:
+	case IPVS, IPTables:
 		if _, err := exec.LookPath("ip6tables"); err != nil {
 			return nil
 		}
@@ -78,18 +78,8 @@ func Cleanup6(cfg Config, mode string) error {
 		if err != nil {
 			return err
 		}
-		return ipvsproxy.RemoveMasq(h6)
-	case IPTables:
-		if _, err := exec.LookPath("ip6tables"); err != nil {
-			return nil
-		}
-		f := ipt.Detect()
-		if cfg.IPT != nil {
-			f = cfg.IPT.Flavour
-		}
-		h6, err := ipt.OpenFlavour6(f)
-		if err != nil {
-			return err
+		if mode == IPVS {
+			return ipvsproxy.RemoveMasq(h6)
 		}
 		return iptproxy.NewOn6(iptables(cfg), h6, cfg.Log).Cleanup()
 	case NFTables:
