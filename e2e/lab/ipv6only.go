@@ -121,26 +121,5 @@ func (c Config) bindAddress() string {
 // bgpdConf6 is the IPv6-only ToR's bgpd.conf: the single-rack one with an IPv4 router ID of its own, no IPv4
 // unicast by default, and the node peer group (an IPv6 listen range) in address-family ipv6 unicast.
 func (t *ToR) bgpdConf6(subnet netip.Prefix) string {
-	return fmt.Sprintf(`hostname %[1]s
-log timestamp precision 3
-router bgp %[2]d
- bgp router-id %[3]s
- no bgp default ipv4-unicast
- no bgp ebgp-requires-policy
- no bgp network import-check
- bgp bestpath as-path multipath-relax
- bgp log-neighbor-changes
- timers bgp 3 9
- neighbor %[4]s peer-group
- neighbor %[4]s remote-as external
- neighbor %[4]s ttl-security hops 1
- neighbor %[4]s bfd profile canopy
- bgp listen range %[5]s peer-group %[4]s
- address-family ipv6 unicast
-  neighbor %[4]s activate
-  neighbor %[4]s as-override
-  maximum-paths 16
- exit-address-family
-exit
-`, t.NS, t.ASN, torRouterID6, peerGroup, subnet)
+	return t.singleRackConf(subnet, torRouterID6, " no bgp default ipv4-unicast\n", "ipv6")
 }

@@ -87,11 +87,17 @@ func (t *ToR) bgpdConf(c Config) string {
 }
 
 func (t *ToR) baseBgpdConf(subnet netip.Prefix) string {
+	return t.singleRackConf(subnet, t.IP.String(), "", "ipv4")
+}
+
+// singleRackConf is the single-rack ToR's bgpd.conf: router ID routerID, extra global lines (each ending in a
+// newline) after it, and the node peer group (listen range subnet) in address-family <family> unicast.
+func (t *ToR) singleRackConf(subnet netip.Prefix, routerID, extra, family string) string {
 	return fmt.Sprintf(`hostname %[1]s
 log timestamp precision 3
 router bgp %[2]d
  bgp router-id %[3]s
- no bgp ebgp-requires-policy
+%[6]s no bgp ebgp-requires-policy
  no bgp network import-check
  bgp bestpath as-path multipath-relax
  bgp log-neighbor-changes
@@ -101,13 +107,13 @@ router bgp %[2]d
  neighbor %[4]s ttl-security hops 1
  neighbor %[4]s bfd profile canopy
  bgp listen range %[5]s peer-group %[4]s
- address-family ipv4 unicast
+ address-family %[7]s unicast
   neighbor %[4]s activate
   neighbor %[4]s as-override
   maximum-paths 16
  exit-address-family
 exit
-`, t.NS, t.ASN, t.IP, peerGroup, subnet)
+`, t.NS, t.ASN, routerID, peerGroup, subnet, extra, family)
 }
 
 // startFRR starts the ToRs and the spine (racks.go); the name stays from the single-rack days.
