@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -99,7 +100,9 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return fmt.Errorf("kubernetes client config: %w", err)
 	}
 	rc.UserAgent = "canopy-controller/" + a.Identity
-	rc.QPS, rc.Burst = 20, 50 // a burst of new Services is one status update each
+	rc.QPS, rc.Burst = 20, 50                     // a burst of new Services is one status update each
+	rc.ContentType = kruntime.ContentTypeProtobuf // built-in types only, as the agent's typed client
+	rc.AcceptContentTypes = kruntime.ContentTypeProtobuf + "," + kruntime.ContentTypeJSON
 	kube, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err
