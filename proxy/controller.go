@@ -56,6 +56,16 @@ type Controller struct {
 	dirty       map[string]bool
 	lastDirty   time.Time
 	quiet, hold time.Duration
+
+	// Pacing: debt is SyncPace times the back end's time in syncs, paid back by the time between them. A
+	// sync waits until the debt is down to SyncCredit (at most SyncPaceMax). A lone change, or a Service
+	// and then its slice, sync at once; under a stream of changes (a bulk load, churn) the back end is busy
+	// at most 1/(SyncPace+1) of the time, each sync taking everything that came meanwhile. At 10,000
+	// Services every nftables transaction costs the kernel ~50 ms of table validation whatever its size, so
+	// fewer, larger transactions are most of what a bulk load costs (kube-proxy's minSyncPeriod, adaptive).
+	debt   time.Duration
+	debtAt time.Time
+	pace   int
 }
 
 // Coalescing defaults (Controller.quiet and hold): a lone change waits SyncQuiet, a burst at most SyncHold.
@@ -64,12 +74,19 @@ const (
 	SyncHold  = 30 * time.Millisecond
 )
 
+// Pacing defaults (see Controller.debt).
+const (
+	SyncPace    = 9
+	SyncCredit  = 500 * time.Millisecond
+	SyncPaceMax = time.Second
+)
+
 // NewController subscribes to the tracker. repair > 0 re-applies every port that often (the back end repairs
 // drift without rewriting what is right). health (nil = none) follows the Local LoadBalancer services.
 func NewController(tracker *model.ServiceTracker, backend Backend, health *HealthChecks, repair time.Duration, log *slog.Logger) *Controller {
 	c := &Controller{backend: backend, tracker: tracker, health: health, log: log,
 		desired: map[string]*model.ServicePort{}, bySvc: map[string][]string{},
-		dirty: map[string]bool{}, quiet: SyncQuiet, hold: SyncHold}
+		dirty: map[string]bool{}, quiet: SyncQuiet, hold: SyncHold, pace: SyncPace}
 	syncErrors.WithLabelValues(backend.Name()) // the series exists from the start (0)
 	c.ctrl = controller.New(controller.Config{
 		Name: "proxy", Synced: []cache.InformerSynced{tracker.HasSynced},
@@ -105,6 +122,7 @@ func (c *Controller) takeDirty(keys []string) []string {
 	for {
 		now := time.Now()
 		wait := min(c.quiet-now.Sub(c.lastDirty), deadline.Sub(now))
+		wait = max(wait, c.paceWait(now))
 		if wait <= 0 {
 			break
 		}
@@ -119,6 +137,21 @@ func (c *Controller) takeDirty(keys []string) []string {
 	clear(c.dirty)
 	slices.Sort(taken)
 	return taken
+}
+
+// paceWait is how long a sync must still wait for the debt to fall to SyncCredit (c.dmu held).
+func (c *Controller) paceWait(now time.Time) time.Duration {
+	return c.debt - now.Sub(c.debtAt) - SyncCredit
+}
+
+// paid adds a sync that took took to the debt.
+func (c *Controller) paid(took time.Duration) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	now := time.Now()
+	c.debt = max(0, c.debt-now.Sub(c.debtAt)) + time.Duration(c.pace)*took
+	c.debt = min(c.debt, SyncCredit+SyncPaceMax)
+	c.debtAt = now
 }
 
 // redirty gives keys back after a failed sync (the retry takes them again).
@@ -216,7 +249,9 @@ func (c *Controller) apply(keys []string, force bool) error {
 	}
 	t0 := time.Now()
 	err := c.backend.Sync(c.desired, changed)
-	syncDuration.WithLabelValues(c.backend.Name()).Observe(time.Since(t0).Seconds())
+	took := time.Since(t0)
+	c.paid(took)
+	syncDuration.WithLabelValues(c.backend.Name()).Observe(took.Seconds())
 	if err != nil {
 		syncErrors.WithLabelValues(c.backend.Name()).Inc()
 		return err

@@ -276,3 +276,81 @@ func TestControllerCoalesces(t *testing.T) {
 		t.Errorf("a lone deletion made %d syncs", n)
 	}
 }
+
+// slowBackend takes d per Sync, like a kernel that validates a large table on every transaction.
+type slowBackend struct {
+	recordingBackend
+	d time.Duration
+}
+
+func (s *slowBackend) Sync(desired map[string]*model.ServicePort, changed []string) error {
+	time.Sleep(s.d)
+	return s.recordingBackend.Sync(desired, changed)
+}
+
+// TestControllerPaces: under a stream of changes the back end syncs far less often than the coalescing alone
+// would make it (each sync taking what came meanwhile), every change still arrives, and a lone change after
+// the stream syncs without waiting out the stream's pace.
+func TestControllerPaces(t *testing.T) {
+	kube := fake.NewSimpleClientset()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be := &slowBackend{d: 40 * time.Millisecond}
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
+	c := NewController(tracker, be, nil, 0, log)
+	factory.Start(ctx.Done())
+	go tracker.Run(ctx)
+	go c.Run(ctx)
+	syncs := func() int { be.mu.Lock(); defer be.mu.Unlock(); return len(be.syncs) }
+	programmed := func(key string) bool { be.mu.Lock(); defer be.mu.Unlock(); return be.have[key] != nil }
+	waitFor := func(what string, f func() bool) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		for deadline := t0.Add(30 * time.Second); !f(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out: %s", what)
+			}
+		}
+		return time.Since(t0)
+	}
+	waitFor("the first sync", func() bool { return syncs() == 1 })
+
+	// 100 Services, one every 20 ms (2 s): coalescing alone (quiet 10 ms, hold 30 ms, 40 ms per sync) syncs
+	// about every 70 ms, 28 times; paced (9x each sync's time, 500 ms credit) about 7 times.
+	before := syncs()
+	t0 := time.Now()
+	const n = 100
+	for i := range n {
+		if _, err := kube.CoreV1().Services("d").Create(ctx, testService("d", fmt.Sprintf("s%d", i), fmt.Sprintf("10.96.1.%d", i+1)), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stream := time.Since(t0)
+	waitFor("every Service of the stream", func() bool { return programmed(fmt.Sprintf("d/s%d:http/TCP", n-1)) })
+	for i := range n {
+		if !programmed(fmt.Sprintf("d/s%d:http/TCP", i)) {
+			t.Errorf("service d/s%d was not programmed", i)
+		}
+	}
+	got := syncs() - before
+	t.Logf("%d Services over %v: %d syncs of %v", n, stream.Round(time.Millisecond), got, be.d)
+	if limit := int(stream/(time.Duration(SyncPace)*be.d)) + 4; got > limit {
+		t.Errorf("%d syncs for a stream of %v, want at most %d (one per %v of back-end time x %d, plus the credit)", got, stream, limit, be.d, SyncPace)
+	}
+
+	// After a pause the debt is paid: a lone change waits only the quiet time (and the back end's own).
+	time.Sleep(SyncCredit + SyncPaceMax)
+	if _, err := kube.CoreV1().Services("d").Create(ctx, testService("d", "lone", "10.96.2.1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	took := waitFor("the lone Service", func() bool { return programmed("d/lone:http/TCP") })
+	if took > 400*time.Millisecond {
+		t.Logf("a lone change took %v (a loaded machine?)", took)
+	}
+	if took > SyncPaceMax {
+		t.Errorf("a lone change after a pause took %v: the stream's pace held it", took)
+	}
+}
