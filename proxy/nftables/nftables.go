@@ -199,7 +199,7 @@ func newFamily(cfg Config, fam family, nft knftables.Interface, ct Conntrack, lo
 // NewHost returns a proxier on the nftables of the calling thread's network namespace (the nft binary through
 // knftables, netlink conntrack cleanup). Every later call must run in that namespace too.
 func NewHost(cfg Config, log *slog.Logger) (*Proxier, error) {
-	nft, err := knftables.New(ipv4.nft, TableName)
+	nft, err := newNFTCmd(ipv4)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +210,7 @@ func NewHost(cfg Config, log *slog.Logger) (*Proxier, error) {
 
 // NewHost6 is NewHost for IPv6: table `ip6 canopy`, IPv6 conntrack cleanup.
 func NewHost6(cfg Config, log *slog.Logger) (*Proxier, error) {
-	nft, err := knftables.New(ipv6.nft, TableName)
+	nft, err := newNFTCmd(ipv6)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,47 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/knftables"
+
+	"canopy.io/canopy/internal/testsupport/testns"
+)
+
+// TestNFTCmdBigTransactions: a bulk load through NewHost goes through nftCmd's own nft process (not knftables'
+// kept buffer) and lands whole; a failing large transaction returns nft's own message.
+func TestNFTCmdBigTransactions(t *testing.T) {
+	requireNft(t)
+	ns := testns.New(t, "nft-big")
+	const n = 400
+	d, keys := benchServices(n)
+	var p *Proxier
+	if err := ns.Do(func() (err error) {
+		if p, err = NewHost(Config{}, nil); err != nil {
+			return err
+		}
+		return p.Sync(d, keys)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := p.nft.(*nftCmd)
+	if cmd.bigRuns == 0 {
+		t.Errorf("a load of %d service ports made no transaction of %d operations or more", n, bigRunOps)
+	}
+	out := ns.MustRun(t, "nft", "list", "map", "ip", TableName, MapServiceIPs)
+	if got := strings.Count(out, "goto svc-"); got != n {
+		t.Errorf("service-ips holds %d services, want %d", got, n)
+	}
+
+	tx := cmd.NewTransaction()
+	for i := range bigRunOps {
+		tx.Add(&knftables.Element{Map: "no-such-map", Key: []string{fmt.Sprintf("10.1.%d.%d", i/250, i%250+1), "tcp", "80"}, Value: []string{"drop"}})
+	}
+	err := ns.Do(func() error { return cmd.Run(context.Background(), tx) })
+	if err == nil || !strings.Contains(err.Error(), "no-such-map") {
+		t.Errorf("a large transaction on a missing map: %v, want nft's error naming it", err)
+	}
+}
