@@ -15,6 +15,7 @@ package nftables
 // load and repairs, where nft's cache fetch is paid once for thousands of operations).
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -518,6 +519,128 @@ func (t *nlTransport) names() (chains, sets, maps []string, exists bool, err err
 		}
 	}
 	return chains, sets, maps, true, nil
+}
+
+// mapElements lists the elements of one of the shared verdict maps over netlink, as `nft list map` would
+// (what knftables' ListElements gives): nft 1.0.6 reads every chain of the table first, 1-2 s for each of
+// the four maps at 10,000 services with 50,000 endpoints, at every start.
+func (t *nlTransport) mapElements(m string) ([]elemPlan, error) {
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(t.table.Name + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(m + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := t.dump(unix.NFT_MSG_GETSETELEM, attrs)
+	if err != nil {
+		return nil, fmt.Errorf("dumping map %s: %w", m, err)
+	}
+	var out []elemPlan
+	for _, msg := range msgs {
+		list := attrBytes(msg, unix.NFTA_SET_ELEM_LIST_ELEMENTS)
+		if list == nil {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(list)
+		if err != nil {
+			return nil, err
+		}
+		for ad.Next() {
+			if ad.Type() != unix.NFTA_LIST_ELEM {
+				continue
+			}
+			e, err := t.decodeElem(m, ad.Bytes())
+			if err != nil {
+				return nil, fmt.Errorf("map %s: %w", m, err)
+			}
+			out = append(out, e)
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// decodeElem reads one element of a shared map (elemKey's key, a verdict).
+func (t *nlTransport) decodeElem(m string, b []byte) (elemPlan, error) {
+	e := elemPlan{m: m}
+	var key []byte
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return e, err
+	}
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_SET_ELEM_KEY:
+			key = nestedAttr(ad.Bytes(), unix.NFTA_DATA_VALUE)
+		case unix.NFTA_SET_ELEM_DATA:
+			v := nestedAttr(ad.Bytes(), unix.NFTA_DATA_VERDICT)
+			code := nestedAttr(v, unix.NFTA_VERDICT_CODE)
+			if len(code) != 4 {
+				return e, fmt.Errorf("an element without a verdict")
+			}
+			chain := string(bytes.TrimRight(nestedAttr(v, unix.NFTA_VERDICT_CHAIN), "\x00"))
+			switch c := int32(binary.BigEndian.Uint32(code)); c {
+			case unix.NFT_GOTO:
+				e.value = "goto " + chain
+			case unix.NFT_JUMP:
+				e.value = "jump " + chain
+			case unix.NFT_RETURN:
+				e.value = "return"
+			case 0: // NF_DROP
+				e.value = "drop"
+			case 1: // NF_ACCEPT
+				e.value = "accept"
+			default:
+				return e, fmt.Errorf("verdict %d", c)
+			}
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return e, err
+	}
+	alen := 4
+	if t.fam.nft == knftables.IPv6Family {
+		alen = 16
+	}
+	switch len(key) {
+	case alen + 8:
+		a, _ := netip.AddrFromSlice(key[:alen])
+		e.key = append(e.key, a.String())
+		key = key[alen:]
+	case 8:
+	default:
+		return e, fmt.Errorf("a key of %d bytes", len(key))
+	}
+	var proto string
+	switch key[0] {
+	case unix.IPPROTO_TCP:
+		proto = "tcp"
+	case unix.IPPROTO_UDP:
+		proto = "udp"
+	case unix.IPPROTO_SCTP:
+		proto = "sctp"
+	default:
+		proto = strconv.Itoa(int(key[0]))
+	}
+	e.key = append(e.key, proto, strconv.Itoa(int(key[4])<<8|int(key[5])))
+	return e, nil
+}
+
+// nestedAttr is the first attribute typ inside b, nil if none.
+func nestedAttr(b []byte, typ uint16) []byte {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return nil
+	}
+	for ad.Next() {
+		if ad.Type() == typ {
+			return ad.Bytes()
+		}
+	}
+	return nil
 }
 
 // attrBytes is the first attribute typ of a message payload (after the nfgenmsg header), nil if none.

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -155,6 +156,31 @@ func TestNetlinkMatchesNft(t *testing.T) {
 				sync(nsNft, pNft, keys)
 				if got, want := list(nsNL), list(nsNft); got != want {
 					t.Fatalf("step %d (%s): the netlink transport wrote\n%s\n\nnft wrote\n%s", i, keys, got, want)
+				}
+				// The maps' elements read over netlink (as a restart does) are what nft lists.
+				for _, m := range sharedMaps {
+					var got, want []string
+					if err := nsNL.Do(func() error {
+						els, err := pNL.nl.mapElements(m)
+						for _, e := range els {
+							got = append(got, e.id()+" : "+e.value)
+						}
+						if err != nil {
+							return err
+						}
+						kels, err := pNL.nft.ListElements(context.Background(), "map", m)
+						for _, e := range kels {
+							want = append(want, elemPlan{m: m, key: e.Key, value: strings.Join(e.Value, " . ")}.id()+" : "+strings.Join(e.Value, " . "))
+						}
+						return err
+					}); err != nil {
+						t.Fatalf("step %d, map %s: %v", i, m, err)
+					}
+					slices.Sort(got)
+					slices.Sort(want)
+					if !slices.Equal(got, want) {
+						t.Fatalf("step %d, map %s: over netlink\n%s\nnft lists\n%s", i, m, strings.Join(got, "\n"), strings.Join(want, "\n"))
+					}
 				}
 			}
 			// The 20-endpoint port has a numgen vmap: nft wrote that transaction; the seed's and every other

@@ -372,12 +372,20 @@ func (p *Proxier) inventory(ctx context.Context) error {
 			staticOK = false
 			continue
 		}
-		els, err := p.nft.ListElements(ctx, "map", m)
+		var els []elemPlan
+		if p.nl != nil {
+			els, err = p.nl.mapElements(m)
+		} else {
+			var kels []*knftables.Element
+			kels, err = p.nft.ListElements(ctx, "map", m)
+			for _, e := range kels {
+				els = append(els, elemPlan{m: m, key: e.Key, value: strings.Join(e.Value, " . ")})
+			}
+		}
 		if err != nil {
 			return err
 		}
-		for _, e := range els {
-			ep := elemPlan{m: m, key: e.Key, value: strings.Join(e.Value, " . ")}
+		for _, ep := range els {
 			newElems[ep.id()] = ep
 		}
 	}
