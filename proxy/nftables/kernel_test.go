@@ -374,11 +374,17 @@ func TestKernelRestart(t *testing.T) {
 	if err := l.node.Do(func() (err error) { p2, err = NewHost(cfg, nil); return err }); err != nil {
 		t.Fatal(err)
 	}
+	counted := &countingNFT{Interface: p2.nft}
+	p2.nft = counted
 	if err := l.node.Do(p2.Start); err != nil {
 		t.Fatal(err)
 	}
 	if names, _ := askN(t, l.client, "10.96.0.21:80", 2); names["be2"] != 2 {
 		t.Errorf("after Start: %v", names)
+	}
+	// The shared objects were left as this configuration writes them: Start wrote nothing.
+	if !p2.staticCurrent || counted.ops != 0 {
+		t.Errorf("Start over the same configuration's table: shared objects current %v, %d operations written, want true and 0", p2.staticCurrent, counted.ops)
 	}
 	if err := l.node.Do(func() error { return p2.Sync(desired, []string{a.Key}) }); err != nil {
 		t.Fatal(err)
@@ -406,6 +412,25 @@ func TestKernelRestart(t *testing.T) {
 	}
 	if names, _ := askN(t, l.client, "10.96.0.20:80", 2); names["be1"] != 2 {
 		t.Errorf("after the repair: %v", names)
+	}
+
+	// Another configuration (node ports on one address): Start rewrites the shared objects.
+	cfg3 := cfg
+	cfg3.NodeIPs = []netip.Addr{netip.MustParseAddr(nodeIP)}
+	var p3 *Proxier
+	if err := l.node.Do(func() (err error) {
+		if p3, err = NewHost(cfg3, nil); err != nil {
+			return err
+		}
+		return p3.Start()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if p3.staticCurrent {
+		t.Error("Start with another configuration found the shared objects current")
+	}
+	if s := l.node.MustRun(t, "nft", "list", "set", "ip", TableName, SetNodePortIPs); !strings.Contains(s, nodeIP) {
+		t.Errorf("nodeport-ips after a restart with NodeIPs %s:\n%s", nodeIP, s)
 	}
 }
 

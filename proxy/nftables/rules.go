@@ -468,8 +468,18 @@ func (p *Proxier) isStaticChain(name string) bool {
 }
 
 // addStatic writes the table and its shared objects into tx: the maps and sets are only added (their
-// elements stay), the shared chains are rewritten (flush and add, atomic with the rest of tx).
-func (p *Proxier) addStatic(tx *knftables.Transaction) {
+// elements stay), the shared chains are rewritten (flush and add, atomic with the rest of tx). The first
+// base chain's rule carries staticHash in its comment (see inventory).
+func (p *Proxier) addStatic(tx *knftables.Transaction) { p.writeStatic(tx, true) }
+
+// hashStatic is the hash of what addStatic writes (but the comment that carries it).
+func (p *Proxier) hashStatic() uint64 {
+	tx := p.nft.NewTransaction()
+	p.writeStatic(tx, false)
+	return hashRules([]string{tx.String()})
+}
+
+func (p *Proxier) writeStatic(tx *knftables.Transaction, comment bool) {
 	tx.Add(&knftables.Table{Comment: knftables.PtrTo("canopy service proxy")})
 	addr := p.fam.addrType
 	for _, m := range []struct{ name, typ string }{
@@ -500,6 +510,10 @@ func (p *Proxier) addStatic(tx *knftables.Transaction) {
 		ch := &knftables.Chain{Name: b.name, Type: knftables.PtrTo(b.typ), Hook: knftables.PtrTo(b.hook), Priority: knftables.PtrTo(b.priority)}
 		tx.Add(ch)
 		tx.Flush(ch)
-		tx.Add(&knftables.Rule{Chain: b.name, Rule: b.rule})
+		r := &knftables.Rule{Chain: b.name, Rule: b.rule}
+		if comment && b.name == baseChains[0].name {
+			r.Comment = knftables.PtrTo(hashComment(p.staticHash, 1))
+		}
+		tx.Add(r)
 	}
 }
