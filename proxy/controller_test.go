@@ -317,8 +317,8 @@ func TestControllerPaces(t *testing.T) {
 	}
 	waitFor("the first sync", func() bool { return syncs() == 1 })
 
-	// 100 Services, one every 20 ms (2 s): coalescing alone (quiet 10 ms, hold 30 ms, 40 ms per sync) syncs
-	// about every 70 ms, 28 times; paced (9x each sync's time, 500 ms credit) about 7 times.
+	// 100 Services, one every 20 ms (2 s): coalescing alone (quiet 10 ms, 40 ms per sync) synced 50 times;
+	// paced (9x each sync's time, after 500 ms of credit) 8 times.
 	before := syncs()
 	t0 := time.Now()
 	const n = 100
@@ -337,7 +337,7 @@ func TestControllerPaces(t *testing.T) {
 	}
 	got := syncs() - before
 	t.Logf("%d Services over %v: %d syncs of %v", n, stream.Round(time.Millisecond), got, be.d)
-	if limit := int(stream/(time.Duration(SyncPace)*be.d)) + 4; got > limit {
+	if limit := int(stream/(time.Duration(SyncPace)*be.d)) + 6; got > limit { // unpaced: about 50
 		t.Errorf("%d syncs for a stream of %v, want at most %d (one per %v of back-end time x %d, plus the credit)", got, stream, limit, be.d, SyncPace)
 	}
 
