@@ -159,7 +159,8 @@ func BenchmarkAgentAtScale(b *testing.B) {
 		res.rssChurn = m["process_resident_memory_bytes"]
 	}
 
-	// +1 Service at N, API write to kernel.
+	// +1 Service at N, API write to kernel: a lone change, once the churn's pace is paid (proxy.SyncPaceMax).
+	time.Sleep(2 * time.Second)
 	probe := newSBSProbe(b, node, true, mode)
 	m0, _ := metrics(ctx, node)
 	for k := range sbsSamples {

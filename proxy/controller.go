@@ -58,14 +58,16 @@ type Controller struct {
 	quiet, hold time.Duration
 
 	// Pacing: debt is SyncPace times the back end's time in syncs, paid back by the time between them. A
-	// sync waits until the debt is down to SyncCredit (at most SyncPaceMax). A lone change, or a Service
-	// and then its slice, sync at once; under a stream of changes (a bulk load, churn) the back end is busy
-	// at most 1/(SyncPace+1) of the time, each sync taking everything that came meanwhile. At 10,000
-	// Services every nftables transaction costs the kernel ~50 ms of table validation whatever its size, so
-	// fewer, larger transactions are most of what a bulk load costs (kube-proxy's minSyncPeriod, adaptive).
-	debt   time.Duration
-	debtAt time.Time
-	pace   int
+	// sync waits until the debt is down to the credit (SyncBurst syncs like the last one, at least
+	// SyncCredit), at most SyncPaceMax. A lone change, or a Service and then its slice, sync at once; under
+	// a stream of changes (a bulk load, churn) the back end is busy at most 1/(SyncPace+1) of the time, each
+	// sync taking everything that came meanwhile. At 10,000 Services every nftables transaction costs the
+	// kernel ~50 ms of table validation whatever its size, so fewer, larger transactions are most of what a
+	// bulk load costs (kube-proxy's minSyncPeriod, adaptive).
+	debt     time.Duration
+	debtAt   time.Time
+	lastTook time.Duration
+	pace     int
 }
 
 // Coalescing defaults (Controller.quiet and hold): a lone change waits SyncQuiet, a burst at most SyncHold.
@@ -77,6 +79,7 @@ const (
 // Pacing defaults (see Controller.debt).
 const (
 	SyncPace    = 9
+	SyncBurst   = 2
 	SyncCredit  = 500 * time.Millisecond
 	SyncPaceMax = time.Second
 )
@@ -139,9 +142,15 @@ func (c *Controller) takeDirty(keys []string) []string {
 	return taken
 }
 
-// paceWait is how long a sync must still wait for the debt to fall to SyncCredit (c.dmu held).
+// paceWait is how long a sync must still wait for the debt to fall to the credit (c.dmu held).
 func (c *Controller) paceWait(now time.Time) time.Duration {
-	return c.debt - now.Sub(c.debtAt) - SyncCredit
+	return c.debt - now.Sub(c.debtAt) - c.credit()
+}
+
+// credit is the debt a sync may start with: SyncBurst syncs like the last one (so a Service and then its
+// slice never wait, whatever the table's size), at least SyncCredit.
+func (c *Controller) credit() time.Duration {
+	return max(SyncCredit, time.Duration(SyncBurst*c.pace)*c.lastTook)
 }
 
 // paid adds a sync that took took to the debt.
@@ -149,8 +158,9 @@ func (c *Controller) paid(took time.Duration) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	now := time.Now()
+	c.lastTook = took
 	c.debt = max(0, c.debt-now.Sub(c.debtAt)) + time.Duration(c.pace)*took
-	c.debt = min(c.debt, SyncCredit+SyncPaceMax)
+	c.debt = min(c.debt, c.credit()+SyncPaceMax)
 	c.debtAt = now
 }
 
