@@ -35,8 +35,16 @@ import (
 	"sigs.k8s.io/knftables"
 )
 
-// maxNetlinkOps is the largest transaction the netlink transport writes (larger ones go through nft).
-const maxNetlinkOps = 512
+// maxNetlinkOps is the largest transaction the netlink transport writes (larger ones go through nft). The
+// proxy's pacing makes each sync under a stream of changes take what came in up to a second (at 10,000
+// Services, a bulk load's syncs are hundreds to thousands of operations): each of those through nft cost
+// its fetch of the whole table (~0.4 s of CPU), 22 s of a 29 s bulk load to 10,000 Services when this was
+// 512. A batch of 8,192 operations is ~2 MB.
+const maxNetlinkOps = 8192
+
+// nlBuffer is the socket buffer for a batch and its acknowledgements (set with SO_SNDBUFFORCE, as nft
+// does, so the net.core.[wr]mem_max sysctls, 208 KiB by default, do not cap it).
+const nlBuffer = 16 << 20
 
 // errUnsupported: the transaction has something the netlink transport does not compile (nft writes it).
 var errUnsupported = errors.New("nftables: not compiled for netlink")
@@ -178,12 +186,9 @@ func hasFlags(got []knftables.SetFlag, want ...knftables.SetFlag) bool {
 // run writes the batch in one netlink transaction (all or nothing).
 func (t *nlTransport) run(b *nlBatch) error {
 	cc, err := gnft.New(gnft.WithSockOptions(func(c *netlink.Conn) error {
-		// Room for a batch of maxNetlinkOps and its acknowledgements and echoes (the kernel caps both at
-		// twice [rw]mem_max; a batch that does not fit fails with EMSGSIZE and goes through nft).
-		if err := c.SetWriteBuffer(4 << 20); err != nil {
-			return err
-		}
-		return c.SetReadBuffer(4 << 20)
+		// Room for a batch of maxNetlinkOps and its acknowledgements and echoes (a batch that does not fit
+		// fails with EMSGSIZE and goes through nft).
+		return forceBuffers(c, nlBuffer)
 	}))
 	if err != nil {
 		return err
@@ -204,6 +209,31 @@ func (t *nlTransport) run(b *nlBatch) error {
 	}
 	t.runs++
 	t.ops += len(b.calls)
+	return nil
+}
+
+// forceBuffers sets the socket's send and receive buffers to n bytes: with SO_[SND|RCV]BUFFORCE (CAP_NET_ADMIN,
+// which the agent has), else as far as the [wr]mem_max sysctls allow.
+func forceBuffers(c *netlink.Conn, n int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n)
+		if serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		if err := c.SetWriteBuffer(n); err != nil {
+			return err
+		}
+		return c.SetReadBuffer(n)
+	}
 	return nil
 }
 

@@ -62,17 +62,18 @@ func netlinkSteps(v6 bool) [][]*model.ServicePort {
 	empty2.ClusterEndpoints = []model.Endpoint{e("10.244.1.30", "fd00:244:1::30", 80)}
 	empty2.ExternalEndpoints = empty2.ClusterEndpoints
 	plainGone := &model.ServicePort{Key: plain.Key} // Port 0: deleted
-	// 32 node ports in one sync: 480 operations, near the most the netlink transport takes.
-	var many32 []*model.ServicePort
-	for i := range 32 {
-		sp := svc("bulk", fmt.Sprintf("s%d", i), a(fmt.Sprintf("10.96.2.%d", i+1), fmt.Sprintf("fd00:96::2:%x", i+1)), 80,
-			e(fmt.Sprintf("10.244.4.%d", i+1), fmt.Sprintf("fd00:244:4::%x", i+1), 8080), e(fmt.Sprintf("10.244.5.%d", i+1), fmt.Sprintf("fd00:244:5::%x", i+1), 8080))
+	// 500 node ports in one sync: 7,500 operations (a paced sync of a bulk load), near the most the netlink
+	// transport takes (maxNetlinkOps).
+	var manyNP []*model.ServicePort
+	for i := range 500 {
+		sp := svc("bulk", fmt.Sprintf("s%d", i), a(fmt.Sprintf("10.96.%d.%d", 2+i/250, i%250+1), fmt.Sprintf("fd00:96::2:%x", i+1)), 80,
+			e(fmt.Sprintf("10.244.%d.%d", 4+i/250, i%250+1), fmt.Sprintf("fd00:244:4::%x", i+1), 8080), e(fmt.Sprintf("10.245.%d.%d", 5+i/250, i%250+1), fmt.Sprintf("fd00:244:5::%x", i+1), 8080))
 		sp.NodePort = uint16(31000 + i)
-		many32 = append(many32, sp)
+		manyNP = append(manyNP, sp)
 	}
 	return [][]*model.ServicePort{
 		{plain}, {np}, {local}, {localNone}, {sticky}, {udp}, {sctp}, {empty}, {big},
-		{&plain2}, {&sticky2}, {&np2}, {&local2}, {&empty2}, {plainGone}, {np, sticky}, many32,
+		{&plain2}, {&sticky2}, {&np2}, {&local2}, {&empty2}, {plainGone}, {np, sticky}, manyNP,
 	}
 }
 
