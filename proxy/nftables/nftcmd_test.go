@@ -16,7 +16,7 @@ import (
 func TestNFTCmdBigTransactions(t *testing.T) {
 	requireNft(t)
 	ns := testns.New(t, "nft-big")
-	const n = 400
+	const n = 1000 // more operations than the netlink transport takes (maxNetlinkOps)
 	d, keys := benchServices(n)
 	var p *Proxier
 	if err := ns.Do(func() (err error) {
