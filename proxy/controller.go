@@ -78,7 +78,7 @@ const (
 
 // Pacing defaults (see Controller.debt).
 const (
-	SyncPace    = 9
+	SyncPace    = 19
 	SyncBurst   = 2
 	SyncCredit  = 500 * time.Millisecond
 	SyncPaceMax = time.Second

@@ -318,7 +318,7 @@ func TestControllerPaces(t *testing.T) {
 	waitFor("the first sync", func() bool { return syncs() == 1 })
 
 	// 100 Services, one every 20 ms (2 s): coalescing alone (quiet 10 ms, 40 ms per sync) synced 50 times;
-	// paced (9x each sync's time, after 500 ms of credit) 8 times.
+	// paced (19x each sync's time, after two syncs of credit) 5 times.
 	before := syncs()
 	t0 := time.Now()
 	const n = 100
