@@ -310,6 +310,18 @@ func (p *Proxier) start() error {
 	return nil
 }
 
+// hashedChains are the chains of names whose first rule carries a hashComment: the per-service chains and
+// the first base chain (the shared objects' hash, see inventory).
+func hashedChains(names []string) []string {
+	var out []string
+	for _, n := range names {
+		if perServiceChain.MatchString(n) || n == baseChains[0].name {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // inventory reads which per-service chains, affinity sets and map elements the table holds, and whether the
 // shared objects are there (names only: listing every rule of a table of 10,000 services takes nft 1.0.6 about
 // 10 s). What we knew of a chain still there stays; a chain found anew has unknown rules (rewritten when a key
@@ -350,7 +362,7 @@ func (p *Proxier) inventory(ctx context.Context) error {
 		}
 		st, ok := p.chains[name]
 		if !ok && p.nl != nil && written == nil {
-			if written, err = p.nl.chainHashes(); err != nil {
+			if written, err = p.nl.chainHashes(hashedChains(chains)); err != nil {
 				p.log.Warn("nftables: reading the rules' comments (rewriting the chains of an earlier run instead)", "err", err)
 				written = map[string]uint64{}
 			}
@@ -402,7 +414,7 @@ func (p *Proxier) inventory(ctx context.Context) error {
 	p.staticCurrent = false
 	if staticOK && p.nl != nil {
 		if written == nil {
-			if written, err = p.nl.chainHashes(); err != nil {
+			if written, err = p.nl.chainHashes(hashedChains(chains)); err != nil {
 				p.log.Warn("nftables: reading the rules' comments (rewriting the shared chains)", "err", err)
 				written = map[string]uint64{}
 			}
