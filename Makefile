@@ -11,7 +11,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X canopy.io/canopy/internal/agent.Version=$(VERSION)
 IMAGE ?= canopy:$(VERSION)
 
-.PHONY: all build deps k8s vm test test-ipvs unit lab lab-down lab-status bench lint clean generate image docs
+.PHONY: all build deps k8s kube-proxy vm test test-ipvs unit lab lab-down lab-status bench lint clean generate image docs
 
 all: build
 
@@ -75,7 +75,11 @@ lab-status:
 	$(GO) run ./e2e/labctl status
 
 # Benchmarks: speed targets live here, never in timed tests.
-bench: deps k8s build
+# kube-proxy, built like the control plane and cached next to it (make bench times Canopy's proxy against it).
+kube-proxy:
+	@K8S_VERSION=$(K8S_VERSION) bash hack/build-kube-proxy.sh >/dev/null
+
+bench: deps k8s kube-proxy build
 	CANOPY_BIN=$(BIN)/canopy CANOPY_K8S_BIN=$(CANOPY_CACHE)/k8s-$(K8S_VERSION) CANOPY_CONTROLLER_BIN=$(BIN)/canopy-controller \
 	  $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 180m ./...
 
