@@ -78,6 +78,8 @@ var dynamicExecs = map[string][]string{
 		"ip6tables-nft-save", "ip6tables-legacy-save", "ip6tables-save"},
 	// proxy/ipvs: modprobe ip_vs, found with LookPath.
 	"canopy.io/canopy/proxy/ipvs.available": {"modprobe"},
+	// proxy/nftables: large transactions through nft, found with LookPath (as knftables finds it).
+	"canopy.io/canopy/proxy/nftables.nftCmd.Run": {"nft"},
 	// canopy cleanup: both families, both flavours, and nft.
 	"canopy.io/canopy/internal/cleanup.NewXtables":      {"iptables-nft-save", "iptables-nft-restore", "iptables-legacy-save", "iptables-legacy-restore", "ip6tables-nft-save", "ip6tables-nft-restore", "ip6tables-legacy-save", "ip6tables-legacy-restore"},
 	"canopy.io/canopy/internal/cleanup.Xtables.SaveAll": {"iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save", "ip6tables-legacy-save"},
