@@ -57,6 +57,10 @@ import (
 // A latency is the time from just before the first API write to the end of the first look that saw the rules:
 // an upper bound, by at most one look and one 5 ms pause.
 //
+// At the end of each phase kube-proxy is restarted once more with --iptables-min-sync-period=0 (its default is
+// 1 s, which sets the floor of its latencies; the flag is the nftables mode's too) and +1 and the endpoint change are timed again, kube-proxy alone:
+// the table shows those next to Canopy's (which has no such period), naming the knob.
+//
 // Per proxy: latencies from the API write to the kernel (median of 5), CPU seconds of the process during each
 // bulk load (utime+stime, and cutime+cstime: the iptables-restore/nft children it waited for), RSS after the
 // 10,000 load, and after a restart: the time from process start until the Service created while it was down
@@ -612,6 +616,7 @@ type sbsSide struct {
 	canopyArgs []string       // Canopy: the agent's extra flags
 	kp         *lab.KubeProxy // kube-proxy: the running one
 	kpBin      string
+	kpExtra    []string // kube-proxy: extra flags for its next start
 	lab        *lab.Lab
 	probe      sbsProbe
 	res        *sbsResult
@@ -665,7 +670,7 @@ func (s *sbsSide) stop() error {
 
 func (s *sbsSide) start(ctx context.Context) error {
 	if s.kp != nil {
-		kp, err := s.lab.StartKubeProxy(ctx, s.node, s.mode, s.kpBin)
+		kp, err := s.lab.StartKubeProxy(ctx, s.node, s.mode, s.kpBin, s.kpExtra...)
 		if err != nil {
 			return err
 		}
@@ -684,6 +689,8 @@ type sbsResult struct {
 	restartFull    time.Duration // process start -> the dispatch is complete
 	restartCPU     time.Duration // CPU (own + children) of the new process until then
 	restartNote    string        // what its log says about the first sync
+	// kube-proxy restarted with --iptables-min-sync-period=0 (its default is 1 s), at the larger size.
+	add1Min0, epChangeMin0 []time.Duration
 }
 
 type sbsLoad struct {
@@ -795,6 +802,54 @@ func sbsPhase(b *testing.B, ctx context.Context, w *sbsWorkload, sides []*sbsSid
 		s.res.restartNote = firstSyncNote(s.proc().LogPath)
 		sbsLog("phase %d: restarted %s at %d Services: %s programmed after %v, all %d after %v (CPU %v); log: %s", phase, s.name,
 			want, svc, prog[0].Round(time.Millisecond), want, full[0].Round(time.Millisecond), s.res.restartCPU, s.res.restartNote)
+	}
+	// kube-proxy with its minimum sync period at 0 (the second setting; Canopy has no such knob): +1
+	// and endpoint change again, kube-proxy alone.
+	for _, s := range sides {
+		if s.kp == nil {
+			continue
+		}
+		if err := s.stop(); err != nil {
+			b.Fatalf("stopping %s: %v", s.name, err)
+		}
+		s.kpExtra = []string{"--iptables-min-sync-period=0s"} // also the nftables mode's (kube-proxy's options.go)
+		if err := s.start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		want := w.count()
+		sbsWait(b, ctx, []*sbsSide{s}, time.Now(), 10*time.Minute, fmt.Sprintf("%s (min-sync-period 0) has %d VIPs", s.name, want), func(ctx context.Context, s *sbsSide) (bool, error) {
+			n, err := s.probe.count(ctx)
+			return n == want, err
+		})
+		for range sbsSamples {
+			time.Sleep(2 * time.Second)
+			i := w.count()
+			t0 := time.Now()
+			if err := w.create(ctx, i+1); err != nil {
+				b.Fatal(err)
+			}
+			svc := w.get(i)
+			lat := sbsWait(b, ctx, []*sbsSide{s}, t0, 5*time.Minute, "+1 Service "+svc.String(), func(ctx context.Context, s *sbsSide) (bool, error) {
+				return s.probe.programmed(ctx, svc)
+			})
+			s.res.add1Min0 = append(s.res.add1Min0, lat[0])
+		}
+		for k := range sbsSamples {
+			time.Sleep(2 * time.Second)
+			i := (k*7919 + 29) % sizes[0]
+			t0 := time.Now()
+			svc, old, err := w.changeEndpoint(ctx, i)
+			if err != nil {
+				b.Fatal(err)
+			}
+			lat := sbsWait(b, ctx, []*sbsSide{s}, t0, 5*time.Minute, "endpoint change of "+svc.String(), func(ctx context.Context, s *sbsSide) (bool, error) {
+				return s.probe.programmed(ctx, svc, old)
+			})
+			s.res.epChangeMin0 = append(s.res.epChangeMin0, lat[0])
+		}
+		sbsLog("phase %d, %d Services: %s --iptables-min-sync-period=0: +1 Service %v, endpoint change %v", phase, w.count(), s.name,
+			roundAll(s.res.add1Min0), roundAll(s.res.epChangeMin0))
+		s.kpExtra = nil
 	}
 }
 
@@ -1057,6 +1112,15 @@ func sbsReport(b *testing.B, res, base map[string]*sbsResult, sizes [2]int) {
 	row(fmt.Sprintf("restart @%s: new Service programmed", k(sizes[1])), func(r *sbsResult) time.Duration { return r.restartProg }, sec)
 	row(fmt.Sprintf("restart @%s: dispatch complete", k(sizes[1])), func(r *sbsResult) time.Duration { return r.restartFull }, sec)
 	row(fmt.Sprintf("restart @%s: CPU until complete", k(sizes[1])), func(r *sbsResult) time.Duration { return r.restartCPU }, sec)
+	// kube-proxy at --*-min-sync-period=0 against Canopy as measured above (it has no such period).
+	min0 := func(name string, canopy func(*sbsResult) time.Duration, kp func(*sbsResult) []time.Duration) {
+		kn0, ki0 := median(kp(kn)), median(kp(ki))
+		rows = append(rows, []string{name, ms(canopy(ci)), ms(canopy(cn)), ms(kn0), ms(ki0), ratio(canopy(ci), ki0), ratio(canopy(cn), kn0)})
+	}
+	min0(fmt.Sprintf("+1 Service @%s, kube-proxy min-sync-period 0", k(sizes[1])), func(r *sbsResult) time.Duration { return median(r.add1[1]) },
+		func(r *sbsResult) []time.Duration { return r.add1Min0 })
+	min0(fmt.Sprintf("endpoint change @%s, kube-proxy min-sync-period 0", k(sizes[1])), func(r *sbsResult) time.Duration { return median(r.epChange[1]) },
+		func(r *sbsResult) []time.Duration { return r.epChangeMin0 })
 	width := make([]int, len(header))
 	for _, r := range rows {
 		for i, c := range r {
