@@ -656,16 +656,7 @@ func attrBytes(m []byte, typ uint16) []byte {
 	if len(m) < 4 {
 		return nil
 	}
-	ad, err := netlink.NewAttributeDecoder(m[4:])
-	if err != nil {
-		return nil
-	}
-	for ad.Next() {
-		if ad.Type() == typ {
-			return ad.Bytes()
-		}
-	}
-	return nil
+	return nestedAttr(m[4:], typ)
 }
 
 func attrString(m []byte, typ uint16) string {
