@@ -3,15 +3,12 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"canopy.io/canopy/internal/model"
@@ -74,13 +71,7 @@ func BenchmarkControllerEventToSync(b *testing.B) {
 			}
 		}
 		be := &signalBackend{}
-		factory := informers.NewSharedInformerFactory(kube, 0)
-		log := slog.New(slog.NewTextHandler(io.Discard, nil))
-		tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
-		c := NewController(tracker, be, nil, 0, log)
-		factory.Start(ctx.Done())
-		go tracker.Run(ctx)
-		go c.Run(ctx)
+		startController(ctx, kube, be, nil)
 		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
 			if _, have := be.last(); have == n {
 				break

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"canopy.io/canopy/internal/model"
@@ -96,13 +97,7 @@ func TestControllerIsIncremental(t *testing.T) {
 		}
 	}
 	be := &recordingBackend{}
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
-	c := NewController(tracker, be, nil, 0, log)
-	factory.Start(ctx.Done())
-	go tracker.Run(ctx)
-	go c.Run(ctx)
+	startController(ctx, kube, be, nil)
 	wait := func(what string, f func() bool) {
 		t.Helper()
 		deadline := time.Now().Add(60 * time.Second)
@@ -216,14 +211,9 @@ func TestControllerCoalesces(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	be := &flakyBackend{}
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
-	c := NewController(tracker, be, nil, 0, log)
-	c.quiet, c.hold = 300*time.Millisecond, time.Second // the machine may be loaded: timings far from 3 ms
-	factory.Start(ctx.Done())
-	go tracker.Run(ctx)
-	go c.Run(ctx)
+	c := startController(ctx, kube, be, func(c *Controller) {
+		c.quiet, c.hold = 300*time.Millisecond, time.Second // the machine may be loaded: timings far from 3 ms
+	})
 	wait := func(what string, f func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(30 * time.Second); !f(); time.Sleep(time.Millisecond) {
@@ -296,13 +286,7 @@ func TestControllerPaces(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	be := &slowBackend{d: 40 * time.Millisecond}
-	factory := informers.NewSharedInformerFactory(kube, 0)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
-	c := NewController(tracker, be, nil, 0, log)
-	factory.Start(ctx.Done())
-	go tracker.Run(ctx)
-	go c.Run(ctx)
+	startController(ctx, kube, be, nil)
 	syncs := func() int { be.mu.Lock(); defer be.mu.Unlock(); return len(be.syncs) }
 	programmed := func(key string) bool { be.mu.Lock(); defer be.mu.Unlock(); return be.have[key] != nil }
 	waitFor := func(what string, f func() bool) time.Duration {
@@ -353,4 +337,20 @@ func TestControllerPaces(t *testing.T) {
 	if took > SyncPaceMax {
 		t.Errorf("a lone change after a pause took %v: the stream's pace held it", took)
 	}
+}
+
+// startController runs a Controller over kube's Services and slices into be until ctx ends (tune, if not nil,
+// adjusts it before it runs).
+func startController(ctx context.Context, kube kubernetes.Interface, be Backend, tune func(*Controller)) *Controller {
+	factory := informers.NewSharedInformerFactory(kube, 0)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	tracker := model.NewServiceTracker(factory, model.Options{NodeName: "n1", Schedulers: be.Schedulers()}, model.Admission{}, nil, log)
+	c := NewController(tracker, be, nil, 0, log)
+	if tune != nil {
+		tune(c)
+	}
+	factory.Start(ctx.Done())
+	go tracker.Run(ctx)
+	go c.Run(ctx)
+	return c
 }
