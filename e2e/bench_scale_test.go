@@ -180,6 +180,11 @@ func BenchmarkAgentAtScale(b *testing.B) {
 			res.backendSyncs = int(n)
 			res.backendSync = time.Duration((m1[sum] - m0[sum]) / n * float64(time.Second))
 		}
+		sum = `canopy_proxy_change_to_kernel_seconds_sum{backend="` + mode + `"}`
+		cnt = `canopy_proxy_change_to_kernel_seconds_count{backend="` + mode + `"}`
+		if n := m1[cnt] - m0[cnt]; n > 0 {
+			res.changeToKernel = time.Duration((m1[sum] - m0[sum]) / n * float64(time.Second))
+		}
 	}
 	scaleLog("+1 Service: %v (our watch saw the slice after %v; %d back end syncs of %v on average)", res.plusOne, res.plusOneWatch,
 		res.backendSyncs, res.backendSync)
@@ -695,6 +700,7 @@ type scaleResult struct {
 	minute, cpuRest, cpuChurn    time.Duration
 	changes, backendSyncs        int
 	backendSync                  time.Duration
+	changeToKernel               time.Duration // the agent's canopy_proxy_change_to_kernel_seconds, mean over the +1 samples
 	mode                         string
 	restartNote                  string
 	plusOne, plusOneWatch        []time.Duration
@@ -725,6 +731,7 @@ func (r scaleResult) report(b *testing.B) {
 	fmt.Fprintf(out, "| +1 Service, API write to kernel (median of %d) | %v %v |\n", len(r.plusOne), median(r.plusOne).Round(time.Millisecond), roundAll(r.plusOne))
 	fmt.Fprintf(out, "| of which: until our own watch saw the slice | %v %v |\n", median(r.plusOneWatch).Round(time.Millisecond), roundAll(r.plusOneWatch))
 	fmt.Fprintf(out, "| the %s back end's syncs meanwhile (a +1 is a Service, then its slice) | %d, %v each on average |\n", r.mode, r.backendSyncs, r.backendSync.Round(time.Millisecond))
+	fmt.Fprintf(out, "| +1 Service: the change reaching the agent -> its transaction done (canopy_proxy_change_to_kernel_seconds, mean) | %v |\n", r.changeToKernel.Round(time.Millisecond))
 	b.ReportMetric(r.rss/(1<<20), "MiB-rss")
 	b.ReportMetric(r.heapInuse/(1<<20), "MiB-heap")
 	for _, k := range names {

@@ -22,6 +22,11 @@ var (
 	syncErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "canopy_proxy_sync_errors_total", Help: "Back end syncs that failed (retried).",
 	}, []string{"backend"})
+	changeToKernel = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "canopy_proxy_change_to_kernel_seconds",
+		Help:    "From a Service or EndpointSlice change reaching the proxy to the end of the back-end transaction that programs it (the oldest change a sync takes; with the coalescing and pacing waits).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	}, []string{"backend"})
 	servicePorts = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "canopy_proxy_service_ports", Help: "Service ports the proxy programs.",
 	})
@@ -29,7 +34,7 @@ var (
 
 // Collectors returns the package's metrics.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{syncDuration, syncErrors, servicePorts}
+	return []prometheus.Collector{syncDuration, syncErrors, changeToKernel, servicePorts}
 }
 
 // Controller programs the Service model's ports into the back end. The model hands it the keys of the Services
@@ -55,6 +60,7 @@ type Controller struct {
 	dmu         sync.Mutex
 	dirty       map[string]bool
 	lastDirty   time.Time
+	firstDirty  time.Time // when the oldest dirty key came (zero: none)
 	quiet, hold time.Duration
 
 	// Pacing: debt is SyncPace times the back end's time in syncs, paid back by the time between them. A
@@ -102,10 +108,14 @@ func NewController(tracker *model.ServiceTracker, backend Backend, health *Healt
 	})
 	tracker.Subscribe(func(keys []string) {
 		c.dmu.Lock()
+		now := time.Now()
+		if len(c.dirty) == 0 {
+			c.firstDirty = now
+		}
 		for _, k := range keys {
 			c.dirty[k] = true
 		}
-		c.lastDirty = time.Now()
+		c.lastDirty = now
 		c.dmu.Unlock()
 		c.ctrl.Enqueue(keys...)
 	})
@@ -114,13 +124,14 @@ func NewController(tracker *model.ServiceTracker, backend Backend, health *Healt
 
 // takeDirty waits until the model has been quiet for c.quiet (at most c.hold from now) if any of keys is still
 // dirty, then takes every dirty key (those of this batch and those that came meanwhile). Keys of the batch that
-// an earlier sync took already are not returned: it applied them as the model was then or later.
-func (c *Controller) takeDirty(keys []string) []string {
+// an earlier sync took already are not returned: it applied them as the model was then or later. since is
+// when the oldest of them came.
+func (c *Controller) takeDirty(keys []string) (taken []string, since time.Time) {
 	deadline := time.Now().Add(c.hold)
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	if !slices.ContainsFunc(keys, func(k string) bool { return c.dirty[k] }) {
-		return nil
+		return nil, time.Time{}
 	}
 	for {
 		now := time.Now()
@@ -133,13 +144,14 @@ func (c *Controller) takeDirty(keys []string) []string {
 		time.Sleep(wait)
 		c.dmu.Lock()
 	}
-	taken := make([]string, 0, len(c.dirty))
+	taken = make([]string, 0, len(c.dirty))
 	for k := range c.dirty {
 		taken = append(taken, k)
 	}
 	clear(c.dirty)
+	since, c.firstDirty = c.firstDirty, time.Time{}
 	slices.Sort(taken)
-	return taken
+	return taken, since
 }
 
 // paceWait is how long a sync must still wait for the debt to fall to the credit (c.dmu held).
@@ -164,10 +176,13 @@ func (c *Controller) paid(took time.Duration) {
 	c.debtAt = now
 }
 
-// redirty gives keys back after a failed sync (the retry takes them again).
-func (c *Controller) redirty(keys []string) {
+// redirty gives keys back after a failed sync (the retry takes them again), with when they came.
+func (c *Controller) redirty(keys []string, since time.Time) {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
+	if c.firstDirty.IsZero() || since.Before(c.firstDirty) {
+		c.firstDirty = since
+	}
 	for _, k := range keys {
 		c.dirty[k] = true
 	}
@@ -205,6 +220,7 @@ func (c *Controller) Controller() *controller.Controller { return c.ctrl }
 func (c *Controller) full(context.Context) error {
 	c.dmu.Lock() // before reading the model: a key dirtied from now on is synced again after this
 	clear(c.dirty)
+	c.firstDirty = time.Time{}
 	c.dmu.Unlock()
 	keys := c.tracker.Keys()
 	c.mu.Lock()
@@ -217,13 +233,16 @@ func (c *Controller) full(context.Context) error {
 }
 
 func (c *Controller) sync(_ context.Context, keys []string) error {
-	taken := c.takeDirty(keys)
+	taken, since := c.takeDirty(keys)
 	if len(taken) == 0 {
 		return nil
 	}
 	if err := c.apply(taken, false); err != nil {
-		c.redirty(taken)
+		c.redirty(taken, since)
 		return err
+	}
+	if !since.IsZero() {
+		changeToKernel.WithLabelValues(c.backend.Name()).Observe(time.Since(since).Seconds())
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"slices"
@@ -251,8 +252,10 @@ func TestControllerCoalesces(t *testing.T) {
 		}
 	}
 
-	// A lone change syncs once, after the quiet time.
+	// A lone change syncs once, after the quiet time; canopy_proxy_change_to_kernel_seconds counts it, at least
+	// the quiet time.
 	before := syncs()
+	n0, sum0 := histogram(t, changeToKernel, be.Name())
 	t0 := time.Now()
 	if err := kube.CoreV1().Services("default").Delete(ctx, "a", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -265,6 +268,30 @@ func TestControllerCoalesces(t *testing.T) {
 	if n := syncs() - before; n != 1 {
 		t.Errorf("a lone deletion made %d syncs", n)
 	}
+	if n, sum := histogram(t, changeToKernel, be.Name()); n != n0+1 || sum-sum0 < c.quiet.Seconds() || sum-sum0 > time.Since(t0).Seconds() {
+		t.Errorf("change to kernel: %d observations (want %d), %.3f s (want %v to %v)", n, n0+1, sum-sum0, c.quiet, time.Since(t0))
+	}
+}
+
+// histogram reads the count and sum of c's series for backend.
+func histogram(t *testing.T, c prometheus.Collector, backend string) (uint64, float64) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "backend" && l.GetValue() == backend {
+					return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+				}
+			}
+		}
+	}
+	return 0, 0
 }
 
 // slowBackend takes d per Sync, like a kernel that validates a large table on every transaction.
