@@ -21,6 +21,7 @@ import (
 	"canopy.io/canopy/e2e/lab"
 	"canopy.io/canopy/internal/model"
 	iptproxy "canopy.io/canopy/proxy/iptables"
+	nftproxy "canopy.io/canopy/proxy/nftables"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -429,9 +430,13 @@ func newSBSProbe(b *testing.B, n *lab.Node, canopy bool, mode string) sbsProbe {
 	b.Cleanup(func() { r.Close() })
 	switch {
 	case mode == "nftables" && canopy:
-		return &nftProbe{r: r, table: "canopy", chains: map[netip.Addr]string{}}
+		var tables []string
+		for i := range nftproxy.DefaultShards {
+			tables = append(tables, nftproxy.ShardTable(i))
+		}
+		return &nftProbe{r: r, tables: tables, chains: map[netip.Addr][2]string{}}
 	case mode == "nftables":
-		return &nftProbe{r: r, table: "kube-proxy", chains: map[netip.Addr]string{}}
+		return &nftProbe{r: r, tables: []string{"kube-proxy"}, chains: map[netip.Addr][2]string{}}
 	case canopy:
 		return &iptProbe{node: n, r: r, dispatch: "CANOPY-SERVICES",
 			svcChain: func(s sbsService) string {
@@ -537,11 +542,25 @@ func (p *iptProbe) count(ctx context.Context) (int, error) {
 // nftProbe reads an nftables proxy's table (canopy or kube-proxy, family ip): both dispatch a VIP through the
 // verdict map service-ips to a per-service chain, and name an endpoint's chain ...__<ip>/<port>.
 type nftProbe struct {
-	r     *lab.NFTReader
-	table string
+	r      *lab.NFTReader
+	tables []string // Canopy: its shards' tables (a service port is in one of them)
 
 	mu     sync.Mutex
-	chains map[netip.Addr]string // VIP -> the chain its element jumps to
+	chains map[netip.Addr][2]string // VIP -> the table and chain its element jumps to
+}
+
+// verdict is the VIP's service-ips element's chain, and the table it is in ("" if none has it).
+func (p *nftProbe) verdict(s sbsService) (table, chain string, err error) {
+	for _, t := range p.tables {
+		c, err := p.r.MapVerdict(lab.NFProtoIPv4, t, "service-ips", svcKey(s))
+		if errors.Is(err, lab.ErrNotFound) {
+			continue
+		}
+		if err != nil || c != "" {
+			return t, c, err
+		}
+	}
+	return "", "", nil
 }
 
 func svcKey(s sbsService) []byte {
@@ -553,22 +572,19 @@ func svcKey(s sbsService) []byte {
 // of gone.
 func (p *nftProbe) programmed(ctx context.Context, s sbsService, gone ...netip.Addr) (bool, error) {
 	p.mu.Lock()
-	chain := p.chains[s.vip]
+	tc := p.chains[s.vip]
 	p.mu.Unlock()
-	if chain == "" {
-		c, err := p.r.MapVerdict(lab.NFProtoIPv4, p.table, "service-ips", svcKey(s))
+	if tc[1] == "" {
+		t, c, err := p.verdict(s)
 		if err != nil || c == "" {
-			if errors.Is(err, lab.ErrNotFound) {
-				err = nil
-			}
 			return false, err
 		}
-		chain = c
+		tc = [2]string{t, c}
 		p.mu.Lock()
-		p.chains[s.vip] = c
+		p.chains[s.vip] = tc
 		p.mu.Unlock()
 	}
-	raw, err := p.r.ChainDump(lab.NFProtoIPv4, p.table, chain)
+	raw, err := p.r.ChainDump(lab.NFProtoIPv4, tc[0], tc[1])
 	if err != nil || len(raw) == 0 {
 		return false, err
 	}
@@ -586,23 +602,22 @@ func (p *nftProbe) programmed(ctx context.Context, s sbsService, gone ...netip.A
 }
 
 func (p *nftProbe) dispatched(ctx context.Context, s sbsService) (bool, error) {
-	c, err := p.r.MapVerdict(lab.NFProtoIPv4, p.table, "service-ips", svcKey(s))
-	if errors.Is(err, lab.ErrNotFound) {
-		return false, nil
-	}
+	_, c, err := p.verdict(s)
 	return c != "", err
 }
 
 // count: the benchmark's VIPs (TCP 80) in service-ips.
 func (p *nftProbe) count(ctx context.Context) (int, error) {
-	keys, err := p.r.SetKeys(lab.NFProtoIPv4, p.table, "service-ips")
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, k := range keys {
-		if len(k) == 12 && isSBSVIP([4]byte(k[:4])) && k[4] == 6 && k[8] == 0 && k[9] == 80 {
-			n++
+	for _, t := range p.tables {
+		keys, err := p.r.SetKeys(lab.NFProtoIPv4, t, "service-ips")
+		if err != nil {
+			return 0, err
+		}
+		for _, k := range keys {
+			if len(k) == 12 && isSBSVIP([4]byte(k[:4])) && k[4] == 6 && k[8] == 0 && k[9] == 80 {
+				n++
+			}
 		}
 	}
 	return n, nil
@@ -629,8 +644,14 @@ func otherModeGone(ctx context.Context, s *sbsSide) error {
 		prefix, table = "KUBE", "kube-proxy"
 	}
 	if s.mode == "iptables" {
-		if out, err := nsExec(ctx, s.node, "nft", "list", "table", "ip", table); err == nil {
-			return fmt.Errorf("%s: table ip %s is still there (%d bytes)", s.node.Name, table, len(out))
+		out, err := nsExec(ctx, s.node, "nft", "list", "tables", "ip")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 3 && (f[2] == table || (s.kp == nil && nftproxy.IsShardTable(f[2]))) {
+				return fmt.Errorf("%s: table ip %s is still there", s.node.Name, f[2])
+			}
 		}
 		return nil
 	}
@@ -683,12 +704,15 @@ func (s *sbsSide) start(ctx context.Context) error {
 // sbsResult is one proxy's numbers.
 type sbsResult struct {
 	add1, epChange [2][]time.Duration // per size: the samples
-	load           [2]sbsLoad
-	rss            int64
-	restartProg    time.Duration // process start -> the Service created while it was down is programmed
-	restartFull    time.Duration // process start -> the dispatch is complete
-	restartCPU     time.Duration // CPU (own + children) of the new process until then
-	restartNote    string        // what its log says about the first sync
+	// Canopy: the mean of its canopy_proxy_change_to_kernel_seconds over the +1 samples, per size (the change
+	// reaching the agent -> its transaction done; the API writes and the watch are not in it)
+	add1Agent   [2]time.Duration
+	load        [2]sbsLoad
+	rss         int64
+	restartProg time.Duration // process start -> the Service created while it was down is programmed
+	restartFull time.Duration // process start -> the dispatch is complete
+	restartCPU  time.Duration // CPU (own + children) of the new process until then
+	restartNote string        // what its log says about the first sync
 	// kube-proxy restarted with --iptables-min-sync-period=0 (its default is 1 s), at the larger size.
 	add1Min0, epChangeMin0 []time.Duration
 }
@@ -734,6 +758,13 @@ func sbsPhase(b *testing.B, ctx context.Context, w *sbsWorkload, sides []*sbsSid
 				}
 			}
 		}
+		const c2k = "canopy_proxy_change_to_kernel_seconds"
+		m0 := make([]map[string]float64, len(sides))
+		for k, s := range sides {
+			if s.kp == nil {
+				m0[k], _ = metrics(ctx, s.node)
+			}
+		}
 		for range sbsSamples {
 			time.Sleep(2 * time.Second) // kube-proxy's default --*-min-sync-period is 1 s
 			i := w.count()
@@ -749,6 +780,14 @@ func sbsPhase(b *testing.B, ctx context.Context, w *sbsWorkload, sides []*sbsSid
 				s.res.add1[si] = append(s.res.add1[si], lat[k])
 				if ok, err := s.probe.dispatched(ctx, svc); err != nil || !ok {
 					b.Fatalf("%s: %s's chains are there but not its dispatch line (err %v)", s.name, svc, err)
+				}
+			}
+		}
+		for k, s := range sides {
+			if m1, err := metrics(ctx, s.node); err == nil && m0[k] != nil {
+				sum, cnt := c2k+`_sum{backend="`+s.mode+`"}`, c2k+`_count{backend="`+s.mode+`"}`
+				if n := m1[cnt] - m0[k][cnt]; n > 0 {
+					s.res.add1Agent[si] = time.Duration((m1[sum] - m0[k][sum]) / n * float64(time.Second))
 				}
 			}
 		}
@@ -1091,6 +1130,10 @@ func sbsReport(b *testing.B, res, base map[string]*sbsResult, sizes [2]int) {
 	}
 	for si := range sizes {
 		row(fmt.Sprintf("+1 Service @%s (median of %d)", k(sizes[si]), sbsSamples), func(r *sbsResult) time.Duration { return median(r.add1[si]) }, ms)
+	}
+	for si := range sizes {
+		rows = append(rows, []string{fmt.Sprintf("+1 Service @%s, change reaching Canopy -> its transaction done (mean)", k(sizes[si])),
+			ms(ci.add1Agent[si]), ms(cn.add1Agent[si]), "", "", "", ""})
 	}
 	for si := range sizes {
 		row(fmt.Sprintf("endpoint change @%s (median of %d)", k(sizes[si]), sbsSamples), func(r *sbsResult) time.Duration { return median(r.epChange[si]) }, ms)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"canopy.io/canopy/e2e/lab"
+	nftproxy "canopy.io/canopy/proxy/nftables"
 )
 
 // cleanupReport is the part of `canopy cleanup -o json` the test reads.
@@ -117,7 +118,7 @@ func canopyState(ctx context.Context, n *lab.Node) (string, error) {
 		return "", err
 	}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		if f := strings.Fields(l); len(f) == 3 && f[0] == "table" && f[2] == "canopy" {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "table" && nftproxy.IsShardTable(f[2]) {
 			fmt.Fprintf(&b, "nft %s\n", l)
 		}
 	}

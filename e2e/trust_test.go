@@ -63,9 +63,10 @@ func TestAttackServiceHijacksTheAPIServer(t *testing.T) {
 		if out, err := n.Exec(ctx, "iptables-save"); err != nil || strings.Contains(out, "-d "+l.CP.IP.String()+"/32") {
 			t.Errorf("%s has rules catching traffic to the API server's address (%v):\n%s", n.Name, err, linesWith(out, "-d "+l.CP.IP.String()))
 		}
-		// The nftables proxy (the default here) keys its dispatch map by address: the API server's is in no
-		// element. Its endpoint chains DNAT to it ("dnat to 10.99.0.100:6443"), which is right.
-		if out, err := n.Exec(ctx, "nft", "list", "table", "ip", "canopy"); err != nil || strings.Contains(out, l.CP.IP.String()+" . tcp") ||
+		// The nftables proxy (the default here) keys its dispatch maps by address: the API server's is in no
+		// element of any of its tables. Its endpoint chains DNAT to it ("dnat to 10.99.0.100:6443"), which is
+		// right.
+		if out, err := n.Exec(ctx, "nft", "list", "ruleset", "ip"); err != nil || strings.Contains(out, l.CP.IP.String()+" . tcp") ||
 			strings.Contains(out, "daddr "+l.CP.IP.String()) {
 			t.Errorf("%s has nftables rules catching traffic to the API server's address (%v):\n%s", n.Name, err, linesWith(out, l.CP.IP.String()))
 		}

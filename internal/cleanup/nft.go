@@ -8,8 +8,21 @@ import (
 )
 
 // NFTTable is the name of the nftables service proxy's table (proxy/nftables.TableName): everything that back
-// end writes lives in it, in family ip today (ip6 or inet once it does dual-stack).
+// end writes lives in it and in its shards' tables, NFTTable-<n> (proxy/nftables.ShardTable), in family ip
+// and ip6.
 const NFTTable = "canopy"
+
+// isNFTTable reports whether name is NFTTable or one of its shards' (NFTTable-<n>).
+func isNFTTable(name string) bool {
+	if name == NFTTable {
+		return true
+	}
+	n, ok := strings.CutPrefix(name, NFTTable+"-")
+	if !ok || n == "" || n[0] == '0' {
+		return false
+	}
+	return strings.Trim(n, "0123456789") == ""
+}
 
 // NFT is the part of the nft tool cleanup uses.
 type NFT interface {
@@ -54,7 +67,7 @@ func (n NFTBinary) run(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// removeNFT deletes every nftables table named NFTTable, whatever its family (other tables, including the ones
+// removeNFT deletes every nftables table named NFTTable or NFTTable-<n>, whatever its family (other tables, including the ones
 // iptables-nft keeps, are not looked into), then lists again.
 func removeNFT(n NFT, dryRun bool, s *Section) {
 	tables, err := n.Tables()
@@ -64,7 +77,7 @@ func removeNFT(n NFT, dryRun bool, s *Section) {
 	}
 	var ours []string
 	for _, t := range tables {
-		if fam, name, _ := strings.Cut(t, " "); name == NFTTable {
+		if fam, name, _ := strings.Cut(t, " "); isNFTTable(name) {
 			ours = append(ours, fam+" "+name)
 		}
 	}

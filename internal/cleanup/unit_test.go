@@ -138,15 +138,16 @@ func (f *fakeNFT) DeleteTable(family, name string) error {
 }
 
 func TestRemoveNFT(t *testing.T) {
-	f := &fakeNFT{tables: []string{"ip filter", "ip canopy", "inet canopy", "inet canopyx", "ip6 nat"}}
+	// The nftables proxy's shards have tables canopy-1, canopy-2, … next to canopy.
+	f := &fakeNFT{tables: []string{"ip filter", "ip canopy", "inet canopy", "inet canopyx", "ip canopy-1", "ip6 canopy-12", "ip canopy-", "ip canopy-01", "ip canopy-x", "ip6 nat"}}
 	s := &Section{}
 	removeNFT(f, true, s)
-	if len(f.tables) != 5 || !slices.Equal(s.Removed, []string{"table ip canopy", "table inet canopy"}) {
+	if len(f.tables) != 10 || !slices.Equal(s.Removed, []string{"table ip canopy", "table inet canopy", "table ip canopy-1", "table ip6 canopy-12"}) {
 		t.Fatalf("dry run %+v", s)
 	}
 	s = &Section{}
 	removeNFT(f, false, s)
-	if !slices.Equal(f.tables, []string{"ip filter", "inet canopyx", "ip6 nat"}) || len(s.Removed) != 2 {
+	if !slices.Equal(f.tables, []string{"ip filter", "inet canopyx", "ip canopy-", "ip canopy-01", "ip canopy-x", "ip6 nat"}) || len(s.Removed) != 4 {
 		t.Errorf("tables %v, report %+v", f.tables, s)
 	}
 }

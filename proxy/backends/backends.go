@@ -142,7 +142,7 @@ func cleanup(cfg Config, mode string) error {
 		if ok, err := nftproxy.HasTable(false); err == nil && !ok {
 			return nil
 		}
-		p, err := nftproxy.NewHost(nftables(cfg), cfg.Log)
+		p, err := nftproxy.NewHostShards(nftables(cfg), false, nftproxy.DefaultShards, cfg.Log)
 		if err != nil {
 			return err
 		}

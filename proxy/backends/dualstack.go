@@ -37,14 +37,14 @@ func NewIPTables(cfg Config) (proxy.Backend, error) {
 	return iptproxy.NewDualStack(iptables(cfg), cfg.IPT, h6, log), nil
 }
 
-// NewNFTables is the nftables mode's back end: table ip canopy, and with DualStack(cfg) table ip6 canopy too,
-// under proxy.DualStack.
+// NewNFTables is the nftables mode's back end: the ip canopy tables (nftproxy.DefaultShards of them), and with
+// DualStack(cfg) the ip6 ones too, under proxy.DualStack.
 func NewNFTables(cfg Config) (proxy.Backend, error) {
 	log := cfg.Log.With("component", "proxy-nftables")
 	if !DualStack(cfg) {
-		return nftproxy.NewHost(nftables(cfg), log)
+		return nftproxy.NewHostShards(nftables(cfg), false, nftproxy.DefaultShards, log)
 	}
-	return nftproxy.NewDualStack(nftables(cfg), log)
+	return nftproxy.NewDualStackShards(nftables(cfg), nftproxy.DefaultShards, log)
 }
 
 // NewIPVS is the IPVS mode's back end: one back end for both families (IPVS keeps one table; it reads the IPv6
@@ -61,7 +61,7 @@ func NewIPVS(cfg Config) (proxy.Backend, error) {
 	return ipvsproxy.New(c)
 }
 
-// Cleanup6 removes what mode's IPv6 side left (ip6tables chains, table ip6 canopy; for IPVS its ip6tables
+// Cleanup6 removes what mode's IPv6 side left (ip6tables chains, the ip6 canopy tables; for IPVS its ip6tables
 // masquerade chain: Cleanup of the IPv4 side removes the IPv6 virtual services and addresses already, IPVS
 // keeping one table for both families) and nothing where the tool is missing.
 func Cleanup6(cfg Config, mode string) error {
@@ -89,7 +89,7 @@ func Cleanup6(cfg Config, mode string) error {
 		if ok, err := nftproxy.HasTable(true); err == nil && !ok {
 			return nil // no table: not even nft's start-up checks (seconds next to a big ip canopy table)
 		}
-		p, err := nftproxy.NewHost6(nftables(cfg), cfg.Log)
+		p, err := nftproxy.NewHostShards(nftables(cfg), true, nftproxy.DefaultShards, cfg.Log)
 		if err != nil {
 			return err
 		}

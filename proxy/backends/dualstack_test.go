@@ -10,6 +10,7 @@ import (
 	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/testsupport/testns"
 	"canopy.io/canopy/proxy"
+	nftproxy "canopy.io/canopy/proxy/nftables"
 )
 
 // An IPv4-only cluster gets the IPv4 back end alone; a cluster with an IPv6 cluster CIDR gets both families in
@@ -90,8 +91,9 @@ func TestDualStackModes(t *testing.T) {
 	if strings.Contains(nat6, "CANOPY") || !strings.Contains(nat6, "-s 2001:db8:9::/64 -j MASQUERADE") {
 		t.Errorf("ip6tables after Cleanup6 (want no Canopy chain, the foreign rule kept):\n%s", nat6)
 	}
-	if s := ns.MustRun(t, "nft", "list", "table", "ip6", "canopy"); !strings.Contains(s, "fd00:96::10 . tcp . 80") {
-		t.Errorf("table ip6 canopy lacks the service:\n%s", s)
+	// (in one of the ip6 canopy tables: the service ports are spread over nftproxy.DefaultShards of them)
+	if s := ns.MustRun(t, "nft", "list", "ruleset", "ip6"); !strings.Contains(s, "fd00:96::10 . tcp . 80") || strings.Count(s, "table ip6 canopy") != nftproxy.DefaultShards {
+		t.Errorf("the ip6 canopy tables lack the service:\n%s", s)
 	}
 	if err := ns.Do(func() error { return CleanupAll6(cfg) }); err != nil {
 		t.Fatal(err)

@@ -165,7 +165,7 @@ func BenchmarkSync(b *testing.B) {
 			nft, err := knftables.New(ipv4.nft, TableName)
 			cn.Interface = nft
 			p := New(cfg, cn, netlinkConntrack{}, nil)
-			p.nl = newNLTransport(ipv4) // as NewHost: small transactions over netlink
+			p.nl = newNLTransport(ipv4, TableName) // as NewHost: small transactions over netlink
 			nl = p.nl
 			return p, err
 		}, func(step string) {
@@ -272,7 +272,7 @@ func BenchmarkSyncSmall(b *testing.B) {
 				s.cli = &timedNFT{Interface: nft}
 				p := New(cfg, s.cli, netlinkConntrack{}, nil)
 				if name == "nl" {
-					p.nl = newNLTransport(ipv4)
+					p.nl = newNLTransport(ipv4, TableName)
 					s.nl = p.nl
 				}
 				s.be = p

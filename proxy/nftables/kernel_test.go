@@ -13,6 +13,7 @@ import (
 
 	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/testsupport/testns"
+	"canopy.io/canopy/proxy"
 )
 
 // lab is a node namespace running the rules, a client namespace outside, and two backend namespaces ("pods"
@@ -141,21 +142,31 @@ func (l *lab) ruleset(t testing.TB) string { return l.node.MustRun(t, "nft", "li
 func TestKernel(t *testing.T) {
 	requireNft(t)
 	for _, tc := range []struct {
-		name string
-		cfg  Config
+		name   string
+		cfg    Config
+		shards int // 0: one Proxier on table canopy (NewHost)
 	}{
-		{"local-addresses", Config{}},
-		{"nodeips", Config{NodeIPs: []netip.Addr{netip.MustParseAddr(nodeIP)}}},
+		{"local-addresses", Config{}, 0},
+		{"nodeips", Config{NodeIPs: []netip.Addr{netip.MustParseAddr(nodeIP)}}, 0},
+		// The host default: the service ports spread over DefaultShards tables (and those tables' hooks).
+		{"shards", Config{}, DefaultShards},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testKernel(t, tc.cfg) })
+		t.Run(tc.name, func(t *testing.T) { testKernel(t, tc.cfg, tc.shards) })
 	}
 }
 
-func testKernel(t *testing.T, cfg Config) {
+func testKernel(t *testing.T, cfg Config, shards int) {
 	l := newLab(t)
 	cfg.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
-	var p *Proxier
-	if err := l.node.Do(func() (err error) { p, err = NewHost(cfg, nil); return err }); err != nil {
+	var p proxy.Backend
+	if err := l.node.Do(func() (err error) {
+		if shards == 0 {
+			p, err = NewHost(cfg, nil)
+		} else {
+			p, err = NewHostShards(cfg, false, shards, nil)
+		}
+		return err
+	}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -196,6 +207,9 @@ func testKernel(t *testing.T, cfg Config) {
 	sync(keys...)
 	if err := l.node.Do(p.PruneStale); err != nil {
 		t.Fatal(err)
+	}
+	if n := strings.Count(l.ruleset(t), "table ip "+TableName); shards > 0 && n != shards {
+		t.Fatalf("%d tables, want %d", n, shards)
 	}
 	if testing.Verbose() {
 		t.Logf("ruleset:\n%s", l.ruleset(t))
@@ -335,6 +349,84 @@ func testKernel(t *testing.T, cfg Config) {
 	if s := l.ruleset(t); strings.Contains(s, SVCChain(web.Key)) || strings.Contains(s, "10.96.0.10 ") || strings.Contains(s, "203.0.113.10") {
 		t.Errorf("the deleted service is still programmed:\n%s", s)
 	}
+	if err := l.node.Do(p.Cleanup); err != nil {
+		t.Fatal(err)
+	}
+	if s := l.ruleset(t); strings.Contains(s, "table ip "+TableName) {
+		t.Errorf("left after Cleanup:\n%s", s)
+	}
+}
+
+// TestKernelReshard: an agent that changes the number of tables (an upgrade from the single table, a
+// smaller DefaultShards) keeps every service answering through the restart; the next run's PruneStale leaves
+// each destination in one table and deletes the tables it no longer has.
+func TestKernelReshard(t *testing.T) {
+	requireNft(t)
+	l := newLab(t)
+	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}
+	both := []model.Endpoint{l.ep(0, 8080), l.ep(1, 8080)}
+	desired := map[string]*model.ServicePort{}
+	var keys []string
+	for i := range 8 {
+		sp := &model.ServicePort{Key: fmt.Sprintf("default/s%d:/TCP", i), Namespace: "default", Name: fmt.Sprintf("s%d", i), Protocol: model.TCP,
+			ClusterIPs: []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.96.1.%d", i+1))}, Port: 80, NodePort: uint16(30100 + i),
+			ClusterEndpoints: both, ExternalEndpoints: both}
+		desired[sp.Key] = sp
+		keys = append(keys, sp.Key)
+	}
+	answer := func(step string) {
+		t.Helper()
+		for _, sp := range desired {
+			for _, a := range []string{sp.ClusterIPs[0].String() + ":80", fmt.Sprintf("%s:%d", nodeIP, sp.NodePort)} {
+				if name, _, err := ask(l.client, a); err != nil || name == "" {
+					t.Fatalf("%s: %s does not answer: %v", step, a, err)
+				}
+			}
+		}
+	}
+	run := func(step string, shards int, prune bool) proxy.Backend {
+		t.Helper()
+		var p proxy.Backend
+		if err := l.node.Do(func() (err error) {
+			if shards == 0 {
+				p, err = NewHost(cfg, nil)
+			} else {
+				p, err = NewHostShards(cfg, false, shards, nil)
+			}
+			if err == nil {
+				err = p.Start()
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if step != "one table" { // (the first run starts on an empty node)
+			answer(step + ", started")
+		}
+		if err := l.node.Do(func() error { return p.Sync(desired, keys) }); err != nil {
+			t.Fatal(err)
+		}
+		answer(step + ", synced")
+		if prune {
+			if err := l.node.Do(p.PruneStale); err != nil {
+				t.Fatal(err)
+			}
+			answer(step + ", pruned")
+			rs := l.ruleset(t)
+			for _, sp := range desired {
+				if n := strings.Count(rs, sp.ClusterIPs[0].String()+" . tcp . 80 : goto"); n != 1 {
+					t.Errorf("%s: %s is in %d dispatch maps, want 1", step, sp.ClusterIPs[0], n)
+				}
+			}
+			if n := max(shards, 1); strings.Count(rs, "table ip "+TableName) != n {
+				t.Errorf("%s: want %d tables:\n%s", step, n, rs)
+			}
+		}
+		return p
+	}
+	run("one table", 0, true)
+	run("four tables", 4, true)
+	p := run("two tables", 2, true)
 	if err := l.node.Do(p.Cleanup); err != nil {
 		t.Fatal(err)
 	}

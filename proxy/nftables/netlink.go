@@ -60,12 +60,12 @@ type nlTransport struct {
 	took  time.Duration // in the kernel: sending the batch and reading its acknowledgements
 }
 
-func newNLTransport(fam family) *nlTransport {
+func newNLTransport(fam family, table string) *nlTransport {
 	tf := gnft.TableFamilyIPv4
 	if fam.nft == knftables.IPv6Family {
 		tf = gnft.TableFamilyIPv6
 	}
-	return &nlTransport{fam: fam, table: &gnft.Table{Name: TableName, Family: tf}}
+	return &nlTransport{fam: fam, table: &gnft.Table{Name: table, Family: tf}}
 }
 
 // nlBatch is one compiled transaction.
@@ -754,15 +754,15 @@ func (d *dumper) dump(msgType uint16, attrs []byte) ([][]byte, error) {
 	}
 }
 
-// HasTable reports whether table ip canopy (ipv6: ip6 canopy) exists in the calling thread's network
-// namespace, over netlink: a caller can skip Cleanup when there is none without starting nft (knftables.New
-// alone runs nft twice, and nft 1.0.6 reads the whole ruleset for them: seconds next to a table of 10,000
-// services).
+// HasTable reports whether a table of this back end (ip canopy or a shard's, ShardTable; ipv6: ip6) exists in
+// the calling thread's network namespace, over netlink: a caller can skip Cleanup when there is none without
+// starting nft (knftables.New alone runs nft twice, and nft 1.0.6 reads the whole ruleset for them: seconds
+// next to a table of 10,000 services).
 func HasTable(v6 bool) (bool, error) {
 	fam := ipv4
 	if v6 {
 		fam = ipv6
 	}
-	_, _, _, exists, err := newNLTransport(fam).names()
-	return exists, err
+	names, err := hostTables{nl: newNLTransport(fam, TableName)}.tables()
+	return slices.ContainsFunc(names, IsShardTable), err
 }

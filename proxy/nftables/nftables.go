@@ -4,9 +4,12 @@
 // netlink (netlink.go: nft 1.0.6 reads every chain of the table before it adds one rule), the shared objects
 // and large ones (the bulk load, repairs) through knftables (`nft -f`).
 //
-// Everything lives in one table per family, `ip canopy` (New, NewHost) and `ip6 canopy` (New6, NewHost6: the
+// A Proxier owns one table per family, `ip canopy` (New, NewHost) and `ip6 canopy` (New6, NewHost6: the
 // same objects with ip6 matches and ipv6_addr keys, for the IPv6 view of each service port; NewDualStack runs
-// both), so Cleanup deletes one table and nothing else on the node is touched:
+// both), so Cleanup deletes one table and nothing else on the node is touched. The host's back end is
+// Shards (shards.go): DefaultShards Proxiers, on tables canopy, canopy-1, …, each with a share of the service
+// ports and its own copy of the shared objects, because the kernel re-checks a whole table on every change.
+// One table holds:
 //
 //	chain nat-prerouting  { type nat hook prerouting priority dstnat; jump services }
 //	chain nat-output      { type nat hook output priority dstnat; jump services }
@@ -130,12 +133,16 @@ type applied struct {
 type Proxier struct {
 	cfg      Config
 	fam      family
+	table    string // TableName, or a shard's table (ShardTable)
 	podCIDRs []netip.Prefix
 	static   []chainPlan
 	nft      knftables.Interface
 	nl       *nlTransport // nil: every transaction through nft
 	ct       Conntrack
 	log      *slog.Logger
+	// view, when set (Shards), is what Sync programs of a port: the port without the destinations another
+	// table's port holds.
+	view func(key string, sp *model.ServicePort) *model.ServicePort
 
 	mu              sync.Mutex
 	started         bool
@@ -184,7 +191,7 @@ func newFamily(cfg Config, fam family, nft knftables.Interface, ct Conntrack, lo
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	p := &Proxier{cfg: cfg, fam: fam, nft: nft, ct: ct, log: log}
+	p := &Proxier{cfg: cfg, fam: fam, table: TableName, nft: nft, ct: ct, log: log}
 	for _, c := range cfg.ClusterCIDRs {
 		if p.fam.is(c.Addr().Unmap()) {
 			c = netip.PrefixFrom(c.Addr().Unmap(), c.Bits()).Masked()
@@ -202,23 +209,23 @@ func newFamily(cfg Config, fam family, nft knftables.Interface, ct Conntrack, lo
 // NewHost returns a proxier on the nftables of the calling thread's network namespace (the nft binary through
 // knftables, netlink conntrack cleanup). Every later call must run in that namespace too.
 func NewHost(cfg Config, log *slog.Logger) (*Proxier, error) {
-	nft, err := newNFTCmd(ipv4)
-	if err != nil {
-		return nil, err
-	}
-	p := New(cfg, nft, netlinkConntrack{}, log)
-	p.nl = newNLTransport(ipv4)
-	return p, nil
+	return newHost(cfg, ipv4, TableName, log)
 }
 
 // NewHost6 is NewHost for IPv6: table `ip6 canopy`, IPv6 conntrack cleanup.
 func NewHost6(cfg Config, log *slog.Logger) (*Proxier, error) {
-	nft, err := newNFTCmd(ipv6)
+	return newHost(cfg, ipv6, TableName, log)
+}
+
+// newHost is NewHost or NewHost6 on table.
+func newHost(cfg Config, fam family, table string, log *slog.Logger) (*Proxier, error) {
+	nft, err := newNFTCmd(fam, table)
 	if err != nil {
 		return nil, err
 	}
-	p := New6(cfg, nft, netlinkConntrack{v6: true}, log)
-	p.nl = newNLTransport(ipv6)
+	p := newFamily(cfg, fam, nft, netlinkConntrack{v6: fam.nft == knftables.IPv6Family}, log)
+	p.table = table
+	p.nl = newNLTransport(fam, table)
 	return p, nil
 }
 
@@ -292,7 +299,7 @@ func (p *Proxier) start() error {
 	}
 	ctx := context.Background()
 	if err := p.inventory(ctx); err != nil {
-		return fmt.Errorf("reading table %s: %w", TableName, err)
+		return fmt.Errorf("reading table %s: %w", p.table, err)
 	}
 	// The shared objects are written unless a previous run left them as they would be written now (with a
 	// large table, nft reads every chain before it writes them: ~3 s at 10,000 Services).
@@ -300,7 +307,7 @@ func (p *Proxier) start() error {
 		tx := p.nft.NewTransaction()
 		p.addStatic(tx)
 		if err := p.nft.Run(ctx, tx); err != nil {
-			return fmt.Errorf("writing table %s: %w", TableName, err)
+			return fmt.Errorf("writing table %s: %w", p.table, err)
 		}
 	}
 	p.staticNeeded, p.inventoryNeeded, p.started = false, false, true
@@ -685,6 +692,12 @@ func (p *Proxier) deleteDeferred(ctx context.Context) {
 // A Sync whose keys cover everything applied so far is full: after the first one (a repair), it reads the
 // table first and rewrites what is missing or changed, and (after PruneStale) deletes what no key claims.
 func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) error {
+	return p.sync(desired, changed, true)
+}
+
+// sync is Sync; with mayBeFull false it is not a full sync even if changed covers every key the proxier
+// programs (Shards knows: a table with few keys would otherwise take most changes for full ones, repairs).
+func (p *Proxier) sync(desired map[string]*model.ServicePort, changed []string, mayBeFull bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	t0 := time.Now()
@@ -703,7 +716,7 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 			covered++
 		}
 	}
-	full := covered == len(p.applied)
+	full := mayBeFull && covered == len(p.applied)
 	repair := full && p.synced
 	fail := func(err error) error {
 		p.pending, p.inventoryNeeded = keys, true
@@ -711,7 +724,7 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 	}
 	if repair || p.inventoryNeeded {
 		if err := p.inventory(ctx); err != nil {
-			return fail(fmt.Errorf("reading table %s: %w", TableName, err))
+			return fail(fmt.Errorf("reading table %s: %w", p.table, err))
 		}
 	}
 
@@ -723,7 +736,7 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 		return false
 	}
 	for _, k := range keys {
-		plans[k] = p.build(desired[k])
+		plans[k] = p.build(p.viewOf(k, desired[k]))
 	}
 	// Keys waiting for an element released now join the sync.
 	inSync := map[string]bool{}
@@ -740,7 +753,7 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 					if !inSync[w] {
 						inSync[w] = true
 						keys = append(keys, w)
-						plans[w] = p.build(desired[w])
+						plans[w] = p.build(p.viewOf(w, desired[w]))
 					}
 				}
 			}
@@ -932,6 +945,14 @@ func (p *Proxier) Sync(desired map[string]*model.ServicePort, changed []string) 
 		"sets_added", len(c.setPut), "sets_deleted", len(c.setDel), "elements_added", len(c.elemPut), "elements_deleted", len(c.elemDel),
 		"deferred", deferred, "took", time.Since(t0))
 	return nil
+}
+
+// viewOf is what Sync programs of key's port sp (see view).
+func (p *Proxier) viewOf(key string, sp *model.ServicePort) *model.ServicePort {
+	if p.view == nil || sp == nil {
+		return sp
+	}
+	return p.view(key, sp)
 }
 
 // garbage adds to c the deletion of every per-service object no key owns (nor produces in c).

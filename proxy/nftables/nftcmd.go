@@ -24,8 +24,8 @@ type nftCmd struct {
 	bigRuns int // transactions run here (for tests)
 }
 
-func newNFTCmd(fam family) (knftables.Interface, error) {
-	nft, err := knftables.New(fam.nft, TableName)
+func newNFTCmd(fam family, table string) (knftables.Interface, error) {
+	nft, err := knftables.New(fam.nft, table)
 	if err != nil {
 		return nil, err
 	}

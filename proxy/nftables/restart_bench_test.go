@@ -76,7 +76,7 @@ func BenchmarkRestart(b *testing.B) {
 				nft, err := knftables.New(ipv4.nft, TableName)
 				pn.Interface = nft
 				p = New(cfg, pn, netlinkConntrack{}, nil)
-				p.nl = newNLTransport(ipv4)
+				p.nl = newNLTransport(ipv4, TableName)
 				return err
 			}); err != nil {
 				b.Fatal(err)

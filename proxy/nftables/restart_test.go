@@ -23,7 +23,7 @@ func TestRestartKeepsChains(t *testing.T) {
 		if err := ns.Do(func() error {
 			nft, err := knftables.New(ipv4.nft, TableName)
 			p = New(cfg, nft, nil, nil)
-			p.nl = newNLTransport(ipv4)
+			p.nl = newNLTransport(ipv4, TableName)
 			return err
 		}); err != nil {
 			t.Fatal(err)
