@@ -58,6 +58,10 @@ type nlTransport struct {
 	runs  int           // transactions written (for tests and benchmarks)
 	ops   int           // their operations
 	took  time.Duration // in the kernel: sending the batch and reading its acknowledgements
+	// chainsOf, when set, are the table's chain names read already (Shards.Start reads every table's in one
+	// dump): the next names uses them instead of its own dump, once.
+	chainsOf []string
+	prefetch bool
 }
 
 func newNLTransport(fam family, table string) *nlTransport {
@@ -486,6 +490,21 @@ func (t *nlTransport) chainHashes(chains []string) (map[string]uint64, error) {
 // names lists the chains, the sets and the maps of the table (not the anonymous ones) over netlink, as
 // `nft list chains|sets|maps` (each of which cost nft 1.0.6 0.5-1 s at 10,000 services: it reads more than
 // names); exists is false when there is no such table.
+// chainNames reads the names of the family's chains, by table (one dump: the kernel does not filter chains
+// by table).
+func (t *nlTransport) chainNames() (map[string][]string, error) {
+	msgs, err := t.dump(unix.NFT_MSG_GETCHAIN, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, m := range msgs {
+		tb := attrString(m, unix.NFTA_CHAIN_TABLE)
+		out[tb] = append(out[tb], attrString(m, unix.NFTA_CHAIN_NAME))
+	}
+	return out, nil
+}
+
 func (t *nlTransport) names() (chains, sets, maps []string, exists bool, err error) {
 	tables, err := t.dump(unix.NFT_MSG_GETTABLE, nil)
 	if err != nil {
@@ -497,20 +516,21 @@ func (t *nlTransport) names() (chains, sets, maps []string, exists bool, err err
 	if !exists {
 		return nil, nil, nil, false, nil
 	}
-	msgs, err := t.dump(unix.NFT_MSG_GETCHAIN, nil) // (the kernel does not filter chains by table)
-	if err != nil {
-		return nil, nil, nil, false, err
-	}
-	for _, m := range msgs {
-		if attrString(m, unix.NFTA_CHAIN_TABLE) == t.table.Name {
-			chains = append(chains, attrString(m, unix.NFTA_CHAIN_NAME))
+	if t.prefetch {
+		chains, t.chainsOf, t.prefetch = t.chainsOf, nil, false
+	} else {
+		all, err := t.chainNames()
+		if err != nil {
+			return nil, nil, nil, false, err
 		}
+		chains = all[t.table.Name]
 	}
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_SET_TABLE, Data: []byte(t.table.Name + "\x00")}})
 	if err != nil {
 		return nil, nil, nil, false, err
 	}
-	if msgs, err = t.dump(unix.NFT_MSG_GETSET, attrs); err != nil {
+	msgs, err := t.dump(unix.NFT_MSG_GETSET, attrs)
+	if err != nil {
 		return nil, nil, nil, false, err
 	}
 	for _, m := range msgs {

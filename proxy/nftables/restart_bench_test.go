@@ -117,3 +117,55 @@ func BenchmarkRestart(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkRestartShards is BenchmarkRestart for the host's back end, the service ports spread over
+// DefaultShards tables (NewHostShards): the wall and CPU time of Start, the first full Sync and PruneStale.
+//
+//	go test -run '^$' -bench BenchmarkRestartShards -benchtime 1x ./proxy/nftables/
+func BenchmarkRestartShards(b *testing.B) {
+	requireNft(b)
+	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("CANOPY_BENCH_PORTS")); err == nil && v > 0 {
+		n = v
+	}
+	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/14")}}
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	for b.Loop() {
+		b.StopTimer()
+		ns := testns.New(b, "nft-restart")
+		newShards := func() *Shards {
+			var s *Shards
+			if err := ns.Do(func() (err error) { s, err = NewHostShards(cfg, false, DefaultShards, nil); return err }); err != nil {
+				b.Fatal(err)
+			}
+			return s
+		}
+		d, keys := benchServices(n)
+		s := newShards()
+		c0, t0 := cpuTime(), time.Now()
+		if err := ns.Do(func() error { return s.Sync(d, keys) }); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(ms(time.Since(t0)), "load-ms")
+		b.ReportMetric(ms(cpuTime()-c0), "load-cpu-ms")
+
+		s = newShards()
+		phase := func(name string, f func() error) {
+			c0, t0 := cpuTime(), time.Now()
+			if err := ns.Do(f); err != nil {
+				b.Fatalf("%s: %v", name, err)
+			}
+			wall, cpu := time.Since(t0), cpuTime()-c0
+			b.ReportMetric(ms(wall), name+"-ms")
+			b.ReportMetric(ms(cpu), name+"-cpu-ms")
+			b.Logf("%s: %v (CPU %v)", name, wall.Round(time.Millisecond), cpu.Round(time.Millisecond))
+		}
+		phase("start", s.Start)
+		phase("firstsync", func() error { return s.Sync(d, keys) })
+		phase("prune", s.PruneStale)
+		if err := ns.Do(s.Cleanup); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
