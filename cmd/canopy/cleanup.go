@@ -20,9 +20,9 @@ namespace) after stopping the agent, when Canopy leaves the node or another CNI 
 
 Removed: kernel routes of --route-protocol in --route-table; iptables chains CANOPY-* and every jump to
 them (IPv4 and IPv6, iptables-nft and iptables-legacy); ipsets CANOPY-*; IPVS virtual services on
-canopy-ipvs0's and the node's addresses, and canopy-ipvs0; nftables tables "canopy"; the CNI conflist
-10-canopy.conflist, the canopy-cni plugin (kept while pods are attached, unless --remove-pod-network), the
-hint socket and its directory if empty.
+canopy-ipvs0's and the node's addresses, and canopy-ipvs0; nftables tables "canopy" and "canopy-<n>";
+the CNI conflist 10-canopy.conflist, the canopy-cni plugin (kept while pods are attached, unless
+--remove-pod-network), the hint socket and its directory if empty.
 Only with --remove-pod-network (drain the node first: RUNNING PODS LOSE THEIR NETWORK): the bridge canopy0,
 the pods' veths cnp*, and the plugin's address records (--cni-data-dir).
 Never touched: sysctls (net.ipv4.ip_forward and others may be needed by other components), kernel modules,

@@ -15,7 +15,7 @@
 //   - ipsets named CANOPY-* (after the rules that use them);
 //   - IPVS virtual services on the addresses bound to the dummy canopy-ipvs0 or on the node's addresses (the
 //     IPVS back end's NodePorts), and canopy-ipvs0 itself (proxy/ipvs.Cleanup);
-//   - nftables tables named canopy (the nftables back end's, any family);
+//   - nftables tables named canopy and canopy-<n> (the nftables back end's, any family);
 //   - the CNI conflist 10-canopy.conflist and the installed plugin canopy-cni (and temporary files of their
 //     atomic writes), the agent's CNI hint socket, and its directory if that is "canopy" and empty;
 //   - only with RemovePodNetwork (running pods lose their network): the bridge canopy0 (or the conflist's),
