@@ -155,18 +155,19 @@ func TestKernel(t *testing.T) {
 	}
 }
 
+// newHostBackend is NewHost (shards 0: one table) or NewHostShards (that many tables), IPv4.
+func newHostBackend(cfg Config, shards int) (proxy.Backend, error) {
+	if shards == 0 {
+		return NewHost(cfg, nil)
+	}
+	return NewHostShards(cfg, false, shards, nil)
+}
+
 func testKernel(t *testing.T, cfg Config, shards int) {
 	l := newLab(t)
 	cfg.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	var p proxy.Backend
-	if err := l.node.Do(func() (err error) {
-		if shards == 0 {
-			p, err = NewHost(cfg, nil)
-		} else {
-			p, err = NewHostShards(cfg, false, shards, nil)
-		}
-		return err
-	}); err != nil {
+	if err := l.node.Do(func() (err error) { p, err = newHostBackend(cfg, shards); return err }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -388,12 +389,7 @@ func TestKernelReshard(t *testing.T) {
 		t.Helper()
 		var p proxy.Backend
 		if err := l.node.Do(func() (err error) {
-			if shards == 0 {
-				p, err = NewHost(cfg, nil)
-			} else {
-				p, err = NewHostShards(cfg, false, shards, nil)
-			}
-			if err == nil {
+			if p, err = newHostBackend(cfg, shards); err == nil {
 				err = p.Start()
 			}
 			return err

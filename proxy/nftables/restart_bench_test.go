@@ -51,6 +51,18 @@ func (c *phaseNFT) ListElements(ctx context.Context, typ, name string) ([]*knfta
 	return out, err
 }
 
+// restartBenchSetup is the restart benchmarks' size (CANOPY_BENCH_PORTS, default 10,000) and configuration.
+func restartBenchSetup() (int, Config) {
+	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("CANOPY_BENCH_PORTS")); err == nil && v > 0 {
+		n = v
+	}
+	return n, Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/14")}}
+}
+
+// ms is d in milliseconds, for ReportMetric.
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
 // BenchmarkRestart is issue 16's "restart to the first proxy sync" below the e2e level: 10,000 service ports
 // x 2 endpoints (CANOPY_BENCH_PORTS) are loaded into a test namespace, then a new proxier (the agent after a
 // restart, same desired state) runs Start (reading the table an earlier run left and writing the shared
@@ -60,12 +72,7 @@ func (c *phaseNFT) ListElements(ctx context.Context, typ, name string) ([]*knfta
 //	go test -run '^$' -bench BenchmarkRestart -benchtime 1x ./proxy/nftables/
 func BenchmarkRestart(b *testing.B) {
 	requireNft(b)
-	n := 10000
-	if v, err := strconv.Atoi(os.Getenv("CANOPY_BENCH_PORTS")); err == nil && v > 0 {
-		n = v
-	}
-	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/14")}}
-	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	n, cfg := restartBenchSetup()
 	for b.Loop() {
 		b.StopTimer()
 		ns := testns.New(b, "nft-restart")
@@ -125,12 +132,7 @@ func BenchmarkRestart(b *testing.B) {
 //	go test -run '^$' -bench BenchmarkRestartShards -benchtime 1x ./proxy/nftables/
 func BenchmarkRestartShards(b *testing.B) {
 	requireNft(b)
-	n := 10000
-	if v, err := strconv.Atoi(os.Getenv("CANOPY_BENCH_PORTS")); err == nil && v > 0 {
-		n = v
-	}
-	cfg := Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/14")}}
-	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	n, cfg := restartBenchSetup()
 	for b.Loop() {
 		b.StopTimer()
 		ns := testns.New(b, "nft-restart")
