@@ -34,6 +34,7 @@ const pingInterval = 50 * time.Millisecond
 type pingStream struct {
 	name       string
 	sent, lost int
+	lostAt     []time.Time // when the lost pings were sent (the ones ping saw)
 	err        error
 	done       chan struct{}
 }
@@ -45,8 +46,8 @@ func startStream(p *lab.Pod, name string, dst netip.Addr, d time.Duration) *ping
 		defer close(s.done)
 		ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 		defer cancel()
-		sent, got, err := rrPingLoop(ctx, p, dst, int(d/pingInterval), pingInterval)
-		s.sent, s.lost, s.err = sent, sent-got, err
+		sent, got, lostAt, err := rrPingLoop(ctx, p, dst, int(d/pingInterval), pingInterval)
+		s.sent, s.lost, s.lostAt, s.err = sent, sent-got, lostAt, err
 	}()
 	return s
 }
@@ -61,7 +62,15 @@ func (s *pingStream) wait(t *testing.T) {
 }
 
 func (s *pingStream) String() string {
-	return fmt.Sprintf("%s: %d of %d lost (~%s without a path)", s.name, s.lost, s.sent, time.Duration(s.lost)*pingInterval)
+	at := ""
+	if len(s.lostAt) > 0 {
+		ts := make([]string, len(s.lostAt))
+		for i, t := range s.lostAt {
+			ts[i] = t.UTC().Format("15:04:05.000")
+		}
+		at = ", sent at " + strings.Join(ts, " ")
+	}
+	return fmt.Sprintf("%s: %d of %d lost (~%s without a path%s)", s.name, s.lost, s.sent, time.Duration(s.lost)*pingInterval, at)
 }
 
 // racksConverged: every node has every other node's pod CIDR in its kernel and is Established with each of
@@ -477,6 +486,7 @@ func TestRacksFailure(t *testing.T) {
 				t.Fatal(err)
 			}
 			restarted = true
+			t.Logf("%s: agent started at %s (UTC; its log has the times of what it did)", c.node.Name, t0.UTC().Format("15:04:05.000"))
 			for _, s := range []*pingStream{in, out} {
 				s.wait(t)
 				t.Log(s)

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,16 +149,50 @@ func rrRIB(ctx context.Context, n *lab.Node, prefix netip.Prefix) ([]rrRIBPath, 
 
 var pingSummaryRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received`)
 
-// rrPingLoop pings dst from p every interval, count times, and returns how many were sent and answered.
-func rrPingLoop(ctx context.Context, p *lab.Pod, dst netip.Addr, count int, interval time.Duration) (sent, got int, err error) {
-	out, _ := p.Exec(ctx, "ping", "-n", "-q", "-W", "1", "-i", fmt.Sprintf("%.3f", interval.Seconds()), "-c", strconv.Itoa(count), dst.String())
+// rrPingLoop pings dst from p every interval, count times, and returns how many were sent and answered, and
+// when each unanswered one was sent (ping -D -O: a timestamp per ping, and a line for each not answered before the
+// next was sent; one answered later after all is not lost).
+func rrPingLoop(ctx context.Context, p *lab.Pod, dst netip.Addr, count int, interval time.Duration) (sent, got int, lost []time.Time, err error) {
+	out, _ := p.Exec(ctx, "ping", "-n", "-D", "-O", "-W", "1", "-i", fmt.Sprintf("%.3f", interval.Seconds()), "-c", strconv.Itoa(count), dst.String())
 	m := pingSummaryRE.FindStringSubmatch(out)
 	if m == nil {
-		return 0, 0, fmt.Errorf("ping %s: %s", dst, out)
+		return 0, 0, nil, fmt.Errorf("ping %s: %s", dst, out)
 	}
 	sent, _ = strconv.Atoi(m[1])
 	got, _ = strconv.Atoi(m[2])
-	return sent, got, nil
+	if got < sent {
+		lost = pingLost(out)
+	}
+	return sent, got, lost, nil
+}
+
+var (
+	pingNoAnswerRE = regexp.MustCompile(`^\[(\d+)\.(\d+)\] no answer yet for icmp_seq=(\d+)`)
+	pingAnswerRE   = regexp.MustCompile(`icmp_seq=(\d+) .*time=`)
+)
+
+// pingLost returns when each ping that ping -D -O reported without an answer, and that was not answered later,
+// was sent.
+func pingLost(out string) []time.Time {
+	late := map[string]time.Time{}
+	var order []string
+	for _, l := range strings.Split(out, "\n") {
+		if m := pingNoAnswerRE.FindStringSubmatch(l); m != nil {
+			sec, _ := strconv.ParseInt(m[1], 10, 64)
+			usec, _ := strconv.ParseInt((m[2] + "000000")[:6], 10, 64)
+			late[m[3]] = time.Unix(sec, usec*1000)
+			order = append(order, m[3])
+		} else if m := pingAnswerRE.FindStringSubmatch(l); m != nil {
+			delete(late, m[1])
+		}
+	}
+	var lost []time.Time
+	for _, seq := range order {
+		if t, ok := late[seq]; ok {
+			lost = append(lost, t)
+		}
+	}
+	return lost
 }
 
 // rrPingDuring runs a ping loop from a to b (50 ms apart, for d) while action runs, and returns what was lost.
@@ -169,7 +204,7 @@ func rrPingDuring(t *testing.T, a *lab.Pod, b *lab.Pod, d time.Duration, action 
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 		defer cancel()
-		s, g, err := rrPingLoop(ctx, a, b.IP, int(d/(50*time.Millisecond)), 50*time.Millisecond)
+		s, g, _, err := rrPingLoop(ctx, a, b.IP, int(d/(50*time.Millisecond)), 50*time.Millisecond)
 		if err != nil {
 			errc <- err
 			return
