@@ -134,16 +134,6 @@ func NewHostShards(cfg Config, v6 bool, n int, log *slog.Logger) (*Shards, error
 		}
 		ps[i] = p
 	}
-	// The first table's knftables is made now, not on first use: it checks that nft runs (an agent that cannot
-	// run nft fails here, at start), and it keeps the agent's start sequence as it was before the tables were
-	// split. Without it the agent starts a few hundred ms sooner, and TestRacksFailure/bird lost one ping of
-	// 160 across an agent restart in 2 of 3 runs (0 of 3 with it, 0 of 3 with every table's made at start): a
-	// timing I have not explained; kept until it is.
-	if nc, ok := ps[0].nft.(*nftCmd); ok {
-		if _, err := nc.knft(); err != nil {
-			return nil, err
-		}
-	}
 	return newShards(fam, ps, hostTables{newNLTransport(fam, TableName), cfg, fam, log}, log), nil
 }
 
