@@ -115,6 +115,12 @@ func BenchmarkAgentAtScale(b *testing.B) {
 		b.Fatal(err)
 	}
 	res.rss, res.heapInuse, res.heapAlloc = m["process_resident_memory_bytes"], m["go_memstats_heap_inuse_bytes"], m["go_memstats_heap_alloc_bytes"]
+	// Where the RSS goes beyond the heap: what the Go runtime holds besides it, and what is left (the binary's
+	// pages, cgo-free C libraries: none).
+	scaleLog("memory: heap in use %s, stacks %s, spans %s, GC metadata %s, other runtime %s, heap idle %s of which released %s, Go sys %s",
+		mb(int64(m["go_memstats_heap_inuse_bytes"])), mb(int64(m["go_memstats_stack_inuse_bytes"])), mb(int64(m["go_memstats_mspan_inuse_bytes"])),
+		mb(int64(m["go_memstats_gc_sys_bytes"])), mb(int64(m["go_memstats_other_sys_bytes"])), mb(int64(m["go_memstats_heap_idle_bytes"])),
+		mb(int64(m["go_memstats_heap_released_bytes"])), mb(int64(m["go_memstats_sys_bytes"])))
 	if err := scaleHeapProfile(ctx, node, "initial"); err != nil {
 		scaleLog("heap profile: %v", err)
 	}
