@@ -15,9 +15,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
 )
 
 // recordSyncer records the States the controller asks for.
@@ -107,7 +109,7 @@ func TestController(t *testing.T) {
 
 	// The informer keeps only what policies use.
 	obj, _, _ := c.pods.GetByKey("a/web")
-	if info, ok := obj.(*PodInfo); !ok || info.Pod.Ports[0].Name != "http" || info.Pod.IP != web || info.Labels["app"] != "web" {
+	if info, ok := obj.(*PodInfo); !ok || info.Pod.Ports[0].Name != "http" || info.Pod.IP != web || info.Pod.Labels["app"] != "web" {
 		t.Errorf("informer keeps %#v", obj)
 	}
 
@@ -259,11 +261,21 @@ func TestPodInfoSharesLabels(t *testing.T) {
 	}
 	get := func(p *corev1.Pod) *PodInfo { o, _ := ToPodInfo(p); return o.(*PodInfo) }
 	a, b, c := get(mk("a", "web")), get(mk("b", "web")), get(mk("c", "db"))
-	if reflect.ValueOf(a.Labels).UnsafePointer() != reflect.ValueOf(b.Labels).UnsafePointer() {
+	if reflect.ValueOf(a.Pod.Labels).UnsafePointer() != reflect.ValueOf(b.Pod.Labels).UnsafePointer() {
 		t.Error("equal label sets are not shared")
 	}
-	if c.Labels["tier"] != "db" || a.Pod.Labels["tier"] != "web" || a.Pod.Name != "a" || a.Pod.Namespace != "ns" || a.Pod.NodeName != "n1" ||
-		a.Pod.IP.String() != "10.244.1.5" || a.Name != "a" || a.Namespace != "ns" {
+	if c.Pod.Labels["tier"] != "db" || a.Pod.Labels["tier"] != "web" || a.Pod.Name != "a" || a.Pod.Namespace != "ns" || a.Pod.NodeName != "n1" ||
+		a.Pod.IP.String() != "10.244.1.5" {
 		t.Errorf("PodInfo: %+v %+v", a, c)
+	}
+	// The informer's keys and namespace index read it through meta.Accessor.
+	if key, err := cache.MetaNamespaceKeyFunc(a); err != nil || key != "ns/a" {
+		t.Errorf("key %q, %v", key, err)
+	}
+	if m, err := meta.Accessor(a); err != nil || m.GetLabels()["app"] != "web" {
+		t.Errorf("meta.Accessor: %v, %v", m, err)
+	}
+	if cp := a.DeepCopyObject().(*PodInfo); !reflect.DeepEqual(cp, a) || reflect.ValueOf(cp.Pod.Labels).UnsafePointer() == reflect.ValueOf(a.Pod.Labels).UnsafePointer() {
+		t.Errorf("DeepCopyObject: %+v", cp)
 	}
 }
