@@ -118,8 +118,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.kube.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
 	a.recorder = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "canopy", Host: cfg.NodeName})
-	// Every cached object without what no component reads (managedFields; most of a Node): model.Transform.
-	a.factory = informers.NewSharedInformerFactoryWithOptions(a.kube, 0, informers.WithTransform(model.Transform))
+	// Every cached object without what no component reads (managedFields; most of a Node; see model.Transform),
+	// and no namespace indexes (model.NewInformerFactory).
+	a.factory = model.NewInformerFactory(a.kube)
 	if a.ipt, err = ipt.Open(); err != nil {
 		return fmt.Errorf("iptables: %w", err)
 	}
