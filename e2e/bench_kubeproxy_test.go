@@ -1052,6 +1052,12 @@ func firstSyncNote(log string) string {
 				notes = append(notes, "previous run's chains read"+n+" "+at(t))
 			case msg == "service proxy":
 				notes = append(notes, "proxy back end ready "+at(t))
+			case msg == "other proxy modes' rules removed" || msg == "service proxy back end started":
+				what := map[bool]string{true: "other modes' rules removed", false: "proxy back end started"}[strings.HasPrefix(msg, "other")]
+				if tm := tookRE.FindStringSubmatch(m[3]); tm != nil {
+					what += " (took " + tm[2] + ")"
+				}
+				notes = append(notes, what+" "+at(t))
 			}
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"time"
 
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/proxy"
@@ -79,7 +80,9 @@ func Prepare(cfg Config) (be proxy.Backend, start func() error, err error) {
 		return nil, nil, fmt.Errorf("%s service proxy: %w", mode, err)
 	}
 	start = func() error {
+		t0 := time.Now()
 		cleanupOthers(cfg, mode)
+		cfg.Log.Info("other proxy modes' rules removed", "mode", mode, "took", time.Since(t0).Round(time.Millisecond))
 		if err := be.Start(); err != nil {
 			return fmt.Errorf("%s service proxy: %w", mode, err)
 		}
