@@ -27,25 +27,7 @@ func TestModeSwitchLeavesNothingBehind(t *testing.T) {
 	ns.MustRun(t, "nft", "add", "table", "ip", "theirs")
 	cfg := Config{Mode: IPTables, NodeIPs: []netip.Addr{netip.MustParseAddr("10.99.0.11")},
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Log: slog.New(slog.DiscardHandler)}
-	sp := &model.ServicePort{Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
-		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Port: 80,
-		ClusterEndpoints: []model.Endpoint{{IP: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true}}}
-	sp.ExternalEndpoints = sp.ClusterEndpoints
-	err := ns.Do(func() error {
-		h, err := ipt.Open()
-		if err != nil {
-			return err
-		}
-		cfg.IPT = h
-		be, err := New(cfg)
-		if err != nil {
-			return err
-		}
-		return be.Sync(map[string]*model.ServicePort{sp.Key: sp}, []string{sp.Key})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	startAndSync(t, ns, &cfg)
 	if out := ns.MustRun(t, "nft", "list", "tables"); strings.Contains(out, "canopy") || !strings.Contains(out, "theirs") {
 		t.Errorf("after the switch to iptables, nft tables: %s (want theirs, not canopy)", out)
 	}
@@ -70,6 +52,29 @@ func TestModeSwitchLeavesNothingBehind(t *testing.T) {
 	}
 }
 
+// startAndSync starts the back end of cfg.Mode in ns (New: the other modes' rules go) and syncs one Service.
+func startAndSync(t *testing.T, ns *testns.NS, cfg *Config) {
+	t.Helper()
+	sp := &model.ServicePort{Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Port: 80,
+		ClusterEndpoints: []model.Endpoint{{IP: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true}}}
+	sp.ExternalEndpoints = sp.ClusterEndpoints
+	if err := ns.Do(func() error {
+		h, err := ipt.Open()
+		if err != nil {
+			return err
+		}
+		cfg.IPT = h
+		be, err := New(*cfg)
+		if err != nil {
+			return err
+		}
+		return be.Sync(map[string]*model.ServicePort{sp.Key: sp}, []string{sp.Key})
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestModeSwitchToNFTables: starting the nftables back end removes the IPVS and iptables modes' rules while it
 // reads its own tables (in parallel), in the namespace it was started in: this test's, on a locked thread, not the
 // one another thread of the test binary is in.
@@ -80,34 +85,13 @@ func TestModeSwitchToNFTables(t *testing.T) {
 	ns.MustRun(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "canopy: IPVS masquerade", "-j", ipvsproxy.Chain)
 	cfg := Config{Mode: IPTables, NodeIPs: []netip.Addr{netip.MustParseAddr("10.99.0.11")},
 		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Log: slog.New(slog.DiscardHandler)}
-	sp := &model.ServicePort{Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
-		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Port: 80,
-		ClusterEndpoints: []model.Endpoint{{IP: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true}}}
-	sp.ExternalEndpoints = sp.ClusterEndpoints
-	run := func(mode string) {
-		t.Helper()
-		cfg.Mode = mode
-		if err := ns.Do(func() error {
-			h, err := ipt.Open()
-			if err != nil {
-				return err
-			}
-			cfg.IPT = h
-			be, err := New(cfg)
-			if err != nil {
-				return err
-			}
-			return be.Sync(map[string]*model.ServicePort{sp.Key: sp}, []string{sp.Key})
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run(IPTables) // removes the IPVS chain, writes the iptables back end's
+	startAndSync(t, ns, &cfg) // removes the IPVS chain, writes the iptables back end's
 	if nat := ns.MustRun(t, "iptables-save", "-t", "nat"); !strings.Contains(nat, "CANOPY-SVC-") {
 		t.Fatalf("the iptables back end wrote nothing:\n%s", nat)
 	}
 	ns.MustRun(t, "iptables", "-t", "nat", "-N", ipvsproxy.Chain) // and IPVS's again
-	run(NFTables)
+	cfg.Mode = NFTables
+	startAndSync(t, ns, &cfg)
 	if nat := ns.MustRun(t, "iptables-save", "-t", "nat"); strings.Contains(nat, "CANOPY") {
 		t.Errorf("after the switch to nftables, iptables still has Canopy's rules:\n%s", nat)
 	}
