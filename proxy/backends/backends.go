@@ -9,10 +9,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
-	"runtime"
 	"time"
-
-	"github.com/vishvananda/netns"
 
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/internal/netnsx"
@@ -95,11 +92,12 @@ func Prepare(cfg Config) (be proxy.Backend, start func() error, err error) {
 			// IPVS's (and its IPv6 tables when the node is not dual-stack): they are removed meanwhile, not
 			// first. At 5,000 nodes the removal took 2.2 s after a restart (its iptables calls run while the
 			// firewall and the node setup write theirs), and the proxy's first sync waited for both.
-			inThisNamespace := inThisNamespaceOf()
+			// (In this thread's namespace: a test's, when it starts the back end on a locked thread there.)
+			here := netnsx.Here()
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				if err := inThisNamespace(others); err != nil {
+				if err := here(func() error { others(); return nil }); err != nil {
 					cfg.Log.Warn("removing what another proxy mode left", "now", mode, "err", err)
 				}
 			}()
@@ -115,33 +113,6 @@ func Prepare(cfg Config) (be proxy.Backend, start func() error, err error) {
 		return nil
 	}
 	return be, start, nil
-}
-
-// inThisNamespaceOf returns a function that runs f, from another goroutine, in the calling thread's network
-// namespace. Every thread not locked to a goroutine is in the same namespace (the node's, in the agent), and
-// when the caller's is that one f runs as it is: entering a namespace needs CAP_SYS_ADMIN, which an agent with
-// only the network capabilities lacks. A caller on a locked thread in another namespace (a test's) gets f run
-// there (netnsx), not in the namespace of the process's other threads.
-func inThisNamespaceOf() func(f func()) error {
-	self, err := netns.Get()
-	if err != nil {
-		return func(f func()) error { f(); return nil }
-	}
-	return func(f func()) error {
-		defer self.Close()
-		runtime.LockOSThread() // (this goroutine's thread is an unlocked one: the common namespace)
-		cur, err := netns.Get()
-		same := err == nil && cur.Equal(self)
-		if err == nil {
-			cur.Close()
-		}
-		runtime.UnlockOSThread()
-		if same {
-			f()
-			return nil
-		}
-		return netnsx.Do(fmt.Sprintf("/proc/self/fd/%d", int(self)), func() error { f(); return nil })
-	}
 }
 
 // nftablesUsable tells whether the nftables back end can run here: the nft program (bulk loads) and a kernel
