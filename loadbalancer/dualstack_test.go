@@ -100,9 +100,11 @@ func TestRequireDualStackOneRange(t *testing.T) {
 	r := start(t, kube, testConfig("n1", "10.0.0.1-10.0.0.5"))
 	waitLeading(t, r)
 	require, prefer := corev1.IPFamilyPolicyRequireDualStack, corev1.IPFamilyPolicyPreferDualStack
+	// One after the other: the allocator may see two Services created together in either order (a term's first
+	// list is in the API's order, the fake clientset's is random), and the addresses go lowest free first.
 	create(t, kube, svc("req", withFamilies(v4, v6), func(s *corev1.Service) { s.Spec.IPFamilyPolicy = &require }))
-	create(t, kube, svc("pref", withFamilies(v4, v6), func(s *corev1.Service) { s.Spec.IPFamilyPolicy = &prefer }))
 	waitIP(t, kube, "req", "10.0.0.1")
+	create(t, kube, svc("pref", withFamilies(v4, v6), func(s *corev1.Service) { s.Spec.IPFamilyPolicy = &prefer }))
 	waitIP(t, kube, "pref", "10.0.0.2")
 	eventually(t, "a warning for the RequireDualStack Service", func() bool {
 		return len(r.rec.find("default/req", ReasonUnavailable)) == 1
