@@ -53,7 +53,8 @@ func TestInformerFactory(t *testing.T) {
 	if a[0].ManagedFields != nil {
 		t.Error("not transformed: managedFields kept")
 	}
-	if s, err := slices.Lister().EndpointSlices("a").Get("web-1"); err != nil || s.Name != "web-1" {
-		t.Errorf("slice: %v, %v", s, err)
+	// A slice is cached as what the model keeps of it (Transform), found by its key.
+	if o, ok, err := slices.Informer().GetIndexer().GetByKey("a/web-1"); err != nil || !ok || o.(*Slice).Name != "web-1" {
+		t.Errorf("slice: %v, %v, %v", o, ok, err)
 	}
 }

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"sync"
 	"unique"
-
-	corev1 "k8s.io/api/core/v1"
 )
 
 // Interning for the informer caches (Transform, and the policy controller's Pod transform): on a large cluster
@@ -45,10 +43,7 @@ func (c *internCache[V]) get(key string, mk func() V) V {
 	return v
 }
 
-var (
-	labelSets = &internCache[map[string]string]{max: 20000}
-	strPtrs   = &internCache[*string]{max: 20000}
-)
+var labelSets = &internCache[map[string]string]{max: 20000}
 
 // InternLabels returns a map equal to m shared with every other object interned with the same labels (the pods
 // of one ReplicaSet have the same), its keys and values interned. Nil and empty maps stay as they are. The
@@ -85,45 +80,4 @@ func internStrings(m map[string]string) map[string]string {
 		out[Intern(k)] = Intern(v)
 	}
 	return out
-}
-
-// internPtr returns a shared pointer to a string equal to *p (nil stays nil). The result must not be written
-// through.
-func internPtr(p *string) *string {
-	if p == nil {
-		return nil
-	}
-	return strPtrs.get(*p, func() *string { s := Intern(*p); return &s })
-}
-
-// Shared condition values of EndpointSlice endpoints (never written through).
-var (
-	sharedTrue, sharedFalse = func() (*bool, *bool) { t, f := true, false; return &t, &f }()
-)
-
-func internBool(p *bool) *bool {
-	switch {
-	case p == nil:
-		return nil
-	case *p:
-		return sharedTrue
-	default:
-		return sharedFalse
-	}
-}
-
-var protocols = func() map[corev1.Protocol]*corev1.Protocol {
-	m := map[corev1.Protocol]*corev1.Protocol{}
-	for _, p := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
-		m[p] = &p
-	}
-	return m
-}()
-
-// protocolPtr is a shared pointer to p (TCP, UDP, SCTP; another value gets its own).
-func protocolPtr(p corev1.Protocol) *corev1.Protocol {
-	if s, ok := protocols[p]; ok {
-		return s
-	}
-	return &p
 }

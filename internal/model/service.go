@@ -68,6 +68,17 @@ func ServicePortKey(namespace, name, portName string, proto Protocol) string {
 // of one service share their ClusterIPs, ExternalIPs and LoadBalancerIPs, and when both policies select the
 // same endpoints ClusterEndpoints and ExternalEndpoints share one backing array.
 func BuildServicePorts(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice, opt Options) (ports []*ServicePort, warnings []string) {
+	sl := make([]*Slice, 0, len(endpointSlices))
+	for _, s := range endpointSlices {
+		if s != nil {
+			sl = append(sl, NewSlice(s))
+		}
+	}
+	return buildServicePorts(svc, sl, opt)
+}
+
+// buildServicePorts is BuildServicePorts from the model's own slices (what the tracker caches).
+func buildServicePorts(svc *corev1.Service, endpointSlices []*Slice, opt Options) (ports []*ServicePort, warnings []string) {
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName || len(svc.Spec.Ports) == 0 {
 		return nil, nil
 	}
@@ -307,9 +318,9 @@ func port16(p int32) uint16 {
 	return uint16(p)
 }
 
-// parsedSlice is an EndpointSlice with its endpoints parsed once for all service ports.
+// parsedSlice is a Slice with its endpoints of one family, for all service ports.
 type parsedSlice struct {
-	ports []discoveryv1.EndpointPort
+	ports []SlicePort
 	eps   []parsedEndpoint
 }
 
@@ -320,40 +331,25 @@ type parsedEndpoint struct {
 	ready, serving, terminating bool
 }
 
-// parseSlices keeps svc's IPv4 (v6: IPv6) slices and parses their endpoints; an endpoint whose first address
-// (the API: addresses are fungible, consumers may use the first) is not an address of that family is skipped.
-func parseSlices(svc *corev1.Service, in []*discoveryv1.EndpointSlice, nodeName string, v6 bool) []parsedSlice {
+// parseSlices keeps svc's IPv4 (v6: IPv6) slices and their endpoints; an endpoint whose first address (the
+// API: addresses are fungible, consumers may use the first) is not an address of that family is skipped.
+func parseSlices(svc *corev1.Service, in []*Slice, nodeName string, v6 bool) []parsedSlice {
 	want := discoveryv1.AddressTypeIPv4
 	if v6 {
 		want = discoveryv1.AddressTypeIPv6
 	}
 	out := make([]parsedSlice, 0, len(in))
 	for _, sl := range in {
-		if sl == nil || sl.AddressType != want || sl.Namespace != svc.Namespace ||
-			sl.Labels[discoveryv1.LabelServiceName] != svc.Name || len(sl.Ports) == 0 {
+		if sl == nil || sl.AddressType != want || sl.Namespace != svc.Namespace || sl.Service != svc.Name || len(sl.Ports) == 0 {
 			continue
 		}
 		ps := parsedSlice{ports: sl.Ports, eps: make([]parsedEndpoint, 0, len(sl.Endpoints))}
-		for i := range sl.Endpoints {
-			e := &sl.Endpoints[i]
-			if len(e.Addresses) == 0 {
+		for _, e := range sl.Endpoints {
+			if !e.IP.IsValid() || e.IP.Is4() == v6 {
 				continue
 			}
-			ip, ok := parseIP(e.Addresses[0])
-			if !ok || ip.Is4() == v6 {
-				continue
-			}
-			pe := parsedEndpoint{
-				ip:          ip,
-				ready:       e.Conditions.Ready == nil || *e.Conditions.Ready,
-				serving:     e.Conditions.Serving == nil || *e.Conditions.Serving,
-				terminating: e.Conditions.Terminating != nil && *e.Conditions.Terminating,
-			}
-			if e.NodeName != nil {
-				pe.node = *e.NodeName
-				pe.local = nodeName != "" && pe.node == nodeName
-			}
-			ps.eps = append(ps.eps, pe)
+			ps.eps = append(ps.eps, parsedEndpoint{ip: e.IP, node: e.Node, local: nodeName != "" && e.Node == nodeName,
+				ready: e.Ready, serving: e.Serving, terminating: e.Terminating})
 		}
 		if len(ps.eps) > 0 {
 			out = append(out, ps)
@@ -371,23 +367,9 @@ func collectEndpoints(parsed []parsedSlice, portName string, proto Protocol) []E
 	n := 0
 	match := make([]uint16, len(parsed)) // the matched slice port, 0 = none
 	for i := range parsed {
-		for _, p := range parsed[i].ports {
-			name := ""
-			if p.Name != nil {
-				name = *p.Name
-			}
-			pr := TCP
-			if p.Protocol != nil {
-				var ok bool
-				if pr, ok = protocol(*p.Protocol); !ok {
-					continue
-				}
-			}
-			if name != portName || pr != proto || p.Port == nil {
-				continue
-			}
-			if port := port16(*p.Port); port != 0 {
-				match[i] = port
+		for _, p := range parsed[i].ports { // (only usable ones: NewSlice)
+			if p.Name == portName && p.Protocol == proto {
+				match[i] = p.Port
 				n += len(parsed[i].eps)
 				break
 			}

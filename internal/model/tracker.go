@@ -12,7 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -23,10 +22,6 @@ import (
 
 // ReasonInvalidService is the Event reason for a Service whose settings are partly refused.
 const ReasonInvalidService = "InvalidServiceProxyConfig"
-
-// sliceIndex indexes EndpointSlices by the "namespace/name" of their Service, so a Service's slices are found
-// without scanning its namespace.
-const sliceIndex = "canopy-service"
 
 // Warner tells users about a problem with one of their objects (a Kubernetes Event, a log line, a metric).
 type Warner interface {
@@ -41,7 +36,6 @@ type ServiceTracker struct {
 	opts     Options
 	adm      Admission
 	services corelisters.ServiceLister
-	slices   cache.Indexer
 	nodes    corelisters.NodeLister
 	ctrl     *controller.Controller
 	warn     Warner
@@ -51,6 +45,11 @@ type ServiceTracker struct {
 	ports  map[string][]*ServicePort // by service key
 	warned map[string]string         // service key -> last reported warnings
 	subs   []func(keys []string)
+
+	// The EndpointSlices by Service key, as their informer's handler saw them (a Service's slices are found
+	// without scanning its namespace, and without an index: a map and a set per Service).
+	smu      sync.Mutex
+	slicesOf map[string][]*Slice
 
 	// only the sync goroutine uses these
 	book      *addressBook
@@ -67,20 +66,22 @@ const addressesKey = "\x00addresses"
 // ExternalIPs and LoadBalancer IPs are admitted; warn (may be nil) reports what is refused.
 func NewServiceTracker(factory informers.SharedInformerFactory, opts Options, adm Admission, warn Warner, log *slog.Logger) *ServiceTracker {
 	si, ei, ni := factory.Core().V1().Services(), factory.Discovery().V1().EndpointSlices(), factory.Core().V1().Nodes()
-	_ = ei.Informer().AddIndexers(cache.Indexers{sliceIndex: func(obj any) ([]string, error) {
-		s, ok := obj.(*discoveryv1.EndpointSlice)
-		if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
-			return nil, nil
-		}
-		return []string{s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]}, nil
-	}})
-	t := &ServiceTracker{opts: opts, adm: adm, services: si.Lister(), slices: ei.Informer().GetIndexer(), nodes: ni.Lister(),
-		warn: warn, log: log, ports: map[string][]*ServicePort{}, warned: map[string]string{},
+	t := &ServiceTracker{opts: opts, adm: adm, services: si.Lister(), nodes: ni.Lister(),
+		warn: warn, log: log, ports: map[string][]*ServicePort{}, warned: map[string]string{}, slicesOf: map[string][]*Slice{},
 		book: newAddressBook(), addressed: map[string]bool{}}
+	var sliceReg cache.ResourceEventHandlerRegistration
+	slicesSynced := func() bool { // the slices' handler has seen every slice of the first list
+		return sliceReg != nil && sliceReg.HasSynced()
+	}
 	t.ctrl = controller.New(controller.Config{
 		Name:   "service-model",
-		Synced: []cache.InformerSynced{si.Informer().HasSynced, ei.Informer().HasSynced, ni.Informer().HasSynced},
+		Synced: []cache.InformerSynced{si.Informer().HasSynced, slicesSynced, ni.Informer().HasSynced},
 		Full:   t.full, Sync: t.sync, Log: log,
+	})
+	sliceReg, _ = ei.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { t.sliceChanged(nil, sliceOf(obj)) },
+		UpdateFunc: func(o, n any) { t.sliceChanged(sliceOf(o), sliceOf(n)) },
+		DeleteFunc: func(obj any) { t.sliceChanged(sliceOf(obj), nil) },
 	})
 	_, _ = ni.Informer().AddEventHandler(NodeHandler(nil, func(*corev1.Node, bool) { t.ctrl.Enqueue(addressesKey) }))
 	enqueue := func(obj any) {
@@ -96,21 +97,46 @@ func NewServiceTracker(factory informers.SharedInformerFactory, opts Options, ad
 				enqueue(n)
 			}
 		}})
-	slice := func(obj any) {
-		if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-			obj = d.Obj
-		}
-		if s, ok := obj.(*discoveryv1.EndpointSlice); ok && s.Labels[discoveryv1.LabelServiceName] != "" {
-			key := s.Namespace + "/" + s.Labels[discoveryv1.LabelServiceName]
-			t.ctrl.Enqueue(key)
-			if key == kubernetesService {
-				t.ctrl.Enqueue(addressesKey)
+	return t
+}
+
+// sliceChanged records that the EndpointSlice old became cur (old nil: added; cur nil: deleted) and enqueues
+// the Services concerned.
+func (t *ServiceTracker) sliceChanged(old, cur *Slice) {
+	var keys []string
+	t.smu.Lock()
+	if old != nil {
+		if k := old.ServiceKey(); k != "" {
+			keys = append(keys, k)
+			l := slices.DeleteFunc(t.slicesOf[k], func(s *Slice) bool { return s.Name == old.Name })
+			if len(l) == 0 {
+				delete(t.slicesOf, k)
+			} else {
+				t.slicesOf[k] = l
 			}
 		}
 	}
-	_, _ = ei.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: slice, DeleteFunc: slice,
-		UpdateFunc: func(_, n any) { slice(n) }})
-	return t
+	if cur != nil {
+		if k := cur.ServiceKey(); k != "" {
+			keys = append(keys, k)
+			l := slices.DeleteFunc(t.slicesOf[k], func(s *Slice) bool { return s.Name == cur.Name })
+			t.slicesOf[k] = append(l, cur)
+		}
+	}
+	t.smu.Unlock()
+	for _, k := range keys {
+		t.ctrl.Enqueue(k)
+		if k == kubernetesService {
+			t.ctrl.Enqueue(addressesKey)
+		}
+	}
+}
+
+// slicesFor returns the EndpointSlices of the Service key (shared, read-only).
+func (t *ServiceTracker) slicesFor(key string) []*Slice {
+	t.smu.Lock()
+	defer t.smu.Unlock()
+	return slices.Clone(t.slicesOf[key])
 }
 
 // Subscribe makes f receive the keys of the Services whose ports changed (also deleted ones), after Ports
@@ -226,15 +252,10 @@ func (t *ServiceTracker) updateAddresses() bool {
 		}
 	}
 	cp := map[netip.Addr]bool{}
-	objs, _ := t.slices.ByIndex(sliceIndex, kubernetesService)
-	for _, o := range objs {
-		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
-			for _, e := range s.Endpoints {
-				for _, a := range e.Addresses {
-					if ip, ok := parseIP(a); ok {
-						cp[ip] = true
-					}
-				}
+	for _, s := range t.slicesFor(kubernetesService) {
+		for _, e := range s.Endpoints {
+			if e.IP.IsValid() {
+				cp[e.IP] = true
 			}
 		}
 	}
@@ -255,14 +276,7 @@ func (t *ServiceTracker) build(key string) (ports []*ServicePort, affected []str
 		delete(t.addressed, key)
 		return nil, t.book.setClaims(key, time.Time{}, nil)
 	}
-	objs, _ := t.slices.ByIndex(sliceIndex, key)
-	sl := make([]*discoveryv1.EndpointSlice, 0, len(objs))
-	for _, o := range objs {
-		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
-			sl = append(sl, s)
-		}
-	}
-	ports, warns := BuildServicePorts(svc, sl, t.opts)
+	ports, warns := buildServicePorts(svc, t.slicesFor(key), t.opts)
 	var refused []string
 	if len(ports) > 0 {
 		p := ports[0]

@@ -126,3 +126,68 @@ func TestTrackerAdmitsExternalIPs(t *testing.T) {
 	}
 	waitPorts(t, tr, "t/b", func(p []*ServicePort) bool { return slices.Equal(externalIPs(p), []string{"10.201.0.5"}) })
 }
+
+// TestTrackerFollowsSlices: with the agent's informers (slices cached as Slice), a Service's ports have the
+// endpoints of every slice of the first list, and follow a slice that changes, moves to another Service or
+// goes.
+func TestTrackerFollowsSlices(t *testing.T) {
+	slice := func(name, svc string, ips ...string) *discoveryv1.EndpointSlice {
+		port, http := int32(8080), "http"
+		s := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "t", Name: name,
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc}}, AddressType: discoveryv1.AddressTypeIPv4,
+			Ports: []discoveryv1.EndpointPort{{Name: &http, Port: &port}}}
+		for _, ip := range ips {
+			s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{ip}})
+		}
+		return s
+	}
+	a, b := extService("a", time.Now()), extService("b", time.Now())
+	b.Spec.ClusterIP, b.Spec.ClusterIPs = "10.96.0.51", []string{"10.96.0.51"}
+	kube := fake.NewSimpleClientset(a, b, slice("a-1", "a", "10.244.1.1"), slice("a-2", "a", "10.244.1.2"))
+	factory := NewInformerFactory(kube)
+	tr := NewServiceTracker(factory, Options{NodeName: "n1"}, Admission{}, nil, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	factory.Start(ctx.Done())
+	go tr.Run(ctx)
+	eps := func(p []*ServicePort) string {
+		if len(p) == 0 {
+			return "-"
+		}
+		var out []string
+		for _, e := range p[0].ClusterEndpoints {
+			out = append(out, e.IP.String())
+		}
+		return strings.Join(out, ",")
+	}
+	is := func(key, want string) {
+		t.Helper()
+		waitPorts(t, tr, key, func(p []*ServicePort) bool { return eps(p) == want })
+	}
+	for !tr.HasSynced() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := eps(tr.Ports("t/a")); got != "10.244.1.1,10.244.1.2" {
+		t.Errorf("after the first sync a has %s, want both slices' endpoints", got)
+	}
+	is("t/b", "")
+	sl := kube.DiscoveryV1().EndpointSlices("t")
+	if _, err := sl.Update(ctx, slice("a-2", "a", "10.244.1.3"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	is("t/a", "10.244.1.1,10.244.1.3")
+	if _, err := sl.Update(ctx, slice("a-2", "b", "10.244.1.3"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	is("t/a", "10.244.1.1")
+	is("t/b", "10.244.1.3")
+	if err := sl.Delete(ctx, "a-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	is("t/a", "")
+	tr.smu.Lock()
+	defer tr.smu.Unlock()
+	if _, ok := tr.slicesOf["t/a"]; ok || len(tr.slicesOf["t/b"]) != 1 {
+		t.Errorf("slices by Service: %v", tr.slicesOf)
+	}
+}

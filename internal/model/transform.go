@@ -19,16 +19,14 @@ import (
 //   - Node: only name, UID, resourceVersion, labels, the canopy.io annotations, spec.podCIDR(s) and
 //     status.addresses stay (what NodeIP, NodeAddresses, PodCIDRs, NodeChanged and the BGP, routes, policy and
 //     node setup controllers read; no one writes a Node from the cache).
-//   - EndpointSlice: each endpoint's targetRef, hints, zone and deprecatedTopology go (the Service model reads
-//     addresses, conditions and nodeName), and so do ownerReferences, generateName, finalizers, every label but
-//     kubernetes.io/service-name and every annotation but the canopy.io ones (no one writes a slice).
+//   - EndpointSlice: becomes a *Slice, what the Service model reads of it (its Service, address type, usable
+//     ports, and each endpoint's first address, node name and conditions; no one writes a slice).
 //   - Namespace, NetworkPolicy: every annotation but the canopy.io ones (kubectl's last-applied-configuration
 //     is a copy of the whole object; no one writes them). Not Services: the LoadBalancer allocator updates a
 //     Service's status from a cached copy, and a status update writes the labels and annotations it carries.
 //
-// What repeats across objects is shared (intern.go): namespace names, node names and label strings, a slice's
-// service-name label set, node name and port name pointers, and its endpoints' condition pointers. Cached
-// objects are read-only: nothing may write through them.
+// What repeats across objects is shared (intern.go): namespace names, node names, label strings, a slice's
+// port and node names. Cached objects are read-only: nothing may write through them.
 //
 // Objects are transformed in place (the informer hands the transform a fresh object); tombstones and other
 // types pass with only their managedFields dropped.
@@ -42,7 +40,7 @@ func Transform(obj any) (any, error) {
 	case *corev1.Node:
 		return slimNode(o), nil
 	case *discoveryv1.EndpointSlice:
-		slimSlice(o)
+		return NewSlice(o), nil
 	case *corev1.Namespace:
 		o.Annotations = canopyAnnotations(o.Annotations)
 	case *networkingv1.NetworkPolicy:
@@ -52,33 +50,6 @@ func Transform(obj any) (any, error) {
 		o.Namespace = Intern(o.Namespace)
 	}
 	return obj, nil
-}
-
-// slimSlice drops from an EndpointSlice what the Service model does not read and shares what repeats (see
-// Transform).
-func slimSlice(o *discoveryv1.EndpointSlice) {
-	o.Namespace = Intern(o.Namespace)
-	o.GenerateName, o.OwnerReferences, o.Finalizers = "", nil, nil
-	o.Annotations = canopyAnnotations(o.Annotations)
-	if svc, ok := o.Labels[discoveryv1.LabelServiceName]; ok {
-		o.Labels = InternLabels(map[string]string{discoveryv1.LabelServiceName: svc})
-	} else {
-		o.Labels = nil
-	}
-	for i := range o.Ports {
-		p := &o.Ports[i]
-		p.Name, p.AppProtocol = internPtr(p.Name), internPtr(p.AppProtocol)
-		if p.Protocol != nil {
-			p.Protocol = protocolPtr(*p.Protocol)
-		}
-	}
-	for i := range o.Endpoints {
-		e := &o.Endpoints[i]
-		e.TargetRef, e.Hints, e.Zone, e.DeprecatedTopology = nil, nil, nil, nil
-		e.NodeName, e.Hostname = internPtr(e.NodeName), internPtr(e.Hostname)
-		c := &e.Conditions
-		c.Ready, c.Serving, c.Terminating = internBool(c.Ready), internBool(c.Serving), internBool(c.Terminating)
-	}
 }
 
 // canopyAnnotations is a (without what no one reads: every annotation but the canopy.io/ ones, e.g. kubectl's

@@ -1,12 +1,15 @@
 package model
 
 import (
+	"net/netip"
 	"reflect"
 	"testing"
+	"unsafe"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -50,9 +53,8 @@ func TestTransformSliceAndOthers(t *testing.T) {
 		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node, Zone: &zone,
 			TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "p"}}}}
 	out, _ := Transform(s)
-	got := out.(*discoveryv1.EndpointSlice)
-	if len(got.ManagedFields) != 0 || got.Endpoints[0].TargetRef != nil || got.Endpoints[0].Zone != nil ||
-		*got.Endpoints[0].NodeName != "n1" || got.Endpoints[0].Addresses[0] != "10.244.1.5" {
+	got := out.(*Slice)
+	if len(got.Endpoints) != 1 || got.Endpoints[0].Node != "n1" || got.Endpoints[0].IP != netip.MustParseAddr("10.244.1.5") {
 		t.Errorf("slice: %+v", got)
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Annotations: map[string]string{"a": "b"},
@@ -67,30 +69,56 @@ func TestTransformSliceAndOthers(t *testing.T) {
 	}
 }
 
-func TestTransformSharesAndStrips(t *testing.T) {
+// TestTransformSlice: a cached EndpointSlice is a Slice: its Service, address type, the ports a consumer can
+// use (defaults applied) and each endpoint's first address, node and conditions (the API's defaults applied),
+// node and port names shared between slices; and it serves as an informer's object (key, meta, copy).
+func TestTransformSlice(t *testing.T) {
 	mk := func(name, node string) *discoveryv1.EndpointSlice {
-		yes, no, port, http, tcp := true, false, int32(8080), "http", corev1.ProtocolTCP
+		yes, no, port, http, tcp, udp, sctp9, bad := true, false, int32(8080), "http", corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.Protocol("ICMP"), int32(70000)
 		return &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", GenerateName: "svc-",
 			Labels:          map[string]string{discoveryv1.LabelServiceName: "svc", discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"},
-			Annotations:     map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "x", "canopy.io/x": "y"},
+			Annotations:     map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": "x"},
 			OwnerReferences: []metav1.OwnerReference{{Kind: "Service", Name: "svc"}}},
-			Ports: []discoveryv1.EndpointPort{{Name: &http, Port: &port, Protocol: &tcp}},
-			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node,
-				Conditions: discoveryv1.EndpointConditions{Ready: &yes, Serving: &yes, Terminating: &no}}}}
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports: []discoveryv1.EndpointPort{{Name: &http, Port: &port, Protocol: &tcp}, {Port: &port, Protocol: &udp},
+				{Port: &port}, {Name: &http, Port: &port, Protocol: &sctp9}, {Port: &bad}, {Name: &http}},
+			Endpoints: []discoveryv1.Endpoint{
+				{Addresses: []string{"10.244.1.5", "10.244.1.6"}, NodeName: &node,
+					Conditions: discoveryv1.EndpointConditions{Ready: &yes, Serving: &yes, Terminating: &no}},
+				{Addresses: []string{"10.244.2.5"}, Conditions: discoveryv1.EndpointConditions{Ready: &no, Terminating: &yes}},
+				{Addresses: []string{"not-an-ip"}},
+				{}, // no address: left out
+			}}
 	}
 	a, _ := Transform(mk("a", "n1"))
 	b, _ := Transform(mk("b", "n1"))
-	sa, sb := a.(*discoveryv1.EndpointSlice), b.(*discoveryv1.EndpointSlice)
-	if len(sa.Labels) != 1 || sa.Labels[discoveryv1.LabelServiceName] != "svc" || len(sa.OwnerReferences) != 0 || sa.GenerateName != "" ||
-		len(sa.Annotations) != 1 || sa.Annotations["canopy.io/x"] != "y" {
-		t.Errorf("slice meta: %+v", sa.ObjectMeta)
+	sa, sb := a.(*Slice), b.(*Slice)
+	want := &Slice{Namespace: "ns", Name: "a", Service: "svc", AddressType: discoveryv1.AddressTypeIPv4,
+		Ports: []SlicePort{{Name: "http", Protocol: TCP, Port: 8080}, {Protocol: UDP, Port: 8080}, {Protocol: TCP, Port: 8080}},
+		Endpoints: []SliceEndpoint{{IP: netip.MustParseAddr("10.244.1.5"), Node: "n1", Ready: true, Serving: true},
+			{IP: netip.MustParseAddr("10.244.2.5"), Serving: true, Terminating: true}, {Ready: true, Serving: true}}}
+	if !reflect.DeepEqual(sa, want) {
+		t.Errorf("slice\n%+v, want\n%+v", sa, want)
 	}
-	ea, eb := sa.Endpoints[0], sb.Endpoints[0]
-	if ea.NodeName != eb.NodeName || *ea.NodeName != "n1" || ea.Conditions.Ready != eb.Conditions.Ready || !*ea.Conditions.Ready ||
-		!*ea.Conditions.Serving || *ea.Conditions.Terminating || sa.Ports[0].Name != sb.Ports[0].Name || *sa.Ports[0].Name != "http" ||
-		*sa.Ports[0].Protocol != corev1.ProtocolTCP || *sa.Ports[0].Port != 8080 {
-		t.Errorf("endpoints not shared or changed: %+v %+v", ea, sa.Ports)
+	if unsafe.StringData(sa.Endpoints[0].Node) != unsafe.StringData(sb.Endpoints[0].Node) ||
+		unsafe.StringData(sa.Ports[0].Name) != unsafe.StringData(sb.Ports[0].Name) || sa.ServiceKey() != "ns/svc" {
+		t.Error("node and port names not shared between slices")
 	}
+	if k, err := cache.MetaNamespaceKeyFunc(sa); err != nil || k != "ns/a" {
+		t.Errorf("key %q, %v", k, err)
+	}
+	if m, err := meta.Accessor(sa); err != nil || m.GetName() != "a" || m.GetNamespace() != "ns" {
+		t.Errorf("meta.Accessor: %v, %v", m, err)
+	}
+	if c := sa.DeepCopyObject().(*Slice); !reflect.DeepEqual(c, sa) || &c.Endpoints[0] == &sa.Endpoints[0] {
+		t.Errorf("DeepCopyObject: %+v", c)
+	}
+	if (&Slice{Namespace: "ns"}).ServiceKey() != "" {
+		t.Error("a slice without a Service has a key")
+	}
+}
+
+func TestTransformPolicyAndLabels(t *testing.T) {
 	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns",
 		Annotations: map[string]string{"kubectl.kubernetes.io/last-applied-configuration": "{...}"}}}
 	out, _ := Transform(np)
