@@ -140,7 +140,8 @@ func (t *ServiceTracker) slicesFor(key string) []*Slice {
 }
 
 // Subscribe makes f receive the keys of the Services whose ports changed (also deleted ones), after Ports
-// returns their new value. Call it before Run; f must not block (a controller's Enqueue).
+// returns their new value, from the end of the first computation of every Service on (HasSynced: f's
+// controller waits for it, then reads every key). Call it before Run; f must not block (a controller's Enqueue).
 func (t *ServiceTracker) Subscribe(f func(keys []string)) { t.subs = append(t.subs, f) }
 
 // Run follows the informers until ctx ends.
@@ -232,7 +233,10 @@ func (t *ServiceTracker) sync(_ context.Context, keys []string) error {
 			changed = append(changed, key)
 		}
 	}
-	if len(changed) > 0 {
+	// Not during the first computation of every Service: the subscribers wait for HasSynced and then read every
+	// key (Keys). Sent then, 10,000 keys went to each subscriber's queue (whose maps keep their size) only for
+	// it to sync them all again after its first full sync.
+	if len(changed) > 0 && t.ctrl.Ready() {
 		for _, f := range t.subs {
 			f(changed)
 		}
