@@ -115,9 +115,10 @@ type Config struct {
 	NodePortAddresses []netip.Prefix
 }
 
-// chainState is what the table holds for one per-service chain.
+// chainState is what the table holds for one per-service chain, and which key owns it.
 type chainState struct {
-	hash uint64 // of its rules; 0: unknown (found in the table)
+	hash  uint64 // of its rules; 0: unknown (found in the table)
+	owner string // the service port key that produced it in its last successful sync; "": none
 }
 
 // applied is what one service port key holds in the table.
@@ -154,14 +155,13 @@ type Proxier struct {
 	staticHash      uint64
 
 	// The table as far as we know it.
-	chains map[string]chainState // per-service chains
+	chains map[string]chainState // per-service chains (and their owners: one map of 60,000 names, not two)
 	sets   map[string]bool       // affinity sets
 	elems  map[string]elemPlan   // elements of the shared maps, by id
 	// adoptedByTarget lists the unowned elements found in the table by the chain they go to: deleting that
 	// chain deletes them too.
 	adoptedByTarget map[string][]string
 
-	chainOwner map[string]string   // chain -> key
 	setOwner   map[string]string   // set -> key
 	elemOwner  map[string]string   // element id -> key
 	contenders map[string][]string // element id -> keys that want it while another key owns it
@@ -249,7 +249,7 @@ func NewDualStack(cfg Config, log *slog.Logger) (*proxy.DualStack, error) {
 func (p *Proxier) reset() {
 	p.chains, p.sets, p.elems = map[string]chainState{}, map[string]bool{}, map[string]elemPlan{}
 	p.adoptedByTarget = map[string][]string{}
-	p.chainOwner, p.setOwner, p.elemOwner = map[string]string{}, map[string]string{}, map[string]string{}
+	p.setOwner, p.elemOwner = map[string]string{}, map[string]string{}
 	p.contenders, p.applied = map[string][]string{}, map[string]*applied{}
 	p.deferredChains, p.deferredSets = map[string]bool{}, map[string]bool{}
 	p.pending = nil
@@ -619,6 +619,7 @@ func (p *Proxier) commit(c *changes, deferred bool) {
 		p.staticNeeded = false
 	}
 	for name, st := range c.chainPut {
+		st.owner = p.chains[name].owner
 		p.chains[name] = st
 		delete(p.deferredChains, name)
 	}
@@ -627,7 +628,7 @@ func (p *Proxier) commit(c *changes, deferred bool) {
 			continue
 		}
 		if deferred {
-			p.chains[name] = chainState{hash: hashRules(nil)}
+			p.chains[name] = chainState{hash: hashRules(nil), owner: p.chains[name].owner}
 			p.deferredChains[name] = true
 		} else {
 			delete(p.chains, name)
@@ -661,7 +662,7 @@ func (p *Proxier) deleteDeferred(ctx context.Context) {
 	}
 	c := newChanges()
 	for _, name := range slices.Sorted(maps.Keys(p.deferredChains)) {
-		if _, owned := p.chainOwner[name]; owned {
+		if p.chains[name].owner != "" {
 			delete(p.deferredChains, name) // a key produces it again
 			continue
 		}
@@ -797,7 +798,10 @@ func (p *Proxier) sync(desired map[string]*model.ServicePort, changed []string, 
 		pl, old := plans[k], p.applied[k]
 		na := &applied{}
 		if pl != nil {
-			na.ct = pl.ct
+			if pl.ct.udp { // (only UDP's are read: staleFlows)
+				na.ct = pl.ct
+			}
+			na.chains = make([]string, 0, len(pl.chains)) // (kept for as long as the key is: no append slack)
 			for _, ch := range pl.chains {
 				producedChains[ch.name] = true
 				na.chains = append(na.chains, ch.name)
@@ -900,8 +904,9 @@ func (p *Proxier) sync(desired map[string]*model.ServicePort, changed []string, 
 		old, na := p.applied[k], next[k]
 		if old != nil {
 			for _, name := range old.chains {
-				if p.chainOwner[name] == k {
-					delete(p.chainOwner, name)
+				if st, ok := p.chains[name]; ok && st.owner == k {
+					st.owner = ""
+					p.chains[name] = st
 				}
 			}
 			for _, name := range old.sets {
@@ -921,7 +926,10 @@ func (p *Proxier) sync(desired map[string]*model.ServicePort, changed []string, 
 			continue
 		}
 		for _, name := range na.chains {
-			p.chainOwner[name] = k
+			if st, ok := p.chains[name]; ok { // (a produced chain is there: written, or found as it must be)
+				st.owner = k
+				p.chains[name] = st
+			}
 		}
 		for _, name := range na.sets {
 			p.setOwner[name] = k
@@ -964,7 +972,7 @@ func (p *Proxier) garbage(c *changes, producedChains, producedSets map[string]bo
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(p.chains)) {
-		if _, owned := p.chainOwner[name]; !owned && !producedChains[name] {
+		if p.chains[name].owner == "" && !producedChains[name] {
 			c.deleteChain(name)
 		}
 	}
