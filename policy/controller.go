@@ -285,7 +285,9 @@ func fromPod(p *corev1.Pod, out *Pod) {
 	for _, ct := range p.Spec.Containers {
 		for _, cp := range ct.Ports {
 			if cp.ContainerPort > 0 && cp.ContainerPort < 65536 {
-				out.Ports = append(out.Ports, NamedPort{Name: cp.Name, Port: uint16(cp.ContainerPort), Protocol: cp.Protocol})
+				// (Names and protocols shared: "http" and "TCP" repeat over every pod, each its own decoded string.)
+				out.Ports = append(out.Ports, NamedPort{Name: model.Intern(cp.Name), Port: uint16(cp.ContainerPort),
+					Protocol: corev1.Protocol(model.Intern(string(cp.Protocol)))})
 			}
 		}
 	}
