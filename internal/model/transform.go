@@ -22,11 +22,15 @@ import (
 //   - EndpointSlice: becomes a *Slice, what the Service model reads of it (its Service, address type, usable
 //     ports, and each endpoint's first address, node name and conditions; no one writes a slice).
 //   - Namespace, NetworkPolicy: every annotation but the canopy.io ones (kubectl's last-applied-configuration
-//     is a copy of the whole object; no one writes them). Not Services: the LoadBalancer allocator updates a
-//     Service's status from a cached copy, and a status update writes the labels and annotations it carries.
+//     is a copy of the whole object; no one writes them).
+//   - Service: spec.selector (the EndpointSlice controller's input; no component here reads it, and a status
+//     update, the only write made from a cached Service, cannot change the spec). Not its labels or
+//     annotations: the LoadBalancer allocator updates a Service's status from a cached copy, and a status
+//     update writes the labels and annotations it carries.
 //
 // What repeats across objects is shared (intern.go): namespace names, node names, label strings, a slice's
-// port and node names. Cached objects are read-only: nothing may write through them.
+// port and node names, a Service's type, policies, IP families and port names and protocols. Cached objects
+// are read-only: nothing may write through them.
 //
 // Objects are transformed in place (the informer hands the transform a fresh object); tombstones and other
 // types pass with only their managedFields dropped.
@@ -47,10 +51,61 @@ func Transform(obj any) (any, error) {
 		o.Namespace = Intern(o.Namespace)
 		o.Annotations = canopyAnnotations(o.Annotations)
 	case *corev1.Service:
-		o.Namespace = Intern(o.Namespace)
+		slimService(o)
 	}
 	return obj, nil
 }
+
+// slimService drops from a Service what no one reads and shares what repeats (see Transform).
+func slimService(o *corev1.Service) {
+	o.Namespace = Intern(o.Namespace)
+	sp := &o.Spec
+	sp.Selector = nil
+	sp.Type = corev1.ServiceType(Intern(string(sp.Type)))
+	sp.SessionAffinity = corev1.ServiceAffinity(Intern(string(sp.SessionAffinity)))
+	sp.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicy(Intern(string(sp.ExternalTrafficPolicy)))
+	if len(sp.ClusterIPs) > 0 && sp.ClusterIPs[0] == sp.ClusterIP {
+		sp.ClusterIPs[0] = sp.ClusterIP // (the API server writes both)
+	}
+	for i, f := range sp.IPFamilies {
+		sp.IPFamilies[i] = corev1.IPFamily(Intern(string(f)))
+	}
+	for i := range sp.Ports {
+		p := &sp.Ports[i]
+		p.Name, p.Protocol = Intern(p.Name), corev1.Protocol(Intern(string(p.Protocol)))
+		p.TargetPort.StrVal = Intern(p.TargetPort.StrVal)
+	}
+	if p := sp.IPFamilyPolicy; p != nil {
+		sp.IPFamilyPolicy = familyPolicies[*p]
+		if sp.IPFamilyPolicy == nil {
+			sp.IPFamilyPolicy = p
+		}
+	}
+	if p := sp.InternalTrafficPolicy; p != nil {
+		sp.InternalTrafficPolicy = internalPolicies[*p]
+		if sp.InternalTrafficPolicy == nil {
+			sp.InternalTrafficPolicy = p
+		}
+	}
+}
+
+// Shared values of the Service fields that point to one of a few constants (never written through).
+var (
+	familyPolicies = func() map[corev1.IPFamilyPolicy]*corev1.IPFamilyPolicy {
+		m := map[corev1.IPFamilyPolicy]*corev1.IPFamilyPolicy{}
+		for _, v := range []corev1.IPFamilyPolicy{corev1.IPFamilyPolicySingleStack, corev1.IPFamilyPolicyPreferDualStack, corev1.IPFamilyPolicyRequireDualStack} {
+			m[v] = &v
+		}
+		return m
+	}()
+	internalPolicies = func() map[corev1.ServiceInternalTrafficPolicy]*corev1.ServiceInternalTrafficPolicy {
+		m := map[corev1.ServiceInternalTrafficPolicy]*corev1.ServiceInternalTrafficPolicy{}
+		for _, v := range []corev1.ServiceInternalTrafficPolicy{corev1.ServiceInternalTrafficPolicyCluster, corev1.ServiceInternalTrafficPolicyLocal} {
+			m[v] = &v
+		}
+		return m
+	}()
+)
 
 // canopyAnnotations is a (without what no one reads: every annotation but the canopy.io/ ones, e.g. kubectl's
 // last-applied-configuration, a copy of the whole object), nil if none is left.

@@ -57,11 +57,26 @@ func TestTransformSliceAndOthers(t *testing.T) {
 	if len(got.Endpoints) != 1 || got.Endpoints[0].Node != "n1" || got.Endpoints[0].IP != netip.MustParseAddr("10.244.1.5") {
 		t.Errorf("slice: %+v", got)
 	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Annotations: map[string]string{"a": "b"},
-		ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}}}
+	mkSvc := func() *corev1.Service {
+		single, cluster := corev1.IPFamilyPolicySingleStack, corev1.ServiceInternalTrafficPolicyCluster
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x", Annotations: map[string]string{"a": "b"}, Labels: map[string]string{"l": "v"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "x"}, Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.1",
+				ClusterIPs: []string{"10.96.0.1"}, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, IPFamilyPolicy: &single,
+				InternalTrafficPolicy: &cluster, Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}}
+	}
+	svc := mkSvc()
+	want := mkSvc()
+	want.ManagedFields, want.Spec.Selector = nil, nil
 	out, _ = Transform(svc)
-	if g := out.(*corev1.Service); len(g.ManagedFields) != 0 || g.Annotations["a"] != "b" {
-		t.Errorf("service: %+v", g)
+	g := out.(*corev1.Service)
+	if !reflect.DeepEqual(g, want) {
+		t.Errorf("service\n%+v, want\n%+v (only managedFields and the selector dropped)", g, want)
+	}
+	out2, _ := Transform(mkSvc())
+	if g2 := out2.(*corev1.Service); g.Spec.IPFamilyPolicy != g2.Spec.IPFamilyPolicy || g.Spec.InternalTrafficPolicy != g2.Spec.InternalTrafficPolicy ||
+		unsafe.StringData(g.Spec.Ports[0].Name) != unsafe.StringData(g2.Spec.Ports[0].Name) {
+		t.Error("a Service's policies and port names are not shared with another's")
 	}
 	tomb := cache.DeletedFinalStateUnknown{Key: "x", Obj: svc}
 	if out, err := Transform(tomb); err != nil || out.(cache.DeletedFinalStateUnknown).Key != "x" {
