@@ -5,10 +5,12 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"canopy.io/canopy/internal/ipt"
 	"canopy.io/canopy/internal/model"
 	"canopy.io/canopy/internal/testsupport/testns"
+	"canopy.io/canopy/proxy"
 	ipvsproxy "canopy.io/canopy/proxy/ipvs"
 )
 
@@ -75,9 +77,8 @@ func startAndSync(t *testing.T, ns *testns.NS, cfg *Config) {
 	}
 }
 
-// TestModeSwitchToNFTables: starting the nftables back end removes the IPVS and iptables modes' rules while it
-// reads its own tables (in parallel), in the namespace it was started in: this test's, on a locked thread, not the
-// one another thread of the test binary is in.
+// TestModeSwitchToNFTables: starting the nftables back end (New) removes the IPVS and iptables modes' rules, in
+// the namespace it was started in.
 func TestModeSwitchToNFTables(t *testing.T) {
 	testns.Require(t, "iptables-save", "iptables-restore", "nft")
 	ns := testns.New(t, "be")
@@ -138,5 +139,62 @@ func TestIPVSMissingPicksNFTables(t *testing.T) {
 	t.Setenv("PATH", t.TempDir()+":/nonexistent") // no nft (nor anything else) on PATH
 	if err := nftablesUsable(); err == nil {
 		t.Fatal("nft found on an empty PATH")
+	}
+}
+
+// TestPrepareNFTablesRemovesOthersAfterFirstSync: the agent's nftables back end (Prepare) leaves the other modes'
+// rules serving until its first full sync; its first PruneStale removes them, in the background, in the
+// namespace PruneStale was called in (this test's, on a locked thread), and a second PruneStale does not again.
+func TestPrepareNFTablesRemovesOthersAfterFirstSync(t *testing.T) {
+	testns.Require(t, "iptables-save", "iptables-restore", "nft")
+	ns := testns.New(t, "be")
+	ns.MustRun(t, "iptables", "-t", "nat", "-N", ipvsproxy.Chain)
+	cfg := Config{Mode: NFTables, NodeIPs: []netip.Addr{netip.MustParseAddr("10.99.0.11")},
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Log: slog.New(slog.DiscardHandler)}
+	sp := &model.ServicePort{Key: "default/web:http/TCP", Namespace: "default", Name: "web", PortName: "http", Protocol: model.TCP,
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Port: 80,
+		ClusterEndpoints: []model.Endpoint{{IP: netip.MustParseAddr("10.244.1.2"), Port: 8080, Ready: true, Serving: true}}}
+	sp.ExternalEndpoints = sp.ClusterEndpoints
+	var be proxy.Backend
+	if err := ns.Do(func() error {
+		h, err := ipt.Open()
+		if err != nil {
+			return err
+		}
+		cfg.IPT = h
+		var start func() error
+		if be, start, err = Prepare(cfg); err != nil {
+			return err
+		}
+		if err := start(); err != nil {
+			return err
+		}
+		return be.Sync(map[string]*model.ServicePort{sp.Key: sp}, []string{sp.Key})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if nat := ns.MustRun(t, "iptables-save", "-t", "nat"); !strings.Contains(nat, ipvsproxy.Chain) {
+		t.Errorf("the IPVS mode's chain went before the first full sync:\n%s", nat)
+	}
+	d, ok := be.(*deferredCleanup)
+	if !ok {
+		t.Fatalf("back end %T, want the deferred cleanup", be)
+	}
+	if err := ns.Do(be.PruneStale); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the other modes' rules were not removed within 30 s")
+	}
+	if nat := ns.MustRun(t, "iptables-save", "-t", "nat"); strings.Contains(nat, "CANOPY") {
+		t.Errorf("after the first PruneStale, iptables still has Canopy's rules:\n%s", nat)
+	}
+	if err := ns.Do(be.PruneStale); err != nil { // (a second one starts no second removal: done stays closed)
+		t.Fatal(err)
+	}
+	if err := ns.Do(func() error { return CleanupAll(cfg) }); err != nil {
+		t.Fatal(err)
 	}
 }
