@@ -70,6 +70,7 @@ type deferredCleanup struct {
 	proxy.Backend
 	once   sync.Once
 	others func()
+	log    *slog.Logger
 	done   chan struct{} // closed when the removal ends
 }
 
@@ -81,7 +82,9 @@ func (d *deferredCleanup) PruneStale() error {
 		here := netnsx.Here()
 		go func() {
 			defer close(d.done)
-			_ = here(func() error { d.others(); return nil })
+			if err := here(func() error { d.others(); return nil }); err != nil {
+				d.log.Warn("removing what another proxy mode left", "err", err)
+			}
 		}()
 	})
 	return err
@@ -122,7 +125,7 @@ func prepare(cfg Config, deferNFT bool) (be proxy.Backend, start func() error, e
 	if mode == NFTables && deferNFT {
 		// Its start reads and writes only its own tables; the other modes' rules are iptables' and IPVS's
 		// (and its IPv6 tables when the node is not dual-stack).
-		be = &deferredCleanup{Backend: be, others: others, done: make(chan struct{})}
+		be = &deferredCleanup{Backend: be, others: others, log: cfg.Log, done: make(chan struct{})}
 		return be, func() error {
 			if err := be.Start(); err != nil {
 				return fmt.Errorf("%s service proxy: %w", mode, err)
