@@ -45,3 +45,51 @@ func TestNFTCmdBigTransactions(t *testing.T) {
 		t.Errorf("a large transaction on a missing map: %v, want nft's error naming it", err)
 	}
 }
+
+// TestNFTCmdNotRunAtConstruction: making the back end runs no nft (knftables.New's checks read the whole
+// ruleset, each time), and a restart that finds its tables current never needs it either.
+func TestNFTCmdNotRunAtConstruction(t *testing.T) {
+	requireNft(t)
+	ns := testns.New(t, "nft-lazy")
+	d, keys := benchServices(20)
+	if err := ns.Do(func() error {
+		s, err := NewHostShards(Config{}, false, DefaultShards, nil)
+		if err != nil {
+			return err
+		}
+		if err := s.Start(); err != nil {
+			return err
+		}
+		return s.Sync(d, keys)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var s *Shards
+	if err := ns.Do(func() (err error) {
+		s, err = NewHostShards(Config{}, false, DefaultShards, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.shards {
+		if p.nft.(*nftCmd).inner != nil {
+			t.Errorf("table %s: knftables created (nft run) by the construction", p.table)
+		}
+	}
+	if err := ns.Do(func() error {
+		if err := s.Start(); err != nil {
+			return err
+		}
+		return s.Sync(d, keys)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range s.shards {
+		if !p.staticCurrent {
+			t.Errorf("table %s: the shared objects a run left were not found current", p.table)
+		}
+		if p.nft.(*nftCmd).inner != nil {
+			t.Errorf("table %s: knftables created (nft run) by a restart on current tables", p.table)
+		}
+	}
+}
