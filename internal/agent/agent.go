@@ -121,6 +121,14 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// Every cached object without what no component reads (managedFields; most of a Node; see model.Transform),
 	// and no namespace indexes (model.NewInformerFactory).
 	a.factory = model.NewInformerFactory(a.kube)
+	// Its informers (Services, EndpointSlices, Nodes, Namespaces, NetworkPolicies: NewInformerFactory makes
+	// them) list from now on, while the firewall, the node and the proxy's back end are set up: at 10,000
+	// Services the lists take seconds. The components register their handlers later, and each is handed what
+	// the cache holds then (their registrations' HasSynced tell when it has been); an informer a component asks
+	// for later starts with the second Start below. On an early return, stopInformers stops them.
+	infCtx, stopInformers := context.WithCancel(ctx)
+	defer stopInformers()
+	a.factory.Start(infCtx.Done())
 	if a.ipt, err = ipt.Open(); err != nil {
 		return fmt.Errorf("iptables: %w", err)
 	}
@@ -173,7 +181,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 	}
 
-	a.factory.Start(ctx.Done())
+	a.factory.Start(infCtx.Done())
 	var wg sync.WaitGroup
 	for _, c := range a.run {
 		wg.Go(func() { c.Run(ctx) })
