@@ -268,6 +268,10 @@ func TestPodInfoSharesLabels(t *testing.T) {
 		a.Pod.IP.String() != "10.244.1.5" {
 		t.Errorf("PodInfo: %+v %+v", a, c)
 	}
+	// An informer that streams its first list runs the transform twice (see model.TestTransformTwice).
+	if again, err := ToPodInfo(a); err != nil || again != any(a) {
+		t.Errorf("ToPodInfo of a PodInfo: %v, %v; want it unchanged", again, err)
+	}
 	// The informer's keys and namespace index read it through meta.Accessor.
 	if key, err := cache.MetaNamespaceKeyFunc(a); err != nil || key != "ns/a" {
 		t.Errorf("key %q, %v", key, err)

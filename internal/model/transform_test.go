@@ -11,6 +11,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -148,5 +149,43 @@ func TestTransformPolicyAndLabels(t *testing.T) {
 	}
 	if InternLabels(nil) != nil {
 		t.Error("InternLabels(nil) is not nil")
+	}
+}
+
+// TestTransformTwice: an informer that streams its first list (client-go's WatchListClient, on by default since
+// 1.35, with an API server of 1.34 or later on etcd 3.5.13 or later) runs the transform on each object twice:
+// into its temporary store, then again in Replace. The second run must leave the first one's result as it is.
+func TestTransformTwice(t *testing.T) {
+	node, zone := "n1", "a"
+	single := corev1.IPFamilyPolicySingleStack
+	objs := []any{
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"zone": "a"},
+			Annotations: map[string]string{"canopy.io/node-asn": "65001", "x": "y"}, ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}},
+			Spec: corev1.NodeSpec{PodCIDR: "10.244.1.0/24", PodCIDRs: []string{"10.244.1.0/24"}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.99.0.11"}},
+				Images: []corev1.ContainerImage{{Names: []string{"img"}}}, Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "s", Namespace: "ns", Annotations: map[string]string{"a": "b"}},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "x"}, Type: corev1.ServiceTypeClusterIP, ClusterIP: "10.96.0.1",
+				ClusterIPs: []string{"10.96.0.1"}, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}, IPFamilyPolicy: &single,
+				Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns", Labels: map[string]string{"team": "a"}, Annotations: map[string]string{"x": "y"}}},
+		&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Annotations: map[string]string{"x": "y"}}},
+		&discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: "s-1", Namespace: "ns", Labels: map[string]string{discoveryv1.LabelServiceName: "s"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node, Zone: &zone}}},
+	}
+	for _, o := range objs {
+		once, err := Transform(o)
+		if err != nil {
+			t.Fatalf("%T: %v", o, err)
+		}
+		before := once.(runtime.Object).DeepCopyObject()
+		twice, err := Transform(once)
+		if err != nil {
+			t.Fatalf("%T, transformed again: %v", o, err)
+		}
+		if !reflect.DeepEqual(twice, before) {
+			t.Errorf("%T transformed again:\n%+v\nwant it as after the first time:\n%+v", o, twice, before)
+		}
 	}
 }
