@@ -4,6 +4,8 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export CANOPY_CACHE ?= /var/cache/canopy
 K8S_VERSION ?= v1.35.4
+ETCD_VERSION ?= v3.6.16
+export CANOPY_ETCD_BIN ?= $(CANOPY_CACHE)/etcd-$(ETCD_VERSION)/etcd
 GO_TEST_FLAGS ?=
 LAB_NODES ?= 3
 # The version the binaries report (canopy version, canopy_build_info, the image's label).
@@ -34,9 +36,11 @@ docs:
 deps:
 	@bash hack/install-deps.sh
 
-# The test control plane (kube-apiserver, kube-controller-manager, kubectl), built once and cached by version.
+# The test control plane (kube-apiserver, kube-controller-manager, kubectl, and the etcd they store into),
+# built once and cached by version.
 k8s:
 	@K8S_VERSION=$(K8S_VERSION) bash hack/build-k8s.sh >/dev/null
+	@ETCD_VERSION=$(ETCD_VERSION) bash hack/build-etcd.sh >/dev/null
 
 # Everything: unit, integration (real kernel in namespaces) and e2e (the virtual data centre) tests, then the
 # IPVS back end's tests on a stock Debian kernel in a qemu VM (this machine's kernel has no IPVS).

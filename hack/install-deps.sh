@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the lab need. Idempotent: does nothing when all are present.
 set -euo pipefail
-PKGS=(iproute2 iptables ipset nftables iputils-ping socat conntrack tcpdump frr bird2 gobgpd etcd-server openssl procps psmisc)
+PKGS=(iproute2 iptables ipset nftables iputils-ping socat conntrack tcpdump frr bird2 gobgpd openssl procps psmisc)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -17,6 +17,9 @@ import (
 // K8sVersion is the control-plane version hack/build-k8s.sh builds and DefaultK8sBinDir points at.
 const K8sVersion = "v1.35.4"
 
+// EtcdVersion is the etcd hack/build-etcd.sh builds and DefaultEtcdBin points at.
+const EtcdVersion = "v3.6.16"
+
 // DefaultStateRoot is where labs record themselves (see DownAll).
 const DefaultStateRoot = "/run/canopy-lab"
 
@@ -40,7 +43,7 @@ type Config struct {
 	AgentGroups []string
 
 	K8sBinDir string // kube-apiserver, kube-controller-manager, kubectl; default DefaultK8sBinDir()
-	EtcdBin   string // default etcd on PATH
+	EtcdBin   string // default DefaultEtcdBin()
 	FRRDir    string // zebra and bgpd; default /usr/lib/frr
 
 	// WorkRoot is where the lab makes its work directory canopy-lab-<prefix> (logs, kubeconfigs, certificates,
@@ -142,7 +145,7 @@ func (c Config) withDefaults() (Config, error) {
 		}
 	}
 	if c.EtcdBin == "" {
-		c.EtcdBin = "etcd"
+		c.EtcdBin = DefaultEtcdBin()
 	}
 	if c.FRRDir == "" {
 		c.FRRDir = "/usr/lib/frr"
@@ -211,6 +214,19 @@ func DefaultK8sBinDir() string {
 	return filepath.Join(cache, "k8s-"+K8sVersion)
 }
 
+// DefaultEtcdBin is $CANOPY_ETCD_BIN if set, else ${CANOPY_CACHE:-/var/cache/canopy}/etcd-<EtcdVersion>/etcd,
+// where hack/build-etcd.sh puts it (Debian's etcd 3.4 is too old for the API server to stream lists: see there).
+func DefaultEtcdBin() string {
+	if b := os.Getenv("CANOPY_ETCD_BIN"); b != "" {
+		return b
+	}
+	cache := os.Getenv("CANOPY_CACHE")
+	if cache == "" {
+		cache = "/var/cache/canopy"
+	}
+	return filepath.Join(cache, "etcd-"+EtcdVersion, "etcd")
+}
+
 // Preflight says why a lab cannot run here (not root, a binary missing), or nil. Tests skip on its error.
 func Preflight(cfg Config) error {
 	c, err := cfg.withDefaults()
@@ -229,7 +245,7 @@ func Preflight(cfg Config) error {
 	look("iproute2", "ip")
 	look("procps", "sysctl")
 	look("iputils-ping", "ping")
-	look("etcd (hack/install-deps.sh)", c.EtcdBin)
+	look("etcd (hack/build-etcd.sh)", c.EtcdBin)
 	look("FRR zebra (hack/install-deps.sh)", filepath.Join(c.FRRDir, "zebra"))
 	look("FRR bgpd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bgpd"))
 	look("FRR bfdd (hack/install-deps.sh)", filepath.Join(c.FRRDir, "bfdd"))
