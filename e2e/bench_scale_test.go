@@ -168,8 +168,11 @@ func BenchmarkAgentAtScale(b *testing.B) {
 		res.rssChurn = m["process_resident_memory_bytes"]
 	}
 
-	// +1 Service at N, API write to kernel: a lone change, once the churn's pace is paid (proxy.SyncPaceMax).
-	time.Sleep(2 * time.Second)
+	// +1 Service at N, API write to kernel: a lone change, once the churn's pace is paid. The proxy's debt is at
+	// most its credit (two syncs like the last: about 1.5 s at 5,000 nodes) plus proxy.SyncPaceMax, and the
+	// churn's last batch may still wait SyncPaceMax: with 2 s here, the first sample's slice waited for the
+	// Service's sync to be paid (1.17 s against 0.1 s for the others).
+	time.Sleep(5 * time.Second)
 	probe := newSBSProbe(b, node, true, mode)
 	m0, _ := metrics(ctx, node)
 	for k := range sbsSamples {
