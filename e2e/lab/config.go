@@ -203,28 +203,24 @@ func (c Config) withDefaults() (Config, error) {
 
 // DefaultK8sBinDir is $CANOPY_K8S_BIN if set, else ${CANOPY_CACHE:-/var/cache/canopy}/k8s-<K8sVersion>, where
 // hack/build-k8s.sh puts the binaries.
-func DefaultK8sBinDir() string {
-	if d := os.Getenv("CANOPY_K8S_BIN"); d != "" {
-		return d
-	}
-	cache := os.Getenv("CANOPY_CACHE")
-	if cache == "" {
-		cache = "/var/cache/canopy"
-	}
-	return filepath.Join(cache, "k8s-"+K8sVersion)
-}
+func DefaultK8sBinDir() string { return cached("CANOPY_K8S_BIN", "k8s-"+K8sVersion) }
 
 // DefaultEtcdBin is $CANOPY_ETCD_BIN if set, else ${CANOPY_CACHE:-/var/cache/canopy}/etcd-<EtcdVersion>/etcd,
 // where hack/build-etcd.sh puts it (Debian's etcd 3.4 is too old for the API server to stream lists: see there).
 func DefaultEtcdBin() string {
-	if b := os.Getenv("CANOPY_ETCD_BIN"); b != "" {
-		return b
+	return cached("CANOPY_ETCD_BIN", filepath.Join("etcd-"+EtcdVersion, "etcd"))
+}
+
+// cached is $env if set, else rel under ${CANOPY_CACHE:-/var/cache/canopy}.
+func cached(env, rel string) string {
+	if p := os.Getenv(env); p != "" {
+		return p
 	}
 	cache := os.Getenv("CANOPY_CACHE")
 	if cache == "" {
 		cache = "/var/cache/canopy"
 	}
-	return filepath.Join(cache, "etcd-"+EtcdVersion, "etcd")
+	return filepath.Join(cache, rel)
 }
 
 // Preflight says why a lab cannot run here (not root, a binary missing), or nil. Tests skip on its error.
