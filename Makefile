@@ -32,7 +32,7 @@ image:
 docs:
 	$(GO) test -count=1 ./cmd/canopy ./cmd/canopy-controller -run Docs -update
 
-# Debian packages the tests and the lab use (iproute2, iptables, ipset, frr, gobgpd, etcd, ...).
+# Debian packages the tests and the lab use (iproute2, iptables, ipset, frr, gobgpd, ...).
 deps:
 	@bash hack/install-deps.sh
 

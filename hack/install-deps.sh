@@ -19,10 +19,9 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get -o DPkg::Lock::Timeout=600 update -qq
 apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages may start services on a machine with systemd; the lab runs its own instances in namespaces.
-for svc in frr bird gobgpd etcd; do
+for svc in frr bird gobgpd; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true; systemctl disable "$svc" >/dev/null 2>&1 || true
   fi
 done
-pkill -x etcd 2>/dev/null || true
 echo "install-deps: done"
